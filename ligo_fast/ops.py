@@ -1,0 +1,124 @@
+"""The functional growth ops every part of ligo_fast goes through.
+
+``ligo_expand(W, depth, E_out, E_in, residual=..., backend=...)`` produces the large weights of one
+module kind for all large layers at once; ``ligo_expand_vec`` does the same for vectors (biases,
+LayerNorm/RMSNorm weights). See :mod:`ligo_fast.reference` for the math. Both are differentiable
+with respect to every tensor argument, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import backends
+
+__all__ = ["ligo_expand", "ligo_expand_vec", "check_expand_args", "check_expand_vec_args"]
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+
+
+def _check_width(name: str, E: Tensor | None, L2: int, small: int) -> int:
+    """Validate a width matrix; return the large size it implies."""
+    if E is None:
+        return small
+    _check_float(name, E)
+    if E.dim() == 3:
+        if E.shape[0] != L2:
+            raise ValueError(f"{name} has {E.shape[0]} layers but depth asks for L2={L2}: shape {tuple(E.shape)}")
+    elif E.dim() != 2:
+        raise ValueError(f"{name} must be (L2, large-small, small) or (large-small, small), got {tuple(E.shape)}")
+    if E.shape[-1] != small:
+        raise ValueError(f"{name} has {E.shape[-1]} columns but the small size is {small}: shape {tuple(E.shape)}")
+    return small + E.shape[-2]
+
+
+def _check_device(tensors: dict[str, Tensor | None]) -> torch.device:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {v.device for v in present.values()}
+    if len(devices) > 1:
+        desc = ", ".join(f"{k} on {v.device}" for k, v in present.items())
+        raise ValueError(f"all tensors must be on one device, got {desc}")
+    return next(iter(devices))
+
+
+def check_expand_args(W, depth, E_out, E_in, residual) -> tuple[int, int, int]:
+    """Validate ``ligo_expand`` arguments; return (L2, o2, i2)."""
+    _check_float("W", W)
+    _check_float("depth", depth)
+    if W.dim() != 3:
+        raise ValueError(f"W must be (L1, out, in), got shape {tuple(W.shape)}")
+    if depth.dim() != 2 or depth.shape[1] != W.shape[0]:
+        raise ValueError(f"depth must be (L2, L1={W.shape[0]}), got shape {tuple(depth.shape)}")
+    L2 = depth.shape[0]
+    o2 = _check_width("E_out", E_out, L2, W.shape[1])
+    i2 = _check_width("E_in", E_in, L2, W.shape[2])
+    if residual is not None:
+        _check_float("residual", residual)
+        if tuple(residual.shape) != (L2, o2, i2):
+            raise ValueError(f"residual must be {(L2, o2, i2)}, got {tuple(residual.shape)}")
+    _check_device(dict(W=W, depth=depth, E_out=E_out, E_in=E_in, residual=residual))
+    return L2, o2, i2
+
+
+def check_expand_vec_args(b, depth, E_out, residual) -> tuple[int, int]:
+    """Validate ``ligo_expand_vec`` arguments; return (L2, o2)."""
+    _check_float("b", b)
+    _check_float("depth", depth)
+    if b.dim() != 2:
+        raise ValueError(f"b must be (L1, out), got shape {tuple(b.shape)}")
+    if depth.dim() != 2 or depth.shape[1] != b.shape[0]:
+        raise ValueError(f"depth must be (L2, L1={b.shape[0]}), got shape {tuple(depth.shape)}")
+    L2 = depth.shape[0]
+    o2 = _check_width("E_out", E_out, L2, b.shape[1])
+    if residual is not None:
+        _check_float("residual", residual)
+        if tuple(residual.shape) != (L2, o2):
+            raise ValueError(f"residual must be {(L2, o2)}, got {tuple(residual.shape)}")
+    _check_device(dict(b=b, depth=depth, E_out=E_out, residual=residual))
+    return L2, o2
+
+
+def ligo_expand(
+    W: Tensor,
+    depth: Tensor,
+    E_out: Tensor | None = None,
+    E_in: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Depth-mix and width-expand one module kind for all large layers.
+
+    Args:
+        W: (L1, o1, i1) small weights, layer-major.
+        depth: (L2, L1); row l mixes the small layers for large layer l.
+        E_out: (L2, o2-o1, o1), or (o2-o1, o1) shared by all layers, or None when o2 == o1.
+        E_in: (L2, i2-i1, i1), or (i2-i1, i1), or None when i2 == i1.
+        residual: (L2, o2, i2) or None.
+        backend: "auto", "torch", "triton" or "cpp".
+
+    Returns:
+        (L2, o2, i2) in W's dtype: ``[I; E_out[l]] @ (sum_j depth[l, j] W[j]) @ [I; E_in[l]]^T + residual[l]``,
+        accumulated in float32 (float64 for float64 inputs).
+    """
+    check_expand_args(W, depth, E_out, E_in, residual)
+    return backends.resolve(backend, W.device).expand(W, depth, E_out, E_in, residual)
+
+
+def ligo_expand_vec(
+    b: Tensor,
+    depth: Tensor,
+    E_out: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Vector version of :func:`ligo_expand`: b (L1, o1) -> (L2, o2), ``[I; E_out[l]] @ (depth[l] @ b) + residual[l]``."""
+    check_expand_vec_args(b, depth, E_out, residual)
+    return backends.resolve(backend, b.device).expand_vec(b, depth, E_out, residual)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import backends
 
-__all__ = ["ligo_expand", "ligo_expand_vec", "check_expand_args", "check_expand_vec_args"]
+__all__ = ["ligo_expand", "ligo_expand_vec", "ligo_expand_vec_multi", "check_expand_args", "check_expand_vec_args"]
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -122,3 +122,29 @@ def ligo_expand_vec(
     """Vector version of :func:`ligo_expand`: b (L1, o1) -> (L2, o2), ``[I; E_out[l]] @ (depth[l] @ b) + residual[l]``."""
     check_expand_vec_args(b, depth, E_out, residual)
     return backends.resolve(backend, b.device).expand_vec(b, depth, E_out, residual)
+
+
+def ligo_expand_vec_multi(
+    problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]],
+    *,
+    backend: str = "auto",
+) -> list[Tensor]:
+    """Many :func:`ligo_expand_vec` problems of different sizes at once.
+
+    Args:
+        problems: list of ``(b, depth, E_out, residual)`` tuples, each as in :func:`ligo_expand_vec`.
+        backend: as in :func:`ligo_expand`. Backends with a multi-tensor kernel (``cpp``) do the whole list
+            in one call; the others loop.
+
+    Returns:
+        One (L2, o2) tensor per problem, in order.
+    """
+    if not problems:
+        return []
+    for b, depth, E_out, residual in problems:
+        check_expand_vec_args(b, depth, E_out, residual)
+    impl = backends.resolve(backend, problems[0][0].device)
+    multi = getattr(impl, "expand_vec_multi", None)
+    if multi is not None:
+        return list(multi(problems))
+    return [impl.expand_vec(b, d, e, r) for b, d, e, r in problems]

@@ -1,0 +1,50 @@
+"""The public entry points: grow, materialize."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .config import LiGOConfig
+from .model import LiGOModel
+
+
+def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None, **overrides) -> LiGOModel:
+    """Wrap a small pretrained HF model into a large one whose weights a trainable LiGO operator produces.
+
+    Args:
+        small_model: a supported HF model (``ligo_fast.supported_classes()``); never modified.
+        large_config: the HF config of the large model (same family; no dimension may shrink).
+        config: operator options (:class:`LiGOConfig`); ``**overrides`` replace single fields.
+
+    Returns:
+        A :class:`LiGOModel`, called like the large HF model; its trainable parameters are the operator's.
+    """
+    config = (config or LiGOConfig()).replace(**overrides) if overrides else (config or LiGOConfig())
+    return LiGOModel(small_model, large_config, config)
+
+
+@torch.no_grad()
+def materialize(model) -> nn.Module:
+    """A fresh plain HF model of the large config holding the produced weights (copies, no references).
+
+    Accepts a :class:`LiGOModel` or what :func:`ligo_fast.compat.create_ligo_from_model` returns. The result
+    is in the same train/eval mode as ``model``, on its device, ready for ``save_pretrained``.
+    """
+    if not isinstance(model, LiGOModel):
+        from .compat import materialize_compat
+
+        return materialize_compat(model)
+    produced = model.produce()
+    large = model._hf_class(copy.deepcopy(model.config))
+    state = {k: v.detach().clone() for k, v in model.large.state_dict().items()}
+    state.update({k: v.detach().clone() for k, v in produced.items()})
+    dtype = next(iter(produced.values())).dtype
+    large.to(device=model.device, dtype=dtype)
+    missing, unexpected = large.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise RuntimeError(f"materialize: the large model did not take the produced weights "
+                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return large.train(model.training)

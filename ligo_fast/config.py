@@ -1,0 +1,86 @@
+"""Options of the LiGO growth operator."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+DEPTH_INITS = (
+    "rand",
+    "rand_softmax",
+    "stackbert",
+    "interlace",
+    "rand_noisy",
+    "rand_softmax_noisy",
+    "stackbert_noisy",
+    "interlace_noisy",
+)
+WIDTH_INITS = ("rand", "rand_softmax", "sel", "rand_noisy", "rand_softmax_noisy", "sel_noisy")
+
+
+@dataclass
+class LiGOConfig:
+    """How the growth operator is initialised and what it trains.
+
+    Attributes:
+        depth_init: initial depth coefficients of each large layer (a vector over the small layers):
+            ``rand`` uniform [0, 1) normalised to sum 1; ``rand_softmax`` softmax of uniform [0, 1);
+            ``stackbert`` one-hot at ``l % L1`` (stacking); ``interlace`` one-hot at ``l // 2`` (each small
+            layer repeated; needs ``L2 <= 2 * L1``). ``*_noisy``: the zero entries of the one-hot schemes are
+            first drawn uniform [0, depth_noise), then the vector is renormalised; for the ``rand`` schemes the
+            suffix is accepted and changes nothing (they are random already).
+        width_init: initial width matrices E (shape (d_large - d_small, d_small)): ``rand`` rows uniform
+            [0, 1) normalised to sum 1; ``rand_softmax`` row-wise softmax of uniform [0, 1); ``sel`` each row
+            one-hot at a random column (new neurons copy old ones); ``sel_noisy`` uniform [0, width_noise)
+            first, then the chosen entry set to 1 (no renormalisation).
+        depth_noise: noise level of the ``*_noisy`` depth schemes (official default 0.03).
+        width_noise: noise level of ``sel_noisy`` (official default 0.03).
+        tie: share width matrices as the official code does (``fuse_tie_param``): one residual-stream
+            matrix for embeddings, every block's input/output sides and norms, and the head input; per large
+            layer one each for query, key, value and FFN widths; one for the head. False: every module owns
+            its own input and output width matrices.
+        residual: add a learned full-size tensor to every produced weight and bias (uniform
+            (-residual_noise, residual_noise) at start).
+        residual_noise: half-width of the residual tensors' uniform initialisation.
+        train_depth: depth coefficients are trainable parameters (else fixed buffers).
+        train_width: width matrices are trainable parameters (else fixed buffers).
+        train_small: the small model's weights (copied, never shared) are trainable parameters too.
+        seed: seed for the initial draws; None uses torch's global generator.
+    """
+
+    depth_init: str = "stackbert_noisy"
+    width_init: str = "rand"
+    depth_noise: float = 0.03
+    width_noise: float = 0.03
+    tie: bool = True
+    residual: bool = False
+    residual_noise: float = 0.01
+    train_depth: bool = True
+    train_width: bool = True
+    train_small: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.depth_init not in DEPTH_INITS:
+            raise ValueError(f"unknown depth_init {self.depth_init!r}; valid schemes: {', '.join(DEPTH_INITS)}")
+        if self.width_init not in WIDTH_INITS:
+            raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
+        for name in ("depth_noise", "width_noise", "residual_noise"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+
+    def replace(self, **overrides) -> LiGOConfig:
+        """A copy with some fields changed (unknown names raise TypeError)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(overrides) - fields)
+        if bad:
+            raise TypeError(f"unknown LiGOConfig option(s) {bad}; valid: {sorted(fields)}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LiGOConfig:
+        return cls().replace(**d)

@@ -1,0 +1,416 @@
+"""LiGOModel: a large Hugging Face model whose weights are produced by the LiGO operator.
+
+The operator's tensors live in ``self.op`` in a layer-major layout the kernels like:
+small encoder weights ``(L1, out, in)``, depth coefficients ``(L2, L1)`` per module kind, per-layer width
+matrices and residuals ``(L2, ...)``. ``state_dict()`` translates to and from the official checkpoint
+layout (``__sm_*`` stacked along a last layer axis, one key per large layer, ...), so official operator
+checkpoints load strictly and ours load into the official code.
+
+Each forward produces every large weight with one :func:`ligo_fast.ops.ligo_expand` call per module kind
+(all large layers at once) and one multi-problem vector call for all biases and norm weights, then runs the
+large HF model on them through :func:`torch.func.functional_call`. The large model's own copies of the
+produced parameters are deleted, so they cost no memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from . import ops
+from .arch import EMBEDDING, NORM, Arch, Module, arch_for
+from .config import LiGOConfig
+from .init import depth_init, width_init
+
+logger = logging.getLogger(__name__)
+
+SM = "__sm_"  # official prefix of the small model's tensors
+
+
+def _sm_key(key: str) -> str:
+    return SM + key.replace(".", "_")
+
+
+def _san(path: str) -> str:
+    return path.replace(".", "__")
+
+
+@dataclass
+class _Slot:
+    """One module kind: a block module over all large layers, or one global module."""
+
+    mod: Module
+    layered: bool
+    w: str  # internal name of the small weight: (L1, o1, i1) / (L1, d) if layered, else as in the small model
+    b: str | None
+    depth_w: str | None  # (L2, L1), layered only
+    depth_b: str | None
+    e_rows: str | None  # width matrix of the weight's rows (op's E_out)
+    e_cols: str | None  # width matrix of the weight's columns (op's E_in)
+    res_w: str | None
+    res_b: str | None
+    targets_w: list[str]  # large-model parameter names, one per large layer (or one)
+    targets_b: list[str]
+
+
+class _Op(nn.Module):
+    """Holds the operator's tensors by internal name (parameters or buffers)."""
+
+    def put(self, name: str, t: Tensor, trainable: bool) -> None:
+        if trainable:
+            self.register_parameter(name, nn.Parameter(t))
+        else:
+            self.register_buffer(name, t)
+
+    def get(self, name: str | None) -> Tensor | None:
+        return None if name is None else getattr(self, name)
+
+
+class _Call(nn.Module):
+    """Lets functional_call run a method other than forward (e.g. ``generate``) of the large model."""
+
+    def __init__(self, large: nn.Module, method: str):
+        super().__init__()
+        self.large = large
+        self.method = method
+
+    def forward(self, *args, **kwargs):
+        return getattr(self.large, self.method)(*args, **kwargs)
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+class LiGOModel(nn.Module):
+    """A large model grown from a small one by a trainable LiGO operator. Build it with :func:`ligo_fast.grow`.
+
+    It is called exactly like the large HF model (same arguments, same outputs); its trainable parameters are
+    the operator's. ``materialize()`` returns a plain HF model with the produced weights.
+    """
+
+    def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
+        super().__init__()
+        arch = arch_for(small_model)
+        self.arch: Arch = arch
+        self.ligo_config = config
+        self._hf_class = type(small_model)
+        _check_family(arch, small_model.config, large_config)
+        if arch.check_config is not None:
+            arch.check_config(small_model.config, large_config)
+        self.L1 = arch.num_layers(small_model.config)
+        self.L2 = arch.num_layers(large_config)
+        if self.L2 < self.L1:
+            raise ValueError(f"the layer count shrinks: the small model has {self.L1} layers, the large config {self.L2}")
+
+        small_sd = small_model.state_dict()
+        _check_finite(small_sd)
+        ref = next(iter(small_sd.values()))
+        large = self._hf_class(large_config).to(device=ref.device)
+        self._build(arch, small_sd, large, config)
+        self.large = large
+        self.register_state_dict_post_hook(_state_dict_to_official)
+        self.register_load_state_dict_pre_hook(_state_dict_from_official)
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, arch: Arch, small_sd: dict[str, Tensor], large: nn.Module, cfg: LiGOConfig) -> None:
+        gen = None
+        if cfg.seed is not None:
+            gen = torch.Generator().manual_seed(cfg.seed)
+        self.op = _Op()
+        self._rules: list[tuple[str, str, str]] = []  # (internal, official key template, plain|stack|split)
+        self._slots: list[_Slot] = []
+        large_sd = {k: v for k, v in large.state_dict(keep_vars=True).items()}
+        L1, L2 = self.L1, self.L2
+        layer0 = arch.layer_path(0)
+
+        # 1. the small model's tensors, all of them (the official layout keeps even unused ones)
+        layer_keys = sorted({k[len(layer0) + 1 :] for k in small_sd if k.startswith(layer0 + ".")})
+        for k, v in small_sd.items():
+            if not any(k.startswith(arch.layer_path(j) + ".") for j in range(L1)):
+                self.op.put(_sm_key(k), v.detach().clone(), cfg.train_small)
+                self._rules.append((_sm_key(k), _sm_key(k), "plain"))
+        for k in layer_keys:
+            stacked = torch.stack([small_sd[f"{arch.layer_path(j)}.{k}"].detach() for j in range(L1)])
+            self.op.put(_sm_key(k), stacked.contiguous(), cfg.train_small)
+            self._rules.append((_sm_key(k), _sm_key(k), "stack"))
+
+        # 2. width sizes: every side that uses a width must agree on (small, large)
+        sizes: dict[str, tuple[int, int, str]] = {}
+
+        def side(width: str | None, small: int, big: int, where: str) -> None:
+            if width is None:
+                if small != big:
+                    raise ValueError(f"{where} has size {small} in the small model and {big} in the large one, "
+                                     "but that axis does not grow (a vocabulary or position table)")
+                return
+            if big < small:
+                raise ValueError(f"width {width!r} shrinks: {where} has size {small} in the small model "
+                                 f"but {big} in the large config")
+            if width in sizes and sizes[width][:2] != (small, big):
+                raise ValueError(f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} "
+                                 f"but {(small, big)} at {where}")
+            sizes.setdefault(width, (small, big, where))
+
+        modules = [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]
+        for mod, layered in modules:
+            sk = lk = f"{layer0}.{mod.path}.weight" if layered else f"{mod.path}.weight"
+            if sk not in small_sd or lk not in large_sd:
+                raise ValueError(f"the model has no parameter {sk!r} that its architecture description "
+                                 f"({arch.family}) names")
+            s, b = small_sd[sk].shape, large_sd[lk].shape
+            rows, cols = _row_col_widths(mod)
+            side(rows, s[0], b[0], f"{lk} dim 0")
+            if len(s) > 1:
+                side(cols, s[1], b[1], f"{lk} dim 1")
+
+        # 3. width matrices
+        def new_width(width: str, layers: int | None) -> Tensor:
+            small, big, _ = sizes[width]
+            shape = (big - small, small)
+            if layers is None:
+                return width_init(*shape, cfg.width_init, cfg.width_noise, gen)
+            return torch.stack([width_init(*shape, cfg.width_init, cfg.width_noise, gen) for _ in range(layers)])
+
+        tied_names: dict[str, str | None] = {}
+        if cfg.tie:
+            for wname, spec in arch.widths.items():
+                if wname not in sizes or sizes[wname][0] == sizes[wname][1]:
+                    tied_names[wname] = None
+                    continue
+                name = "width__" + wname
+                self.op.put(name, new_width(wname, L2 if spec.per_layer else None), cfg.train_width)
+                tied_names[wname] = name
+                self._rules.append((name, spec.key + ".coeffs_weight", "split" if spec.per_layer else "plain"))
+
+        def width_for(mod: Module, layered: bool, wname: str | None, suffix: str) -> str | None:
+            if wname is None or sizes[wname][0] == sizes[wname][1]:
+                return None
+            if cfg.tie:
+                return tied_names[wname]
+            name = f"width__{_san(mod.path)}__{suffix}"
+            self.op.put(name, new_width(wname, L2 if layered else None), cfg.train_width)
+            key = f"{_full(arch, mod, layered)}.fuse_width_{suffix}.coeffs_weight"
+            self._rules.append((name, key, "split" if layered else "plain"))
+            return name
+
+        # 4. one slot per module kind
+        for mod, layered in modules:
+            full = _full(arch, mod, layered)
+            small_w = _sm_key(f"{mod.path}.weight")
+            small_b = _sm_key(f"{mod.path}.bias") if mod.bias else None
+            if small_b is not None and small_b not in self.op._buffers and small_b not in self.op._parameters:
+                raise ValueError(f"{full} has no bias in the small model, but its description says it has")
+            rows, cols = _row_col_widths(mod)
+            if mod.kind == EMBEDDING:  # the official code calls the feature side of an embedding "out"
+                e_rows, e_cols = None, width_for(mod, layered, cols, "out")
+            elif mod.kind == NORM:
+                e_rows, e_cols = width_for(mod, layered, rows, "out"), None
+            else:
+                names = {"rows": (rows, "in" if mod.transposed else "out"), "cols": (cols, "out" if mod.transposed else "in")}
+                e_rows = width_for(mod, layered, names["rows"][0], names["rows"][1])
+                e_cols = width_for(mod, layered, names["cols"][0], names["cols"][1])
+            depth_w = depth_b = None
+            if layered:
+                depth_w = f"depth__{_san(mod.path)}__weight"
+                self.op.put(depth_w, depth_init(L2, L1, cfg.depth_init, cfg.depth_noise, gen), cfg.train_depth)
+                self._rules.append((depth_w, f"{full}.fuse_depth_coeffs.coeffs_weight", "split"))
+                if small_b is not None:
+                    depth_b = f"depth__{_san(mod.path)}__bias"
+                    self.op.put(depth_b, depth_init(L2, L1, cfg.depth_init, cfg.depth_noise, gen), cfg.train_depth)
+                    self._rules.append((depth_b, f"{full}.fuse_depth_coeffs.coeffs_bias", "split"))
+            targets_w = [f"{arch.layer_path(l)}.{mod.path}.weight" for l in range(L2)] if layered else [f"{mod.path}.weight"]
+            targets_b = ([f"{arch.layer_path(l)}.{mod.path}.bias" for l in range(L2)] if layered else [f"{mod.path}.bias"]) if small_b else []
+            res_w = res_b = None
+            if cfg.residual:
+                res_w = f"residual__{_san(mod.path)}__weight"
+                shape = (L2, *large_sd[targets_w[0]].shape) if layered else tuple(large_sd[targets_w[0]].shape)
+                self.op.put(res_w, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True)
+                self._rules.append((res_w, f"{full}.residual_weight", "split" if layered else "plain"))
+                if small_b is not None:
+                    res_b = f"residual__{_san(mod.path)}__bias"
+                    shape = (L2, *large_sd[targets_b[0]].shape) if layered else tuple(large_sd[targets_b[0]].shape)
+                    self.op.put(res_b, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True)
+                    self._rules.append((res_b, f"{full}.residual_bias", "split" if layered else "plain"))
+            self._slots.append(_Slot(mod, layered, small_w, small_b, depth_w, depth_b, e_rows, e_cols, res_w, res_b, targets_w, targets_b))
+
+        # 5. the large model keeps only what the operator does not produce, frozen
+        produced = {t for s in self._slots for t in s.targets_w + s.targets_b}
+        by_id: dict[int, list[str]] = {}
+        for name, p in large.named_parameters(remove_duplicate=False):
+            by_id.setdefault(id(p), []).append(name)
+        self._aliases: dict[str, list[str]] = {}  # produced name -> other names tied to it in the large model
+        for names in by_id.values():
+            hit = [n for n in names if n in produced]
+            if hit:
+                self._aliases[hit[0]] = [n for n in names if n != hit[0]]
+                for n in names:
+                    parent, _, leaf = n.rpartition(".")
+                    del _get(large, parent)._parameters[leaf]
+        for p in large.parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ production
+    def _one(self, ref: Tensor) -> Tensor:
+        return torch.ones(1, 1, device=ref.device, dtype=torch.float32)
+
+    def produce(self, backend: str = "auto") -> dict[str, Tensor]:
+        """All produced large-model tensors by HF parameter name (views into one tensor per module kind)."""
+        g = self.op.get
+        out: dict[str, Tensor] = {}
+        vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+        vec_targets: list[list[str]] = []
+        for s in self._slots:
+            W = g(s.w)
+            if s.mod.kind == NORM:
+                b_depth = g(s.depth_w) if s.layered else self._one(W)
+                vec_problems.append((W if s.layered else W[None], b_depth, g(s.e_rows), _lift(g(s.res_w), s.layered)))
+                vec_targets.append(s.targets_w)
+            else:
+                depth = g(s.depth_w) if s.layered else self._one(W)
+                res = _lift(g(s.res_w), s.layered)
+                Wl = W if s.layered else W[None]
+                big = ops.ligo_expand(Wl, depth, g(s.e_rows), g(s.e_cols), residual=res, backend=backend)
+                for name, t in zip(s.targets_w, big.unbind(0)):
+                    out[name] = t
+            if s.b is not None:
+                b = g(s.b)
+                depth = g(s.depth_b) if s.layered else self._one(b)
+                e = g(s.e_rows) if s.mod.kind != EMBEDDING else None
+                vec_problems.append((b if s.layered else b[None], depth, e, _lift(g(s.res_b), s.layered)))
+                vec_targets.append(s.targets_b)
+        for names, t in zip(vec_targets, ops.ligo_expand_vec_multi(vec_problems, backend=backend)):
+            for name, row in zip(names, t.unbind(0)):
+                out[name] = row
+        for name, others in self._aliases.items():
+            for o in others:
+                out[o] = out[name]
+        return out
+
+    # ------------------------------------------------------------------ HF-like surface
+    @property
+    def config(self):
+        return self.large.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.op.get(s.w) for s in self._slots).device
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.large, self.produce(), args, kwargs, tie_weights=False)
+
+    def generate(self, *args, **kwargs):
+        """``generate`` of the large HF model, with the produced weights (only where the HF class has it)."""
+        if not hasattr(self.large, "generate"):
+            raise AttributeError(f"{type(self.large).__name__} has no generate()")
+        with torch.no_grad():
+            params = {"large." + k: v for k, v in self.produce().items()}
+        return functional_call(_Call(self.large, "generate"), params, args, kwargs, tie_weights=False)
+
+    def materialize(self):
+        """A fresh plain HF model of the large config holding the produced weights. See :func:`materialize`."""
+        from .api import materialize
+
+        return materialize(self)
+
+    def save_operator(self, path) -> None:
+        """Save the operator (safetensors, official layout) and a JSON of its configuration into directory ``path``."""
+        from .checkpoint import save_operator
+
+        save_operator(self, path)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        _check_checkpoint(self, state_dict, strict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def extra_repr(self) -> str:
+        return f"{self.arch.family}: {self.L1} -> {self.L2} layers, {len(self._slots)} module kinds"
+
+
+# ---------------------------------------------------------------------- helpers
+def _full(arch: Arch, mod: Module, layered: bool) -> str:
+    """Official module path; for block modules with ``{l}`` for the large layer index."""
+    return f"{arch.layers}.{{l}}.{mod.path}" if layered else mod.path
+
+
+def _row_col_widths(mod: Module) -> tuple[str | None, str | None]:
+    """Width names of the stored weight's dim 0 and dim 1."""
+    if mod.kind == EMBEDDING:
+        return None, mod.out
+    if mod.kind == NORM:
+        return mod.out, None
+    return (mod.inp, mod.out) if mod.transposed else (mod.out, mod.inp)
+
+
+def _lift(t: Tensor | None, layered: bool) -> Tensor | None:
+    return t if (t is None or layered) else t[None]
+
+
+def _check_family(arch: Arch, small_config, large_config) -> None:
+    mt = getattr(large_config, "model_type", None)
+    if mt not in arch.model_types:
+        raise ValueError(
+            f"the large config is a {mt!r} config but the small model is a {arch.family} model "
+            f"({', '.join(arch.model_types)}); grow within one family"
+        )
+
+
+def _check_finite(sd: dict[str, Tensor]) -> None:
+    for k, v in sd.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            kind = "NaN" if torch.isnan(v).any() else "Inf"
+            raise ValueError(f"the small model's {k} contains {kind}; refusing to grow from it")
+
+
+def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> None:
+    new = OrderedDict()
+    op_pre, large_pre = prefix + "op.", prefix + "large."
+    for internal, official, rule in module._rules:
+        v = sd.pop(op_pre + internal)
+        if rule == "plain":
+            new[prefix + official] = v
+        elif rule == "stack":
+            new[prefix + official] = v.movedim(0, -1).contiguous()
+        else:
+            for l, row in enumerate(v.unbind(0)):
+                new[prefix + official.format(l=l)] = row
+    for k in [k for k in sd if k.startswith(large_pre)]:
+        new[prefix + k[len(large_pre):]] = sd.pop(k)
+    for k in [k for k in sd if k.startswith(prefix)]:
+        new[k] = sd.pop(k)
+    sd.update(new)
+
+
+def _state_dict_from_official(module: LiGOModel, sd, prefix, *args) -> None:
+    op_pre = prefix + "op."
+    for internal, official, rule in module._rules:
+        if rule == "split":
+            keys = [prefix + official.format(l=l) for l in range(module.L2)]
+            if all(k in sd for k in keys):
+                sd[op_pre + internal] = torch.stack([sd.pop(k) for k in keys])
+        elif prefix + official in sd:
+            v = sd.pop(prefix + official)
+            sd[op_pre + internal] = v.movedim(-1, 0) if rule == "stack" else v
+    for k in module.large.state_dict():
+        if prefix + k in sd:
+            sd[prefix + "large." + k] = sd.pop(prefix + k)
+
+
+def _check_checkpoint(model: LiGOModel, state_dict, strict: bool) -> None:
+    """Name the first key or shape that does not fit, before torch's own (long) error."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if strict:
+        for k in expected:
+            if k not in state_dict:
+                raise ValueError(f"checkpoint does not fit: missing key {k!r} (shape {expected[k]})")
+        for k in state_dict:
+            if k not in expected:
+                raise ValueError(f"checkpoint does not fit: unexpected key {k!r}")
+    for k, v in state_dict.items():
+        if k in expected and tuple(v.shape) != expected[k]:
+            raise ValueError(f"checkpoint does not fit: {k!r} has shape {tuple(v.shape)}, expected {expected[k]}")

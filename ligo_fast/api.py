@@ -45,6 +45,8 @@ def materialize(model) -> nn.Module:
     large.to(device=model.device, dtype=dtype)
     missing, unexpected = large.load_state_dict(state, strict=False)
     if unexpected or missing:
-        raise RuntimeError(f"materialize: the large model did not take the produced weights "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RuntimeError(
+            f"materialize: the large model did not take the produced weights "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return large.train(model.training)

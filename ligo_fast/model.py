@@ -106,7 +106,9 @@ class LiGOModel(nn.Module):
         self.L1 = arch.num_layers(small_model.config)
         self.L2 = arch.num_layers(large_config)
         if self.L2 < self.L1:
-            raise ValueError(f"the layer count shrinks: the small model has {self.L1} layers, the large config {self.L2}")
+            raise ValueError(
+                f"the layer count shrinks: the small model has {self.L1} layers, the large config {self.L2}"
+            )
 
         small_sd = small_model.state_dict()
         _check_finite(small_sd)
@@ -146,23 +148,29 @@ class LiGOModel(nn.Module):
         def side(width: str | None, small: int, big: int, where: str) -> None:
             if width is None:
                 if small != big:
-                    raise ValueError(f"{where} has size {small} in the small model and {big} in the large one, "
-                                     "but that axis does not grow (a vocabulary or position table)")
+                    raise ValueError(
+                        f"{where} has size {small} in the small model and {big} in the large one, "
+                        "but that axis does not grow (a vocabulary or position table)"
+                    )
                 return
             if big < small:
-                raise ValueError(f"width {width!r} shrinks: {where} has size {small} in the small model "
-                                 f"but {big} in the large config")
+                raise ValueError(
+                    f"width {width!r} shrinks: {where} has size {small} in the small model "
+                    f"but {big} in the large config"
+                )
             if width in sizes and sizes[width][:2] != (small, big):
-                raise ValueError(f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} "
-                                 f"but {(small, big)} at {where}")
+                raise ValueError(
+                    f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} but {(small, big)} at {where}"
+                )
             sizes.setdefault(width, (small, big, where))
 
         modules = [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]
         for mod, layered in modules:
             sk = lk = f"{layer0}.{mod.path}.weight" if layered else f"{mod.path}.weight"
             if sk not in small_sd or lk not in large_sd:
-                raise ValueError(f"the model has no parameter {sk!r} that its architecture description "
-                                 f"({arch.family}) names")
+                raise ValueError(
+                    f"the model has no parameter {sk!r} that its architecture description ({arch.family}) names"
+                )
             s, b = small_sd[sk].shape, large_sd[lk].shape
             rows, cols = _row_col_widths(mod)
             side(rows, s[0], b[0], f"{lk} dim 0")
@@ -212,7 +220,10 @@ class LiGOModel(nn.Module):
             elif mod.kind == NORM:
                 e_rows, e_cols = width_for(mod, layered, rows, "out"), None
             else:
-                names = {"rows": (rows, "in" if mod.transposed else "out"), "cols": (cols, "out" if mod.transposed else "in")}
+                names = {
+                    "rows": (rows, "in" if mod.transposed else "out"),
+                    "cols": (cols, "out" if mod.transposed else "in"),
+                }
                 e_rows = width_for(mod, layered, names["rows"][0], names["rows"][1])
                 e_cols = width_for(mod, layered, names["cols"][0], names["cols"][1])
             depth_w = depth_b = None
@@ -224,20 +235,34 @@ class LiGOModel(nn.Module):
                     depth_b = f"depth__{_san(mod.path)}__bias"
                     self.op.put(depth_b, depth_init(L2, L1, cfg.depth_init, cfg.depth_noise, gen), cfg.train_depth)
                     self._rules.append((depth_b, f"{full}.fuse_depth_coeffs.coeffs_bias", "split"))
-            targets_w = [f"{arch.layer_path(l)}.{mod.path}.weight" for l in range(L2)] if layered else [f"{mod.path}.weight"]
-            targets_b = ([f"{arch.layer_path(l)}.{mod.path}.bias" for l in range(L2)] if layered else [f"{mod.path}.bias"]) if small_b else []
+            targets_w = (
+                [f"{arch.layer_path(l)}.{mod.path}.weight" for l in range(L2)] if layered else [f"{mod.path}.weight"]
+            )
+            targets_b = (
+                ([f"{arch.layer_path(l)}.{mod.path}.bias" for l in range(L2)] if layered else [f"{mod.path}.bias"])
+                if small_b
+                else []
+            )
             res_w = res_b = None
             if cfg.residual:
                 res_w = f"residual__{_san(mod.path)}__weight"
                 shape = (L2, *large_sd[targets_w[0]].shape) if layered else tuple(large_sd[targets_w[0]].shape)
-                self.op.put(res_w, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True)
+                self.op.put(
+                    res_w, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True
+                )
                 self._rules.append((res_w, f"{full}.residual_weight", "split" if layered else "plain"))
                 if small_b is not None:
                     res_b = f"residual__{_san(mod.path)}__bias"
                     shape = (L2, *large_sd[targets_b[0]].shape) if layered else tuple(large_sd[targets_b[0]].shape)
-                    self.op.put(res_b, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True)
+                    self.op.put(
+                        res_b, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True
+                    )
                     self._rules.append((res_b, f"{full}.residual_bias", "split" if layered else "plain"))
-            self._slots.append(_Slot(mod, layered, small_w, small_b, depth_w, depth_b, e_rows, e_cols, res_w, res_b, targets_w, targets_b))
+            self._slots.append(
+                _Slot(
+                    mod, layered, small_w, small_b, depth_w, depth_b, e_rows, e_cols, res_w, res_b, targets_w, targets_b
+                )
+            )
 
         # 5. the large model keeps only what the operator does not produce, frozen
         produced = {t for s in self._slots for t in s.targets_w + s.targets_b}
@@ -276,7 +301,7 @@ class LiGOModel(nn.Module):
                 res = _lift(g(s.res_w), s.layered)
                 Wl = W if s.layered else W[None]
                 big = ops.ligo_expand(Wl, depth, g(s.e_rows), g(s.e_cols), residual=res, backend=backend)
-                for name, t in zip(s.targets_w, big.unbind(0)):
+                for name, t in zip(s.targets_w, big.unbind(0), strict=True):
                     out[name] = t
             if s.b is not None:
                 b = g(s.b)
@@ -284,8 +309,8 @@ class LiGOModel(nn.Module):
                 e = g(s.e_rows) if s.mod.kind != EMBEDDING else None
                 vec_problems.append((b if s.layered else b[None], depth, e, _lift(g(s.res_b), s.layered)))
                 vec_targets.append(s.targets_b)
-        for names, t in zip(vec_targets, ops.ligo_expand_vec_multi(vec_problems, backend=backend)):
-            for name, row in zip(names, t.unbind(0)):
+        for names, t in zip(vec_targets, ops.ligo_expand_vec_multi(vec_problems, backend=backend), strict=True):
+            for name, row in zip(names, t.unbind(0), strict=True):
                 out[name] = row
         for name, others in self._aliases.items():
             for o in others:
@@ -380,7 +405,7 @@ def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> No
             for l, row in enumerate(v.unbind(0)):
                 new[prefix + official.format(l=l)] = row
     for k in [k for k in sd if k.startswith(large_pre)]:
-        new[prefix + k[len(large_pre):]] = sd.pop(k)
+        new[prefix + k[len(large_pre) :]] = sd.pop(k)
     for k in [k for k in sd if k.startswith(prefix)]:
         new[k] = sd.pop(k)
     sd.update(new)

@@ -119,7 +119,10 @@ def ligo_expand_vec(
     residual: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """Vector version of :func:`ligo_expand`: b (L1, o1) -> (L2, o2), ``[I; E_out[l]] @ (depth[l] @ b) + residual[l]``."""
+    """Vector version of :func:`ligo_expand`: b (L1, o1) -> (L2, o2).
+
+    ``out[l] = [I; E_out[l]] @ (depth[l] @ b) + residual[l]``.
+    """
     check_expand_vec_args(b, depth, E_out, residual)
     return backends.resolve(backend, b.device).expand_vec(b, depth, E_out, residual)
 

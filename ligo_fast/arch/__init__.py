@@ -4,6 +4,13 @@ from . import bert  # noqa: F401  (registers BERT/RoBERTa)
 from .base import EMBEDDING, LINEAR, NORM, Arch, Module, Width, arch_for, register_architecture, supported_classes
 
 __all__ = [
-    "Arch", "Module", "Width", "LINEAR", "NORM", "EMBEDDING",
-    "arch_for", "register_architecture", "supported_classes",
+    "Arch",
+    "Module",
+    "Width",
+    "LINEAR",
+    "NORM",
+    "EMBEDDING",
+    "arch_for",
+    "register_architecture",
+    "supported_classes",
 ]

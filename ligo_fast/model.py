@@ -46,16 +46,19 @@ class _Slot:
 
     mod: Module
     layered: bool
-    w: str  # internal name of the small weight: (L1, o1, i1) / (L1, d) if layered, else as in the small model
+    w: str  # internal name of the small weight: stacked (L1, ...) if layered, else as in the small model
     b: str | None
     depth_w: str | None  # (L2, L1), layered only
     depth_b: str | None
-    e_rows: str | None  # width matrix of the weight's rows (op's E_out)
-    e_cols: str | None  # width matrix of the weight's columns (op's E_in)
+    e_rows: list[str | None]  # width matrix of the 2-D weight view's rows (op's E_out), one per part
+    e_cols: list[str | None]  # ... of its columns (op's E_in), one per part
+    split_rows: bool  # the parts lie along the rows (else along the columns)
     res_w: str | None
     res_b: str | None
     targets_w: list[str]  # large-model parameter names, one per large layer (or one)
     targets_b: list[str]
+    shape_w: tuple[int, ...]  # large tensor shape of one target
+    view_w: tuple[int, int]  # its 2-D (rows, cols) view in the small model
 
 
 class _Op(nn.Module):
@@ -97,19 +100,17 @@ class LiGOModel(nn.Module):
     def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
         super().__init__()
         arch = arch_for(small_model)
+        _check_family(arch, small_model.config, large_config)
+        arch = arch.for_configs(small_model.config, large_config)
         self.arch: Arch = arch
         self.ligo_config = config
         self._hf_class = type(small_model)
-        _check_family(arch, small_model.config, large_config)
-        if arch.check_config is not None:
-            arch.check_config(small_model.config, large_config)
         self.L1 = arch.num_layers(small_model.config)
         self.L2 = arch.num_layers(large_config)
         if self.L2 < self.L1:
             raise ValueError(
                 f"the layer count shrinks: the small model has {self.L1} layers, the large config {self.L2}"
             )
-
         small_sd = small_model.state_dict()
         _check_finite(small_sd)
         ref = next(iter(small_sd.values()))
@@ -121,153 +122,167 @@ class LiGOModel(nn.Module):
 
     # ------------------------------------------------------------------ construction
     def _build(self, arch: Arch, small_sd: dict[str, Tensor], large: nn.Module, cfg: LiGOConfig) -> None:
-        gen = None
-        if cfg.seed is not None:
-            gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         self.op = _Op()
         self._rules: list[tuple[str, str, str]] = []  # (internal, official key template, plain|stack|split)
         self._slots: list[_Slot] = []
-        large_sd = {k: v for k, v in large.state_dict(keep_vars=True).items()}
+        large_sd = dict(large.state_dict(keep_vars=True))
+        large_params = dict(large.named_parameters(remove_duplicate=False))
         L1, L2 = self.L1, self.L2
         layer0 = arch.layer_path(0)
 
         # 1. the small model's tensors, all of them (the official layout keeps even unused ones)
-        layer_keys = sorted({k[len(layer0) + 1 :] for k in small_sd if k.startswith(layer0 + ".")})
+        in_layers = tuple(arch.layer_path(j) + "." for j in range(L1))
         for k, v in small_sd.items():
-            if not any(k.startswith(arch.layer_path(j) + ".") for j in range(L1)):
+            if not k.startswith(in_layers):
                 self.op.put(_sm_key(k), v.detach().clone(), cfg.train_small)
                 self._rules.append((_sm_key(k), _sm_key(k), "plain"))
-        for k in layer_keys:
+        for k in sorted({k[len(layer0) + 1 :] for k in small_sd if k.startswith(layer0 + ".")}):
             stacked = torch.stack([small_sd[f"{arch.layer_path(j)}.{k}"].detach() for j in range(L1)])
             self.op.put(_sm_key(k), stacked.contiguous(), cfg.train_small)
             self._rules.append((_sm_key(k), _sm_key(k), "stack"))
 
-        # 2. width sizes: every side that uses a width must agree on (small, large)
+        # 2. which modules this model has; tied duplicates in the large model are produced once
+        modules: list[tuple[Module, bool]] = []
+        seen_params: dict[int, str] = {}
+        for mod, layered in [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]:
+            key = f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
+            if key not in small_sd and key not in large_sd and not layered:
+                continue  # an optional global module (a pooler) this model does not have
+            for where, sd in (("small model", small_sd), ("large model", large_sd)):
+                if key not in sd:
+                    raise ValueError(f"the {where} has no tensor {key!r}, which the {arch.family} description names")
+            pid = id(large_params.get(key))
+            if key in large_params and pid in seen_params:
+                continue  # e.g. lm_head tied to the token embedding: the alias step below fills it in
+            if key in large_params:
+                seen_params[pid] = key
+            modules.append((mod, layered))
+
+        # 3. width sizes: every side that uses a width must agree on (small, large)
         sizes: dict[str, tuple[int, int, str]] = {}
 
-        def side(width: str | None, small: int, big: int, where: str) -> None:
-            if width is None:
+        def side(width, small: int, big: int, where: str) -> None:
+            names = _parts(width)
+            if not names:
                 if small != big:
                     raise ValueError(
-                        f"{where} has size {small} in the small model and {big} in the large one, "
-                        "but that axis does not grow (a vocabulary or position table)"
+                        f"{where} has size {small} in the small model and {big} in the large one, but that axis "
+                        "does not grow (a vocabulary, position table, label set or patch)"
                     )
                 return
-            if big < small:
-                raise ValueError(
-                    f"width {width!r} shrinks: {where} has size {small} in the small model "
-                    f"but {big} in the large config"
-                )
-            if width in sizes and sizes[width][:2] != (small, big):
-                raise ValueError(
-                    f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} but {(small, big)} at {where}"
-                )
-            sizes.setdefault(width, (small, big, where))
+            if small % len(names) or big % len(names):
+                raise ValueError(f"{where}: sizes {small} and {big} do not split into {len(names)} equal parts")
+            small, big = small // len(names), big // len(names)
+            for w in names:
+                if big < small:
+                    raise ValueError(
+                        f"width {w!r} shrinks: {where} has size {small} in the small model but {big} in the large one"
+                    )
+                if w in sizes and sizes[w][:2] != (small, big):
+                    raise ValueError(f"width {w!r} is {sizes[w][:2]} at {sizes[w][2]} but {(small, big)} at {where}")
+                sizes.setdefault(w, (small, big, where))
 
-        modules = [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]
         for mod, layered in modules:
-            sk = lk = f"{layer0}.{mod.path}.weight" if layered else f"{mod.path}.weight"
-            if sk not in small_sd or lk not in large_sd:
-                raise ValueError(
-                    f"the model has no parameter {sk!r} that its architecture description ({arch.family}) names"
-                )
-            s, b = small_sd[sk].shape, large_sd[lk].shape
+            key = f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
+            s, b = _view2d(mod, small_sd[key].shape), _view2d(mod, large_sd[key].shape)
             rows, cols = _row_col_widths(mod)
-            side(rows, s[0], b[0], f"{lk} dim 0")
-            if len(s) > 1:
-                side(cols, s[1], b[1], f"{lk} dim 1")
+            side(rows, s[0], b[0], f"{key} rows")
+            side(cols, s[1], b[1], f"{key} columns")
 
-        # 3. width matrices
+        # 4. width matrices
         def new_width(width: str, layers: int | None) -> Tensor:
             small, big, _ = sizes[width]
-            shape = (big - small, small)
-            if layers is None:
-                return width_init(*shape, cfg.width_init, cfg.width_noise, gen)
-            return torch.stack([width_init(*shape, cfg.width_init, cfg.width_noise, gen) for _ in range(layers)])
+            draw = lambda: width_init(big - small, small, cfg.width_init, cfg.width_noise, gen)  # noqa: E731
+            return draw() if layers is None else torch.stack([draw() for _ in range(layers)])
 
-        tied_names: dict[str, str | None] = {}
+        def grows(w: str | None) -> bool:
+            return w is not None and w in sizes and sizes[w][0] != sizes[w][1]
+
+        tied: dict[str, str] = {}
         if cfg.tie:
             for wname, spec in arch.widths.items():
-                if wname not in sizes or sizes[wname][0] == sizes[wname][1]:
-                    tied_names[wname] = None
-                    continue
-                name = "width__" + wname
-                self.op.put(name, new_width(wname, L2 if spec.per_layer else None), cfg.train_width)
-                tied_names[wname] = name
-                self._rules.append((name, spec.key + ".coeffs_weight", "split" if spec.per_layer else "plain"))
+                if grows(wname):
+                    tied[wname] = "width__" + wname
+                    self.op.put(tied[wname], new_width(wname, L2 if spec.per_layer else None), cfg.train_width)
+                    self._rules.append(
+                        (tied[wname], spec.key + ".coeffs_weight", "split" if spec.per_layer else "plain")
+                    )
 
         def width_for(mod: Module, layered: bool, wname: str | None, suffix: str) -> str | None:
-            if wname is None or sizes[wname][0] == sizes[wname][1]:
+            if not grows(wname):
                 return None
             if cfg.tie:
-                return tied_names[wname]
-            name = f"width__{_san(mod.path)}__{suffix}"
-            self.op.put(name, new_width(wname, L2 if layered else None), cfg.train_width)
-            key = f"{_full(arch, mod, layered)}.fuse_width_{suffix}.coeffs_weight"
-            self._rules.append((name, key, "split" if layered else "plain"))
+                return tied[wname]
+            name = f"width__{_san(_ident(mod))}__{suffix}"
+            if name not in self.op._parameters and name not in self.op._buffers:
+                self.op.put(name, new_width(wname, L2 if layered else None), cfg.train_width)
+                key = f"{_full(arch, mod, layered)}.fuse_width_{suffix}.coeffs_weight"
+                self._rules.append((name, key, "split" if layered else "plain"))
             return name
 
-        # 4. one slot per module kind
+        # 5. one slot per module kind
         for mod, layered in modules:
             full = _full(arch, mod, layered)
-            small_w = _sm_key(f"{mod.path}.weight")
-            small_b = _sm_key(f"{mod.path}.bias") if mod.bias else None
-            if small_b is not None and small_b not in self.op._buffers and small_b not in self.op._parameters:
-                raise ValueError(f"{full} has no bias in the small model, but its description says it has")
+            ident = _san(_ident(mod))
+            small_w = _sm_key(mod.key(mod.weight))
+            bias_key = mod.key(mod.bias) if mod.bias else None
+            probe = f"{layer0}.{bias_key}" if layered else bias_key
+            small_b = _sm_key(bias_key) if bias_key and probe in small_sd else None
             rows, cols = _row_col_widths(mod)
-            if mod.kind == EMBEDDING:  # the official code calls the feature side of an embedding "out"
-                e_rows, e_cols = None, width_for(mod, layered, cols, "out")
-            elif mod.kind == NORM:
-                e_rows, e_cols = width_for(mod, layered, rows, "out"), None
-            else:
-                names = {
-                    "rows": (rows, "in" if mod.transposed else "out"),
-                    "cols": (cols, "out" if mod.transposed else "in"),
-                }
-                e_rows = width_for(mod, layered, names["rows"][0], names["rows"][1])
-                e_cols = width_for(mod, layered, names["cols"][0], names["cols"][1])
+            # the official code calls the feature side of embeddings and norms "out", of linears out/in by role
+            rsuffix, csuffix = ("in", "out") if mod.transposed else ("out", "in")
+            if mod.kind == EMBEDDING:
+                csuffix = "out"
+            e_rows = [width_for(mod, layered, w, rsuffix) for w in (_parts(rows) or (None,))]
+            e_cols = [width_for(mod, layered, w, csuffix) for w in (_parts(cols) or (None,))]
             depth_w = depth_b = None
             if layered:
-                depth_w = f"depth__{_san(mod.path)}__weight"
+                depth_w = f"depth__{ident}__weight"
                 self.op.put(depth_w, depth_init(L2, L1, cfg.depth_init, cfg.depth_noise, gen), cfg.train_depth)
                 self._rules.append((depth_w, f"{full}.fuse_depth_coeffs.coeffs_weight", "split"))
                 if small_b is not None:
-                    depth_b = f"depth__{_san(mod.path)}__bias"
+                    depth_b = f"depth__{ident}__bias"
                     self.op.put(depth_b, depth_init(L2, L1, cfg.depth_init, cfg.depth_noise, gen), cfg.train_depth)
                     self._rules.append((depth_b, f"{full}.fuse_depth_coeffs.coeffs_bias", "split"))
-            targets_w = (
-                [f"{arch.layer_path(l)}.{mod.path}.weight" for l in range(L2)] if layered else [f"{mod.path}.weight"]
-            )
-            targets_b = (
-                ([f"{arch.layer_path(l)}.{mod.path}.bias" for l in range(L2)] if layered else [f"{mod.path}.bias"])
-                if small_b
-                else []
-            )
+            layer_names = [arch.layer_path(l) + "." for l in range(L2)] if layered else [""]
+            targets_w = [p + mod.key(mod.weight) for p in layer_names]
+            targets_b = [p + bias_key for p in layer_names] if small_b else []
             res_w = res_b = None
             if cfg.residual:
-                res_w = f"residual__{_san(mod.path)}__weight"
-                shape = (L2, *large_sd[targets_w[0]].shape) if layered else tuple(large_sd[targets_w[0]].shape)
-                self.op.put(
-                    res_w, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True
-                )
-                self._rules.append((res_w, f"{full}.residual_weight", "split" if layered else "plain"))
-                if small_b is not None:
-                    res_b = f"residual__{_san(mod.path)}__bias"
-                    shape = (L2, *large_sd[targets_b[0]].shape) if layered else tuple(large_sd[targets_b[0]].shape)
-                    self.op.put(
-                        res_b, torch.empty(shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True
-                    )
-                    self._rules.append((res_b, f"{full}.residual_bias", "split" if layered else "plain"))
+                res_w, res_b = f"residual__{ident}__weight", (f"residual__{ident}__bias" if small_b else None)
+                for name, tgt, what in ((res_w, targets_w, "weight"), (res_b, targets_b, "bias")):
+                    if name is None:
+                        continue
+                    shape = tuple(large_sd[tgt[0]].shape)
+                    r = torch.empty((L2, *shape) if layered else shape)
+                    self.op.put(name, r.uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen), True)
+                    self._rules.append((name, f"{full}.residual_{what}", "split" if layered else "plain"))
+            sw = small_sd[f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)].shape
             self._slots.append(
                 _Slot(
-                    mod, layered, small_w, small_b, depth_w, depth_b, e_rows, e_cols, res_w, res_b, targets_w, targets_b
+                    mod,
+                    layered,
+                    small_w,
+                    small_b,
+                    depth_w,
+                    depth_b,
+                    e_rows,
+                    e_cols,
+                    len(e_rows) > 1,
+                    res_w,
+                    res_b,
+                    targets_w,
+                    targets_b,
+                    tuple(large_sd[targets_w[0]].shape),
+                    _view2d(mod, sw),
                 )
             )
 
-        # 5. the large model keeps only what the operator does not produce, frozen
+        # 6. the large model keeps only what the operator does not produce, frozen
         produced = {t for s in self._slots for t in s.targets_w + s.targets_b}
         by_id: dict[int, list[str]] = {}
-        for name, p in large.named_parameters(remove_duplicate=False):
+        for name, p in large_params.items():
             by_id.setdefault(id(p), []).append(name)
         self._aliases: dict[str, list[str]] = {}  # produced name -> other names tied to it in the large model
         for names in by_id.values():
@@ -281,35 +296,61 @@ class LiGOModel(nn.Module):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ production
-    def _one(self, ref: Tensor) -> Tensor:
-        return torch.ones(1, 1, device=ref.device, dtype=torch.float32)
-
     def produce(self, backend: str = "auto") -> dict[str, Tensor]:
         """All produced large-model tensors by HF parameter name (views into one tensor per module kind)."""
         g = self.op.get
         out: dict[str, Tensor] = {}
         vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
-        vec_targets: list[list[str]] = []
+        vec_targets: list[tuple[list[str], int]] = []  # (names, number of parts to concatenate)
+
+        def add_vec(v: Tensor, depth: Tensor, es: list, res: Tensor | None, names: list[str]) -> None:
+            parts = v.chunk(len(es), dim=-1) if len(es) > 1 else (v,)
+            rparts = res.chunk(len(es), dim=-1) if (res is not None and len(es) > 1) else (res,) * len(es)
+            for vp, e, rp in zip(parts, es, rparts, strict=True):
+                vec_problems.append((vp, depth, g(e), rp))
+            vec_targets.append((names, len(es)))
+
         for s in self._slots:
             W = g(s.w)
+            one = torch.ones(1, 1, device=W.device, dtype=torch.float32)
+            depth = g(s.depth_w) if s.layered else one
+            res = _lift(g(s.res_w), s.layered)
+            Wl = W if s.layered else W[None]
             if s.mod.kind == NORM:
-                b_depth = g(s.depth_w) if s.layered else self._one(W)
-                vec_problems.append((W if s.layered else W[None], b_depth, g(s.e_rows), _lift(g(s.res_w), s.layered)))
-                vec_targets.append(s.targets_w)
+                add_vec(Wl, depth, s.e_rows, res, s.targets_w)
             else:
-                depth = g(s.depth_w) if s.layered else self._one(W)
-                res = _lift(g(s.res_w), s.layered)
-                Wl = W if s.layered else W[None]
-                big = ops.ligo_expand(Wl, depth, g(s.e_rows), g(s.e_cols), residual=res, backend=backend)
+                W2 = Wl.reshape(Wl.shape[0], *s.view_w)
+                n = max(len(s.e_rows), len(s.e_cols))
+                dim = 1 if s.split_rows else 2
+                Wparts = W2.chunk(n, dim=dim) if n > 1 else (W2,)
+                big = [
+                    ops.ligo_expand(
+                        Wp,
+                        depth,
+                        g(s.e_rows[i if s.split_rows else 0]),
+                        g(s.e_cols[0 if s.split_rows else i]),
+                        residual=None
+                        if (n > 1 or res is None)
+                        else res.reshape(res.shape[0], *_view2d(s.mod, s.shape_w)),
+                        backend=backend,
+                    )
+                    for i, Wp in enumerate(Wparts)
+                ]
+                big = big[0] if n == 1 else torch.cat(big, dim=dim)
+                if n > 1 and res is not None:
+                    big = big + res.reshape(big.shape).to(big.dtype)
                 for name, t in zip(s.targets_w, big.unbind(0), strict=True):
-                    out[name] = t
+                    out[name] = t.reshape(s.shape_w)
             if s.b is not None:
-                b = g(s.b)
-                depth = g(s.depth_b) if s.layered else self._one(b)
-                e = g(s.e_rows) if s.mod.kind != EMBEDDING else None
-                vec_problems.append((b if s.layered else b[None], depth, e, _lift(g(s.res_b), s.layered)))
-                vec_targets.append(s.targets_b)
-        for names, t in zip(vec_targets, ops.ligo_expand_vec_multi(vec_problems, backend=backend), strict=True):
+                depth_b = g(s.depth_b) if s.layered else one
+                bl = g(s.b) if s.layered else g(s.b)[None]
+                rows_parts = s.e_rows if s.mod.kind != EMBEDDING else [None]
+                # a bias runs along the output side: the rows, or the columns of a transposed weight
+                es = s.e_cols if s.mod.transposed else rows_parts
+                add_vec(bl, depth_b, es, _lift(g(s.res_b), s.layered), s.targets_b)
+        results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
+        for names, n in vec_targets:
+            t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)
             for name, row in zip(names, t.unbind(0), strict=True):
                 out[name] = row
         for name, others in self._aliases.items():
@@ -360,16 +401,43 @@ class LiGOModel(nn.Module):
 # ---------------------------------------------------------------------- helpers
 def _full(arch: Arch, mod: Module, layered: bool) -> str:
     """Official module path; for block modules with ``{l}`` for the large layer index."""
-    return f"{arch.layers}.{{l}}.{mod.path}" if layered else mod.path
+    return f"{arch.layers}.{{l}}.{_ident(mod)}" if layered else _ident(mod)
 
 
-def _row_col_widths(mod: Module) -> tuple[str | None, str | None]:
-    """Width names of the stored weight's dim 0 and dim 1."""
+def _row_col_widths(mod: Module):
+    """Width names (or tuples of part names) of the 2-D weight view's rows and columns."""
     if mod.kind == EMBEDDING:
         return None, mod.out
     if mod.kind == NORM:
         return mod.out, None
     return (mod.inp, mod.out) if mod.transposed else (mod.out, mod.inp)
+
+
+def _parts(width) -> tuple[str, ...]:
+    if width is None:
+        return ()
+    return tuple(width) if isinstance(width, tuple) else (width,)
+
+
+def _ident(mod: Module) -> str:
+    """A module's name in the official key layout: its path, or path.tensor for a bare parameter."""
+    return mod.path if mod.weight == "weight" else mod.key(mod.weight)
+
+
+def _view2d(mod: Module, shape) -> tuple[int, int]:
+    """The (rows, cols) the op sees: linear weights grow on dim 0 (conv kernels ride along), embeddings on the last."""
+    shape = tuple(shape)
+    if mod.kind == NORM:
+        return (shape[0], 1)
+    if mod.kind == EMBEDDING:
+        n = 1
+        for d in shape[:-1]:
+            n *= d
+        return (n, shape[-1])
+    n = 1
+    for d in shape[1:]:
+        n *= d
+    return (shape[0], n)
 
 
 def _lift(t: Tensor | None, layered: bool) -> Tensor | None:

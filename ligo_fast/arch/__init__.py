@@ -1,7 +1,18 @@
 """Architecture descriptions (one module per family) and the registry ``grow`` consults."""
 
-from . import bert  # noqa: F401  (registers BERT/RoBERTa)
-from .base import EMBEDDING, LINEAR, NORM, Arch, Module, Width, arch_for, register_architecture, supported_classes
+from . import bert, gpt2, llama, vit  # noqa: F401  (each registers its classes)
+from .base import (
+    EMBEDDING,
+    LINEAR,
+    NORM,
+    Arch,
+    Module,
+    Width,
+    arch_for,
+    check_heads,
+    register_architecture,
+    supported_classes,
+)
 
 __all__ = [
     "Arch",
@@ -11,6 +22,7 @@ __all__ = [
     "NORM",
     "EMBEDDING",
     "arch_for",
+    "check_heads",
     "register_architecture",
     "supported_classes",
 ]

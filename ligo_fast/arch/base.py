@@ -14,7 +14,7 @@ Vocabulary:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LINEAR, NORM, EMBEDDING = "linear", "norm", "embedding"
 
@@ -43,18 +43,28 @@ class Module:
         kind: ``linear`` (weight (out, in) [+ bias (out,)]), ``norm`` (weight (d,) [+ bias (d,)]), or
             ``embedding`` (weight (num, d): only the columns grow).
         out: width name of the output side (rows of a linear weight, the features of a norm or embedding).
-            None: that side never grows (a vocabulary).
+            None: that side never grows (a vocabulary). A tuple of names: the output is several equal
+            parts fused in one tensor (GPT-2's ``c_attn`` = query|key|value), each growing with its own width.
         inp: width name of the input side of a linear (columns). None: never grows.
-        bias: whether the module has a bias tensor (``bias`` attribute).
         transposed: the weight is stored (in, out), like GPT-2's ``Conv1D``.
+        weight: attribute name of the weight tensor (``cls_token`` for a bare parameter).
+        bias: attribute name of the bias; used when the small model has it (Llama's ``attention_bias``...).
+
+    A linear weight of more than two dimensions (a Conv2d patch projection) grows on dim 0 only, viewed as
+    (out, rest); an embedding-like tensor of more than two dimensions grows on its last dim, viewed as
+    (rest, features).
     """
 
     path: str
     kind: str
-    out: str | None
+    out: str | tuple[str, ...] | None
     inp: str | None = None
-    bias: bool = True
     transposed: bool = False
+    weight: str = "weight"
+    bias: str | None = "bias"
+
+    def key(self, what: str) -> str:
+        return f"{self.path}.{what}" if self.path else what
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,51 @@ class Arch:
     modules: tuple[Module, ...]
     num_layers: Callable = field(default=lambda c: c.num_hidden_layers)
     check_config: Callable | None = None
+    resolve: Callable | None = None
+
+    def for_configs(self, small_config, large_config) -> Arch:
+        """The description to use for this pair of configs (``resolve`` may adapt tying to e.g. GQA)."""
+        if self.check_config is not None:
+            self.check_config(small_config, large_config)
+        return self.resolve(self, small_config, large_config) if self.resolve else self
+
+    def base_model(self, prefix: str, classes: tuple[str, ...]) -> Arch:
+        """The same family without its head: drop modules outside ``prefix`` and strip it from every path."""
+        cut = prefix + "."
+
+        def strip(p: str) -> str:
+            return p[len(cut) :] if p.startswith(cut) else p
+
+        mods = tuple(replace(m, path=strip(m.path)) for m in self.modules if m.path.startswith(cut))
+        used = {w for m in self.layer_modules + mods for w in _names(m.out) + _names(m.inp)}
+        widths = {k: replace(w, key=strip(w.key)) for k, w in self.widths.items() if k in used}
+        return replace(self, classes=classes, layers=strip(self.layers), widths=widths, modules=mods)
+
+    def extra_modules(self, *mods: Module, classes: tuple[str, ...], **widths: Width) -> Arch:
+        """The same family with more global modules (a different head)."""
+        return replace(self, classes=classes, modules=self.modules + mods, widths={**self.widths, **widths})
 
     def layer_path(self, l: int) -> str:
         return f"{self.layers}.{l}"
+
+
+def _names(w) -> tuple[str, ...]:
+    if w is None:
+        return ()
+    return tuple(w) if isinstance(w, tuple) else (w,)
+
+
+def check_heads(small, large) -> None:
+    """Head counts must divide the width (unless head_dim is explicit) and KV heads divide heads."""
+    for c, which in ((small, "small"), (large, "large")):
+        heads = getattr(c, "num_attention_heads", None)
+        if not heads:
+            continue
+        if getattr(c, "head_dim", None) is None and c.hidden_size % heads:
+            raise ValueError(f"{which} config: num_attention_heads={heads} does not divide hidden_size={c.hidden_size}")
+        kv = getattr(c, "num_key_value_heads", None)
+        if kv and heads % kv:
+            raise ValueError(f"{which} config: num_key_value_heads={kv} does not divide num_attention_heads={heads}")
 
 
 _REGISTRY: dict[str, Arch] = {}

@@ -1,4 +1,4 @@
-"""BERT and RoBERTa (the official LiGO coverage), as data.
+"""BERT and RoBERTa, as data.
 
 Tying, exactly as the official code (``fuse_tie_param``):
   * ``emb``: embeddings' feature columns, the embedding LayerNorm, the input side of Q/K/V and FFN-in, the
@@ -6,13 +6,15 @@ Tying, exactly as the official code (``fuse_tie_param``):
     head's transform dense;
   * per large layer: ``query``, ``key``, ``value`` (value also on the input side of attention-output) and
     ``ffn`` (output of FFN-in, input of FFN-out);
-  * ``cls``: output of the head's transform dense and its LayerNorm, input of the decoder. The vocabulary
+  * ``cls``: output of the MLM head's transform dense and its LayerNorm, input of the decoder. The vocabulary
     (decoder output) never grows.
+Beyond the official coverage: the pooler (``BertModel``, sequence classification) has its own width ``pool``
+(output of the pooler dense, input of the classifier); the classifier's labels never grow.
 """
 
 from __future__ import annotations
 
-from .base import EMBEDDING, LINEAR, NORM, Arch, Module, Width, register_architecture
+from .base import EMBEDDING, LINEAR, NORM, Arch, Module, Width, check_heads, register_architecture
 
 BLOCK = (
     Module("attention.self.query", LINEAR, out="query", inp="emb"),
@@ -26,64 +28,72 @@ BLOCK = (
 )
 
 
-def _check_heads(small, large) -> None:
-    for c, which in ((small, "small"), (large, "large")):
-        if c.hidden_size % c.num_attention_heads:
-            raise ValueError(
-                f"{which} config: num_attention_heads={c.num_attention_heads} does not divide "
-                f"hidden_size={c.hidden_size}"
-            )
-
-
-def _bert_like(base: str, model_types: tuple[str, ...], classes: tuple[str, ...], head: tuple[Module, ...], cls_key):
+def _family(base: str, head: tuple[Module, ...], classes: tuple[str, ...], cls_key: str) -> Arch:
     widths = {
         "emb": Width(f"{base}.embeddings.fuse_width_emb"),
+        "cls": Width(cls_key),
         **{
             w: Width(f"{base}.encoder.layer.{{l}}.fuse_width_{w}", per_layer=True)
             for w in ("query", "key", "value", "ffn")
         },
     }
-    if cls_key:
-        widths["cls"] = Width(cls_key)
     emb = tuple(
-        Module(f"{base}.embeddings.{name}", EMBEDDING, out="emb", bias=False)
+        Module(f"{base}.embeddings.{name}", EMBEDDING, out="emb")
         for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")
     ) + (Module(f"{base}.embeddings.LayerNorm", NORM, out="emb"),)
     return Arch(
         family=base,
-        model_types=model_types,
+        model_types=(base,),
         classes=classes,
         layers=f"{base}.encoder.layer",
         widths=widths,
         layer_modules=BLOCK,
         modules=emb + head,
-        check_config=_check_heads,
+        check_config=check_heads,
     )
 
 
-BERT_MLM = _bert_like(
+def _pooler(base: str) -> Module:
+    return Module(f"{base}.pooler.dense", LINEAR, out="pool", inp="emb")
+
+
+def _pool_width(base: str) -> Width:
+    return Width(f"{base}.pooler.fuse_width_pool")
+
+
+BERT_MLM = _family(
     "bert",
-    ("bert",),
-    ("BertForMaskedLM",),
-    head=(
+    (
         Module("cls.predictions.transform.dense", LINEAR, out="cls", inp="emb"),
         Module("cls.predictions.transform.LayerNorm", NORM, out="cls"),
         Module("cls.predictions.decoder", LINEAR, out=None, inp="cls"),
     ),
-    cls_key="cls.predictions.fuse_width_cls",
+    ("BertForMaskedLM",),
+    "cls.predictions.fuse_width_cls",
 )
-
-ROBERTA_MLM = _bert_like(
+ROBERTA_MLM = _family(
     "roberta",
-    ("roberta",),
-    ("RobertaForMaskedLM",),
-    head=(
+    (
         Module("lm_head.dense", LINEAR, out="cls", inp="emb"),
         Module("lm_head.layer_norm", NORM, out="cls"),
         Module("lm_head.decoder", LINEAR, out=None, inp="cls"),
     ),
-    cls_key="lm_head.fuse_width_cls",
+    ("RobertaForMaskedLM",),
+    "lm_head.fuse_width_cls",
 )
+# sequence classification: pooler (BERT) + classifier
+BERT_SEQCLS = _family(
+    "bert",
+    (_pooler("bert"), Module("classifier", LINEAR, out=None, inp="pool")),
+    ("BertForSequenceClassification",),
+    "cls.fuse_width_cls",
+)
+BERT_SEQCLS = BERT_SEQCLS.extra_modules(classes=BERT_SEQCLS.classes, pool=_pool_width("bert"))
+# base models (no head), with their pooler when they have one (add_pooling_layer=True is HF's default)
+BERT_BASE = _family("bert", (_pooler("bert"),), (), "").extra_modules(classes=(), pool=_pool_width("bert"))
+BERT_BASE = BERT_BASE.base_model("bert", ("BertModel",))
+ROBERTA_BASE = _family("roberta", (_pooler("roberta"),), (), "").extra_modules(classes=(), pool=_pool_width("roberta"))
+ROBERTA_BASE = ROBERTA_BASE.base_model("roberta", ("RobertaModel",))
 
-for _arch in (BERT_MLM, ROBERTA_MLM):
+for _arch in (BERT_MLM, ROBERTA_MLM, BERT_SEQCLS, BERT_BASE, ROBERTA_BASE):
     register_architecture(_arch)

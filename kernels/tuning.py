@@ -1,0 +1,83 @@
+"""Launch configurations for the LiGO Triton kernels.
+
+Three regimes:
+
+* Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors): one small configuration, so that the tests
+  stay fast (the interpreter's cost grows with the number of programs and loop trips, not the tile size).
+* Hopper (compute capability 9.x) with autotuning on (the default; ``LIGO_FAST_AUTOTUNE=0`` turns it off):
+  a short list of tile shapes, pruned by problem size, benchmarked once per problem shape.
+* Anything else: a size-based heuristic.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+__all__ = ["interpreting", "autotune_enabled", "gemm_configs", "gemm_heuristic", "prune_gemm_configs"]
+
+
+def interpreting(kernel) -> bool:
+    """True when ``kernel`` (a ``@triton.jit`` object) was built for Triton's interpreter."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - very old Triton
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return isinstance(kernel, InterpretedFunction)
+
+
+def autotune_enabled(device: torch.device) -> bool:
+    """Autotune on Hopper unless ``LIGO_FAST_AUTOTUNE=0``."""
+    if os.environ.get("LIGO_FAST_AUTOTUNE", "1").strip() in ("0", "false", "no", ""):
+        return False
+    if device.type != "cuda" or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def _cfg(bm, bn, bk, warps, stages, group=8):
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group}, num_warps=warps, num_stages=stages
+    )
+
+
+def gemm_configs() -> list:
+    """Hopper candidates. 16-bit operands run on wgmma; 128x256x64 with 3 stages uses 144 KiB of the
+    228 KiB shared memory per SM. fp32 ("ieee") operands run on the FMA units, where smaller K tiles win."""
+    return [
+        _cfg(128, 256, 64, 8, 3),
+        _cfg(128, 128, 64, 8, 4),
+        _cfg(128, 128, 64, 4, 4),
+        _cfg(64, 128, 64, 4, 4),
+        _cfg(64, 64, 64, 4, 3),
+        _cfg(128, 64, 32, 4, 3),
+        _cfg(64, 64, 32, 4, 3),
+    ]
+
+
+def prune_gemm_configs(configs, named_args, **kwargs):
+    """Drop tiles larger than the problem, and 64-wide K tiles for fp32 (FMA path) / 32-wide for 16-bit."""
+    M, N = named_args["M"], named_args["N"]
+    sixteen_bit = {**named_args, **kwargs}.get("DOT", 1) != 0  # DOT: 0 fp32, 1 fp16, 2 bf16
+    keep = []
+    for c in configs:
+        bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+        if bm > 64 and M <= 64 or bn > 64 and N <= 64 or bn > 128 and N <= 128:
+            continue
+        if sixteen_bit != (bk == 64):
+            continue
+        keep.append(c)
+    return keep or [configs[-1]]
+
+
+def gemm_heuristic(M: int, N: int, sixteen_bit: bool, interpreted: bool) -> dict:
+    """Block sizes and launch options when not autotuning."""
+    if interpreted:
+        return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=1)
+    if not sixteen_bit:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
+    if M >= 128 and N >= 128:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)

@@ -1,0 +1,233 @@
+"""The Triton backend: LiGO kernels registered as PyTorch custom ops.
+
+Ops (namespace ``ligo_fast``; the C++ extension owns other names there):
+
+* ``expand_triton(Tensor W, Tensor depth, Tensor? E_out, Tensor? E_in, Tensor? residual) -> Tensor``
+* ``expand_triton_backward(Tensor grad, Tensor W, Tensor depth, Tensor? E_out, Tensor? E_in,
+  bool need_W, bool need_depth, bool need_E_out, bool need_E_in) -> (Tensor, Tensor, Tensor, Tensor)``
+* ``expand_vec_triton(Tensor b, Tensor depth, Tensor? E_out, Tensor? residual) -> Tensor``
+* ``expand_vec_triton_backward(Tensor grad, Tensor b, Tensor depth, Tensor? E_out,
+  bool need_b, bool need_depth, bool need_E_out) -> (Tensor, Tensor, Tensor)``
+
+A backward op returns an empty tensor (shape (0,)) for each gradient it was not asked for. Each forward op
+has ``register_fake`` and ``register_autograd``; its backward saves only the op's inputs and recomputes the
+rest in Triton kernels (``ligo_fast.kernels.expand``). Double backward is not supported.
+
+CPU tensors run only under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is imported).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from .kernels import expand as _k
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["expand_triton", "expand_vec_triton", "load_backend", "TritonBackend"]
+
+
+def _empty(ref: Tensor) -> Tensor:
+    return ref.new_empty((0,))
+
+
+def _or_empty(t: Tensor | None, ref: Tensor) -> Tensor:
+    return _empty(ref) if t is None else t
+
+
+def _none_if_empty(t: Tensor, wanted: bool) -> Tensor | None:
+    return t if wanted else None
+
+
+# ------------------------------------------------------------------------------------------- matrices
+
+
+@torch.library.custom_op("ligo_fast::expand_triton", mutates_args=())
+def expand_triton(
+    W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | None, residual: Tensor | None
+) -> Tensor:
+    """``ligo_expand`` forward on Triton kernels. W: (L1, o1, i1) -> (L2, o2, i2) in W's dtype."""
+    return _k.expand_fwd(W, depth, E_out, E_in, residual)
+
+
+@expand_triton.register_fake
+def _(W, depth, E_out, E_in, residual):
+    o2 = W.shape[1] + (0 if E_out is None else E_out.shape[-2])
+    i2 = W.shape[2] + (0 if E_in is None else E_in.shape[-2])
+    return W.new_empty((depth.shape[0], o2, i2))
+
+
+@torch.library.custom_op("ligo_fast::expand_triton_backward", mutates_args=())
+def expand_triton_backward(
+    grad: Tensor,
+    W: Tensor,
+    depth: Tensor,
+    E_out: Tensor | None,
+    E_in: Tensor | None,
+    need_W: bool,
+    need_depth: bool,
+    need_E_out: bool,
+    need_E_in: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dW, d depth, dE_out, dE_in); an empty tensor for each one not asked for (or whose E is None)."""
+    need_E_out = need_E_out and E_out is not None
+    need_E_in = need_E_in and E_in is not None
+    dW, dd, dEo, dEi = _k.expand_bwd(grad, W, depth, E_out, E_in, need_W, need_depth, need_E_out, need_E_in)
+    if need_E_out and dEo is None:  # E_out with no rows
+        dEo = torch.zeros_like(E_out)
+    if need_E_in and dEi is None:
+        dEi = torch.zeros_like(E_in)
+    return _or_empty(dW, W), _or_empty(dd, depth), _or_empty(dEo, W), _or_empty(dEi, W)
+
+
+@expand_triton_backward.register_fake
+def _(grad, W, depth, E_out, E_in, need_W, need_depth, need_E_out, need_E_in):
+    return (
+        torch.empty_like(W) if need_W else _empty(W),
+        torch.empty_like(depth) if need_depth else _empty(depth),
+        torch.empty_like(E_out) if need_E_out and E_out is not None else _empty(W),
+        torch.empty_like(E_in) if need_E_in and E_in is not None else _empty(W),
+    )
+
+
+def _expand_setup(ctx, inputs, output):
+    W, depth, E_out, E_in, residual = inputs
+    ctx.save_for_backward(W, depth, E_out, E_in)
+    ctx.residual_dtype = None if residual is None else residual.dtype
+
+
+def _expand_backward(ctx, grad):
+    W, depth, E_out, E_in = ctx.saved_tensors
+    nW, nd, nEo, nEi, nR = ctx.needs_input_grad
+    dW = dd = dEo = dEi = None
+    if nW or nd or nEo or nEi:
+        dW, dd, dEo, dEi = torch.ops.ligo_fast.expand_triton_backward(
+            grad, W, depth, E_out, E_in, nW, nd, nEo and E_out is not None, nEi and E_in is not None
+        )
+    dR = grad.to(ctx.residual_dtype) if nR and ctx.residual_dtype is not None else None
+    return (
+        _none_if_empty(dW, nW),
+        _none_if_empty(dd, nd),
+        _none_if_empty(dEo, nEo and E_out is not None),
+        _none_if_empty(dEi, nEi and E_in is not None),
+        dR,
+    )
+
+
+expand_triton.register_autograd(_expand_backward, setup_context=_expand_setup)
+
+
+# -------------------------------------------------------------------------------------------- vectors
+
+
+@torch.library.custom_op("ligo_fast::expand_vec_triton", mutates_args=())
+def expand_vec_triton(b: Tensor, depth: Tensor, E_out: Tensor | None, residual: Tensor | None) -> Tensor:
+    """``ligo_expand_vec`` forward, one Triton launch. b: (L1, o1) -> (L2, o2) in b's dtype."""
+    return _k.expand_vec_fwd(b, depth, E_out, residual)
+
+
+@expand_vec_triton.register_fake
+def _(b, depth, E_out, residual):
+    o2 = b.shape[1] + (0 if E_out is None else E_out.shape[-2])
+    return b.new_empty((depth.shape[0], o2))
+
+
+@torch.library.custom_op("ligo_fast::expand_vec_triton_backward", mutates_args=())
+def expand_vec_triton_backward(
+    grad: Tensor,
+    b: Tensor,
+    depth: Tensor,
+    E_out: Tensor | None,
+    need_b: bool,
+    need_depth: bool,
+    need_E_out: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (db, d depth, dE_out); an empty tensor for each one not asked for."""
+    need_E_out = need_E_out and E_out is not None
+    db, dd, dEo = _k.expand_vec_bwd(grad, b, depth, E_out, need_b, need_depth, need_E_out)
+    if need_E_out and dEo is None:
+        dEo = torch.zeros_like(E_out)
+    return _or_empty(db, b), _or_empty(dd, depth), _or_empty(dEo, b)
+
+
+@expand_vec_triton_backward.register_fake
+def _(grad, b, depth, E_out, need_b, need_depth, need_E_out):
+    return (
+        torch.empty_like(b) if need_b else _empty(b),
+        torch.empty_like(depth) if need_depth else _empty(depth),
+        torch.empty_like(E_out) if need_E_out and E_out is not None else _empty(b),
+    )
+
+
+def _vec_setup(ctx, inputs, output):
+    b, depth, E_out, residual = inputs
+    ctx.save_for_backward(b, depth, E_out)
+    ctx.residual_dtype = None if residual is None else residual.dtype
+
+
+def _vec_backward(ctx, grad):
+    b, depth, E_out = ctx.saved_tensors
+    nb, nd, nEo, nR = ctx.needs_input_grad
+    db = dd = dEo = None
+    if nb or nd or nEo:
+        db, dd, dEo = torch.ops.ligo_fast.expand_vec_triton_backward(
+            grad, b, depth, E_out, nb, nd, nEo and E_out is not None
+        )
+    dR = grad.to(ctx.residual_dtype) if nR and ctx.residual_dtype is not None else None
+    return _none_if_empty(db, nb), _none_if_empty(dd, nd), _none_if_empty(dEo, nEo and E_out is not None), dR
+
+
+expand_vec_triton.register_autograd(_vec_backward, setup_context=_vec_setup)
+
+
+# -------------------------------------------------------------------------------------------- backend
+
+
+def _check_runnable(t: Tensor) -> None:
+    if t.device.type == "cpu" and not _k.INTERPRETED:
+        raise RuntimeError(
+            "the Triton backend got CPU tensors, which run only under Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before triton is first imported, or use backend='torch' or 'cpp'"
+        )
+    if t.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"the Triton backend runs on CUDA tensors, got {t.device}")
+
+
+class TritonBackend:
+    """Backend object for :mod:`ligo_fast.backends`. float64 weights go to the PyTorch reference
+    (the kernels cover fp16, bf16 and fp32); every other call goes to the custom ops."""
+
+    name = "triton"
+
+    @staticmethod
+    def expand(W, depth, E_out, E_in, residual):
+        _check_runnable(W)
+        if W.dtype == torch.float64:
+            from .reference import expand_torch
+
+            logger.debug("triton backend: float64 weights go to the PyTorch reference")
+            return expand_torch(W, depth, E_out, E_in, residual)
+        return torch.ops.ligo_fast.expand_triton(W, depth, E_out, E_in, residual)
+
+    @staticmethod
+    def expand_vec(b, depth, E_out, residual):
+        _check_runnable(b)
+        if b.dtype == torch.float64:
+            from .reference import expand_vec_torch
+
+            logger.debug("triton backend: float64 vectors go to the PyTorch reference")
+            return expand_vec_torch(b, depth, E_out, residual)
+        return torch.ops.ligo_fast.expand_vec_triton(b, depth, E_out, residual)
+
+
+def load_backend() -> TritonBackend:
+    """The Triton backend; raises RuntimeError when there is neither a CUDA device nor the interpreter."""
+    if not _k.INTERPRETED and not torch.cuda.is_available():
+        raise RuntimeError(
+            "Triton is installed but there is no CUDA device; CPU tensors need TRITON_INTERPRET=1 set before "
+            "triton is imported (slow, for tests)"
+        )
+    return TritonBackend()

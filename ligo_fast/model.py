@@ -375,7 +375,8 @@ class LiGOModel(nn.Module):
         if not hasattr(self.large, "generate"):
             raise AttributeError(f"{type(self.large).__name__} has no generate()")
         with torch.no_grad():
-            params = {"large." + k: v for k, v in self.produce().items()}
+            # as Parameters, so HF's generate finds a device and dtype through model.parameters()
+            params = {"large." + k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
         return functional_call(_Call(self.large, "generate"), params, args, kwargs, tie_weights=False)
 
     def materialize(self):

@@ -94,6 +94,17 @@ class Arch:
     check_config: Callable | None = None
     resolve: Callable | None = None
 
+    def __post_init__(self) -> None:
+        for m in self.layer_modules + self.modules:
+            if m.kind not in (LINEAR, NORM, EMBEDDING):
+                raise ValueError(f"{self.family}: module {m.path!r} has unknown kind {m.kind!r}")
+            for w in _names(m.out) + _names(m.inp):
+                if w not in self.widths:
+                    raise ValueError(
+                        f"{self.family}: module {m.path!r} uses width {w!r} but the description has no "
+                        f"width of that name (declared: {', '.join(self.widths)})"
+                    )
+
     def for_configs(self, small_config, large_config) -> Arch:
         """The description to use for this pair of configs (``resolve`` may adapt tying to e.g. GQA)."""
         if self.check_config is not None:
@@ -111,10 +122,6 @@ class Arch:
         used = {w for m in self.layer_modules + mods for w in _names(m.out) + _names(m.inp)}
         widths = {k: replace(w, key=strip(w.key)) for k, w in self.widths.items() if k in used}
         return replace(self, classes=classes, layers=strip(self.layers), widths=widths, modules=mods)
-
-    def extra_modules(self, *mods: Module, classes: tuple[str, ...], **widths: Width) -> Arch:
-        """The same family with more global modules (a different head)."""
-        return replace(self, classes=classes, modules=self.modules + mods, widths={**self.widths, **widths})
 
     def layer_path(self, l: int) -> str:
         return f"{self.layers}.{l}"

@@ -28,10 +28,13 @@ BLOCK = (
 )
 
 
-def _family(base: str, head: tuple[Module, ...], classes: tuple[str, ...], cls_key: str) -> Arch:
+def _family(base: str, head: tuple[Module, ...], classes: tuple[str, ...], cls_key: str | None = None) -> Arch:
+    """BERT-like layout under ``base`` with the given head; ``cls_key`` names the MLM head's width, if any."""
+    uses_pool = any(m.out == "pool" or m.inp == "pool" for m in head)
     widths = {
         "emb": Width(f"{base}.embeddings.fuse_width_emb"),
-        "cls": Width(cls_key),
+        **({"cls": Width(cls_key)} if cls_key else {}),
+        **({"pool": Width(f"{base}.pooler.fuse_width_pool")} if uses_pool else {}),
         **{
             w: Width(f"{base}.encoder.layer.{{l}}.fuse_width_{w}", per_layer=True)
             for w in ("query", "key", "value", "ffn")
@@ -57,10 +60,6 @@ def _pooler(base: str) -> Module:
     return Module(f"{base}.pooler.dense", LINEAR, out="pool", inp="emb")
 
 
-def _pool_width(base: str) -> Width:
-    return Width(f"{base}.pooler.fuse_width_pool")
-
-
 BERT_MLM = _family(
     "bert",
     (
@@ -83,17 +82,11 @@ ROBERTA_MLM = _family(
 )
 # sequence classification: pooler (BERT) + classifier
 BERT_SEQCLS = _family(
-    "bert",
-    (_pooler("bert"), Module("classifier", LINEAR, out=None, inp="pool")),
-    ("BertForSequenceClassification",),
-    "cls.fuse_width_cls",
+    "bert", (_pooler("bert"), Module("classifier", LINEAR, out=None, inp="pool")), ("BertForSequenceClassification",)
 )
-BERT_SEQCLS = BERT_SEQCLS.extra_modules(classes=BERT_SEQCLS.classes, pool=_pool_width("bert"))
 # base models (no head), with their pooler when they have one (add_pooling_layer=True is HF's default)
-BERT_BASE = _family("bert", (_pooler("bert"),), (), "").extra_modules(classes=(), pool=_pool_width("bert"))
-BERT_BASE = BERT_BASE.base_model("bert", ("BertModel",))
-ROBERTA_BASE = _family("roberta", (_pooler("roberta"),), (), "").extra_modules(classes=(), pool=_pool_width("roberta"))
-ROBERTA_BASE = ROBERTA_BASE.base_model("roberta", ("RobertaModel",))
+BERT_BASE = _family("bert", (_pooler("bert"),), ()).base_model("bert", ("BertModel",))
+ROBERTA_BASE = _family("roberta", (_pooler("roberta"),), ()).base_model("roberta", ("RobertaModel",))
 
 for _arch in (BERT_MLM, ROBERTA_MLM, BERT_SEQCLS, BERT_BASE, ROBERTA_BASE):
     register_architecture(_arch)

@@ -1,0 +1,120 @@
+"""Tiny Hugging Face models built from configs (never downloaded) for the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import transformers as T
+from safetensors.torch import load_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE_CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "case.json").exists())
+
+VOCAB = 61
+
+_LLAMA = dict(vocab_size=VOCAB, max_position_embeddings=32)
+_BERT = dict(vocab_size=VOCAB, max_position_embeddings=40, num_labels=3)
+
+
+def configs(name: str, *, tie: bool = False, kv: tuple[int, int] = (2, 4)):
+    """(small, large) configs for HF class ``name``: widths and layer counts grow, odd sizes."""
+    if name in ("LlamaForCausalLM", "LlamaModel", "MistralForCausalLM", "Qwen2ForCausalLM"):
+        C = (
+            T.MistralConfig
+            if name.startswith("Mistral")
+            else T.Qwen2Config
+            if name.startswith("Qwen2")
+            else T.LlamaConfig
+        )
+        return (
+            C(
+                hidden_size=32,
+                intermediate_size=40,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=kv[0],
+                tie_word_embeddings=tie,
+                **_LLAMA,
+            ),
+            C(
+                hidden_size=48,
+                intermediate_size=72,
+                num_hidden_layers=3,
+                num_attention_heads=4,
+                num_key_value_heads=kv[1],
+                tie_word_embeddings=tie,
+                **_LLAMA,
+            ),
+        )
+    if name.startswith("GPT2"):
+        kw = dict(vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie)
+        return T.GPT2Config(n_embd=32, n_layer=2, n_head=4, **kw), T.GPT2Config(n_embd=48, n_layer=3, n_head=4, **kw)
+    if name.startswith("ViT"):
+        kw = dict(image_size=8, patch_size=4, num_labels=3, num_attention_heads=4)
+        return (
+            T.ViTConfig(hidden_size=32, num_hidden_layers=2, intermediate_size=40, **kw),
+            T.ViTConfig(hidden_size=48, num_hidden_layers=3, intermediate_size=72, **kw),
+        )
+    C = T.BertConfig if name.startswith("Bert") else T.RobertaConfig
+    return (
+        C(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=40,
+            tie_word_embeddings=tie,
+            **_BERT,
+        ),
+        C(
+            hidden_size=48,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=72,
+            tie_word_embeddings=tie,
+            **_BERT,
+        ),
+    )
+
+
+def build(name: str, config, seed: int = 0) -> torch.nn.Module:
+    """A model of class ``name`` whose every parameter is perturbed off HF's init (biases start at zero there)."""
+    model = getattr(T, name)(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def inputs(name: str, batch: int = 2, seq: int = 7) -> dict:
+    g = torch.Generator().manual_seed(1)
+    if name.startswith("ViT"):
+        return {"pixel_values": torch.randn(batch, 3, 8, 8, generator=g)}
+    return {"input_ids": torch.randint(0, VOCAB, (batch, seq), generator=g)}
+
+
+def main_output(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def load_case(case: str):
+    """(case dict, small model, large config) of an official fixture."""
+    d = FIXTURES / case
+    spec = json.loads((d / "case.json").read_text())
+    cls = T.BertForMaskedLM if spec["kind"] == "bert" else T.RobertaForMaskedLM
+    cfg = T.BertConfig if spec["kind"] == "bert" else T.RobertaConfig
+    small = cls(cfg(**spec["small_config"])).eval()
+    missing, unexpected = small.load_state_dict(load_file(str(d / "small.safetensors")), strict=False)
+    assert not unexpected and not missing, (missing, unexpected)
+    return spec, small, cfg(**spec["large_config"])
+
+
+def case_options(spec: dict) -> dict:
+    o = spec["options"]
+    return dict(depth_init=o["depth_init"], width_init=o["width_init"], tie=o["tie"], residual=o["residual"])
+
+
+def fixture(case: str, what: str) -> dict[str, torch.Tensor]:
+    return load_file(str(FIXTURES / case / f"{what}.safetensors"))

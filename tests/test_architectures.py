@@ -1,0 +1,163 @@
+"""Every supported Hugging Face class grows, materialises and round-trips (tiny configs, no downloads)."""
+
+import pytest
+import torch
+import transformers as T
+from _models import build, configs, inputs, main_output
+
+import ligo_fast
+
+CLASSES = [
+    "BertForMaskedLM",
+    "BertModel",
+    "BertForSequenceClassification",
+    "RobertaModel",
+    "RobertaForMaskedLM",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "LlamaForCausalLM",
+    "LlamaModel",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "ViTModel",
+    "ViTForImageClassification",
+]
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_grow_forward_equals_materialized(name):
+    small_cfg, large_cfg = configs(name)
+    small = build(name, small_cfg)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    model = ligo_fast.grow(small, large_cfg, depth_init="rand", width_init="rand", residual=True).eval()
+    x = inputs(name)
+    out = main_output(model(**x))
+    assert out.shape[-1] == (large_cfg.vocab_size if hasattr(model.large, "lm_head") else out.shape[-1])
+    out.float().pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert grads and all(n.startswith(("op.width__", "op.depth__", "op.residual__")) for n in grads)
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads.values()) >= 0.9 * len(grads)
+    assert not any(p.requires_grad for p in model.large.parameters())
+    big = ligo_fast.materialize(model)
+    assert type(big) is type(small)
+    with torch.no_grad():
+        torch.testing.assert_close(main_output(big(**x)), out.detach(), rtol=0, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+
+
+@pytest.mark.parametrize("name", CLASSES)
+def test_identity_growth_reproduces_the_small_model_exactly(name):
+    small_cfg, _ = configs(name)
+    small = build(name, small_cfg)
+    model = ligo_fast.grow(small, small_cfg, depth_init="stackbert", residual=False).eval()
+    x = inputs(name)
+    with torch.no_grad():
+        assert torch.equal(main_output(model(**x)), main_output(small(**x)))
+        assert torch.equal(main_output(ligo_fast.materialize(model)(**x)), main_output(small(**x)))
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "BertModel"])
+def test_save_pretrained_round_trip(name, tmp_path):
+    small_cfg, large_cfg = configs(name)
+    big = ligo_fast.materialize(ligo_fast.grow(build(name, small_cfg), large_cfg, depth_init="rand")).eval()
+    big.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    again = getattr(T, name).from_pretrained(tmp_path).eval()
+    x = inputs(name)
+    with torch.no_grad():
+        assert torch.equal(main_output(again(**x)), main_output(big(**x)))
+
+
+@pytest.mark.parametrize("kv", [(2, 4), (2, 2), (4, 2), (1, 4)])
+def test_gqa_growth_with_changed_kv_heads(kv):
+    if kv[1] < kv[0]:  # fewer KV heads means a smaller k/v width: a shrink
+        with pytest.raises(ValueError, match="width 'key' shrinks"):
+            ligo_fast.grow(
+                build("LlamaForCausalLM", configs("LlamaForCausalLM", kv=kv)[0]), configs("LlamaForCausalLM", kv=kv)[1]
+            )
+        return
+    small_cfg, large_cfg = configs("LlamaForCausalLM", kv=kv)
+    model = ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg).eval()
+    big = ligo_fast.materialize(model)
+    hd = large_cfg.hidden_size // large_cfg.num_attention_heads
+    assert big.model.layers[0].self_attn.k_proj.weight.shape == (kv[1] * hd, large_cfg.hidden_size)
+    keys = set(model.state_dict())
+    assert ("model.layers.0.fuse_width_attn.coeffs_weight" in keys) == (kv[0] != 4 or kv[1] != 4)
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        torch.testing.assert_close(big(**x).logits, model(**x).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel"])
+@pytest.mark.parametrize("tie", [True, False])
+def test_tied_and_untied_embeddings(name, tie):
+    small_cfg, large_cfg = configs(name, tie=tie)
+    small = build(name, small_cfg)
+    assert (small.lm_head.weight is small.get_input_embeddings().weight) == tie
+    model = ligo_fast.grow(small, large_cfg)
+    produced = model.produce()
+    emb_key = "model.embed_tokens.weight" if name.startswith("Llama") else "transformer.wte.weight"
+    assert (produced["lm_head.weight"] is produced[emb_key]) == tie
+    big = ligo_fast.materialize(model)
+    assert (big.lm_head.weight is big.get_input_embeddings().weight) == tie
+    if not tie:  # an untied head grows on its input side with the residual-stream width
+        E = model.op.width__emb
+        torch.testing.assert_close(produced["lm_head.weight"][:, 32:], small.lm_head.weight @ E.T)
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM"])
+def test_generate_on_a_grown_causal_lm(name):
+    small_cfg, large_cfg = configs(name)
+    model = ligo_fast.grow(build(name, small_cfg), large_cfg).eval()
+    prompt = inputs(name, batch=1, seq=4)["input_ids"]
+    a = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    b = ligo_fast.materialize(model).generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert a.shape == (1, 9) and torch.equal(a, b)
+
+
+def test_gpt2_fused_qkv_parts_grow_with_their_own_widths():
+    small_cfg, large_cfg = configs("GPT2LMHeadModel")
+    small = build("GPT2LMHeadModel", small_cfg)
+    model = ligo_fast.grow(small, large_cfg, depth_init="stackbert")
+    w = model.produce()["transformer.h.0.attn.c_attn.weight"]  # (in=48, 3*48), Conv1D layout
+    q_small = small.transformer.h[0].attn.c_attn.weight[:, :32]
+    E_emb, E_q = model.op.width__emb, model.op.width__query[0]
+    torch.testing.assert_close(w[:32, :32], q_small)  # identity blocks are copies
+    torch.testing.assert_close(w[:32, 32:48], q_small @ E_q.T)
+    torch.testing.assert_close(w[32:, :32], E_emb @ q_small)
+    k_small = small.transformer.h[0].attn.c_attn.weight[:, 32:64]
+    torch.testing.assert_close(w[:32, 48:80], k_small)
+
+
+def test_registering_a_custom_architecture():
+    from ligo_fast.arch import LINEAR, NORM, Arch, Module, Width, register_architecture
+    from ligo_fast.arch.llama import LLAMA_LM
+
+    class MyLlama(T.LlamaForCausalLM):
+        pass
+
+    with pytest.raises(ValueError, match="MyLlama is not supported"):
+        ligo_fast.grow(MyLlama(configs("LlamaForCausalLM")[0]), configs("LlamaForCausalLM")[1])
+    block = (
+        Module("mlp.gate_proj", LINEAR, out="ffn", inp="emb"),
+        Module("mlp.up_proj", LINEAR, out="ffn", inp="emb"),
+        Module("mlp.down_proj", LINEAR, out="emb", inp="ffn"),
+        Module("input_layernorm", NORM, out="emb"),
+        Module("post_attention_layernorm", NORM, out="emb"),
+        *[m for m in LLAMA_LM.layer_modules if m.path.startswith("self_attn")],
+    )
+    spec = dict(
+        family="mine",
+        model_types=("llama",),
+        classes=("MyLlama",),
+        layers="model.layers",
+        layer_modules=block,
+        modules=LLAMA_LM.modules,
+    )
+    with pytest.raises(ValueError, match="uses width 'query' but the description has no width of that name"):
+        Arch(widths={"emb": Width("model.fuse_width_emb"), "ffn": Width("x.{l}", per_layer=True)}, **spec)
+    arch = Arch(widths=dict(LLAMA_LM.widths), **spec)
+    register_architecture(arch)
+    small_cfg, large_cfg = configs("LlamaForCausalLM", kv=(4, 4))
+    model = ligo_fast.grow(MyLlama(small_cfg), large_cfg)
+    assert type(ligo_fast.materialize(model)) is MyLlama

@@ -1,0 +1,714 @@
+"""The official LiGO module's API (VITA-Group/LiGO ``ligo.py``), computed by ligo_fast's ops.
+
+Scripts written against the official code keep working: ``create_ligo_from_model`` wraps a large
+``BertForMaskedLM`` / ``RobertaForMaskedLM`` in place, module by module, with ``Fused*`` modules whose
+``state_dict()`` is exactly the official checkpoint layout, and ``initialize_model_with_ligo`` writes the
+weights of a trained official operator (``pytorch_model.bin``) into a plain large model.
+
+Differences from the official code, all deliberate:
+  * every produced tensor goes through :func:`ligo_fast.ops.ligo_expand` / ``ligo_expand_vec`` (one large
+    layer: depth = this module's coefficient row as (1, L1); modules outside the blocks: L1 = 1, depth = [[1.]]),
+    never the official elementwise-product-then-sum over a (out, in, L1) tensor;
+  * LayerNorm and embedding residual tensors start uniform (-residual_noise, residual_noise) like the others;
+    the official code leaves them uninitialised;
+  * bad options fail early with a ValueError that names the valid choices.
+
+For new code prefer :func:`ligo_fast.grow`: it produces all large layers of a module kind in one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .arch import EMBEDDING, LINEAR, NORM, Arch, Module
+from .arch.bert import BERT_MLM, ROBERTA_MLM
+from .config import DEPTH_INITS, WIDTH_INITS, LiGOConfig
+from .init import depth_init, width_init
+
+__all__ = [
+    "FusedDepthParams",
+    "FusedWidthParams",
+    "FusedLinear",
+    "FusedLayeredNorm",
+    "FusedEmbedding",
+    "create_ligo_from_model",
+    "initialize_model_with_ligo",
+    "materialize_compat",
+    "ligo_args",
+    "config_from_args",
+    "SUPPORTED_CLASSES",
+]
+
+logger = logging.getLogger(__name__)
+
+SM = "__sm_"  # official prefix of the small model's tensors on the wrapped large model
+
+# The official code covers these two classes only; ligo_fast.grow covers more.
+_ARCHS: dict[str, Arch] = {"BertForMaskedLM": BERT_MLM, "RobertaForMaskedLM": ROBERTA_MLM}
+SUPPORTED_CLASSES = tuple(sorted(_ARCHS))
+
+# official argument name -> LiGOConfig field
+_ARG_FIELDS = {
+    "fuse_init_scheme_depth": "depth_init",
+    "fuse_init_scheme_width": "width_init",
+    "fuse_init_noise_depth": "depth_noise",
+    "fuse_init_noise_width": "width_noise",
+    "tune_depth": "train_depth",
+    "tune_width": "train_width",
+    "tune_small_model": "train_small",
+    "tune_residual": "residual",
+    "tune_residual_noise": "residual_noise",
+    "fuse_tie_param": "tie",
+}
+_ARG_PATHS = {"source_model_path": None, "pretrained_ligo_path": None, "cache_dir": None}
+
+
+# ---------------------------------------------------------------------- arguments
+def ligo_args(**overrides) -> argparse.Namespace:
+    """The official script's LiGO arguments with ligo_fast's defaults (:class:`LiGOConfig`), some replaced.
+
+    Unknown names raise TypeError (a typo would otherwise silently keep a default).
+    """
+    defaults = LiGOConfig()
+    values = {arg: getattr(defaults, field) for arg, field in _ARG_FIELDS.items()}
+    values.update(_ARG_PATHS)
+    bad = sorted(set(overrides) - set(values))
+    if bad:
+        raise TypeError(f"unknown LiGO argument(s) {bad}; valid: {sorted(values)}")
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def config_from_args(args) -> LiGOConfig:
+    """The :class:`LiGOConfig` an official ``args`` namespace asks for (missing attributes keep the defaults)."""
+    fields = {field: getattr(args, arg) for arg, field in _ARG_FIELDS.items() if hasattr(args, arg)}
+    return LiGOConfig(**fields)
+
+
+# ---------------------------------------------------------------------- coefficient modules
+def _put(module: nn.Module, name: str, t: Tensor | None, learnable: bool) -> None:
+    if learnable:
+        module.register_parameter(name, None if t is None else nn.Parameter(t))
+    else:
+        module.register_buffer(name, t)
+
+
+def _check_depth_scheme(scheme: str, where: str) -> None:
+    if scheme not in DEPTH_INITS:
+        raise ValueError(f"{where}: unknown depth init scheme {scheme!r}; valid schemes: {', '.join(DEPTH_INITS)}")
+
+
+def _check_width_scheme(scheme: str, where: str) -> None:
+    if scheme not in WIDTH_INITS:
+        raise ValueError(f"{where}: unknown width init scheme {scheme!r}; valid schemes: {', '.join(WIDTH_INITS)}")
+
+
+class FusedDepthParams(nn.Module):
+    """Depth coefficients of one large layer: how it mixes the ``num_layers`` small layers.
+
+    Attributes:
+        coeffs_weight: (num_layers,), row ``layer_index`` of :func:`ligo_fast.init.depth_init`.
+        coeffs_bias: (num_layers,) drawn the same way, or None when ``bias=False``.
+        Both are Parameters when ``learnable``, else persistent buffers.
+    """
+
+    def __init__(
+        self,
+        layer_index: int,
+        num_layers: int,
+        bias: bool = False,
+        learnable: bool = True,
+        init_scheme: str = "rand",
+        init_noise: float = 0.03,
+    ):
+        super().__init__()
+        _check_depth_scheme(init_scheme, "FusedDepthParams")
+        if num_layers < 1 or layer_index < 0:
+            raise ValueError(
+                f"FusedDepthParams needs layer_index >= 0 and num_layers >= 1, got {layer_index}, {num_layers}"
+            )
+        if init_scheme.startswith("interlace") and layer_index >= 2 * num_layers:
+            raise ValueError(
+                f"init_scheme={init_scheme!r} maps large layer l to small layer l // 2, so it can grow "
+                f"{num_layers} small layers to at most {2 * num_layers} large ones; layer_index={layer_index} "
+                "is beyond that (use 'stackbert' or 'rand')"
+            )
+        self.layer_index, self.num_layers = layer_index, num_layers
+        self.init_scheme, self.init_noise = init_scheme, init_noise
+        _put(self, "coeffs_weight", torch.empty(num_layers), learnable)
+        _put(self, "coeffs_bias", torch.empty(num_layers) if bias else None, learnable)
+        self.reset_parameters()
+
+    def _row(self) -> Tensor:
+        # row l of the (l + 1, L1) table: the one-hot schemes depend on l, the random ones on nothing
+        return depth_init(self.layer_index + 1, self.num_layers, self.init_scheme, self.init_noise)[self.layer_index]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for t in (self.coeffs_weight, self.coeffs_bias):
+            if t is not None:
+                t.copy_(self._row())
+
+    def extra_repr(self) -> str:
+        return f"layer_index={self.layer_index}, num_layers={self.num_layers}, init={self.init_scheme!r}"
+
+
+class FusedWidthParams(nn.Module):
+    """One width matrix: ``coeffs_weight`` (large_dim - small_dim, small_dim), None when the width stays.
+
+    The expansion it stands for is B = [I; coeffs_weight] of shape (large_dim, small_dim).
+    """
+
+    def __init__(
+        self,
+        small_dim: int,
+        large_dim: int,
+        learnable: bool = False,
+        init_scheme: str = "rand",
+        init_noise: float = 0.03,
+    ):
+        super().__init__()
+        _check_width_scheme(init_scheme, "FusedWidthParams")
+        if large_dim < small_dim:
+            raise ValueError(
+                f"FusedWidthParams: the width shrinks from {small_dim} to {large_dim}; LiGO only grows widths"
+            )
+        self.small_dim, self.large_dim = small_dim, large_dim
+        self.init_scheme, self.init_noise = init_scheme, init_noise
+        grows = large_dim > small_dim
+        _put(self, "coeffs_weight", torch.empty(large_dim - small_dim, small_dim) if grows else None, learnable)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        if self.coeffs_weight is not None:
+            n_new = self.large_dim - self.small_dim
+            self.coeffs_weight.copy_(width_init(n_new, self.small_dim, self.init_scheme, self.init_noise))
+
+    def extra_repr(self) -> str:
+        return f"{self.small_dim} -> {self.large_dim}, init={self.init_scheme!r}"
+
+
+# ---------------------------------------------------------------------- fused modules
+def _residual(shape: tuple[int, ...], noise: float) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape).uniform_(-noise, noise))
+
+
+class _Fused(nn.Module):
+    """Shared plumbing: the model holding the ``__sm_`` tensors, tied coefficient modules, small tensors.
+
+    The model and the tied modules are kept out of ``_modules`` (plain instance attributes), so they appear
+    in no state dict twice and ``deepcopy`` of the whole model maps them to the copies.
+    """
+
+    def _setup(self, model: nn.Module, module_name: str, layer_index: int) -> None:
+        self.__dict__["_ligo_source"] = model
+        self.module_name = module_name
+        self.layer_index = layer_index
+        self._sm = SM + module_name.replace(".", "_")
+
+    def _small(self, what: str) -> Tensor | None:
+        return getattr(self._ligo_source, f"{self._sm}_{what}", None)
+
+    def _small_weight(self, dims: int) -> Tensor:
+        W = self._small("weight")
+        if W is None:
+            raise ValueError(f"{type(self).__name__}({self.module_name!r}): the model has no {self._sm}_weight")
+        want = dims + (1 if self.layer_index >= 0 else 0)
+        if W.dim() != want:
+            raise ValueError(
+                f"{type(self).__name__}({self.module_name!r}): {self._sm}_weight has shape {tuple(W.shape)}, "
+                f"expected {want} dims ({'stacked over the small layers last' if self.layer_index >= 0 else 'plain'})"
+            )
+        return W
+
+    def _layers(self, t: Tensor) -> Tensor:
+        """A small tensor as the ops want it: (L1, ...) (stacked layers last -> first), or (1, ...)."""
+        return t.movedim(-1, 0) if self.layer_index >= 0 else t[None]
+
+    def _tie(self, name: str, tie: nn.Module | None) -> None:
+        self.__dict__[name] = tie
+
+    def _width(self, side: str) -> FusedWidthParams:
+        tie = self.__dict__.get(f"width_{side}_tie")
+        return tie if tie is not None else getattr(self, f"fuse_width_{side}")
+
+    def _own_width(self, side: str, tie, small: int, large: int, learn: bool, scheme: str, noise: float) -> None:
+        if tie is None:
+            setattr(self, f"fuse_width_{side}", FusedWidthParams(small, large, learn, scheme, noise))
+        elif (tie.small_dim, tie.large_dim) != (small, large):
+            raise ValueError(
+                f"{type(self).__name__}({self.module_name!r}): width_{side}_tie grows {tie.small_dim} -> "
+                f"{tie.large_dim} but this side grows {small} -> {large}"
+            )
+        self._tie(f"width_{side}_tie", tie)
+
+    def _setup_depth(self, tie, num_layers: int, bias: bool, learn: bool, scheme: str, noise: float) -> None:
+        if self.layer_index < 0:
+            self._tie("depth_tie", None)
+            return
+        if tie is None:
+            self.fuse_depth_coeffs = FusedDepthParams(self.layer_index, num_layers, bias, learn, scheme, noise)
+        elif tie.num_layers != num_layers or (bias and tie.coeffs_bias is None):
+            raise ValueError(
+                f"{type(self).__name__}({self.module_name!r}): depth_tie mixes {tie.num_layers} layers"
+                f"{'' if tie.coeffs_bias is not None else ' without bias coefficients'}, but this module needs "
+                f"{num_layers}{' with bias coefficients' if bias else ''}"
+            )
+        self._tie("depth_tie", tie)
+
+    def _depth(self, which: str, ref: Tensor) -> Tensor:
+        """(1, L1): this module's coefficient row, or [[1.]] outside the blocks."""
+        if self.layer_index < 0:
+            return torch.ones(1, 1, device=ref.device)
+        d = self.depth_tie if self.depth_tie is not None else self.fuse_depth_coeffs
+        return getattr(d, f"coeffs_{which}")[None]
+
+    def _produce(self, t: Tensor, which: str, E_out: Tensor | None, E_in: Tensor | None) -> Tensor:
+        res = getattr(self, f"residual_{which}", None)
+        depth = self._depth(which, t)
+        if t.dim() - (1 if self.layer_index >= 0 else 0) == 1:  # a vector: bias, norm weight
+            return ops.ligo_expand_vec(self._layers(t), depth, E_out, residual=None if res is None else res[None])[0]
+        return ops.ligo_expand(self._layers(t), depth, E_out, E_in, residual=None if res is None else res[None])[0]
+
+
+class FusedLinear(_Fused):
+    """An ``nn.Linear`` whose weight and bias the LiGO operator produces from the small model.
+
+    The small weight is ``model.__sm_<module_name with _>_weight``: (out, in, L1) inside the blocks
+    (``layer_index >= 0``), (out, in) elsewhere; the bias, if the model has one, (out, L1) / (out,).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_name: str,
+        in_features: int,
+        out_features: int,
+        layer_index: int = -1,
+        init_scheme_depth: str = "rand",
+        init_noise_depth: float = 0.03,
+        learn_depth: bool = True,
+        init_scheme_width: str = "rand",
+        init_noise_width: float = 0.03,
+        learn_width: bool = True,
+        residual: bool = False,
+        depth_tie: FusedDepthParams | None = None,
+        width_in_tie: FusedWidthParams | None = None,
+        width_out_tie: FusedWidthParams | None = None,
+        residual_noise: float = 0.01,
+    ):
+        super().__init__()
+        self._setup(model, module_name, layer_index)
+        self.in_features, self.out_features = in_features, out_features
+        W = self._small_weight(2)
+        has_bias = self._small("bias") is not None
+        self._setup_depth(depth_tie, W.shape[-1], has_bias, learn_depth, init_scheme_depth, init_noise_depth)
+        width = (learn_width, init_scheme_width, init_noise_width)
+        self._own_width("in", width_in_tie, W.shape[1], in_features, *width)
+        self._own_width("out", width_out_tie, W.shape[0], out_features, *width)
+        if residual:
+            self.residual_weight = _residual((out_features, in_features), residual_noise)
+            self.residual_bias = _residual((out_features,), residual_noise) if has_bias else None
+
+    def get_params(self) -> tuple[Tensor, Tensor | None]:
+        """(weight (out_features, in_features), bias (out_features,) or None)."""
+        E_out, E_in = self._width("out").coeffs_weight, self._width("in").coeffs_weight
+        weight = self._produce(self._small("weight"), "weight", E_out, E_in)
+        b = self._small("bias")
+        return weight, None if b is None else self._produce(b, "bias", E_out, None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, *self.get_params())
+
+    def extra_repr(self) -> str:
+        sizes = f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"{self.module_name!r}, {sizes}, layer={self.layer_index}"
+
+
+class FusedLayeredNorm(_Fused):
+    """An ``nn.LayerNorm`` whose weight and bias are output-expanded (and depth-mixed inside the blocks)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_name: str,
+        normalized_shape,
+        layer_index: int = -1,
+        init_scheme_depth: str = "rand",
+        init_noise_depth: float = 0.03,
+        learn_depth: bool = True,
+        init_scheme_width: str = "rand",
+        init_noise_width: float = 0.03,
+        learn_width: bool = True,
+        eps: float = 1e-5,
+        residual: bool = False,
+        depth_tie: FusedDepthParams | None = None,
+        width_out_tie: FusedWidthParams | None = None,
+        residual_noise: float = 0.01,
+    ):
+        super().__init__()
+        self._setup(model, module_name, layer_index)
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"FusedLayeredNorm({module_name!r}) normalises over one dim, got {shape}")
+        self.normalized_shape, self.eps = shape, eps
+        W = self._small_weight(1)
+        has_bias = self._small("bias") is not None
+        self._setup_depth(depth_tie, W.shape[-1], has_bias, learn_depth, init_scheme_depth, init_noise_depth)
+        self._own_width("out", width_out_tie, W.shape[0], shape[0], learn_width, init_scheme_width, init_noise_width)
+        if residual:
+            self.residual_weight = _residual(shape, residual_noise)
+            self.residual_bias = _residual(shape, residual_noise) if has_bias else None
+
+    def get_params(self) -> tuple[Tensor, Tensor | None]:
+        """(weight (d,), bias (d,) or None)."""
+        E = self._width("out").coeffs_weight
+        weight = self._produce(self._small("weight"), "weight", E, None)
+        b = self._small("bias")
+        return weight, None if b is None else self._produce(b, "bias", E, None)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.layer_norm(input, self.normalized_shape, *self.get_params(), self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.module_name!r}, {self.normalized_shape}, eps={self.eps}, layer={self.layer_index}"
+
+
+class FusedEmbedding(_Fused):
+    """An ``nn.Embedding`` whose feature columns grow: weight = E_small @ B^T (+ residual); rows never grow.
+
+    The width module is called ``fuse_width_out`` (the embedding's output side), as in the official code.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_name: str,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        max_norm: float | None = None,
+        norm_type: float = 2.0,
+        scale_grad_by_freq: bool = False,
+        sparse: bool = False,
+        init_scheme_width: str = "rand",
+        init_noise_width: float = 0.03,
+        learn_width: bool = True,
+        residual: bool = False,
+        width_out_tie: FusedWidthParams | None = None,
+        residual_noise: float = 0.01,
+    ):
+        super().__init__()
+        self._setup(model, module_name, -1)
+        self._tie("depth_tie", None)
+        W = self._small_weight(2)
+        if W.shape[0] != num_embeddings:
+            raise ValueError(
+                f"FusedEmbedding({module_name!r}): the small table has {W.shape[0]} rows but num_embeddings="
+                f"{num_embeddings}; the rows (a vocabulary or position table) never grow"
+            )
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx, self.max_norm, self.norm_type = padding_idx, max_norm, norm_type
+        self.scale_grad_by_freq, self.sparse = scale_grad_by_freq, sparse
+        self._own_width(
+            "out", width_out_tie, W.shape[1], embedding_dim, learn_width, init_scheme_width, init_noise_width
+        )
+        if residual:
+            self.residual_weight = _residual((num_embeddings, embedding_dim), residual_noise)
+
+    def get_params(self) -> Tensor:
+        """weight (num_embeddings, embedding_dim)."""
+        return self._produce(self._small("weight"), "weight", None, self._width("out").coeffs_weight)
+
+    def forward(self, input: Tensor) -> Tensor:
+        w = self.get_params()
+        return F.embedding(
+            input, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.module_name!r}, {self.num_embeddings}, {self.embedding_dim}"
+
+
+_FUSED = (FusedLinear, FusedLayeredNorm, FusedEmbedding)
+
+
+# ---------------------------------------------------------------------- building
+def _arch_of(model: nn.Module, what: str) -> Arch:
+    name = type(model).__name__
+    if name not in _ARCHS:
+        raise ValueError(
+            f"{what}: {name} is not supported by the official LiGO API; supported classes: "
+            f"{', '.join(SUPPORTED_CLASSES)} (ligo_fast.grow supports {', '.join(_registered())})"
+        )
+    return _ARCHS[name]
+
+
+def _registered() -> list[str]:
+    from .arch import supported_classes
+
+    return supported_classes()
+
+
+def _source_path(args) -> str:
+    path = getattr(args, "source_model_path", None)
+    if isinstance(path, (list, tuple)):
+        path = path[0] if path else None
+    if not path:
+        raise ValueError("args.source_model_path must name the small model (a list with one path)")
+    return os.fspath(path)
+
+
+def _load_small(model_large: nn.Module, args) -> nn.Module:
+    path = _source_path(args)
+    logger.info("loading the small model from %s", path)
+    return type(model_large).from_pretrained(path, cache_dir=getattr(args, "cache_dir", None))
+
+
+def _sides(mod: Module) -> list[tuple[str | None, int]]:
+    """(width name, dim of the stored weight) of every side of ``mod`` that may grow."""
+    if mod.kind == LINEAR:
+        return [(mod.out, 0), (mod.inp, 1)]
+    if mod.kind == NORM:
+        return [(mod.out, 0)]
+    return [(None, 0), (mod.out, 1)]  # embedding: rows never grow, columns do
+
+
+def _width_sizes(arch: Arch, small_sd: dict[str, Tensor], large: nn.Module) -> dict[str, tuple[int, int]]:
+    """(small, large) size of every width; ValueError when one shrinks or two sides disagree."""
+    sizes: dict[str, tuple[int, int, str]] = {}
+    mods = [(m, f"{arch.layer_path(0)}.{m.path}") for m in arch.layer_modules] + [(m, m.path) for m in arch.modules]
+    for mod, path in mods:
+        key = f"{path}.weight"
+        if key not in small_sd:
+            raise ValueError(f"the small model has no {key!r}")
+        s, b = small_sd[key].shape, large.get_submodule(path).weight.shape
+        for width, dim in _sides(mod):
+            pair, where = (s[dim], b[dim]), f"{key} dim {dim}"
+            if width is None:
+                if pair[0] != pair[1]:
+                    raise ValueError(
+                        f"{where} is {pair[0]} in the small model and {pair[1]} in the large one; it never grows"
+                    )
+                continue
+            if pair[1] < pair[0]:
+                raise ValueError(
+                    f"width {width!r} shrinks: {where} is {pair[0]} in the small model but {pair[1]} in the large "
+                    "config; LiGO only grows"
+                )
+            if width in sizes and sizes[width][:2] != pair:
+                raise ValueError(f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} but {pair} at {where}")
+            sizes.setdefault(width, (*pair, where))
+    return {k: v[:2] for k, v in sizes.items()}
+
+
+def _register_small(model_large: nn.Module, arch: Arch, small_sd: dict[str, Tensor], L1: int, trainable: bool) -> None:
+    """Every small tensor as ``__sm_*`` on the large model; block tensors stacked along a new last dim."""
+    device = next(model_large.parameters()).device
+    prefix = arch.layers + "."
+    stacks: dict[str, dict[int, Tensor]] = {}
+    plain: dict[str, Tensor] = {}
+    for k, v in small_sd.items():
+        if k.startswith(prefix):
+            idx, _, inner = k[len(prefix) :].partition(".")
+            stacks.setdefault(inner, {})[int(idx)] = v
+        else:
+            plain[k] = v
+    for inner, per_layer in stacks.items():
+        if sorted(per_layer) != list(range(L1)):
+            raise ValueError(f"the small model has {inner!r} in layers {sorted(per_layer)}, expected 0..{L1 - 1}")
+        plain[inner] = torch.stack([per_layer[j] for j in range(L1)], dim=-1)
+    for k, v in plain.items():
+        name = SM + k.replace(".", "_")
+        t = v.detach().clone().to(device)
+        if trainable:
+            model_large.register_parameter(name, nn.Parameter(t))
+        else:
+            model_large.register_buffer(name, t)
+
+
+def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module | None = None) -> nn.Module:
+    """Turn ``model_large`` (in place) into the official LiGO operator-wrapped model, and return it.
+
+    Args:
+        model_large: a ``BertForMaskedLM`` / ``RobertaForMaskedLM`` of the large config (its weights are dropped).
+        args: the official options (see :func:`ligo_args`); ``source_model_path[0]`` is read when
+            ``source_model`` is None.
+        source_model: the small pretrained model of the same class; never modified (its tensors are copied).
+
+    Returns:
+        ``model_large``, whose Linear/LayerNorm/Embedding modules of the embeddings, blocks and MLM head are now
+        :class:`FusedLinear` / :class:`FusedLayeredNorm` / :class:`FusedEmbedding`; ``state_dict()`` has the
+        official checkpoint layout, the trainable parameters are the operator's coefficients (plus the small
+        weights when ``args.tune_small_model``).
+    """
+    arch = _arch_of(model_large, "create_ligo_from_model")
+    if any(isinstance(m, _FUSED) for m in model_large.modules()):
+        raise ValueError("create_ligo_from_model: the model is already wrapped by LiGO")
+    cfg = config_from_args(args)
+    if source_model is None:
+        source_model = _load_small(model_large, args)
+    if type(source_model) is not type(model_large):
+        raise ValueError(
+            f"the small model is a {type(source_model).__name__} but the large one a {type(model_large).__name__}; "
+            "grow within one class"
+        )
+    if arch.check_config is not None:
+        arch.check_config(source_model.config, model_large.config)
+    L1, L2 = arch.num_layers(source_model.config), arch.num_layers(model_large.config)
+    if L2 < L1:
+        raise ValueError(f"the layer count shrinks: the small model has {L1} layers, the large config {L2}")
+    if cfg.depth_init.startswith("interlace") and L2 > 2 * L1:
+        raise ValueError(
+            f"depth init {cfg.depth_init!r} repeats each of the {L1} small layers twice, so it can grow to at most "
+            f"{2 * L1} layers, not {L2}; use 'stackbert' or 'rand'"
+        )
+    if getattr(model_large.config, "tie_word_embeddings", False):
+        logger.warning(
+            "tie_word_embeddings=True: like the official code, the decoder and the word embeddings are grown "
+            "separately, so the materialized model cannot keep them tied; ligo_fast.grow handles tied weights"
+        )
+    small_sd = source_model.state_dict()
+    sizes = _width_sizes(arch, small_sd, model_large)
+    device = next(model_large.parameters()).device
+    _register_small(model_large, arch, small_sd, L1, cfg.train_small)
+
+    width_opts = dict(learnable=cfg.train_width, init_scheme=cfg.width_init, init_noise=cfg.width_noise)
+    tied: dict[str, list[FusedWidthParams]] = {}
+    if cfg.tie:
+        for name, spec in arch.widths.items():
+            if name not in sizes:
+                continue
+            count = L2 if spec.per_layer else 1
+            tied[name] = [FusedWidthParams(*sizes[name], **width_opts).to(device) for _ in range(count)]
+            for l, w in enumerate(tied[name]):
+                _set(model_large, spec.key.format(l=l), w)
+
+    def tie(width: str | None, l: int) -> FusedWidthParams | None:
+        if width is None or width not in tied:
+            return None
+        return tied[width][l] if arch.widths[width].per_layer else tied[width][0]
+
+    common = dict(
+        init_scheme_width=cfg.width_init,
+        init_noise_width=cfg.width_noise,
+        learn_width=cfg.train_width,
+        residual=cfg.residual,
+        residual_noise=cfg.residual_noise,
+    )
+    depth = dict(init_scheme_depth=cfg.depth_init, init_noise_depth=cfg.depth_noise, learn_depth=cfg.train_depth)
+    todo = [(m, l, f"{arch.layer_path(l)}.{m.path}") for l in range(L2) for m in arch.layer_modules]
+    todo += [(m, -1, m.path) for m in arch.modules]
+    for mod, l, path in todo:
+        old = model_large.get_submodule(path)
+        if mod.kind == LINEAR:
+            _expect(old, nn.Linear, path)
+            new = FusedLinear(
+                model_large, mod.path, old.in_features, old.out_features, layer_index=l,
+                width_in_tie=tie(mod.inp, l), width_out_tie=tie(mod.out, l), **depth, **common,
+            )  # fmt: skip
+        elif mod.kind == NORM:
+            _expect(old, nn.LayerNorm, path)
+            new = FusedLayeredNorm(
+                model_large, mod.path, old.normalized_shape, layer_index=l, eps=old.eps,
+                width_out_tie=tie(mod.out, l), **depth, **common,
+            )  # fmt: skip
+        elif mod.kind == EMBEDDING:
+            _expect(old, nn.Embedding, path)
+            new = FusedEmbedding(
+                model_large, mod.path, old.num_embeddings, old.embedding_dim, padding_idx=old.padding_idx,
+                max_norm=old.max_norm, norm_type=old.norm_type, scale_grad_by_freq=old.scale_grad_by_freq,
+                sparse=old.sparse, width_out_tie=tie(mod.out, l), **common,
+            )  # fmt: skip
+        else:
+            raise ValueError(f"{path}: module kind {mod.kind!r} has no official Fused module")
+        _set(model_large, path, new.to(device))
+    logger.info("LiGO (official API): %s grown %d -> %d layers, %s", type(model_large).__name__, L1, L2, cfg)
+    return model_large
+
+
+def _expect(module: nn.Module, cls: type, path: str) -> None:
+    if not isinstance(module, cls):
+        raise ValueError(f"{path} is a {type(module).__name__}, expected an {cls.__name__}")
+
+
+# ---------------------------------------------------------------------- materialising
+def _produced(model: nn.Module) -> dict[str, Tensor]:
+    """Every produced tensor of a compat-wrapped model by HF parameter name."""
+    out: dict[str, Tensor] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, FusedEmbedding):
+            out[f"{name}.weight"] = m.get_params()
+        elif isinstance(m, (FusedLinear, FusedLayeredNorm)):
+            w, b = m.get_params()
+            out[f"{name}.weight"] = w
+            if b is not None:
+                out[f"{name}.bias"] = b
+    return out
+
+
+@torch.no_grad()
+def materialize_compat(model: nn.Module) -> nn.Module:
+    """A fresh plain model of ``model``'s class and config holding the produced weights (copies).
+
+    Args:
+        model: what :func:`create_ligo_from_model` returned.
+
+    Returns:
+        A model without Fused modules or ``__sm_`` tensors, on ``model``'s device, in its train/eval mode.
+        Parameters the operator does not produce (e.g. BERT's unused ``cls.predictions.bias``) are copied.
+    """
+    produced = _produced(model)
+    if not produced:
+        raise ValueError(
+            f"materialize: {type(model).__name__} holds no LiGO operator; pass a ligo_fast.LiGOModel or what "
+            "ligo_fast.compat.create_ligo_from_model returned"
+        )
+    large = type(model)(copy.deepcopy(model.config))
+    ref = next(iter(produced.values()))
+    large.to(device=ref.device, dtype=ref.dtype)
+    expected = large.state_dict()
+    state = {k: v.detach().clone() for k, v in produced.items()}
+    for k, v in model.state_dict().items():
+        if k in expected and k not in state and not k.startswith(SM):
+            state[k] = v.detach().clone()
+    large.load_state_dict(state, strict=True)
+    return large.train(model.training)
+
+
+@torch.no_grad()
+def initialize_model_with_ligo(model_large: nn.Module, args) -> nn.Module:
+    """Write the weights a trained official operator produces into ``model_large`` (in place) and return it.
+
+    Reads ``<args.pretrained_ligo_path>/pytorch_model.bin`` (an official or compat operator state dict) and the
+    small model at ``args.source_model_path[0]``; tying and residual mode are read off the checkpoint's keys.
+    Every Linear and LayerNorm weight/bias and every Embedding weight the operator covers is overwritten.
+    """
+    from .checkpoint import OFFICIAL, load_operator
+
+    _arch_of(model_large, "initialize_model_with_ligo")
+    path = os.path.join(os.fspath(args.pretrained_ligo_path), OFFICIAL)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no LiGO operator checkpoint at {path}")
+    small = _load_small(model_large, args)
+    operator = load_operator(path, small, model_large.config)
+    params = dict(model_large.named_parameters(remove_duplicate=False))
+    for name, t in operator.produce().items():
+        if name not in params:
+            raise ValueError(f"the operator produces {name!r}, which {type(model_large).__name__} does not have")
+        params[name].copy_(t)
+    return model_large

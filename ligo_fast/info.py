@@ -1,0 +1,59 @@
+"""``python -m ligo_fast.info``: which backends load here and why not, with versions and devices."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+
+
+def report() -> str:
+    """A plain-text report: versions, devices, each backend's availability, and how the extension loaded."""
+    import torch
+
+    from . import backends
+
+    lines = [
+        f"ligo_fast {__import__('ligo_fast').__version__}",
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), "
+        f"{torch.get_num_threads()} CPU threads, {platform.machine()}",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton {triton.__version__}")
+    except Exception as e:  # noqa: BLE001 - any import failure is the answer
+        lines.append(f"triton: not importable ({type(e).__name__}: {e})")
+    nvcc = shutil.which("nvcc")
+    lines.append(f"nvcc: {nvcc or 'not found'}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
+    else:
+        lines.append("CUDA devices: none")
+    lines.append("backends:")
+    for name, status in backends.availability().items():
+        lines.append(f"  {name:7s} {status}")
+    try:
+        from . import extension
+
+        how = extension.load_library()
+        cuda = "with" if extension.has_cuda_kernels() else "without"
+        lines.append(f"extension: {how}, {cuda} CUDA kernels")
+    except Exception as e:  # noqa: BLE001
+        lines.append(f"extension: unavailable ({e})")
+    for dev in ("cpu", "cuda"):
+        if dev == "cuda" and not torch.cuda.is_available():
+            continue
+        lines.append(f"backend='auto' on {dev}: {backends.auto_choice(torch.device(dev))} preferred")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    print(report())
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ DEPTH_INITS = (
     "stackbert_noisy",
     "interlace_noisy",
 )
+LINEAR_MODES = ("materialize", "factored", "auto")
 WIDTH_INITS = ("rand", "rand_softmax", "sel", "rand_noisy", "rand_softmax_noisy", "sel_noisy")
 
 
@@ -46,6 +47,14 @@ class LiGOConfig:
         train_width: width matrices are trainable parameters (else fixed buffers).
         train_small: the small model's weights (copied, never shared) are trainable parameters too.
         seed: seed for the initial draws; None uses torch's global generator.
+        lean: memory-lean expansion: each large layer's weights are produced just before that layer runs and
+            dropped after it; backward recomputes them (like activation checkpointing, but for weights only),
+            so about one layer's large weights are alive at a time. None (auto): on while gradients are
+            recorded and the block weights of one step would take at least ``lean_min_mb`` MiB.
+        lean_min_mb: the auto threshold of ``lean``.
+        linear_mode: how block linear layers run: ``materialize`` (produce W, then x @ W^T), ``factored``
+            (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W; identity blocks as slices), or ``auto``
+            (a cost model picks per module kind from the shapes and the batch's token count).
     """
 
     depth_init: str = "stackbert_noisy"
@@ -59,13 +68,18 @@ class LiGOConfig:
     train_width: bool = True
     train_small: bool = False
     seed: int | None = None
+    lean: bool | None = None
+    lean_min_mb: float = 64.0
+    linear_mode: str = "materialize"
 
     def __post_init__(self) -> None:
         if self.depth_init not in DEPTH_INITS:
             raise ValueError(f"unknown depth_init {self.depth_init!r}; valid schemes: {', '.join(DEPTH_INITS)}")
         if self.width_init not in WIDTH_INITS:
             raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
-        for name in ("depth_noise", "width_noise", "residual_noise"):
+        if self.linear_mode not in LINEAR_MODES:
+            raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
+        for name in ("depth_noise", "width_noise", "residual_noise", "lean_min_mb"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import ops
-from .arch import EMBEDDING, NORM, Arch, Module, arch_for
+from .arch import EMBEDDING, LINEAR, NORM, Arch, Module, arch_for
 from .config import LiGOConfig
 from .init import depth_init, width_init
 
@@ -298,27 +298,48 @@ class LiGOModel(nn.Module):
     # ------------------------------------------------------------------ production
     def produce(self, backend: str = "auto") -> dict[str, Tensor]:
         """All produced large-model tensors by HF parameter name (views into one tensor per module kind)."""
+        return self._produce(self._slots, None, backend)
+
+    def _produce(
+        self, slots: list[_Slot], layer: int | None, backend: str = "auto", skip_weights: frozenset = frozenset()
+    ) -> dict[str, Tensor]:
+        """Produce ``slots``; ``layer``: only that large layer of the block modules (memory-lean mode).
+
+        ``skip_weights``: slots (by their small weight's name) whose weight is not produced (factored mode).
+        """
         g = self.op.get
         out: dict[str, Tensor] = {}
         vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
         vec_targets: list[tuple[list[str], int]] = []  # (names, number of parts to concatenate)
 
-        def add_vec(v: Tensor, depth: Tensor, es: list, res: Tensor | None, names: list[str]) -> None:
+        def sel(t: Tensor | None, per_layer: bool = True) -> Tensor | None:
+            """The slice of a per-layer tensor (depth, residual, 3-D width) for ``layer``."""
+            if t is None or layer is None or not per_layer:
+                return t
+            return t[layer : layer + 1]
+
+        def width(name: str | None, layered: bool) -> Tensor | None:
+            t = g(name)
+            return sel(t, layered and t is not None and t.dim() == 3)
+
+        def add_vec(v, depth, es: list, res, names: list[str], layered: bool) -> None:
             parts = v.chunk(len(es), dim=-1) if len(es) > 1 else (v,)
             rparts = res.chunk(len(es), dim=-1) if (res is not None and len(es) > 1) else (res,) * len(es)
             for vp, e, rp in zip(parts, es, rparts, strict=True):
-                vec_problems.append((vp, depth, g(e), rp))
+                vec_problems.append((vp, depth, width(e, layered), rp))
             vec_targets.append((names, len(es)))
 
-        for s in self._slots:
+        for s in slots:
+            L = s.layered
             W = g(s.w)
             one = torch.ones(1, 1, device=W.device, dtype=torch.float32)
-            depth = g(s.depth_w) if s.layered else one
-            res = _lift(g(s.res_w), s.layered)
-            Wl = W if s.layered else W[None]
+            depth = sel(g(s.depth_w)) if L else one
+            res = sel(_lift(g(s.res_w), L), L)
+            targets_w = s.targets_w if (layer is None or not L) else [s.targets_w[layer]]
+            Wl = W if L else W[None]
             if s.mod.kind == NORM:
-                add_vec(Wl, depth, s.e_rows, res, s.targets_w)
-            else:
+                add_vec(Wl, depth, s.e_rows, res, targets_w, L)
+            elif s.w not in skip_weights:
                 W2 = Wl.reshape(Wl.shape[0], *s.view_w)
                 n = max(len(s.e_rows), len(s.e_cols))
                 dim = 1 if s.split_rows else 2
@@ -327,8 +348,8 @@ class LiGOModel(nn.Module):
                     ops.ligo_expand(
                         Wp,
                         depth,
-                        g(s.e_rows[i if s.split_rows else 0]),
-                        g(s.e_cols[0 if s.split_rows else i]),
+                        width(s.e_rows[i if s.split_rows else 0], L),
+                        width(s.e_cols[0 if s.split_rows else i], L),
                         residual=None
                         if (n > 1 or res is None)
                         else res.reshape(res.shape[0], *_view2d(s.mod, s.shape_w)),
@@ -339,23 +360,25 @@ class LiGOModel(nn.Module):
                 big = big[0] if n == 1 else torch.cat(big, dim=dim)
                 if n > 1 and res is not None:
                     big = big + res.reshape(big.shape).to(big.dtype)
-                for name, t in zip(s.targets_w, big.unbind(0), strict=True):
+                for name, t in zip(targets_w, big.unbind(0), strict=True):
                     out[name] = t.reshape(s.shape_w)
             if s.b is not None:
-                depth_b = g(s.depth_b) if s.layered else one
-                bl = g(s.b) if s.layered else g(s.b)[None]
+                depth_b = sel(g(s.depth_b)) if L else one
+                bl = g(s.b) if L else g(s.b)[None]
                 rows_parts = s.e_rows if s.mod.kind != EMBEDDING else [None]
                 # a bias runs along the output side: the rows, or the columns of a transposed weight
                 es = s.e_cols if s.mod.transposed else rows_parts
-                add_vec(bl, depth_b, es, _lift(g(s.res_b), s.layered), s.targets_b)
+                targets_b = s.targets_b if (layer is None or not L) else [s.targets_b[layer]]
+                add_vec(bl, depth_b, es, sel(_lift(g(s.res_b), L), L), targets_b, L)
         results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
         for names, n in vec_targets:
             t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)
             for name, row in zip(names, t.unbind(0), strict=True):
                 out[name] = row
         for name, others in self._aliases.items():
-            for o in others:
-                out[o] = out[name]
+            if name in out:
+                for o in others:
+                    out[o] = out[name]
         return out
 
     # ------------------------------------------------------------------ HF-like surface
@@ -368,7 +391,66 @@ class LiGOModel(nn.Module):
         return next(self.op.get(s.w) for s in self._slots).device
 
     def forward(self, *args, **kwargs):
-        return functional_call(self.large, self.produce(), args, kwargs, tie_weights=False)
+        plan = self.factored_plan(args, kwargs)
+        skip = frozenset(self._slots[i].w for i in plan)
+        with _factored_modules(self, plan):
+            if not self.lean_now():
+                params = self._produce(self._slots, None, skip_weights=skip)
+                return functional_call(self.large, params, args, kwargs, tie_weights=False)
+            from .lean import lean_layers
+
+            glob = self._produce([s for s in self._slots if not s.layered], None)
+            with lean_layers(self, skip_weights=skip):
+                return functional_call(self.large, glob, args, kwargs, tie_weights=False)
+
+    def factored_plan(self, args=(), kwargs=None) -> list[int]:
+        """Indices of the slots whose block linears run factored in this forward (``LiGOConfig.linear_mode``)."""
+        mode = self.ligo_config.linear_mode
+        if mode == "materialize":
+            return []
+        cands = [
+            i
+            for i, s in enumerate(self._slots)
+            if s.layered
+            and s.mod.kind == LINEAR
+            and not s.mod.transposed
+            and len(s.shape_w) == 2
+            and len(s.e_rows) == 1
+            and len(s.e_cols) == 1
+        ]
+        if mode == "factored":
+            return cands
+        from .factored import costs, device_model
+
+        T = _count_tokens(args, kwargs or {}, self.config)
+        dev = device_model(self.device)
+        plan = []
+        for i in cands:
+            s = self._slots[i]
+            (o1, i1), (o2, i2) = s.view_w, s.shape_w
+            nbytes = self.op.get(s.w).element_size()
+            mat, fact = costs(T, o1, i1, o2, i2, self.L1, nbytes, dev)
+            if s.res_w is None and fact < mat:
+                plan.append(i)
+        return plan
+
+    def block_weight_bytes(self) -> int:
+        """Bytes of all produced block weights of one forward (what memory-lean mode avoids keeping)."""
+        total = 0
+        for s in self._slots:
+            if s.layered:
+                n = 1
+                for d in s.shape_w:
+                    n *= d
+                total += self.L2 * n * self.op.get(s.w).element_size()
+        return total
+
+    def lean_now(self) -> bool:
+        """Whether this forward uses memory-lean expansion (``LiGOConfig.lean``; None = auto)."""
+        lean = self.ligo_config.lean
+        if lean is not None:
+            return bool(lean)
+        return torch.is_grad_enabled() and self.block_weight_bytes() >= self.ligo_config.lean_min_mb * 2**20
 
     def generate(self, *args, **kwargs):
         """``generate`` of the large HF model, with the produced weights (only where the HF class has it)."""
@@ -439,6 +521,62 @@ def _view2d(mod: Module, shape) -> tuple[int, int]:
     for d in shape[1:]:
         n *= d
     return (shape[0], n)
+
+
+class _factored_modules:
+    """Context: the planned block linears of ``model.large`` compute ``factored_linear`` instead of x @ W^T."""
+
+    def __init__(self, model: LiGOModel, plan: list[int]):
+        self.model, self.plan, self.mods = model, plan, []
+
+    def __enter__(self):
+        if not self.plan:
+            return self
+        from .factored import factored_linear
+        from .reference import compute_dtype, depth_mix
+
+        m, g = self.model, self.model.op.get
+        for i in self.plan:
+            s = m._slots[i]
+            W = g(s.w)
+            ct = compute_dtype(W.dtype)
+            Wmix = depth_mix(W.to(ct), g(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+            Eo, Ei, R = g(s.e_rows[0]), g(s.e_cols[0]), g(s.res_w)
+            for l, target in enumerate(s.targets_w):
+                mod = m.large.get_submodule(target.rpartition(".")[0])
+                eo = Eo[l] if (Eo is not None and Eo.dim() == 3) else Eo
+                ei = Ei[l] if (Ei is not None and Ei.dim() == 3) else Ei
+                r = None if R is None else R[l]
+
+                def fwd(x, _w=Wmix[l], _eo=eo, _ei=ei, _r=r, _mod=mod):
+                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None))
+
+                mod.forward = fwd
+                self.mods.append(mod)
+        return self
+
+    def __exit__(self, *exc):
+        for mod in self.mods:
+            del mod.forward
+        self.mods = []
+        return False
+
+
+def _count_tokens(args, kwargs, config) -> int:
+    """Tokens in this batch, from input_ids / inputs_embeds / pixel_values (1 when none is found)."""
+    for key in ("input_ids", "inputs_embeds", "pixel_values"):
+        t = kwargs.get(key)
+        if t is None and args and key == "input_ids" and isinstance(args[0], Tensor):
+            t = args[0]
+        if t is None:
+            continue
+        if key == "input_ids":
+            return t.numel()
+        if key == "inputs_embeds":
+            return t.numel() // t.shape[-1]
+        patches = (getattr(config, "image_size", 1) // max(getattr(config, "patch_size", 1), 1)) ** 2 + 1
+        return t.shape[0] * patches
+    return 1
 
 
 def _lift(t: Tensor | None, layered: bool) -> Tensor | None:

@@ -1,0 +1,110 @@
+"""The factored mode: run a grown linear layer without producing its weight, and the cost model that picks it.
+
+For a block linear with ``W = B_out · Wmix · B_inᵀ`` (``B = [I; E]``, ``Wmix = Σ_j depth[l, j] W_j``):
+
+    y = x Wᵀ + b = ((x B_in) Wmixᵀ) B_outᵀ + b
+    x B_in     = x[:, :i1] + x[:, i1:] E_in              (the identity block is a slice)
+    v B_outᵀ   = [v, v E_outᵀ]                            (likewise)
+
+Per step, materialising costs the production of W (once) plus ``T·o2·i2`` multiply-adds per token (T tokens);
+the factored form costs ``T·(i1(i2-i1) + o1·i1 + o1(o2-o1))`` and no production. With square growth by a factor
+a the factored form is always cheaper in FLOPs (2a-1 < a² per d²); with rectangular matrices (FFN in/out) it
+can cost more per token, so for large T materialising wins. The cost model below counts both in FLOPs and
+bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) and picks the cheaper one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """Ceilings of a device for the cost model: FLOP/s, bytes/s, seconds per kernel launch."""
+
+    flops: float
+    bandwidth: float
+    launch: float
+
+
+# Leads, not measurements: the H200's ~790 TFLOP/s bf16 and ~4.3 TB/s were measured on this workplace's cards
+# (device notes); the CPU numbers are a 2-core machine's order of magnitude.
+H200 = DeviceModel(flops=7.9e14, bandwidth=4.3e12, launch=4e-6)
+GPU = DeviceModel(flops=3e14, bandwidth=2e12, launch=5e-6)
+CPU = DeviceModel(flops=1e11, bandwidth=2e10, launch=2e-6)
+
+
+def device_model(device: torch.device) -> DeviceModel:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return H200 if ("H200" in name or "H100" in name) else GPU
+    return CPU
+
+
+def _gemm(m: int, n: int, k: int, nbytes: int, dev: DeviceModel) -> float:
+    """Roofline time of an (m x k) @ (k x n) product; 0 for an empty one."""
+    if m == 0 or n == 0 or k == 0:
+        return 0.0
+    return max(2.0 * m * n * k / dev.flops, (m * k + k * n + m * n) * nbytes / dev.bandwidth) + dev.launch
+
+
+def costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev: DeviceModel) -> tuple[float, float]:
+    """(materialize, factored) modelled seconds of one forward+backward of one large layer's linear."""
+    mix = _gemm(1, o1 * i1, L1, nbytes, dev)
+    # production in the cheaper association order, then the layer itself
+    prod = mix + min(
+        _gemm(o1, i2 - i1, i1, nbytes, dev) + _gemm(o2 - o1, i2, o1, nbytes, dev),
+        _gemm(o2 - o1, i1, o1, nbytes, dev) + _gemm(o2, i2 - i1, i1, nbytes, dev),
+    )
+    mat = 3 * prod + 3 * _gemm(T, o2, i2, nbytes, dev)  # backward ~ twice forward, for both
+    fwd = _gemm(T, i1, i2 - i1, nbytes, dev) + _gemm(T, o1, i1, nbytes, dev) + _gemm(T, o2 - o1, o1, nbytes, dev)
+    fact = 3 * mix + 3 * fwd
+    return mat, fact
+
+
+def break_even_tokens(o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev: DeviceModel) -> int | None:
+    """Smallest token count above which materialising is cheaper (doubling, then bisection); None if never."""
+
+    def mat_wins(T: int) -> bool:
+        m, f = costs(T, o1, i1, o2, i2, L1, nbytes, dev)
+        return m < f
+
+    hi = 1
+    while not mat_wins(hi):
+        hi *= 2
+        if hi > 2**34:
+            return None
+    lo = hi // 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if mat_wins(mid) else (mid, hi)
+    return hi
+
+
+def factored_linear(
+    x: Tensor,
+    Wmix: Tensor,
+    E_out: Tensor | None,
+    E_in: Tensor | None,
+    residual: Tensor | None,
+    bias: Tensor | None,
+) -> Tensor:
+    """``x @ ([I; E_out] Wmix [I; E_in]^T + residual)^T + bias`` without forming the large weight.
+
+    x: (..., i2); Wmix: (o1, i1); E_out: (o2-o1, o1) or None; E_in: (i2-i1, i1) or None; residual: (o2, i2).
+    """
+    dt = x.dtype
+    i1 = Wmix.shape[1]
+    u = x[..., :i1]
+    if E_in is not None:
+        u = u + x[..., i1:] @ E_in.to(dt)
+    v = u @ Wmix.to(dt).mT
+    y = v if E_out is None else torch.cat([v, v @ E_out.to(dt).mT], dim=-1)
+    if residual is not None:
+        y = y + x @ residual.to(dt).mT
+    if bias is not None:
+        y = y + bias.to(dt)
+    return y

@@ -1,0 +1,110 @@
+"""Memory-lean expansion and the factored mode: the same numbers as eager materialisation, less kept alive."""
+
+import gc
+import weakref
+
+import pytest
+import torch
+from _models import build, configs, inputs, main_output
+
+import ligo_fast
+from ligo_fast.factored import CPU, H200, break_even_tokens, costs, factored_linear
+from ligo_fast.model import LiGOModel
+
+CASES = ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification"]
+
+
+def _step(name, **options):
+    torch.manual_seed(0)  # the same small model for every call
+    small_cfg, large_cfg = configs(name)
+    model = ligo_fast.grow(build(name, small_cfg), large_cfg, seed=0, depth_init="rand", **options).eval()
+    out = main_output(model(**inputs(name)))
+    out.float().pow(2).mean().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize(
+    "options", [dict(lean=True), dict(linear_mode="factored"), dict(lean=True, linear_mode="auto")]
+)
+def test_same_outputs_and_operator_gradients_as_eager(name, options):
+    ref_out, ref_grads = _step(name, lean=False, residual=True)
+    out, grads = _step(name, residual=True, **options)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    assert sorted(grads) == sorted(ref_grads)
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6)
+
+
+def test_lean_keeps_no_layer_weights_between_forward_and_backward(monkeypatch):
+    name = "LlamaForCausalLM"
+    small_cfg, large_cfg = configs(name)
+    model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
+    refs: list[tuple[int | None, weakref.ref]] = []
+    alive_others: list[int] = []
+    real = LiGOModel._produce
+
+    def spy(self, slots, layer, *a, **k):
+        gc.collect()
+        alive_others.append(len({l for l, r in refs if l is not None and l != layer and r() is not None}))
+        out = real(self, slots, layer, *a, **k)
+        refs.extend((layer, weakref.ref(t)) for t in out.values())
+        return out
+
+    monkeypatch.setattr(LiGOModel, "_produce", spy)
+    loss = model(**inputs(name), labels=inputs(name)["input_ids"]).loss
+    gc.collect()
+    assert [l for l, r in refs if l is not None and r() is not None] == []  # nothing of a block kept for backward
+    assert any(l == large_cfg.num_hidden_layers - 1 for l, _ in refs)
+    loss.backward()
+    assert max(alive_others) <= 1  # at most one other layer's weights alive whenever one is produced
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_lean_auto_threshold():
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    model = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg)
+    assert not model.lean_now()  # tiny: below 64 MiB
+    model.ligo_config.lean_min_mb = model.block_weight_bytes() / 2**20
+    assert model.lean_now()
+    with torch.no_grad():
+        assert not model.lean_now()
+
+
+def test_factored_linear_matches_the_produced_weight():
+    torch.manual_seed(1)
+    x, Wm = torch.randn(5, 3, 11, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
+    Eo, Ei = torch.randn(3, 6, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
+    R, b = torch.randn(9, 11, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    W = torch.cat([torch.eye(6, dtype=torch.float64), Eo]) @ Wm @ torch.cat([torch.eye(7, dtype=torch.float64), Ei]).T
+    torch.testing.assert_close(factored_linear(x, Wm, Eo, Ei, R, b), x @ (W + R).T + b)
+    torch.testing.assert_close(factored_linear(x[..., :7], Wm, None, None, None, None), x[..., :7] @ Wm.T)
+
+
+def test_cost_model_break_even():
+    # square growth: factored is cheaper in FLOPs at any token count (2a-1 < a^2), so no break-even on a GPU
+    assert break_even_tokens(512, 512, 768, 768, 6, 2, H200) is None
+    # an FFN-out-like rectangle (in side 4x larger) flips to materialising at large token counts
+    T = break_even_tokens(512, 2048, 768, 3072, 6, 2, H200)
+    assert T is not None and 1 < T < 10**7
+    mat, fact = costs(4 * T, 512, 2048, 768, 3072, 6, 2, H200)
+    assert mat < fact
+    mat, fact = costs(max(T // 4, 1), 512, 2048, 768, 3072, 6, 2, H200)
+    assert fact < mat
+    assert break_even_tokens(64, 256, 96, 384, 2, 4, CPU) is not None
+
+
+def test_auto_mode_follows_the_cost_model():
+    import transformers as T
+
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    small_cfg = T.BertConfig(**{**small_cfg.to_dict(), "intermediate_size": 128})  # FFN 4x the width
+    large_cfg = T.BertConfig(**{**large_cfg.to_dict(), "intermediate_size": 192})
+    model = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="auto")
+    few = model.factored_plan((), {"input_ids": torch.ones(1, 2, dtype=torch.long)})
+    many = model.factored_plan((), {"input_ids": torch.ones(512, 512, dtype=torch.long)})
+    assert len(few) == 6 and len(many) < len(few)  # the FFN-out rectangle materialises for many tokens
+    paths = {model._slots[i].mod.path for i in few} - {model._slots[i].mod.path for i in many}
+    assert "output.dense" in paths
+    with pytest.raises(ValueError, match="unknown linear_mode"):
+        ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="fast")

@@ -306,7 +306,9 @@ def _dot_args(dtype: torch.dtype) -> tuple[int, str]:
     if dtype not in _DOT_CODE:
         raise TypeError(f"Triton LiGO kernels take float16, bfloat16 or float32 weights, got {dtype}")
     code = _DOT_CODE[dtype]
-    tf32 = code == 0 and not INTERPRETED and torch.backends.cuda.matmul.allow_tf32
+    if code != 0:  # 16-bit operands: Triton's default precision, as in its own fp16 matmul (wgmma on Hopper)
+        return code, "tf32"
+    tf32 = not INTERPRETED and torch.backends.cuda.matmul.allow_tf32
     return code, ("tf32" if tf32 else "ieee")
 
 

@@ -1,6 +1,6 @@
 """The C++ extension vs our torch path vs the official-style eager math, on the BERT 6L/512H -> 12L/768H operator.
 
-One run, providers side by side (median of torch.utils.benchmark on CPU):
+One run, providers side by side (on CPU: median over interleaved rounds, each timed by torch.utils.benchmark):
 
 - ``official``: the eager math of the official LiGO code: per large layer and module, the elementwise depth mix
   ``(W_stack * coeffs).sum(-1)`` over (out, in, L1)-stacked small weights, then width expansion with ``torch.cat``,
@@ -13,7 +13,7 @@ The operator: matrices q, k, v, attn-out (512x512 -> 768x768), ffn-in (2048x512 
 matrices for the hidden (256x512) and intermediate (1024x2048) growth, one depth matrix (12x6) per module kind.
 Modes: forward (no grad) and forward+backward (gradients of every operator parameter and small weight).
 
-    python benchmarks/bench_ext.py [--out benchmarks/NOTES_ext.md] [--min-time 2]
+    python benchmarks/bench_ext.py [--out benchmarks/NOTES_ext.md] [--rounds 5]
 
 On CUDA (when available) it also times the multi-tensor vector op against a per-tensor loop (launch counts from the
 profiler).
@@ -135,18 +135,29 @@ def check_agree(op: Operator, stacked: dict) -> float:
     return worst
 
 
-def cpu_table(min_time: float) -> list[tuple[str, str, float]]:
+def cpu_table(rounds: int) -> list[tuple[str, str, float]]:
+    """Median seconds per (mode, provider). Providers are interleaved round by round so that a load change on a
+    shared machine hits all of them alike."""
     op = build()
     stacked = official_prep(op)
     grads: dict = {}
     rows = []
     for mode, fn in (("forward", forward), ("fwd+bwd", fwd_bwd)):
+        timers = {}
         for provider in ("official", "torch", "cpp"):
             args = (provider, op, stacked) + ((grads,) if fn is fwd_bwd else ())
-            fn(*args)  # warm-up (and JIT build / first-call costs)
-            t = tb.Timer("fn(*args)", globals={"fn": fn, "args": args}).blocked_autorange(min_run_time=min_time)
-            rows.append((mode, provider, t.median))
-            print(f"{mode:8s} {provider:9s} {t.median * 1e3:9.1f} ms  (IQR {t.iqr * 1e3:.1f} ms, {len(t.times)} runs)")
+            fn(*args)  # warm-up (and first-call costs)
+            timers[provider] = tb.Timer("fn(*args)", globals={"fn": fn, "args": args})
+        times: dict = {p: [] for p in timers}
+        for _ in range(rounds):
+            for provider, timer in timers.items():
+                times[provider].append(timer.timeit(1).median)
+        for provider, ts in times.items():
+            ts.sort()
+            med = ts[len(ts) // 2]
+            rows.append((mode, provider, med))
+            spread = f"min {ts[0] * 1e3:.1f}, max {ts[-1] * 1e3:.1f}"
+            print(f"{mode:8s} {provider:9s} median {med * 1e3:9.1f} ms  ({spread})")
     print(f"max relative difference official vs cpp: {check_agree(op, stacked):.2e}")
     return rows
 
@@ -191,7 +202,8 @@ def gpu_multi_vec(min_time: float) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="append a markdown table to this file")
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="CPU: interleaved timing rounds per provider")
+    parser.add_argument("--min-time", type=float, default=2.0, help="GPU: seconds of timing per measurement")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU table")
     args = parser.parse_args()
     print(f"cpp extension: {ext.load_library()}")
@@ -202,7 +214,7 @@ def main() -> None:
         f"torch {torch.__version__}, Python {platform.python_version()}; extension: {ext.load_library()}",
     ]
     if not args.skip_cpu:
-        by = {(m, p): t for m, p, t in cpu_table(args.min_time)}
+        by = {(m, p): t for m, p, t in cpu_table(args.rounds)}
         md += [
             "",
             "| CPU mode | official eager (ms) | ligo_fast torch (ms) | ligo_fast cpp (ms) | cpp vs official |",

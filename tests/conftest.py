@@ -14,6 +14,10 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# The tests use tiny tensors: one thread is as fast, and on a shared 2-core machine two spinning OpenMP threads
+# per process made a tiny expand ~1000x slower (35 us -> 25-60 ms, seen here with other jobs running).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:

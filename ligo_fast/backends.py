@@ -116,6 +116,25 @@ def resolve(requested: str, device: torch.device) -> Any:
         return load("torch")
 
 
+def is_auto(requested: str) -> bool:
+    """Whether ``backend=requested`` leaves the choice to ligo_fast (``auto``, not overridden by the variable)."""
+    return requested == "auto" and os.environ.get(ENV_VAR, "auto").strip().lower() in ("", "auto")
+
+
+def multi_vec_fallback(device: torch.device):
+    """The ``cpp`` backend's multi-tensor vector op when it loads and has kernels for ``device``, else None."""
+    try:
+        cpp = load("cpp")
+    except BackendUnavailable:
+        return None
+    if device.type == "cuda":
+        from .extension import has_cuda_kernels
+
+        if not has_cuda_kernels():
+            return None
+    return cpp.expand_vec_multi
+
+
 def _reset_for_tests() -> None:
     """Forget loaded backends, remembered errors and warnings (tests only)."""
     _cache.clear()

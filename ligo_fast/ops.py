@@ -146,8 +146,12 @@ def ligo_expand_vec_multi(
         return []
     for b, depth, E_out, residual in problems:
         check_expand_vec_args(b, depth, E_out, residual)
-    impl = backends.resolve(backend, problems[0][0].device)
+    device = problems[0][0].device
+    impl = backends.resolve(backend, device)
     multi = getattr(impl, "expand_vec_multi", None)
+    if multi is None and backends.is_auto(backend):
+        # auto on CUDA picks Triton, which has no multi-tensor kernel: the extension's does all vectors in one launch
+        multi = backends.multi_vec_fallback(device)
     if multi is not None:
         return list(multi(problems))
     return [impl.expand_vec(b, d, e, r) for b, d, e, r in problems]

@@ -115,3 +115,22 @@ def test_one_expand_call_per_module_kind(small, monkeypatch):
     model.produce()
     # 6 block matrices + 3 embeddings + 2 head linears; all vectors in one multi call
     assert calls == {"expand": 11, "multi": 1}
+
+
+def test_auto_vectors_use_the_multi_tensor_op_when_the_matrix_backend_has_none(small, monkeypatch):
+    from ligo_fast import backends
+
+    calls = []
+    monkeypatch.setattr(
+        backends,
+        "multi_vec_fallback",
+        lambda device: lambda probs: calls.append(len(probs)) or [backends.load("torch").expand_vec(*p) for p in probs],
+    )
+    monkeypatch.setattr(backends, "auto_choice", lambda device: "torch")  # a choice without expand_vec_multi
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    model = ligo_fast.grow(small, configs(NAME)[1])
+    model.produce()
+    assert calls == [16]  # 10 block vectors (biases, 2 LayerNorms x 2) + 6 outside: all in one call
+    calls.clear()
+    model.produce(backend="torch")  # a named backend is taken as asked
+    assert calls == []

@@ -1,0 +1,261 @@
+"""Training the LiGO operator on several processes: DDP and FSDP2 helpers, gathering on rank 0.
+
+Every rank produces the large weights locally from the operator's tensors in each forward; only the operator's
+gradients cross ranks (all-reduced by DDP, reduce-scattered by FSDP2). What needs care, checked with torch 2.13
+and gloo on CPU (``tests/test_distributed.py``):
+
+* **Buffers (DDP).** With ``train_small=False`` (the default) the small model's weights are buffers of the
+  LiGOModel, as large as the small model. DDP broadcasts all buffers at the start of *every* forward by default;
+  they never change, so :func:`ddp` keeps only the broadcast at construction (which also makes the ranks agree
+  when ``LiGOConfig.seed`` is None or the small weights differ).
+* **Unused parameters (DDP).** With ``train_small=True`` some small tensors produce nothing (the small LM head
+  when it is tied to the embeddings, BERT's ``cls.predictions.bias`` tied to the decoder's): they never get a
+  gradient and plain DDP fails at the second step. :func:`ddp` finds them once (:func:`unused_parameters`) and
+  turns on ``find_unused_parameters`` only then.
+* **No overlap (DDP).** Production is the first thing forward does, so every operator gradient is ready only at
+  the end of backward and DDP cannot overlap its all-reduce with backward. The all-reduce is the operator's size:
+  for BERT 6L/512H -> 12L/768H (tied widths) 30.1M trainable values against the large model's 109.5M, mostly
+  the per-layer FFN width matrices.
+* **FSDP2 sharding.** ``fully_shard`` shards every parameter on dim 0: the operator's depth (L2, L1), width and
+  residual tensors and, with ``train_small=True``, the small weights (so they are sharded too). Buffers (the small
+  weights by default) stay replicated. ``fully_shard`` does not broadcast: each rank keeps its own rows, and
+  ranks that built different operators silently end up with a mix; :func:`shard` broadcasts from rank 0 first.
+* **State dicts (FSDP2).** ``model.state_dict()`` of a sharded LiGOModel raises (the official-layout hook unbinds
+  the sharded layer axis, which DTensor refuses); :func:`gather_state_dict` gathers tensor by tensor
+  (``DTensor.full_tensor()``), then applies the layout. Load checkpoints (``load_operator``) before sharding.
+* **Memory (FSDP2).** The produced large weights are full tensors on every rank: FSDP2 shards the operator and
+  its optimizer state, not the produced weights or the activations. A rank needs the large model's weights (one
+  layer's with ``LiGOConfig.lean``) plus its activations, as without FSDP.
+
+Typical use (every rank)::
+
+    model = ligo_fast.grow(small, large_config, seed=0)
+    model = ligo_fast.distributed.ddp(model)             # or ligo_fast.distributed.shard(model)
+    ... train ...
+    save_operator_distributed(model, "op/")               # collective; rank 0 writes
+    hf = materialize_distributed(model)                   # collective; the HF model on rank 0, None elsewhere
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .model import LiGOModel
+
+logger = logging.getLogger(__name__)
+
+try:  # torch >= 2.6
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+except ImportError:  # pragma: no cover - older torch
+    try:
+        from torch.distributed._composable.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        FSDPModule = fully_shard = None
+
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - older torch
+    DTensor = None
+
+__all__ = [
+    "broadcast_module_states",
+    "ddp",
+    "gather_state_dict",
+    "is_sharded",
+    "materialize_distributed",
+    "rank",
+    "save_operator_distributed",
+    "shard",
+    "unused_parameters",
+    "unwrap",
+]
+
+
+def rank() -> int:
+    """This process's rank, 0 without an initialised process group."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def unwrap(model: nn.Module) -> LiGOModel:
+    """The LiGOModel inside a DDP wrapper (FSDP2 modifies the model in place, so it is the model itself)."""
+    m = model.module if isinstance(model, DistributedDataParallel) else model
+    if not isinstance(m, LiGOModel):
+        raise TypeError(f"expected a LiGOModel (optionally wrapped in DDP), got {type(model).__name__}")
+    return m
+
+
+def _is_dtensor(t) -> bool:
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was passed to FSDP2's ``fully_shard``."""
+    return FSDPModule is not None and isinstance(unwrap(model), FSDPModule)
+
+
+@torch.no_grad()
+def broadcast_module_states(model: nn.Module, src: int = 0, group=None) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (one broadcast per dtype and device).
+
+    Call it before sharding: it refuses DTensor parameters.
+    """
+    tensors = list(unwrap(model).parameters()) + list(unwrap(model).buffers())
+    if any(_is_dtensor(t) for t in tensors):
+        raise RuntimeError("broadcast_module_states: the model is sharded already; call it before fully_shard")
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for ts in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in ts])
+        dist.broadcast(flat, src, group=group)
+        for t, v in zip(ts, flat.split([t.numel() for t in ts]), strict=True):
+            t.copy_(v.view_as(t))
+
+
+def unused_parameters(model: nn.Module) -> list[str]:
+    """Names of trainable parameters that production never reads (so they never get a gradient).
+
+    Runs one :meth:`LiGOModel.produce` and one ``autograd.grad`` over the produced tensors (the memory of one
+    step's large weights). Typically the small tensors of tied heads when ``train_small=True``.
+    """
+    m = unwrap(model)
+    named = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    if not named:
+        return []
+    with torch.enable_grad():
+        produced = [t for t in m.produce().values() if t.requires_grad]
+        if not produced:
+            return [n for n, _ in named]
+        total = sum(t.sum() for t in produced)
+        grads = torch.autograd.grad(total, [p for _, p in named], allow_unused=True)
+    return [n for (n, _), g in zip(named, grads, strict=True) if g is None]
+
+
+def ddp(model: LiGOModel, **kwargs) -> DistributedDataParallel:
+    """``DistributedDataParallel(model)`` with the settings a LiGOModel needs (see the module docstring).
+
+    Defaults (each can be overridden through ``kwargs``): buffers broadcast once at construction, not at every
+    forward; ``find_unused_parameters`` only when :func:`unused_parameters` finds some; ``device_ids`` set for a
+    model on one CUDA device.
+    """
+    m = unwrap(model)
+    if "find_unused_parameters" not in kwargs:
+        unused = unused_parameters(m)
+        if unused:
+            logger.info(
+                "ddp: %d trainable tensors produce nothing (%s...): find_unused_parameters=True", len(unused), unused[0]
+            )
+        kwargs["find_unused_parameters"] = bool(unused)
+    if m.device.type == "cuda":
+        kwargs.setdefault("device_ids", [m.device.index if m.device.index is not None else torch.cuda.current_device()])
+    if "broadcast_buffers" not in kwargs and "forward_sync_buffers" not in kwargs:
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+            kwargs["forward_sync_buffers"] = False  # torch >= 2.13: buffers still broadcast at construction
+        else:
+            # broadcast_buffers=False would also skip the broadcast at construction: do that one ourselves
+            if dist.is_initialized():
+                broadcast_module_states(m, group=kwargs.get("process_group"))
+            kwargs["broadcast_buffers"] = False
+    return DistributedDataParallel(m, **kwargs)
+
+
+def shard(model: LiGOModel, mesh=None, *, sync: bool = True, **kwargs) -> LiGOModel:
+    """FSDP2 ``fully_shard(model, mesh=mesh, **kwargs)`` after broadcasting rank 0's tensors (``sync=True``).
+
+    One FSDP group for the whole model: production reads all operator tensors at once, so finer groups would
+    all-gather at the same moment anyway. Returns the same object (now also an ``FSDPModule``).
+    """
+    if fully_shard is None:  # pragma: no cover - older torch
+        raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
+    m = unwrap(model)
+    if sync:
+        broadcast_module_states(m)
+    fully_shard(m, mesh=mesh, **kwargs)
+    return m
+
+
+def _internal_state(m: LiGOModel) -> OrderedDict:
+    """What ``nn.Module.state_dict`` collects before hooks (internal names), DTensors gathered to full tensors.
+
+    Collective when the model is sharded: every rank must call it (same order on every rank).
+    """
+    sd: OrderedDict[str, Tensor] = OrderedDict()
+    for prefix, mod in m.named_modules(remove_duplicate=False):
+        pre = prefix + "." if prefix else ""
+        for n, p in mod._parameters.items():
+            if p is not None:
+                sd[pre + n] = (p.full_tensor() if _is_dtensor(p) else p).detach()
+        for n, b in mod._buffers.items():
+            if b is not None and n not in mod._non_persistent_buffers_set:
+                sd[pre + n] = (b.full_tensor() if _is_dtensor(b) else b).detach()
+    return sd
+
+
+def gather_state_dict(model: nn.Module, rank0_only: bool = True) -> dict[str, Tensor] | None:
+    """The operator's full state dict (official layout, as ``LiGOModel.state_dict()``) on CPU.
+
+    Works for a plain, DDP-wrapped or FSDP2-sharded LiGOModel. Collective for a sharded model (call it on every
+    rank). Returns None on ranks other than 0 when ``rank0_only``.
+    """
+    m = unwrap(model)
+    if is_sharded(m):
+        sd = _internal_state(m)
+        if rank0_only and rank() != 0:
+            return None
+        # the LiGOModel's own post hook(s) translate internal names to the official layout, as state_dict() would
+        for hook in m._state_dict_hooks.values():
+            out = hook(m, sd, "", {})
+            sd = out if (out is not None and not getattr(hook, "_from_public_api", False)) else sd
+    else:
+        if rank0_only and rank() != 0:
+            return None
+        sd = m.state_dict()
+    return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+
+class _Gathered:
+    """What :func:`ligo_fast.checkpoint.save_operator` reads from a model, with an already gathered state dict."""
+
+    def __init__(self, m: LiGOModel, sd: dict[str, Tensor]):
+        self.ligo_config, self._hf_class, self.config, self._sd = m.ligo_config, m._hf_class, m.config, sd
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self._sd
+
+
+def save_operator_distributed(model: nn.Module, path) -> None:
+    """``save_operator`` for a plain, DDP or FSDP2 model: gathers (collective), rank 0 writes ``path``."""
+    from .checkpoint import save_operator
+
+    sd = gather_state_dict(model, rank0_only=True)
+    if sd is not None:
+        save_operator(_Gathered(unwrap(model), sd), Path(path))
+    if dist.is_initialized():
+        dist.barrier()  # the files exist on return, on every rank
+
+
+def materialize_distributed(model: nn.Module, rank0_only: bool = True) -> nn.Module | None:
+    """The plain HF model (as :func:`ligo_fast.materialize`) from a plain, DDP or FSDP2 LiGOModel.
+
+    A sharded model is all-gathered (``unshard``, collective: call it on every rank), materialised, and sharded
+    again. The HF model lies on the model's device; returns None on ranks other than 0 when ``rank0_only``.
+    """
+    from .api import materialize
+
+    m = unwrap(model)
+    mine = not rank0_only or rank() == 0
+    if not is_sharded(m):
+        return materialize(m) if mine else None
+    m.unshard()
+    try:
+        return materialize(m) if mine else None
+    finally:
+        m.reshard()

@@ -1,0 +1,212 @@
+"""Operator training under DDP and FSDP2 on CPU (gloo, 2 processes) against one process on the same global batch.
+
+One spawn runs every case (process start-up dominates the time): each rank grows the operator from a different
+random state (``seed=None``), wraps it (``ddp`` / ``shard``, which must make the ranks agree with rank 0), trains
+two SGD steps on its half of a global batch, and rank 0 stores what it saw. The reference replays the same steps
+on the full batch in this process, starting from rank 0's initial operator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from _models import build, configs
+
+import ligo_fast
+from ligo_fast import distributed as D
+
+WORLD = 2
+NAME = "LlamaForCausalLM"
+TIMEOUT_S = 240
+LR = 0.5
+GLOBAL_BATCH, SEQ = 4, 9
+HAS_LEAN = "lean" in {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}
+
+# (wrapper, train_small, extra LiGOConfig options); tied heads: with train_small the small lm_head is unused
+CASES = [("ddp", False, {}), ("ddp", True, {}), ("fsdp", False, {}), ("fsdp", True, {})]
+if HAS_LEAN:
+    CASES += [("ddp", False, {"lean": True}), ("fsdp", True, {"lean": True})]
+
+
+def _case_id(case) -> str:
+    kind, ts, extra = case
+    return f"{kind}-{'train_small' if ts else 'buffers'}" + "".join(f"-{k}" for k in extra)
+
+
+def _small():
+    small_cfg, large_cfg = configs(NAME, tie=True)
+    return build(NAME, small_cfg, seed=3), large_cfg
+
+
+def _batch() -> torch.Tensor:
+    return torch.randint(0, small_vocab(), (GLOBAL_BATCH, SEQ), generator=torch.Generator().manual_seed(5))
+
+
+def small_vocab() -> int:
+    return configs(NAME)[0].vocab_size
+
+
+def _grads(m) -> dict[str, torch.Tensor]:
+    out = {}
+    for n, p in m.named_parameters():
+        if p.grad is not None:
+            g = p.grad.full_tensor() if D._is_dtensor(p.grad) else p.grad
+            out[n] = g.detach().clone()
+    return out
+
+
+def _worker(rank: int, init: str, out_dir: str) -> None:
+    torch.set_num_threads(1)  # two processes on a shared CPU: more threads only spin
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=TIMEOUT_S)
+    )
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        torch.manual_seed(0)
+        small, large_cfg = _small()
+        ids = _batch()[rank * GLOBAL_BATCH // WORLD : (rank + 1) * GLOBAL_BATCH // WORLD]
+        results = {}
+        for case in CASES:
+            kind, ts, extra = case
+            torch.manual_seed(100 + rank)  # seed=None: every rank draws a different operator
+            model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **extra)
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            sums = [None] * WORLD
+            dist.all_gather_object(sums, sum(float(p.sum()) for p in model.parameters()))
+            if kind == "ddp":
+                wrapped = D.ddp(model)
+                find_unused = wrapped.find_unused_parameters
+            else:
+                wrapped = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+                find_unused = None
+            r = {"init": D.gather_state_dict(wrapped), "before": before, "find_unused": find_unused, "losses": []}
+            r["ranks_differed"] = sums[0] != sums[1]
+            opt = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=LR)
+            for step in range(2):  # a second step: DDP fails there when an unused parameter went unnoticed
+                opt.zero_grad(set_to_none=True)
+                loss = wrapped(input_ids=ids, labels=ids).loss
+                loss.backward()
+                if step == 0:
+                    r["grads"] = _grads(D.unwrap(wrapped))
+                mean = loss.detach().clone()
+                dist.all_reduce(mean)
+                r["losses"].append(float(mean) / WORLD)
+                opt.step()
+            r["final"] = D.gather_state_dict(wrapped)
+            hf = D.materialize_distributed(wrapped)
+            r["materialized"] = None if hf is None else {k: v.clone() for k, v in hf.state_dict().items()}
+            r["other_ranks_none"] = hf is None if rank else None
+            D.save_operator_distributed(wrapped, f"{out_dir}/{_case_id(case)}")
+            results[_case_id(case)] = r
+        if rank == 0:
+            torch.save(results, f"{out_dir}/results.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(out_dir) -> dict:
+    ctx = mp.start_processes(
+        _worker, args=(f"file://{out_dir}/store", str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {WORLD} gloo processes did not finish in {TIMEOUT_S} s")
+    results = torch.load(out_dir / "results.pt", weights_only=True)
+    for r in results.values():
+        r["dir"] = out_dir
+    return results
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead (and spin when the CPU is shared)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dist_results(tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    return _run(tmp_path_factory.mktemp("dist"))
+
+
+def _reference(case, init: dict):
+    """One process, full batch: (grads of step 1, losses, final state dict, materialised state dict)."""
+    kind, ts, extra = case
+    small, large_cfg = _small()
+    model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **extra)
+    model.load_state_dict(init)
+    ids = _batch()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    losses = []
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        if step == 0:
+            grads = _grads(model)
+        losses.append(loss.item())
+        opt.step()
+    return model, grads, losses
+
+
+def _close(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), (what, sorted(set(a) ^ set(b))[:5])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4, msg=lambda m, k=k: f"{what} {k}: {m}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_matches_single_process(dist_results, case, tmp_path):
+    """Same loss and (all-reduced / gathered) operator gradients as one process on the global batch; after two
+    steps the same operator, the same materialised model, and the same saved operator."""
+    r = dist_results[_case_id(case)]
+    model, grads, losses = _reference(case, r["init"])
+    assert len(grads) >= 10
+    assert r["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    _close(r["grads"], grads, "gradient")
+    _close(r["final"], model.state_dict(), "operator after 2 steps")
+    _close(r["materialized"], model.materialize().state_dict(), "materialised")
+    saved = ligo_fast.load_operator(r["dir"] / _case_id(case), _small()[0])  # save_operator_distributed
+    _close(saved.state_dict(), model.state_dict(), "saved operator")
+    if case[0] == "ddp":
+        assert r["find_unused"] == case[1], "find_unused_parameters only when the small lm_head is trainable"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_wrapping_starts_from_rank0(dist_results, case):
+    """Each rank drew its own operator; after ddp()/shard() all hold rank 0's (fully_shard alone would keep each
+    rank's own shard rows: a mix of both)."""
+    r = dist_results[_case_id(case)]
+    assert r["ranks_differed"]
+    _close(r["init"], r["before"], "operator after wrapping")
+
+
+def test_unused_parameters_tied_head():
+    small, large_cfg = _small()
+    assert D.unused_parameters(ligo_fast.grow(small, large_cfg, seed=0)) == []
+    assert D.unused_parameters(ligo_fast.grow(small, large_cfg, seed=0, train_small=True)) == ["op.__sm_lm_head_weight"]
+
+
+def test_single_process_helpers():
+    """Without a process group the helpers act as on rank 0 and wrap nothing."""
+    small, large_cfg = _small()
+    model = ligo_fast.grow(small, large_cfg, seed=0)
+    assert not D.is_sharded(model) and D.rank() == 0
+    sd = D.gather_state_dict(model)
+    _close(sd, model.state_dict(), "state dict")
+    _close(D.materialize_distributed(model).state_dict(), model.materialize().state_dict(), "materialised")
+    with pytest.raises(TypeError, match="LiGOModel"):
+        D.unwrap(small)

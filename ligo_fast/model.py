@@ -604,6 +604,8 @@ def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> No
     op_pre, large_pre = prefix + "op.", prefix + "large."
     for internal, official, rule in module._rules:
         v = sd.pop(op_pre + internal)
+        if rule != "plain" and hasattr(v, "full_tensor"):  # FSDP2-sharded (DTensor): a collective, on every rank
+            v = v.full_tensor()
         if rule == "plain":
             new[prefix + official] = v
         elif rule == "stack":

@@ -20,9 +20,10 @@ and gloo on CPU (``tests/test_distributed.py``):
   residual tensors and, with ``train_small=True``, the small weights (so they are sharded too). Buffers (the small
   weights by default) stay replicated. ``fully_shard`` does not broadcast: each rank keeps its own rows, and
   ranks that built different operators silently end up with a mix; :func:`shard` broadcasts from rank 0 first.
-* **State dicts (FSDP2).** ``model.state_dict()`` of a sharded LiGOModel raises (the official-layout hook unbinds
-  the sharded layer axis, which DTensor refuses); :func:`gather_state_dict` gathers tensor by tensor
-  (``DTensor.full_tensor()``), then applies the layout. Load checkpoints (``load_operator``) before sharding.
+* **State dicts (FSDP2).** The official layout splits tensors along the layer axis, which FSDP2 shards: the
+  layout hook gathers those (``DTensor.full_tensor()``, a collective: call ``state_dict()`` on every rank), and
+  :func:`gather_state_dict` gathers tensor by tensor, then applies the layout. Load checkpoints
+  (``load_operator``) before sharding.
 * **Memory (FSDP2).** The produced large weights are full tensors on every rank: FSDP2 shards the operator and
   its optimizer state, not the produced weights or the activations. A rank needs the large model's weights (one
   layer's with ``LiGOConfig.lean``) plus its activations, as without FSDP.

@@ -136,18 +136,18 @@ PRESETS: dict[str, Preset] = {
         eval_batches=2,
         val_fraction=0.25,
     ),
-    # ~5 minutes on 2 CPU cores (`make demo`)
+    # ~3 minutes on 2 idle CPU cores, ~6-7 on a shared, loaded one (`make demo`)
     "demo": Preset(
         name="demo",
         small=ModelSize(hidden=64, layers=2, heads=2, ffn=176),
         large=ModelSize(hidden=128, layers=4, heads=4, ffn=352),
         seq_len=128,
         batch_size=16,
-        small_steps=600,
-        large_steps=600,
+        small_steps=300,
+        large_steps=400,
         ligo_steps=100,
-        eval_every=25,
-        ligo_eval_every=25,
+        eval_every=20,
+        ligo_eval_every=20,
         eval_batches=4,
     ),
     # a few minutes on one H200 (`--device cuda`)
@@ -174,8 +174,8 @@ PRESETS: dict[str, Preset] = {
         large=ModelSize(hidden=768, layers=12, heads=12, ffn=2048),
         seq_len=512,
         batch_size=64,
-        small_steps=2000,
-        large_steps=1500,
+        small_steps=1500,
+        large_steps=1000,
         ligo_steps=100,
         lr=6e-4,
         small_lr=1e-3,
@@ -667,6 +667,7 @@ class Result:
     flops: dict[str, float]  # per-step costs and per-token breakdowns
     ligo_trace: dict[str, float]
     total_wall_s: float = 0.0
+    meta: dict = field(default_factory=dict)  # date, machine, torch threads, load average, versions
 
     @property
     def target(self) -> float:
@@ -680,11 +681,13 @@ class Result:
         for name, m in self.methods.items():
             f = cost_to_reach(m.curve, target, "flops")
             w = cost_to_reach(m.curve, target, "wall_s")
+            st = cost_to_reach(m.curve, target, "step")
             extra = name != "scratch"
             rows.append(
                 {
                     "method": name,
                     "final_loss": m.final_loss,
+                    "steps": st,
                     "flops": f,
                     "wall_s": w,
                     "flops_with_small": None if f is None else f + (self.small_flops if extra else 0.0),
@@ -706,7 +709,7 @@ class Result:
 
 
 def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops") -> float | None:
-    """``key`` (``flops`` or ``wall_s``) at which the curve first reaches ``val_loss <= target``, linearly
+    """``key`` (``flops``, ``wall_s`` or ``step``) at which the curve first reaches ``val_loss <= target``, linearly
     interpolated between the two evaluations around the crossing; None if it never does.
 
     Only ``train``-phase points count: a LiGO run pays for all its operator steps before its first training
@@ -715,9 +718,9 @@ def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops")
     for p in (pt for pt in curve if pt.phase == "train"):
         if p.val_loss <= target:
             if prev is None or prev.val_loss == p.val_loss:
-                return getattr(p, key)
+                return float(getattr(p, key))
             frac = (prev.val_loss - target) / (prev.val_loss - p.val_loss)
-            return getattr(prev, key) + frac * (getattr(p, key) - getattr(prev, key))
+            return float(getattr(prev, key) + frac * (getattr(p, key) - getattr(prev, key)))
         prev = p
     return None
 
@@ -758,6 +761,7 @@ def run_experiment(
     dev = torch.device(device)
     emit = on_event or (lambda name, data: None)
     t_start = time.perf_counter()
+    meta = run_metadata(device)
 
     data = load_corpus(corpus, p.val_fraction, seeds.split, p.max_files)
     logger.info("corpus %s", data.describe())
@@ -799,8 +803,10 @@ def run_experiment(
     small.eval()
     emit("small_done", {"val_loss": small_curve[-1].val_loss, "flops": small_flops, "wall_s": small_wall})
 
-    large_params = param_count(model_class(family)(large_cfg))
-    produce = production_flops(small, model_class(family)(large_cfg))
+    blank_large = model_class(family)(large_cfg)
+    large_params = param_count(blank_large)
+    produce = production_flops(small, blank_large)
+    del blank_large
     op_step = operator_step_flops(large_cfg, p.batch_size, p.seq_len, produce)
     trace: dict[str, float] = {"small": small_curve[-1].val_loss}
     results: dict[str, MethodResult] = {}
@@ -909,7 +915,27 @@ def run_experiment(
         },
         ligo_trace=trace,
         total_wall_s=time.perf_counter() - t_start,
+        meta=meta,
     )
+
+
+def run_metadata(device: str) -> dict:
+    """Date, machine, torch threads, 1-minute load average at the start, library versions."""
+    import transformers
+
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine_description(device),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": load,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -937,11 +963,12 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} GPU, {os.cpu_count()}-core CPU"
     gpu = "GPU present but unused" if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core CPU ({torch.get_num_threads()} torch threads), {gpu}"
+    return f"{os.cpu_count()}-core CPU, {gpu} ({torch.get_num_threads()} torch threads)"
 
 
-def verdict(result: Result) -> str:
-    """One honest sentence on who wins, from the FLOPs-to-target column (small model excluded)."""
+def verdict(result: Result, tie_tolerance: float = 0.02) -> str:
+    """Honest sentences on who wins, from the FLOPs-to-target column (small model excluded). LiGO and
+    stacking count as tied when their costs differ by less than ``tie_tolerance`` of scratch's cost."""
     rows = {r["method"]: r for r in result.summary()}
     lines = []
     lig, stk = rows.get("ligo"), rows.get("stack")
@@ -959,10 +986,16 @@ def verdict(result: Result) -> str:
             )
     if lig and stk:
         lf, sf = lig["flops"], stk["flops"]
-        if lf is not None and (sf is None or lf < sf):
+        base = rows["scratch"]["flops"]
+        if lf is None and sf is None:
+            lines.append("Neither growth method reaches scratch's final loss at this scale.")
+        elif lf is not None and sf is not None and abs(lf - sf) < tie_tolerance * base:
+            lines.append(
+                f"LiGO and stacking are within {100 * tie_tolerance:.0f}% of scratch's cost of each other: "
+                "no clear winner between them at this scale (one seed)."
+            )
+        elif lf is not None and (sf is None or lf < sf):
             lines.append("LiGO beats stacking at this scale.")
-        elif lf is None and sf is None:
-            lines.append("Neither growth method beats scratch at this scale.")
         else:
             lines.append("LiGO does **not** beat stacking at this scale.")
     return " ".join(lines)
@@ -971,14 +1004,15 @@ def verdict(result: Result) -> str:
 def format_table(result: Result) -> str:
     """The markdown results table (one row per method)."""
     head = (
-        "| method | final val loss | FLOPs to target | saved | FLOPs to target incl. small | saved "
-        "| wall to target | saved | wall incl. small | saved |\n"
-        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| method | final val loss | train steps to target | FLOPs to target | saved | FLOPs to target incl. small "
+        "| saved | wall to target | saved | wall incl. small | saved |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in result.summary():
+        steps = "not reached" if r["steps"] is None else f"{r['steps']:.0f}"
         lines.append(
-            f"| {METHOD_LABELS[r['method']]} | {r['final_loss']:.4f} | {_fmt_flops(r['flops'])} "
+            f"| {METHOD_LABELS[r['method']]} | {r['final_loss']:.4f} | {steps} | {_fmt_flops(r['flops'])} "
             f"| {_fmt_pct(r['flops_saved'])} | {_fmt_flops(r['flops_with_small'])} "
             f"| {_fmt_pct(r['flops_with_small_saved'])} | {_fmt_s(r['wall_s'])} | {_fmt_pct(r['wall_s_saved'])} "
             f"| {_fmt_s(r['wall_with_small'])} | {_fmt_pct(r['wall_with_small_saved'])} |"
@@ -989,15 +1023,18 @@ def format_table(result: Result) -> str:
 def write_table(result: Result, path: str | os.PathLike, command: str = "", date: str | None = None) -> Path:
     """Write the markdown report (setup, table, verdict, LiGO trace, FLOP accounting) to ``path``."""
     p, s = result.preset, result.seeds
-    date = date or time.strftime("%Y-%m-%d %H:%M %Z")
+    meta = result.meta or run_metadata(result.device)
+    date = date or meta["date"]
     fl = result.flops
     trace = result.ligo_trace
     sm, lg = p.small, p.large
     text = [
         f"# Growth savings: LiGO vs stacking vs scratch ({p.name} preset)\n",
         f"- command: `{command}`" if command else "- command: (library call)",
-        f"- date: {date}; machine: {machine_description(result.device)}; device `{result.device}`; "
-        f"total run time {result.total_wall_s / 60:.1f} min",
+        f"- date: {date}; machine: {meta['machine']}; device `{result.device}`; "
+        f"total run time {result.total_wall_s / 60:.1f} min; 1-min load average at start "
+        f"{meta['load_average_at_start']} (a shared machine: wall times are noisy, FLOPs are not)",
+        f"- versions: torch {meta['torch']}, transformers {meta['transformers']}, Python {meta['python']}",
         f"- seeds: split={s.split}, data={s.data}, small_init={s.small_init}, large_init={s.large_init}, ligo={s.ligo}",
         f"- corpus: {result.corpus}; byte-level tokens (vocab {VOCAB_SIZE})",
         f"- model family: {result.family}; small: L{sm.layers} d{sm.hidden} h{sm.heads} ffn{sm.ffn} "
@@ -1005,7 +1042,8 @@ def write_table(result: Result, path: str | os.PathLike, command: str = "", date
         f"({result.large_params / 1e6:.2f}M params)",
         f"- budget: small {p.small_steps} steps; each large model {p.large_steps} steps of "
         f"{p.batch_size}x{p.seq_len} tokens (AdamW lr {p.lr}, wd {p.weight_decay}, warm-up {p.warmup_frac:.0%}, "
-        f"cosine to {p.min_lr_frac:.0%}); LiGO operator {p.ligo_steps} steps (AdamW lr {p.ligo_lr})",
+        f"cosine to {p.min_lr_frac:.0%}); LiGO operator {p.ligo_steps} steps (AdamW lr {p.ligo_lr}, "
+        f"{p.ligo_steps * p.batch_size * p.seq_len:,} extra tokens, counted in its FLOPs)",
         f"- target: the validation loss scratch reaches at the end = **{result.target:.4f}** nats/byte\n",
         format_table(result),
         f"**Verdict:** {verdict(result)}\n",
@@ -1028,7 +1066,11 @@ def write_table(result: Result, path: str | os.PathLike, command: str = "", date
                 "- during training: " + ", ".join(f"step {st}: {trace[f'train_step_{st}']:.4f}" for st in steps)
             )
     if "stack" in result.methods:
-        text.append(f"- (stacking, grown, before training: {result.methods['stack'].notes['val_loss_grown']:.4f})")
+        text.append(
+            f"- (stacking, grown, before training: {result.methods['stack'].notes['val_loss_grown']:.4f}; "
+            "`width_init='sel'` copies old neurons into the new ones without splitting their outgoing weights, "
+            "so a width-grown stacked model is not function-preserving)"
+        )
     sp, lp = fl["small_per_token"], fl["large_per_token"]
     text += [
         "\n## FLOP accounting\n",
@@ -1059,6 +1101,7 @@ def plot(result: Result, path: str | os.PathLike) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {"ligo": "tab:red", "stack": "tab:blue", "scratch": "tab:gray"}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -1081,6 +1124,7 @@ def plot(result: Result, path: str | os.PathLike) -> Path:
                 label=METHOD_LABELS[name],
             )
         ax.axhline(result.target, ls="--", color="k", lw=0.8, label=f"target {result.target:.3f}")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: _fmt_flops(x) if x > 0 else "0"))
         ax.set_xlabel("training FLOPs" + (" (incl. small model pretraining)" if with_small else ""))
         ax.set_title("including the small model" if with_small else "small model given (as in the paper)")
         ax.grid(alpha=0.3)

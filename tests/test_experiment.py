@@ -212,6 +212,6 @@ def test_toy_experiment_end_to_end(tmp_path, one_thread):
     js = ex.write_json(res, tmp_path / "out" / "data.json")
     text = md.read_text()
     assert "pytest toy" in text and "seeds: split=0" in text and "Scratch (no growth)" in text
-    assert "Verdict" in text and "LiGO trace" in text
+    assert "Verdict" in text and "LiGO trace" in text and "train steps to target" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert js.stat().st_size > 0

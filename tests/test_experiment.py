@@ -215,3 +215,25 @@ def test_toy_experiment_end_to_end(tmp_path, one_thread):
     assert "Verdict" in text and "LiGO trace" in text and "train steps to target" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert js.stat().st_size > 0
+
+
+def test_cli_writes_outputs(tmp_path, one_thread, capsys):
+    try:
+        ex.growth_family("llama")
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    from ligo_fast import demo
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, src in enumerate(ex.stdlib_files()[:6]):
+        shutil.copy(src, corpus / f"f{i}.py")
+    out = tmp_path / "out"
+    argv = ["--preset", "toy", "--corpus", str(corpus), "--out-dir", str(out), "--no-progress", "--threads", "1"]
+    demo.main(argv + ["--seed", "5", "--methods", "stack,scratch", "--large-steps", "8"])
+    printed = capsys.readouterr().out
+    assert "'split': 5" in printed and "plot:" in printed and "| Scratch (no growth) |" in printed
+    for suffix in ("png", "md", "json"):
+        assert (out / f"growth_savings_toy.{suffix}").is_file()
+    md = (out / "growth_savings_toy.md").read_text()
+    assert "--seed 5" in md and "split=5" in md and "Stacking" in md and "LiGO (operator" not in md

@@ -37,16 +37,6 @@ OFFICIAL_WIDTH = ("rand", "rand_softmax", "sel", "sel_noisy")
 
 
 # ---------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: with several threads on a busy 2-core box one 64x64 expand took 25-60 ms (spinning
-    # workers), with one thread 35 us. Restored afterwards for the other modules.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fixture(case: str):
     """(model class, small model, large config, args, operator, grown, io) of one official fixture."""
     d = FIXTURES / case

@@ -127,14 +127,6 @@ def _run(out_dir) -> dict:
     return results
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead (and spin when the CPU is shared)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():

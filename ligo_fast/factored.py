@@ -91,16 +91,26 @@ def factored_linear(
     E_in: Tensor | None,
     residual: Tensor | None,
     bias: Tensor | None,
+    shared: dict | None = None,
 ) -> Tensor:
     """``x @ ([I; E_out] Wmix [I; E_in]^T + residual)^T + bias`` without forming the large weight.
 
     x: (..., i2); Wmix: (o1, i1); E_out: (o2-o1, o1) or None; E_in: (i2-i1, i1) or None; residual: (o2, i2).
+    shared: a dict that layers reading the same ``x`` with the same ``E_in`` (q/k/v, gate/up) share, so that
+    ``x @ B_in`` is computed and kept for backward once, not once per layer; it holds the latest x per E_in.
     """
     dt = x.dtype
     i1 = Wmix.shape[1]
-    u = x[..., :i1]
-    if E_in is not None:
-        u = u + x[..., i1:] @ E_in.to(dt)
+    key = None if E_in is None else (E_in.data_ptr(), tuple(E_in.shape), E_in.dtype)
+    hit = shared.get(key) if (shared is not None and key is not None) else None
+    if hit is not None and hit[0] is x:
+        u = hit[1]
+    else:
+        u = x[..., :i1]
+        if E_in is not None:
+            u = u + x[..., i1:] @ E_in.to(dt)
+        if shared is not None and key is not None:
+            shared[key] = (x, u)  # keeps x alive while cached: its id cannot be reused by another tensor
     v = u @ Wmix.to(dt).mT
     y = v if E_out is None else torch.cat([v, v @ E_out.to(dt).mT], dim=-1)
     if residual is not None:

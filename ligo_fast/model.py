@@ -536,6 +536,7 @@ class _factored_modules:
         from .reference import compute_dtype, depth_mix
 
         m, g = self.model, self.model.op.get
+        self.shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
         for i in self.plan:
             s = m._slots[i]
             W = g(s.w)
@@ -549,7 +550,7 @@ class _factored_modules:
                 r = None if R is None else R[l]
 
                 def fwd(x, _w=Wmix[l], _eo=eo, _ei=ei, _r=r, _mod=mod):
-                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None))
+                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), self.shared)
 
                 mod.forward = fwd
                 self.mods.append(mod)
@@ -559,6 +560,7 @@ class _factored_modules:
         for mod in self.mods:
             del mod.forward
         self.mods = []
+        self.shared = {}
         return False
 
 

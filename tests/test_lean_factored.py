@@ -108,3 +108,26 @@ def test_auto_mode_follows_the_cost_model():
     assert "output.dense" in paths
     with pytest.raises(ValueError, match="unknown linear_mode"):
         ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="fast")
+
+
+def test_factored_layers_reading_one_input_share_its_expansion(monkeypatch):
+    from ligo_fast import factored
+
+    shared: dict = {}
+    x = torch.randn(4, 11, dtype=torch.float64)
+    Ei = torch.randn(4, 7, dtype=torch.float64)
+    Wq, Wk = torch.randn(6, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
+    calls = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: calls.append(b.shape) or real_matmul(a, b))
+    q = factored.factored_linear(x, Wq, None, Ei, None, None, shared)
+    k = factored.factored_linear(x, Wk, None, Ei, None, None, shared)
+    monkeypatch.undo()
+    assert calls.count((4, 7)) == 1  # x[:, 7:] @ E_in ran once for both layers
+    torch.testing.assert_close(q, factored.factored_linear(x, Wq, None, Ei, None, None))
+    torch.testing.assert_close(k, factored.factored_linear(x, Wk, None, Ei, None, None))
+    other = torch.randn(4, 11, dtype=torch.float64)  # another input: recomputed, not a stale hit
+    torch.testing.assert_close(
+        factored.factored_linear(other, Wq, None, Ei, None, None, shared),
+        factored.factored_linear(other, Wq, None, Ei, None, None),
+    )

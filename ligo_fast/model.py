@@ -113,8 +113,8 @@ class LiGOModel(nn.Module):
             )
         small_sd = small_model.state_dict()
         _check_finite(small_sd)
-        ref = next(iter(small_sd.values()))
-        large = self._hf_class(large_config).to(device=ref.device)
+        ref = next(small_model.parameters())  # the large model's leftovers follow the small model's device and dtype
+        large = self._hf_class(large_config).to(device=ref.device, dtype=ref.dtype)
         self._build(arch, small_sd, large, config)
         self.large = large
         self.register_state_dict_post_hook(_state_dict_to_official)

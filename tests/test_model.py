@@ -134,3 +134,22 @@ def test_auto_vectors_use_the_multi_tensor_op_when_the_matrix_backend_has_none(s
     calls.clear()
     model.produce(backend="torch")  # a named backend is taken as asked
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_small_model(dtype):
+    import copy
+
+    small32 = build("LlamaForCausalLM", configs("LlamaForCausalLM")[0])
+    small = copy.deepcopy(small32).to(dtype)
+    model = ligo_fast.grow(small, configs("LlamaForCausalLM")[1], seed=0, depth_init="rand").eval()
+    model32 = ligo_fast.grow(small32, configs("LlamaForCausalLM")[1], seed=0, depth_init="rand").eval()
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)  # the operator stays fp32
+    assert all(t.dtype == dtype for t in model.produce().values())
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        out, ref = model(**x).logits, model32(**x).logits
+    assert out.dtype == dtype
+    err = (out.float() - ref).norm() / ref.norm()
+    assert err < 3e-2, err  # 16-bit weights and activations against the same operator in fp32
+    assert next(ligo_fast.materialize(model).parameters()).dtype == dtype

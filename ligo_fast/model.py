@@ -14,7 +14,6 @@ produced parameters are deleted, so they cost no memory.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from .arch import EMBEDDING, LINEAR, NORM, Arch, Module, arch_for
 from .config import LiGOConfig
 from .init import depth_init, width_init
 
-logger = logging.getLogger(__name__)
 
 SM = "__sm_"  # official prefix of the small model's tensors
 
@@ -84,10 +82,6 @@ class _Call(nn.Module):
 
     def forward(self, *args, **kwargs):
         return getattr(self.large, self.method)(*args, **kwargs)
-
-
-def _get(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
 
 
 class LiGOModel(nn.Module):
@@ -229,6 +223,9 @@ class LiGOModel(nn.Module):
             bias_key = mod.key(mod.bias) if mod.bias else None
             probe = f"{layer0}.{bias_key}" if layered else bias_key
             small_b = _sm_key(bias_key) if bias_key and probe in small_sd else None
+            if bias_key and (probe in small_sd) != (probe in large_sd):
+                has, lacks = ("small", "large") if probe in small_sd else ("large", "small")
+                raise ValueError(f"{probe} exists in the {has} model but not in the {lacks} one (bias settings differ)")
             rows, cols = _row_col_widths(mod)
             # the official code calls the feature side of embeddings and norms "out", of linears out/in by role
             rsuffix, csuffix = ("in", "out") if mod.transposed else ("out", "in")
@@ -291,7 +288,7 @@ class LiGOModel(nn.Module):
                 self._aliases[hit[0]] = [n for n in names if n != hit[0]]
                 for n in names:
                     parent, _, leaf = n.rpartition(".")
-                    del _get(large, parent)._parameters[leaf]
+                    del large.get_submodule(parent)._parameters[leaf]
         for p in large.parameters():
             p.requires_grad_(False)
 

@@ -121,3 +121,10 @@ def test_head_count_must_divide_width():
     bsmall = build(NAME, configs(NAME)[0])
     with pytest.raises(ValueError, match="num_attention_heads=5 does not divide hidden_size=48"):
         ligo_fast.grow(bsmall, T.BertConfig(**{**configs(NAME)[1].to_dict(), "num_attention_heads": 5}))
+
+
+def test_bias_settings_must_match():
+    small = build("LlamaForCausalLM", configs("LlamaForCausalLM")[0])
+    large = T.LlamaConfig(**{**configs("LlamaForCausalLM")[1].to_dict(), "attention_bias": True})
+    with pytest.raises(ValueError, match=r"self_attn\.q_proj\.bias exists in the large model but not in the small one"):
+        ligo_fast.grow(small, large)

@@ -26,7 +26,6 @@ from .arch import EMBEDDING, LINEAR, NORM, Arch, Module, arch_for
 from .config import LiGOConfig
 from .init import depth_init, width_init
 
-
 SM = "__sm_"  # official prefix of the small model's tensors
 
 

@@ -49,13 +49,17 @@ class _Slot:
     depth_b: str | None
     e_rows: list[str | None]  # width matrix of the 2-D weight view's rows (op's E_out), one per part
     e_cols: list[str | None]  # ... of its columns (op's E_in), one per part
-    split_rows: bool  # the parts lie along the rows (else along the columns)
     res_w: str | None
     res_b: str | None
     targets_w: list[str]  # large-model parameter names, one per large layer (or one)
     targets_b: list[str]
     shape_w: tuple[int, ...]  # large tensor shape of one target
     view_w: tuple[int, int]  # its 2-D (rows, cols) view in the small model
+
+    @property
+    def split_rows(self) -> bool:
+        """The fused parts lie along the rows (else along the columns)."""
+        return len(self.e_rows) > 1
 
 
 class _Op(nn.Module):
@@ -265,7 +269,6 @@ class LiGOModel(nn.Module):
                     depth_b,
                     e_rows,
                     e_cols,
-                    len(e_rows) > 1,
                     res_w,
                     res_b,
                     targets_w,
@@ -325,10 +328,10 @@ class LiGOModel(nn.Module):
                 vec_problems.append((vp, depth, width(e, layered), rp))
             vec_targets.append((names, len(es)))
 
+        one = torch.ones(1, 1, device=self.device, dtype=torch.float32)  # depth of a module without layers
         for s in slots:
             L = s.layered
             W = g(s.w)
-            one = torch.ones(1, 1, device=W.device, dtype=torch.float32)
             depth = sel(g(s.depth_w)) if L else one
             res = sel(_lift(g(s.res_w), L), L)
             targets_w = s.targets_w if (layer is None or not L) else [s.targets_w[layer]]

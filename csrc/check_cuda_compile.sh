@@ -4,6 +4,7 @@
 #   2. every csrc/cuda/*.cpp (the torch registrations) with `g++ -fsyntax-only` against torch's headers, when
 #      PYTHON (default: python3) imports torch. CPU wheels lack c10/cuda's generated cuda_cmake_macros.h; an
 #      empty stand-in is supplied for that one header.
+# Both use C++20, the standard torch's own extension builds use (torch >= 2.14's headers refuse C++17).
 # Exits 0 with a message when nvcc is absent.
 set -euo pipefail
 
@@ -22,7 +23,7 @@ touch "$tmp/empty.cu"
 cuda_inc="$("$NVCC" --dryrun -c "$tmp/empty.cu" -o "$tmp/empty.o" 2>&1 | sed -n 's/^#\$ INCLUDES="\(.*\)".*/\1/p' | head -n 1)"
 
 for f in "$here"/cuda/*.cu; do
-  "$NVCC" -arch=sm_90 -O3 -std=c++17 -c "$f" -o "$tmp/$(basename "$f").o"
+  "$NVCC" -arch=sm_90 -O3 -std=c++20 -c "$f" -o "$tmp/$(basename "$f").o"
   echo "check_cuda_compile: nvcc ok  $(basename "$f")"
 done
 
@@ -31,7 +32,7 @@ if inc="$("$PYTHON" -c 'import sysconfig, torch.utils.cpp_extension as c; print(
   echo "#pragma once" > "$tmp/stub/c10/cuda/impl/cuda_cmake_macros.h"
   for f in "$here"/cuda/*.cpp; do
     # shellcheck disable=SC2086
-    "${CXX:-g++}" -std=c++17 -fsyntax-only -w $inc -idirafter "$tmp/stub" $cuda_inc "$f"
+    "${CXX:-g++}" -std=c++20 -fsyntax-only -w $inc -idirafter "$tmp/stub" $cuda_inc "$f"
     echo "check_cuda_compile: g++ syntax ok  $(basename "$f")"
   done
 else

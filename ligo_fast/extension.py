@@ -3,7 +3,8 @@
 Loading order: the prebuilt module ``ligo_fast._C`` (``pip install -e . --no-build-isolation``), else a JIT build of
 ``csrc/`` with :func:`torch.utils.cpp_extension.load` (ninja) into ``$LIGO_FAST_CACHE`` (default
 ``~/.cache/ligo_fast``), once per torch/Python/CUDA combination; the build error is remembered. CUDA sources are
-added to the JIT build when torch has CUDA, a GPU is visible and nvcc is found.
+added to the JIT build when torch has CUDA, nvcc is found and a GPU is visible (or ``FORCE_CUDA=1``, as for
+``setup.py``: a build machine without a GPU; ``TORCH_CUDA_ARCH_LIST`` then names the architectures).
 
 Ops (namespace ``ligo_fast``, defined in ``csrc/ligo_ops.cpp``):
 
@@ -58,7 +59,8 @@ def cache_dir() -> Path:
 def _jit_with_cuda() -> bool:
     from torch.utils.cpp_extension import CUDA_HOME
 
-    return bool(torch.version.cuda) and torch.cuda.is_available() and CUDA_HOME is not None
+    forced = os.environ.get("FORCE_CUDA", "0") == "1"
+    return bool(torch.version.cuda) and CUDA_HOME is not None and (forced or torch.cuda.is_available())
 
 
 def _jit_build(verbose: bool = False) -> str:

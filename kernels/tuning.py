@@ -16,7 +16,14 @@ import os
 import torch
 import triton
 
-__all__ = ["interpreting", "autotune_enabled", "gemm_configs", "gemm_heuristic", "prune_gemm_configs"]
+__all__ = [
+    "interpreting",
+    "autotune_enabled",
+    "gemm_configs",
+    "gemm_heuristic",
+    "max_acc_per_thread",
+    "prune_gemm_configs",
+]
 
 
 def interpreting(kernel) -> bool:
@@ -57,16 +64,36 @@ def gemm_configs() -> list:
     ]
 
 
+def max_acc_per_thread(args: dict) -> int:
+    """Most fp32 accumulator elements per thread a GEMM variant may hold without spilling on sm_90.
+
+    From ``benchmarks/triton_compile_check.py`` (every variant compiled for sm_90 with ptxas, no GPU needed;
+    benchmarks/results/triton_compile_sm90.md): 16-bit wgmma tiles with 128 accumulators per thread compile
+    without spills in the plain kernel (<= 254 registers) but spill 200-300 bytes in the STRIP (residual) and
+    REDUCE_L (shared-E gradient) variants, whose extra loop state pushes them past 255 registers; 64 per thread
+    never spill. fp32 operands on the FMA units ("ieee") need registers for the operand fragments too: 64 per
+    thread spill in every variant, 32 do not (but for a few bytes in REDUCE_L).
+    """
+    if args.get("DOT", 1) == 0 and args.get("PRECISION", "ieee") == "ieee":
+        return 32
+    return 64 if args.get("STRIP") or args.get("REDUCE_L") else 128
+
+
 def prune_gemm_configs(configs, named_args, **kwargs):
-    """Drop tiles larger than the problem, and 64-wide K tiles for fp32 (FMA path) / 32-wide for 16-bit."""
-    M, N = named_args["M"], named_args["N"]
-    sixteen_bit = {**named_args, **kwargs}.get("DOT", 1) != 0  # DOT: 0 fp32, 1 fp16, 2 bf16
+    """Drop tiles larger than the problem, 64-wide K tiles for fp32 (FMA path) / 32-wide for 16-bit, and tiles
+    whose accumulator would spill registers for this kernel variant (:func:`max_acc_per_thread`)."""
+    args = {**named_args, **kwargs}
+    M, N = args["M"], args["N"]
+    sixteen_bit = args.get("DOT", 1) != 0  # DOT: 0 fp32, 1 fp16, 2 bf16
+    acc_limit = max_acc_per_thread(args)
     keep = []
     for c in configs:
         bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
         if bm > 64 and M <= 64 or bn > 64 and N <= 64 or bn > 128 and N <= 128:
             continue
         if sixteen_bit != (bk == 64):
+            continue
+        if bm * bn > acc_limit * 32 * c.num_warps:
             continue
         keep.append(c)
     return keep or [configs[-1]]

@@ -422,7 +422,9 @@ def _layer_grads(
         *_s3(G), *_s3(W), depth.stride(0), depth.stride(1), *_s3(dW),
         HAS_DW=need_W, HAS_PD=need_depth, BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt, num_warps=warps,
     )  # fmt: skip
-    ddepth = pd.sum(0)[:L2, :L1].to(depth.dtype) if need_depth else None
+    ddepth = None
+    if need_depth:  # a fresh (L2, L1) tensor with contiguous strides, also for size-1 dims (the op's fake says so)
+        ddepth = torch.empty((L2, L1), dtype=depth.dtype, device=depth.device).copy_(pd.sum(0)[:L2, :L1])
     return dW, ddepth
 
 

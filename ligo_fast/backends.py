@@ -99,7 +99,22 @@ def auto_choice(device: torch.device) -> str:
 
 
 def resolve(requested: str, device: torch.device) -> Any:
-    """The backend object to use for a call with ``backend=requested`` on tensors on ``device``."""
+    """The backend object to use for a call with ``backend=requested`` on tensors on ``device``.
+
+    Under ``torch.compile`` the choice is made once, at trace time, by :func:`_resolve_name` (which loads the
+    backend outside the traced code: importing a module or building the extension cannot be traced, and
+    ``fullgraph=True`` would refuse it); the compiled graph keeps that backend.
+    """
+    return _cache[_resolve_name(requested, device.type)]
+
+
+@torch.compiler.assume_constant_result
+def _resolve_name(requested: str, device_type: str) -> str:
+    """Load the backend for ``backend=requested`` on ``device_type`` tensors; return its name (a constant)."""
+    return _resolve(requested, torch.device(device_type)).name
+
+
+def _resolve(requested: str, device: torch.device) -> Any:
     if requested == "auto":
         requested = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         if requested not in BACKENDS + ("auto",):
@@ -112,7 +127,8 @@ def resolve(requested: str, device: torch.device) -> Any:
     except BackendUnavailable as e:
         if choice not in _warned:
             _warned.add(choice)
-            warnings.warn(f"{e}; falling back to the torch backend", RuntimeWarning, stacklevel=3)
+            # stacklevel: _resolve <- _resolve_name <- resolve <- ops.ligo_expand* <- the user's call
+            warnings.warn(f"{e}; falling back to the torch backend", RuntimeWarning, stacklevel=5)
         return load("torch")
 
 
@@ -123,6 +139,15 @@ def is_auto(requested: str) -> bool:
 
 def multi_vec_fallback(device: torch.device):
     """The ``cpp`` backend's multi-tensor vector op when it loads and has kernels for ``device``, else None."""
+    return _cache["cpp"].expand_vec_multi if _has_multi_vec(device.type) else None
+
+
+@torch.compiler.assume_constant_result
+def _has_multi_vec(device_type: str) -> bool:
+    return _multi_vec_fallback(torch.device(device_type)) is not None
+
+
+def _multi_vec_fallback(device: torch.device):
     try:
         cpp = load("cpp")
     except BackendUnavailable:

@@ -253,10 +253,8 @@ def _opcheck(op, args):
     )
 
 
-@pytest.mark.parametrize(
-    "case", [EXPAND_CASES[0], EXPAND_CASES[1], EXPAND_CASES[5]], ids=["in-first", "out-first", "no-E_in"]
-)
-def test_opcheck_expand(case):
+@pytest.mark.parametrize("case", EXPAND_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_opcheck_expand(case):  # every case: size-1 dims are where real and fake strides can disagree
     *dims, shared, residual = case
     args = _leaves(_expand_args(*dims, shared, residual), torch.float32)
     _opcheck(LIB.expand_cpp.default, tuple(args))
@@ -265,10 +263,15 @@ def test_opcheck_expand(case):
     _opcheck(LIB.expand_cpp_backward.default, (grad, W, depth, E_out, E_in))
 
 
-def test_opcheck_vec():
-    b, d, E, r = _leaves(_vec_args(3, 4, 7, 11, False, True), torch.float32)
+@pytest.mark.parametrize("case", VEC_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_opcheck_vec_single(case):
+    b, d, E, r = _leaves(_vec_args(*case), torch.float32)
     _opcheck(LIB.expand_vec_cpp.default, (b, d, E, r))
-    _opcheck(LIB.expand_vec_cpp_backward.default, (torch.randn(4, 11), b.detach(), d.detach(), E.detach()))
+    grad = torch.randn(case[1], case[3])
+    _opcheck(LIB.expand_vec_cpp_backward.default, (grad, b.detach(), d.detach(), None if E is None else E.detach()))
+
+
+def test_opcheck_vec():
     problems = _ragged_problems(torch.float32)
     bs, ds = [p[0] for p in problems], [p[1] for p in problems]
     Es = [p[2] for p in problems if p[2] is not None]

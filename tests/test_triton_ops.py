@@ -279,6 +279,27 @@ def test_opcheck_expand_vec():
     torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton_backward.default, (g, b, depth, E, True, True, True))
 
 
+# size-1 dims (L1 = 1, L2 = 1, width 1), no growth on one side: where a real output's strides can differ from
+# what the op's fake promises (a slice of a padded buffer is not contiguous when a dim has size 1).
+EDGE_CASES = [(1, 3, 5, 4, 7, 4), (2, 1, 3, 6, 3, 9), (1, 1, 1, 1, 2, 3), (3, 2, 1, 5, 4, 5)]
+
+
+@pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_opcheck_edge_shapes(case):
+    L1, L2, o1, i1, o2, i2 = case
+    for layout, res in (("layer", True), ("shared", False)):
+        args = _req(make_inputs(*case, layout, res, torch.float32))
+        torch.library.opcheck(torch.ops.ligo_fast.expand_triton.default, tuple(args))
+        W, depth, Eo, Ei, _ = (None if a is None else a.detach() for a in args)
+        g = torch.randn(L2, o2, i2)
+        torch.library.opcheck(torch.ops.ligo_fast.expand_triton_backward.default, (g, W, depth, Eo, Ei, *[True] * 4))
+        vargs = _req(make_vec_inputs(L1, L2, o1, o2, layout, res, torch.float32))
+        torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton.default, tuple(vargs))
+        b, vd, vE, _ = (None if a is None else a.detach() for a in vargs)
+        vg = torch.randn(L2, o2)
+        torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton_backward.default, (vg, b, vd, vE, True, True, True))
+
+
 def test_torch_compile_fullgraph():
     """ligo_expand(backend="triton") inside torch.compile(fullgraph=True), forward and backward."""
     W, depth, Eo, Ei, R = _req(make_inputs(2, 3, 9, 11, 15, 17, "layer", True, torch.float32))
@@ -290,7 +311,7 @@ def test_torch_compile_fullgraph():
         return (y * y).sum() + (v.sin()).sum()
 
     torch._dynamo.reset()
-    backends.load("triton")  # a cold backend cache imports the module, which dynamo refuses to trace
+    backends.load("triton")  # warm cache here; tests/test_compile.py covers a cold one (fresh process)
     compiled = torch.compile(f, fullgraph=True)
     inputs = (W, depth, Eo, Ei, R, b, bE)
     loss = compiled(*inputs)

@@ -552,6 +552,9 @@ std::vector<Tensor> expand_vec_cpp_backward_cpu(const Tensor& grad, const Tensor
   return call.outs;
 }
 
+// LIGO_FAST_NO_REGISTER: the helpers above without the op registrations (the CPU emulation of the CUDA kernels,
+// csrc/cuda/emu/, links them beside the real extension in one process).
+#ifndef LIGO_FAST_NO_REGISTER
 TORCH_LIBRARY(ligo_fast, m) {
   m.def("expand_cpp(Tensor W, Tensor depth, Tensor? E_out, Tensor? E_in, Tensor? residual) -> Tensor");
   m.def("expand_cpp_backward(Tensor grad, Tensor W, Tensor depth, Tensor? E_out, Tensor? E_in) -> Tensor[]");
@@ -580,11 +583,14 @@ TORCH_LIBRARY_IMPL(ligo_fast, CUDA, m) {
   m.impl("expand_cpp", &expand_cpp_cuda);
   m.impl("expand_cpp_backward", &expand_cpp_backward_cuda);
 }
+#endif  // LIGO_FAST_NO_REGISTER
 
 }  // namespace ligo_fast
 
+#ifndef LIGO_FAST_NO_REGISTER
 // Lets setup.py's prebuilt `ligo_fast._C` be imported as a module; importing it runs the registrations above.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
 }
+#endif  // LIGO_FAST_NO_REGISTER

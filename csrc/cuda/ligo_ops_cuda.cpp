@@ -7,10 +7,10 @@
 #include <torch/library.h>
 
 #include <cstring>
-#include <map>
 
 #include "../ligo_ops.h"
 #include "multi_vec.h"
+#include "multi_vec_plan.h"
 
 namespace ligo_fast {
 
@@ -34,28 +34,14 @@ Tensor upload(const std::vector<VecProblem>& problems, const std::vector<std::ve
   return host.to(at::TensorOptions().device(device), /*non_blocking=*/true);
 }
 
-template <typename TileFn>
-std::vector<int64_t> prefix(const std::vector<VecProblem>& problems, TileFn tiles) {
-  std::vector<int64_t> start(problems.size() + 1, 0);
-  for (size_t i = 0; i < problems.size(); ++i) start[i + 1] = start[i] + tiles(problems[i]);
-  return start;
-}
-
 void check_launch(int err, const char* op) {
   TORCH_CHECK(err == 0, op, ": kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }
 
-// Problems grouped by element type (one launch each); usually one group.
-std::map<at::ScalarType, std::vector<VecProblem>> by_dtype(const VecCall& call) {
-  std::map<at::ScalarType, std::vector<VecProblem>> groups;
-  for (size_t i = 0; i < call.problems.size(); ++i) groups[call.dtypes[i]].push_back(call.problems[i]);
-  return groups;
-}
-
 void run_forward(const VecCall& call, const at::Device& device, const char* op) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  for (auto& [dtype, problems] : by_dtype(call)) {
-    const auto start = prefix(problems, [](const VecProblem& p) { return vec_fwd_tiles(p); });
+  for (auto& [dtype, problems] : vec_by_dtype(call)) {
+    const auto start = vec_tile_prefix(problems, [](const VecProblem& p) { return vec_fwd_tiles(p); });
     if (start.back() == 0) continue;
     const Tensor buf = upload(problems, {start}, device);
     const auto* dp = static_cast<const VecProblem*>(buf.data_ptr());
@@ -69,19 +55,13 @@ void run_forward(const VecCall& call, const at::Device& device, const char* op) 
 
 void run_backward(const VecCall& call, const at::Device& device, const char* op) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  for (auto& [dtype, problems] : by_dtype(call)) {
-    // fp32 (fp64) workspace for the depth-mixed vectors and their gradients: 2 * L2 * o1 per problem
-    int64_t ws_size = 0;
-    for (const auto& p : problems) ws_size += 2 * p.L2 * p.o1;
-    const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
-    const Tensor ws = at::empty({ws_size}, at::TensorOptions().dtype(acc).device(device));
-    int64_t off = 0;
-    for (auto& p : problems) {
-      p.ws = static_cast<char*>(ws.data_ptr()) + off * ws.element_size();
-      off += 2 * p.L2 * p.o1;
-    }
-    const auto sa = prefix(problems, [](const VecProblem& p) { return vec_bwd_a_tiles(p); });
-    const auto sb = prefix(problems, [](const VecProblem& p) { return vec_bwd_b_tiles(p); });
+  for (auto& [dtype, problems] : vec_by_dtype(call)) {
+    // fp32 (fp64) workspace for the depth-mixed vectors and their gradients
+    const Tensor ws =
+        at::empty({vec_ws_elems(problems)}, at::TensorOptions().dtype(vec_ws_dtype(dtype)).device(device));
+    vec_assign_ws(problems, ws.data_ptr(), ws.element_size());
+    const auto sa = vec_tile_prefix(problems, [](const VecProblem& p) { return vec_bwd_a_tiles(p); });
+    const auto sb = vec_tile_prefix(problems, [](const VecProblem& p) { return vec_bwd_b_tiles(p); });
     if (sb.back() == 0) continue;
     const Tensor buf = upload(problems, {sa, sb}, device);
     const char* base = static_cast<const char*>(buf.data_ptr());

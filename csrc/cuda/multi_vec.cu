@@ -7,6 +7,14 @@
 
 #include "multi_vec.h"
 
+// Kernel launch. csrc/cuda/emu/ compiles this file as C++ with LIGO_FAST_CUDA_EMU, running each block's
+// threads as CPU threads (tests/test_cuda_emu.py): the same kernels, checked without a GPU.
+#ifdef LIGO_FAST_CUDA_EMU
+#define LIGO_LAUNCH(kernel, grid, block, stream, ...) ::ligo_emu::launch(kernel, grid, block, __VA_ARGS__)
+#else
+#define LIGO_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
 namespace ligo_fast {
 namespace {
 
@@ -221,17 +229,19 @@ __global__ void __launch_bounds__(kVecThreads)
 
 template <typename T>
 int launch_fwd(const VecProblem* problems, const int64_t* tile_start, int n, int64_t n_tiles, cudaStream_t stream) {
-  if (n_tiles > 0) multi_vec_fwd_kernel<T><<<static_cast<unsigned>(n_tiles), kVecThreads, 0, stream>>>(problems, tile_start, n);
+  if (n_tiles > 0) {
+    LIGO_LAUNCH(multi_vec_fwd_kernel<T>, static_cast<unsigned>(n_tiles), kVecThreads, stream, problems, tile_start, n);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T>
 int launch_bwd(const VecProblem* problems, const int64_t* ts_a, int64_t n_a, const int64_t* ts_b, int64_t n_b, int n,
                cudaStream_t stream) {
-  if (n_a > 0) multi_vec_bwd_a_kernel<T><<<static_cast<unsigned>(n_a), kVecThreads, 0, stream>>>(problems, ts_a, n);
+  if (n_a > 0) LIGO_LAUNCH(multi_vec_bwd_a_kernel<T>, static_cast<unsigned>(n_a), kVecThreads, stream, problems, ts_a, n);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return static_cast<int>(err);
-  if (n_b > 0) multi_vec_bwd_b_kernel<T><<<static_cast<unsigned>(n_b), kVecThreads, 0, stream>>>(problems, ts_b, n);
+  if (n_b > 0) LIGO_LAUNCH(multi_vec_bwd_b_kernel<T>, static_cast<unsigned>(n_b), kVecThreads, stream, problems, ts_b, n);
   return static_cast<int>(cudaGetLastError());
 }
 

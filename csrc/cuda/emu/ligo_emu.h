@@ -1,0 +1,123 @@
+// A CPU stand-in for the parts of CUDA that csrc/cuda/multi_vec.cu uses, so that the very kernel source can be
+// compiled as C++ and run without a GPU (tests/test_cuda_emu.py). Not a general CUDA emulator:
+//   * a launch runs the grid's blocks one after another; a block's threads are real CPU threads;
+//   * __syncthreads() is a barrier of the block's threads; __shared__ is a function-local static (one block
+//     runs at a time, so every thread of the running block sees the same array);
+//   * __shfl_xor_sync() exchanges through the warp's 32 slots between two barriers of its 32 threads (all
+//     lanes must take part, as the kernels' full-mask shuffles require on a GPU too);
+//   * a thread that returns leaves its block's and warp's barriers (std::barrier::arrive_and_drop), as
+//     exited threads stop counting for __syncthreads() on a GPU;
+//   * __half / __nv_bfloat16 are c10::Half / c10::BFloat16 (round-to-nearest-even conversions, as the CUDA
+//     intrinsics used here).
+// Shapes of parallelism, not speed: fine for tests on small problems.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <barrier>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+using __half = c10::Half;
+using __nv_bfloat16 = c10::BFloat16;
+inline float __half2float(__half x) { return static_cast<float>(x); }
+inline __half __float2half_rn(float x) { return __half(x); }
+inline float __bfloat162float(__nv_bfloat16 x) { return static_cast<float>(x); }
+inline __nv_bfloat16 __float2bfloat16_rn(float x) { return __nv_bfloat16(x); }
+
+inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+
+enum cudaError_t : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorLaunchFailure = 4 };
+
+namespace ligo_emu {
+
+struct Dim {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+struct Warp {
+  explicit Warp(std::ptrdiff_t n) : bar(n) {}
+  std::barrier<> bar;
+  double slots[32] = {};
+};
+
+struct ThreadCtx {
+  Dim thread, block;
+  std::barrier<>* block_bar = nullptr;
+  Warp* warp = nullptr;
+};
+
+inline thread_local ThreadCtx ctx;
+inline thread_local bool launch_failed = false;
+inline int last_error = 0;
+
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, unsigned grid, int block, Args... args) {
+  if (block <= 0 || block % 32 != 0) {
+    last_error = cudaErrorInvalidValue;
+    return;
+  }
+  for (unsigned b = 0; b < grid; ++b) {
+    std::barrier<> block_bar(block);
+    std::vector<std::unique_ptr<Warp>> warps;
+    for (int w = 0; w < block / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
+    std::vector<std::thread> threads;
+    std::vector<int> failed(block, 0);
+    threads.reserve(block);
+    for (int t = 0; t < block; ++t) {
+      threads.emplace_back([&, t] {
+        ctx.thread = {static_cast<unsigned>(t), 0, 0};
+        ctx.block = {b, 0, 0};
+        ctx.block_bar = &block_bar;
+        ctx.warp = warps[t / 32].get();
+        try {
+          kernel(args...);
+        } catch (...) {
+          failed[t] = 1;
+        }
+        ctx.warp->bar.arrive_and_drop();
+        block_bar.arrive_and_drop();
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int f : failed) {
+      if (f) last_error = cudaErrorLaunchFailure;
+    }
+  }
+}
+
+}  // namespace ligo_emu
+
+#define threadIdx (::ligo_emu::ctx.thread)
+#define blockIdx (::ligo_emu::ctx.block)
+
+inline void __syncthreads() { ::ligo_emu::ctx.block_bar->arrive_and_wait(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
+  auto* w = ::ligo_emu::ctx.warp;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  w->slots[lane] = static_cast<double>(v);
+  w->bar.arrive_and_wait();
+  const T out = static_cast<T>(w->slots[lane ^ lane_mask]);
+  w->bar.arrive_and_wait();
+  return out;
+}
+
+inline cudaError_t cudaGetLastError() {
+  const int e = ::ligo_emu::last_error;
+  ::ligo_emu::last_error = 0;
+  return static_cast<cudaError_t>(e);
+}

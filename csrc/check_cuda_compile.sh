@@ -4,7 +4,7 @@
 #   2. every csrc/cuda/*.cpp (the torch registrations) with `g++ -fsyntax-only` against torch's headers, when
 #      PYTHON (default: python3) imports torch. CPU wheels lack c10/cuda's generated cuda_cmake_macros.h; an
 #      empty stand-in is supplied for that one header.
-# Both use C++20, the standard torch's own extension builds use (torch >= 2.14's headers refuse C++17).
+# Both use C++20: torch 2.13+ builds its extensions with it and 2.14's headers refuse C++17; 2.11's compile under it too.
 # Exits 0 with a message when nvcc is absent.
 set -euo pipefail
 

@@ -5,8 +5,8 @@
 //     runs at a time, so every thread of the running block sees the same array);
 //   * __shfl_xor_sync() exchanges through the warp's 32 slots between two barriers of its 32 threads (all
 //     lanes must take part, as the kernels' full-mask shuffles require on a GPU too);
-//   * a thread that returns leaves its block's and warp's barriers (std::barrier::arrive_and_drop), as
-//     exited threads stop counting for __syncthreads() on a GPU;
+//   * a thread that returns leaves its block's and warp's barriers (arrive_and_drop), as exited threads stop
+//     counting for __syncthreads() on a GPU;
 //   * __half / __nv_bfloat16 are c10::Half / c10::BFloat16 (round-to-nearest-even conversions, as the CUDA
 //     intrinsics used here).
 // Shapes of parallelism, not speed: fine for tests on small problems.
@@ -15,9 +15,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <barrier>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -47,15 +48,47 @@ struct Dim {
   unsigned x = 0, y = 0, z = 0;
 };
 
+// std::barrier's two calls in C++17: torch 2.11 (the GPU image's) builds extensions with -std=c++17.
+class Barrier {
+ public:
+  explicit Barrier(int n) : expected_(n) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(m_);
+    const uint64_t phase = phase_;
+    if (++arrived_ >= expected_) {
+      next_phase();
+    } else {
+      cv_.wait(lock, [&] { return phase_ != phase; });
+    }
+  }
+  void arrive_and_drop() {
+    std::lock_guard<std::mutex> lock(m_);
+    --expected_;
+    if (expected_ > 0 && arrived_ >= expected_) next_phase();
+  }
+
+ private:
+  void next_phase() {
+    arrived_ = 0;
+    ++phase_;
+    cv_.notify_all();
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  int expected_;
+  int arrived_ = 0;
+  uint64_t phase_ = 0;
+};
+
 struct Warp {
-  explicit Warp(std::ptrdiff_t n) : bar(n) {}
-  std::barrier<> bar;
+  explicit Warp(int n) : bar(n) {}
+  Barrier bar;
   double slots[32] = {};
 };
 
 struct ThreadCtx {
   Dim thread, block;
-  std::barrier<>* block_bar = nullptr;
+  Barrier* block_bar = nullptr;
   Warp* warp = nullptr;
 };
 
@@ -70,7 +103,7 @@ void launch(Kernel kernel, unsigned grid, int block, Args... args) {
     return;
   }
   for (unsigned b = 0; b < grid; ++b) {
-    std::barrier<> block_bar(block);
+    Barrier block_bar(block);
     std::vector<std::unique_ptr<Warp>> warps;
     for (int w = 0; w < block / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
     std::vector<std::thread> threads;

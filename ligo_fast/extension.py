@@ -123,7 +123,8 @@ def load_library() -> str:
         except ImportError as e:
             if os.environ.get("LIGO_FAST_NO_JIT") == "1":
                 raise RuntimeError(f"no usable prebuilt ligo_fast._C ({e}) and LIGO_FAST_NO_JIT=1") from e
-            logger.info("%s; JIT-building the extension", e)
+            # a warning, not info: the first build takes ~30 s (2 CPU cores) and should not look like a hang
+            logger.warning("%s; building the C++ extension once into %s (about 30 s)", e, cache_dir())
             how = _jit_build()
         _register_python()
     except Exception as e:  # noqa: BLE001 - remembered and reported by backends.availability()

@@ -68,7 +68,7 @@ def max_acc_per_thread(args: dict) -> int:
     """Most fp32 accumulator elements per thread a GEMM variant may hold without spilling on sm_90.
 
     From ``benchmarks/triton_compile_check.py`` (every variant compiled for sm_90 with ptxas, no GPU needed;
-    benchmarks/results/triton_compile_sm90.md): 16-bit wgmma tiles with 128 accumulators per thread compile
+    benchmarks/results/triton_compile_sm90_triton3.*.md): 16-bit wgmma tiles with 128 accumulators per thread compile
     without spills in the plain kernel (<= 254 registers) but spill 200-300 bytes in the STRIP (residual) and
     REDUCE_L (shared-E gradient) variants, whose extra loop state pushes them past 255 registers; 64 per thread
     never spill. fp32 operands on the FMA units ("ieee") need registers for the operand fragments too: 64 per

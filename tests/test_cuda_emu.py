@@ -10,6 +10,10 @@ ordering and coalescing on a real GPU (benchmarks/gpu_check.sh runs the compiled
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,20 +27,23 @@ CSRC = Path(__file__).resolve().parent.parent / "csrc"
 ID_TILE, ROWS, CHUNK, ELEM_TILE, PAIRS = 256, 32, 1024, 1024, 8
 
 
-@pytest.fixture(scope="module")
-def emu():
+def _load_emu(name: str, build: Path, cflags: list[str], ldflags: list[str]):
     from torch.utils.cpp_extension import load
 
-    build = extension.cache_dir() / "cuda_emu"
     build.mkdir(parents=True, exist_ok=True)
     return load(
-        name="ligo_fast_cuda_emu",
+        name=name,
         sources=[str(CSRC / "cuda" / "emu" / "multi_vec_emu.cpp"), str(CSRC / "ligo_ops.cpp")],
-        extra_cflags=["-O2", "-fopenmp", "-DLIGO_FAST_NO_REGISTER", "-Wno-unknown-pragmas"],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=[*cflags, "-DLIGO_FAST_NO_REGISTER", "-Wno-unknown-pragmas"],
+        extra_ldflags=ldflags,
         extra_include_paths=[str(CSRC / "cuda" / "emu")],
         build_directory=str(build),
     )
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return _load_emu("ligo_fast_cuda_emu", extension.cache_dir() / "cuda_emu", ["-O2", "-fopenmp"], ["-fopenmp"])
 
 
 def _problems(dtype: torch.dtype, seed: int = 0) -> list[dict]:
@@ -160,3 +167,43 @@ def test_empty_list_and_errors(emu):
     b, d = torch.randn(2, 3), torch.randn(4, 2)
     with pytest.raises(RuntimeError, match=r"depth\[0\] must be \(L2, L1=2\)"):
         emu.multi_expand_vec([b], [d.t()], [], [], [-1], [-1])
+
+
+_TSAN_RUN = """
+import sys, torch
+sys.path.insert(0, TESTS)
+import test_cuda_emu as t
+m = t._load_emu("ligo_fast_cuda_emu_tsan", BUILD, ["-O1", "-g", "-fsanitize=thread"], ["-fsanitize=thread"])
+problems = t._problems(torch.float32)
+outs, grads = t._emu_run(m, problems)
+for p, out, g in zip(problems, outs, grads):
+    ref_out, ref_grads = t._oracle(p)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+print("ran", len(outs))
+"""
+
+
+def test_kernels_have_no_data_races(tmp_path):
+    """ThreadSanitizer over the emulated kernels: the shared-memory staging and warp exchanges are fenced.
+
+    A missing ``__syncthreads()`` after the forward's accumulation loop (the next chunk overwrites the staged
+    vector while other warps still read it) is reported here as a data race. The build runs without the
+    sanitizer preloaded (the compiler would run under it); the instrumented module then only loads in a process
+    that starts with libtsan.
+    """
+    found = subprocess.run(["gcc", "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout.strip()
+    libtsan = Path(found)
+    if not libtsan.is_absolute() or not libtsan.exists():
+        pytest.skip("gcc's ThreadSanitizer runtime (libtsan) is not installed")
+    build = extension.cache_dir() / "cuda_emu_tsan"
+    consts = f"TESTS = {str(Path(__file__).parent)!r}\nBUILD = __import__('pathlib').Path({str(build)!r})\n"
+    code = consts + textwrap.dedent(_TSAN_RUN)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    # 1. build; importing the instrumented module fails without the runtime preloaded, which is expected here
+    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert any(build.glob("*.so")), f"the instrumented emulation did not build in {build}"
+    # 2. run under the sanitizer
+    env.update(LD_PRELOAD=str(libtsan), TSAN_OPTIONS="halt_on_error=0 exitcode=66 report_signal_unsafe=0")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert "ThreadSanitizer" not in proc.stderr, proc.stderr[-6000:]
+    assert proc.returncode == 0 and proc.stdout.startswith("ran"), proc.stdout[-2000:] + proc.stderr[-4000:]

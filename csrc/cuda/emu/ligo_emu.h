@@ -1,6 +1,6 @@
 // A CPU stand-in for the parts of CUDA that csrc/cuda/multi_vec.cu uses, so that the very kernel source can be
 // compiled as C++ and run without a GPU (tests/test_cuda_emu.py). Not a general CUDA emulator:
-//   * a launch runs the grid's blocks one after another; a block's threads are real CPU threads;
+//   * a launch runs the grid's blocks one after another on one set of real CPU threads (one per CUDA thread);
 //   * __syncthreads() is a barrier of the block's threads; __shared__ is a function-local static (one block
 //     runs at a time, so every thread of the running block sees the same array);
 //   * __shfl_xor_sync() exchanges through the warp's 32 slots between two barriers of its 32 threads (all
@@ -61,6 +61,11 @@ class Barrier {
       cv_.wait(lock, [&] { return phase_ != phase; });
     }
   }
+  void reset(int n) {  // only while no thread waits on or arrives at this barrier
+    std::lock_guard<std::mutex> lock(m_);
+    expected_ = n;
+    arrived_ = 0;
+  }
   void arrive_and_drop() {
     std::lock_guard<std::mutex> lock(m_);
     --expected_;
@@ -93,7 +98,6 @@ struct ThreadCtx {
 };
 
 inline thread_local ThreadCtx ctx;
-inline thread_local bool launch_failed = false;
 inline int last_error = 0;
 
 template <typename Kernel, typename... Args>
@@ -102,32 +106,41 @@ void launch(Kernel kernel, unsigned grid, int block, Args... args) {
     last_error = cudaErrorInvalidValue;
     return;
   }
-  for (unsigned b = 0; b < grid; ++b) {
-    Barrier block_bar(block);
-    std::vector<std::unique_ptr<Warp>> warps;
-    for (int w = 0; w < block / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
-    std::vector<std::thread> threads;
-    std::vector<int> failed(block, 0);
-    threads.reserve(block);
-    for (int t = 0; t < block; ++t) {
-      threads.emplace_back([&, t] {
-        ctx.thread = {static_cast<unsigned>(t), 0, 0};
+  // One set of `block` threads runs the blocks one after another; `gate` separates the blocks, and the
+  // per-block barriers are reset between its two phases, when no thread uses them.
+  Barrier gate(block);
+  Barrier block_bar(block);
+  std::vector<std::unique_ptr<Warp>> warps;
+  for (int w = 0; w < block / 32; ++w) warps.push_back(std::make_unique<Warp>(32));
+  std::vector<int> failed(block, 0);
+  std::vector<std::thread> threads;
+  threads.reserve(block);
+  for (int t = 0; t < block; ++t) {
+    threads.emplace_back([&, t] {
+      ctx.thread = {static_cast<unsigned>(t), 0, 0};
+      ctx.block_bar = &block_bar;
+      ctx.warp = warps[t / 32].get();
+      for (unsigned b = 0; b < grid; ++b) {
+        gate.arrive_and_wait();  // the previous block is done everywhere
+        if (t == 0) {
+          block_bar.reset(block);
+          for (auto& w : warps) w->bar.reset(32);
+        }
+        gate.arrive_and_wait();  // the barriers are fresh
         ctx.block = {b, 0, 0};
-        ctx.block_bar = &block_bar;
-        ctx.warp = warps[t / 32].get();
         try {
           kernel(args...);
         } catch (...) {
           failed[t] = 1;
         }
-        ctx.warp->bar.arrive_and_drop();
+        ctx.warp->bar.arrive_and_drop();  // a finished thread stops counting for this block's barriers
         block_bar.arrive_and_drop();
-      });
-    }
-    for (auto& th : threads) th.join();
-    for (int f : failed) {
-      if (f) last_error = cudaErrorLaunchFailure;
-    }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int f : failed) {
+    if (f) last_error = cudaErrorLaunchFailure;
   }
 }
 

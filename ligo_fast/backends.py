@@ -144,20 +144,16 @@ def multi_vec_fallback(device: torch.device):
 
 @torch.compiler.assume_constant_result
 def _has_multi_vec(device_type: str) -> bool:
-    return _multi_vec_fallback(torch.device(device_type)) is not None
-
-
-def _multi_vec_fallback(device: torch.device):
+    """Whether the ``cpp`` backend loads and has multi-tensor vector kernels for ``device_type``."""
     try:
-        cpp = load("cpp")
+        load("cpp")
     except BackendUnavailable:
-        return None
-    if device.type == "cuda":
+        return False
+    if device_type == "cuda":
         from .extension import has_cuda_kernels
 
-        if not has_cuda_kernels():
-            return None
-    return cpp.expand_vec_multi
+        return has_cuda_kernels()
+    return True
 
 
 def _reset_for_tests() -> None:

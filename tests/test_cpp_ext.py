@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _checks import TOLERANCES, check_low_precision
 
 from ligo_fast import backends, ops, reference
 from ligo_fast import extension as ext
@@ -19,10 +20,6 @@ from ligo_fast import extension as ext
 ROOT = Path(__file__).resolve().parent.parent
 HAS_CUDA = torch.cuda.is_available()
 LIB = torch.ops.ligo_fast
-
-# (dtype, atol): the C++ path's error against the float64 oracle may be at most twice the torch path's error in
-# the same dtype plus atol * scale (flash-attention's rule).
-TOLERANCES = [(torch.float32, 1e-6), (torch.bfloat16, 2e-3), (torch.float16, 5e-4)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,13 +101,6 @@ def test_expand_matches_reference_float64(case):
         torch.testing.assert_close(g, g_ref, rtol=1e-11, atol=1e-11)
 
 
-def _check_low_precision(cpp_out, torch_out, oracle, atol):
-    scale = oracle.abs().max().item()
-    err_cpp = (cpp_out.double() - oracle).abs().max().item()
-    err_torch = (torch_out.double() - oracle).abs().max().item()
-    assert err_cpp <= 2 * err_torch + atol * scale, (err_cpp, err_torch, scale)
-
-
 @pytest.mark.parametrize(("dtype", "atol"), TOLERANCES, ids=lambda v: str(v))
 @pytest.mark.parametrize("case", EXPAND_CASES[:3], ids=lambda c: "-".join(map(str, c)))
 def test_expand_dtypes(case, dtype, atol):
@@ -121,11 +111,11 @@ def test_expand_dtypes(case, dtype, atol):
     torch_out = ops.ligo_expand(*torch_in[:4], residual=torch_in[4], backend="torch")
     oracle = reference.expand_torch(*oracle_in)
     assert cpp_out.dtype == dtype
-    _check_low_precision(cpp_out, torch_out, oracle, atol)
+    check_low_precision(cpp_out, torch_out, oracle, atol)
     grads = zip(_grads(cpp_out, cpp_in), _grads(torch_out, torch_in), _grads(oracle, oracle_in), strict=True)
     for g_cpp, g_torch, g_oracle in grads:
         assert g_cpp.dtype == dtype
-        _check_low_precision(g_cpp, g_torch, g_oracle, atol)
+        check_low_precision(g_cpp, g_torch, g_oracle, atol)
 
 
 def test_expand_mixed_dtypes_follow_reference():
@@ -172,10 +162,10 @@ def test_expand_vec_dtypes(dtype, atol):
     cpp_out = ops.ligo_expand_vec(*cpp_in[:3], residual=cpp_in[3], backend="cpp")
     torch_out = ops.ligo_expand_vec(*torch_in[:3], residual=torch_in[3], backend="torch")
     oracle = reference.expand_vec_torch(*oracle_in)
-    _check_low_precision(cpp_out, torch_out, oracle, atol)
+    check_low_precision(cpp_out, torch_out, oracle, atol)
     grads = zip(_grads(cpp_out, cpp_in), _grads(torch_out, torch_in), _grads(oracle, oracle_in), strict=True)
     for g_cpp, g_torch, g_oracle in grads:
-        _check_low_precision(g_cpp, g_torch, g_oracle, atol)
+        check_low_precision(g_cpp, g_torch, g_oracle, atol)
 
 
 def _ragged_problems(dtype=torch.float64, device="cpu"):
@@ -365,12 +355,12 @@ def test_gpu_multi_vec(dtype, atol):
     oracle = [reference.expand_vec_torch(*p) for p in oracle_in]
     for o, t, e in zip(outs, t_outs, oracle, strict=True):
         assert o.device.type == "cuda" and o.dtype == dtype
-        _check_low_precision(o, t, e, atol + 1e-13)
+        check_low_precision(o, t, e, atol + 1e-13)
     flat = lambda ps: [x for p in ps for x in p]  # noqa: E731
     for g, t, e in zip(
         _grads(outs, flat(cuda_in)), _grads(t_outs, flat(torch_in)), _grads(oracle, flat(oracle_in)), strict=True
     ):
-        _check_low_precision(g, t, e, atol + 1e-13)
+        check_low_precision(g, t, e, atol + 1e-13)
 
 
 @pytest.mark.gpu

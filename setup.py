@@ -49,7 +49,6 @@ setup(
     version="0.1.0",
     description="Fast LiGO growth operators (Learning to Grow Pretrained Models) for PyTorch and Hugging Face",
     packages=["ligo_fast", "ligo_fast.arch", "ligo_fast.kernels"],
-    package_dir={"ligo_fast.kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
     extras_require={"triton": ["triton"], "test": ["pytest"]},

@@ -1,12 +1,14 @@
-"""The public entry points: grow, materialize."""
+"""The public entry points: grow, materialize.
+
+The top of the library: imports the model and the official-API layer, and is imported only by ``__init__``.
+"""
 
 from __future__ import annotations
-
-import copy
 
 import torch
 from torch import nn
 
+from .compat import materialize_compat
 from .config import LiGOConfig
 from .model import LiGOModel
 
@@ -22,8 +24,8 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
     Returns:
         A :class:`LiGOModel`, called like the large HF model; its trainable parameters are the operator's.
     """
-    config = (config or LiGOConfig()).replace(**overrides) if overrides else (config or LiGOConfig())
-    return LiGOModel(small_model, large_config, config)
+    config = config or LiGOConfig()
+    return LiGOModel(small_model, large_config, config.replace(**overrides) if overrides else config)
 
 
 @torch.no_grad()
@@ -33,20 +35,6 @@ def materialize(model) -> nn.Module:
     Accepts a :class:`LiGOModel` or what :func:`ligo_fast.compat.create_ligo_from_model` returns. The result
     is in the same train/eval mode as ``model``, on its device, ready for ``save_pretrained``.
     """
-    if not isinstance(model, LiGOModel):
-        from .compat import materialize_compat
-
-        return materialize_compat(model)
-    produced = model.produce()
-    large = model._hf_class(copy.deepcopy(model.config))
-    state = {k: v.detach().clone() for k, v in model.large.state_dict().items()}
-    state.update({k: v.detach().clone() for k, v in produced.items()})
-    dtype = next(iter(produced.values())).dtype
-    large.to(device=model.device, dtype=dtype)
-    missing, unexpected = large.load_state_dict(state, strict=False)
-    if unexpected or missing:
-        raise RuntimeError(
-            f"materialize: the large model did not take the produced weights "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return large.train(model.training)
+    if isinstance(model, LiGOModel):
+        return model.materialize()
+    return materialize_compat(model)

@@ -320,7 +320,7 @@ def load_checkpoint(d: Path, model, optimizer, run: dict) -> int:
     """Restore the operator and the optimizer from ``d``; return the step it ended. Refuses another run's."""
     from safetensors.torch import load_file
 
-    from .checkpoint import WEIGHTS
+    from .serialization import WEIGHTS
 
     state = torch.load(d / TRAINER, map_location="cpu", weights_only=True)
     for k in RUN_KEYS:

@@ -28,10 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .arch import EMBEDDING, LINEAR, NORM, Arch, Module
+from .arch import EMBEDDING, LINEAR, NORM, Arch, supported_classes
 from .arch.bert import BERT_MLM, ROBERTA_MLM
-from .config import DEPTH_INITS, WIDTH_INITS, LiGOConfig
-from .init import depth_init, width_init
+from .checkpoint import load_operator
+from .config import LiGOConfig
+from .init import OFFICIAL_DEPTH_INITS, OFFICIAL_WIDTH_INITS, depth_init, width_init
+from .layout import from_official
+from .plan import SM, Plan, build_plan
+from .produce import produce
+from .serialization import OFFICIAL
 
 __all__ = [
     "FusedDepthParams",
@@ -48,8 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-SM = "__sm_"  # official prefix of the small model's tensors on the wrapped large model
 
 # The official code covers these two classes only; ligo_fast.grow covers more.
 _ARCHS: dict[str, Arch] = {"BertForMaskedLM": BERT_MLM, "RobertaForMaskedLM": ROBERTA_MLM}
@@ -90,7 +93,10 @@ def ligo_args(**overrides) -> argparse.Namespace:
 def config_from_args(args) -> LiGOConfig:
     """The :class:`LiGOConfig` an official ``args`` namespace asks for (missing attributes keep the defaults)."""
     fields = {field: getattr(args, arg) for arg, field in _ARG_FIELDS.items() if hasattr(args, arg)}
-    return LiGOConfig(**fields)
+    cfg = LiGOConfig(**fields)
+    _check_depth_scheme(cfg.depth_init, "the official API")
+    _check_width_scheme(cfg.width_init, "the official API")
+    return cfg
 
 
 # ---------------------------------------------------------------------- coefficient modules
@@ -102,13 +108,19 @@ def _put(module: nn.Module, name: str, t: Tensor | None, learnable: bool) -> Non
 
 
 def _check_depth_scheme(scheme: str, where: str) -> None:
-    if scheme not in DEPTH_INITS:
-        raise ValueError(f"{where}: unknown depth init scheme {scheme!r}; valid schemes: {', '.join(DEPTH_INITS)}")
+    if scheme not in OFFICIAL_DEPTH_INITS:
+        raise ValueError(
+            f"{where}: unknown depth init scheme {scheme!r}; valid schemes: {', '.join(OFFICIAL_DEPTH_INITS)} "
+            "(the function-preserving 'lossless' schemes are ligo_fast.grow's, not the official code's)"
+        )
 
 
 def _check_width_scheme(scheme: str, where: str) -> None:
-    if scheme not in WIDTH_INITS:
-        raise ValueError(f"{where}: unknown width init scheme {scheme!r}; valid schemes: {', '.join(WIDTH_INITS)}")
+    if scheme not in OFFICIAL_WIDTH_INITS:
+        raise ValueError(
+            f"{where}: unknown width init scheme {scheme!r}; valid schemes: {', '.join(OFFICIAL_WIDTH_INITS)} "
+            "(the function-preserving 'lossless' schemes are ligo_fast.grow's, not the official code's)"
+        )
 
 
 class FusedDepthParams(nn.Module):
@@ -214,6 +226,12 @@ class _Fused(nn.Module):
         self.module_name = module_name
         self.layer_index = layer_index
         self._sm = SM + module_name.replace(".", "_")
+        self.path: str | None = None  # where create_ligo_from_model put it (its tensors' names in a batch)
+
+    def _batched(self, which: str) -> Tensor | None:
+        """This module's tensor from the model-wide batch of the current forward, if one is running."""
+        batch = self._ligo_source.__dict__.get(_BATCH)
+        return None if (batch is None or self.path is None) else batch.get(f"{self.path}.{which}")
 
     def _small(self, what: str) -> Tensor | None:
         return getattr(self._ligo_source, f"{self._sm}_{what}", None)
@@ -321,6 +339,9 @@ class FusedLinear(_Fused):
 
     def get_params(self) -> tuple[Tensor, Tensor | None]:
         """(weight (out_features, in_features), bias (out_features,) or None)."""
+        weight = self._batched("weight")
+        if weight is not None:
+            return weight, self._batched("bias")
         E_out, E_in = self._width("out").coeffs_weight, self._width("in").coeffs_weight
         weight = self._produce(self._small("weight"), "weight", E_out, E_in)
         b = self._small("bias")
@@ -371,6 +392,9 @@ class FusedLayeredNorm(_Fused):
 
     def get_params(self) -> tuple[Tensor, Tensor | None]:
         """(weight (d,), bias (d,) or None)."""
+        weight = self._batched("weight")
+        if weight is not None:
+            return weight, self._batched("bias")
         E = self._width("out").coeffs_weight
         weight = self._produce(self._small("weight"), "weight", E, None)
         b = self._small("bias")
@@ -427,6 +451,9 @@ class FusedEmbedding(_Fused):
 
     def get_params(self) -> Tensor:
         """weight (num_embeddings, embedding_dim)."""
+        weight = self._batched("weight")
+        if weight is not None:
+            return weight
         return self._produce(self._small("weight"), "weight", None, self._width("out").coeffs_weight)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -443,20 +470,18 @@ _FUSED = (FusedLinear, FusedLayeredNorm, FusedEmbedding)
 
 
 # ---------------------------------------------------------------------- building
+_BATCH = "_ligo_batch"  # on the wrapped model's __dict__: the tensors of the forward that is running
+_PLAN = "_ligo_plan"  # ... the growth plan (ligo_fast.plan), for the model-wide batch
+
+
 def _arch_of(model: nn.Module, what: str) -> Arch:
     name = type(model).__name__
     if name not in _ARCHS:
         raise ValueError(
             f"{what}: {name} is not supported by the official LiGO API; supported classes: "
-            f"{', '.join(SUPPORTED_CLASSES)} (ligo_fast.grow supports {', '.join(_registered())})"
+            f"{', '.join(SUPPORTED_CLASSES)} (ligo_fast.grow supports {', '.join(supported_classes())})"
         )
     return _ARCHS[name]
-
-
-def _registered() -> list[str]:
-    from .arch import supported_classes
-
-    return supported_classes()
 
 
 def _source_path(args) -> str:
@@ -474,66 +499,40 @@ def _load_small(model_large: nn.Module, args) -> nn.Module:
     return type(model_large).from_pretrained(path, cache_dir=getattr(args, "cache_dir", None))
 
 
-def _sides(mod: Module) -> list[tuple[str | None, int]]:
-    """(width name, dim of the stored weight) of every side of ``mod`` that may grow."""
-    if mod.kind == LINEAR:
-        return [(mod.out, 0), (mod.inp, 1)]
-    if mod.kind == NORM:
-        return [(mod.out, 0)]
-    return [(None, 0), (mod.out, 1)]  # embedding: rows never grow, columns do
+def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tensor], trainable: bool) -> None:
+    """Every small tensor as ``__sm_*`` on the large model; block tensors stacked along a new last dim.
 
-
-def _width_sizes(arch: Arch, small_sd: dict[str, Tensor], large: nn.Module) -> dict[str, tuple[int, int]]:
-    """(small, large) size of every width; ValueError when one shrinks or two sides disagree."""
-    sizes: dict[str, tuple[int, int, str]] = {}
-    mods = [(m, f"{arch.layer_path(0)}.{m.path}") for m in arch.layer_modules] + [(m, m.path) for m in arch.modules]
-    for mod, path in mods:
-        key = f"{path}.weight"
-        if key not in small_sd:
-            raise ValueError(f"the small model has no {key!r}")
-        s, b = small_sd[key].shape, large.get_submodule(path).weight.shape
-        for width, dim in _sides(mod):
-            pair, where = (s[dim], b[dim]), f"{key} dim {dim}"
-            if width is None:
-                if pair[0] != pair[1]:
-                    raise ValueError(
-                        f"{where} is {pair[0]} in the small model and {pair[1]} in the large one; it never grows"
-                    )
-                continue
-            if pair[1] < pair[0]:
-                raise ValueError(
-                    f"width {width!r} shrinks: {where} is {pair[0]} in the small model but {pair[1]} in the large "
-                    "config; LiGO only grows"
-                )
-            if width in sizes and sizes[width][:2] != pair:
-                raise ValueError(f"width {width!r} is {sizes[width][:2]} at {sizes[width][2]} but {pair} at {where}")
-            sizes.setdefault(width, (*pair, where))
-    return {k: v[:2] for k, v in sizes.items()}
-
-
-def _register_small(model_large: nn.Module, arch: Arch, small_sd: dict[str, Tensor], L1: int, trainable: bool) -> None:
-    """Every small tensor as ``__sm_*`` on the large model; block tensors stacked along a new last dim."""
+    A block tensor is stored layer-major (what the ops read) and registered as its official ``(..., L1)`` view.
+    """
     device = next(model_large.parameters()).device
-    prefix = arch.layers + "."
-    stacks: dict[str, dict[int, Tensor]] = {}
-    plain: dict[str, Tensor] = {}
-    for k, v in small_sd.items():
-        if k.startswith(prefix):
-            idx, _, inner = k[len(prefix) :].partition(".")
-            stacks.setdefault(inner, {})[int(idx)] = v
+    for t in plan.tensors:
+        if t.role != "small":
+            continue
+        if t.rule == "stack":
+            v = torch.stack([small_sd[k].detach() for k in t.sources]).to(device).movedim(0, -1)
         else:
-            plain[k] = v
-    for inner, per_layer in stacks.items():
-        if sorted(per_layer) != list(range(L1)):
-            raise ValueError(f"the small model has {inner!r} in layers {sorted(per_layer)}, expected 0..{L1 - 1}")
-        plain[inner] = torch.stack([per_layer[j] for j in range(L1)], dim=-1)
-    for k, v in plain.items():
-        name = SM + k.replace(".", "_")
-        t = v.detach().clone().to(device)
+            v = small_sd[t.sources[0]].detach().clone().to(device)
         if trainable:
-            model_large.register_parameter(name, nn.Parameter(t))
+            model_large.register_parameter(t.official, nn.Parameter(v))
         else:
-            model_large.register_buffer(name, t)
+            model_large.register_buffer(t.official, v)
+
+
+def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
+    """Produce every module's tensors in one batch (one expand call per module kind) before the forward."""
+    model.__dict__[_BATCH] = _produce_all(model)
+
+
+def _batch_post_hook(model: nn.Module, args, kwargs, output) -> None:
+    model.__dict__[_BATCH] = None
+
+
+def _produce_all(model: nn.Module) -> dict[str, Tensor]:
+    """Every produced tensor of a wrapped model by HF parameter name, through the plan."""
+    plan: Plan = model.__dict__[_PLAN]
+    named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    internal = from_official(plan.rules, named, plan.L2)
+    return produce(plan.slots, lambda name: None if name is None else internal[name])
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -583,9 +582,18 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
             "separately, so the materialized model cannot keep them tied; ligo_fast.grow handles tied weights"
         )
     small_sd = source_model.state_dict()
-    sizes = _width_sizes(arch, small_sd, model_large)
+    plan = build_plan(
+        arch,
+        {k: tuple(v.shape) for k, v in small_sd.items()},
+        {k: tuple(v.shape) for k, v in model_large.state_dict().items()},
+        [],  # the official code grows every module separately, tied ones too
+        L1,
+        L2,
+        cfg,
+    )
+    sizes = plan.widths
     device = next(model_large.parameters()).device
-    _register_small(model_large, arch, small_sd, L1, cfg.train_small)
+    _register_small(model_large, plan, small_sd, cfg.train_small)
 
     width_opts = dict(learnable=cfg.train_width, init_scheme=cfg.width_init, init_noise=cfg.width_noise)
     tied: dict[str, list[FusedWidthParams]] = {}
@@ -636,7 +644,12 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
             )  # fmt: skip
         else:
             raise ValueError(f"{path}: module kind {mod.kind!r} has no official Fused module")
+        new.path = path
         _set(model_large, path, new.to(device))
+    model_large.__dict__[_PLAN] = plan
+    model_large.__dict__[_BATCH] = None
+    model_large.register_forward_pre_hook(_batch_pre_hook, with_kwargs=True)
+    model_large.register_forward_hook(_batch_post_hook, with_kwargs=True, always_call=True)
     logger.info("LiGO (official API): %s grown %d -> %d layers, %s", type(model_large).__name__, L1, L2, cfg)
     return model_large
 
@@ -648,7 +661,9 @@ def _expect(module: nn.Module, cls: type, path: str) -> None:
 
 # ---------------------------------------------------------------------- materialising
 def _produced(model: nn.Module) -> dict[str, Tensor]:
-    """Every produced tensor of a compat-wrapped model by HF parameter name."""
+    """Every produced tensor of a compat-wrapped model by HF parameter name (in one batch when it has a plan)."""
+    if model.__dict__.get(_PLAN) is not None:
+        return _produce_all(model)
     out: dict[str, Tensor] = {}
     for name, m in model.named_modules():
         if isinstance(m, FusedEmbedding):
@@ -698,8 +713,6 @@ def initialize_model_with_ligo(model_large: nn.Module, args) -> nn.Module:
     small model at ``args.source_model_path[0]``; tying and residual mode are read off the checkpoint's keys.
     Every Linear and LayerNorm weight/bias and every Embedding weight the operator covers is overwritten.
     """
-    from .checkpoint import OFFICIAL, load_operator
-
     _arch_of(model_large, "initialize_model_with_ligo")
     path = os.path.join(os.fspath(args.pretrained_ligo_path), OFFICIAL)
     if not os.path.exists(path):

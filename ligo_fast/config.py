@@ -5,18 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-DEPTH_INITS = (
-    "rand",
-    "rand_softmax",
-    "stackbert",
-    "interlace",
-    "rand_noisy",
-    "rand_softmax_noisy",
-    "stackbert_noisy",
-    "interlace_noisy",
-)
+from .init import DEPTH_INITS, WIDTH_INITS
+
 LINEAR_MODES = ("materialize", "factored", "auto")
-WIDTH_INITS = ("rand", "rand_softmax", "sel", "rand_noisy", "rand_softmax_noisy", "sel_noisy")
 
 
 @dataclass

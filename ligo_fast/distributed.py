@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .model import LiGOModel
+from .serialization import write_operator
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +212,7 @@ def gather_state_dict(model: nn.Module, rank0_only: bool = True) -> dict[str, Te
         sd = _internal_state(m)
         if rank0_only and rank() != 0:
             return None
-        # the LiGOModel's own post hook(s) translate internal names to the official layout, as state_dict() would
-        for hook in m._state_dict_hooks.values():
-            out = hook(m, sd, "", {})
-            sd = out if (out is not None and not getattr(hook, "_from_public_api", False)) else sd
+        sd = m.official_state(sd)
     else:
         if rank0_only and rank() != 0:
             return None
@@ -222,23 +220,11 @@ def gather_state_dict(model: nn.Module, rank0_only: bool = True) -> dict[str, Te
     return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
 
-class _Gathered:
-    """What :func:`ligo_fast.checkpoint.save_operator` reads from a model, with an already gathered state dict."""
-
-    def __init__(self, m: LiGOModel, sd: dict[str, Tensor]):
-        self.ligo_config, self._hf_class, self.config, self._sd = m.ligo_config, m._hf_class, m.config, sd
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self._sd
-
-
 def save_operator_distributed(model: nn.Module, path) -> None:
     """``save_operator`` for a plain, DDP or FSDP2 model: gathers (collective), rank 0 writes ``path``."""
-    from .checkpoint import save_operator
-
     sd = gather_state_dict(model, rank0_only=True)
     if sd is not None:
-        save_operator(_Gathered(unwrap(model), sd), Path(path))
+        write_operator(Path(path), sd, unwrap(model).operator_meta())
     if dist.is_initialized():
         dist.barrier()  # the files exist on return, on every rank
 
@@ -249,14 +235,12 @@ def materialize_distributed(model: nn.Module, rank0_only: bool = True) -> nn.Mod
     A sharded model is all-gathered (``unshard``, collective: call it on every rank), materialised, and sharded
     again. The HF model lies on the model's device; returns None on ranks other than 0 when ``rank0_only``.
     """
-    from .api import materialize
-
     m = unwrap(model)
     mine = not rank0_only or rank() == 0
     if not is_sharded(m):
-        return materialize(m) if mine else None
+        return m.materialize() if mine else None
     m.unshard()
     try:
-        return materialize(m) if mine else None
+        return m.materialize() if mine else None
     finally:
         m.reshard()

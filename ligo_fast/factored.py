@@ -15,10 +15,16 @@ bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from .arch import LINEAR
+from .plan import Slot
+from .reference import compute_dtype, depth_mix
 
 
 @dataclass(frozen=True)
@@ -118,3 +124,81 @@ def factored_linear(
     if bias is not None:
         y = y + bias.to(dt)
     return y
+
+
+# ---------------------------------------------------------------------------------------------- in a model
+def candidates(slots: Sequence[Slot]) -> list[int]:
+    """Indices of the slots that can run factored: plain 2-D block linears with one part."""
+    return [
+        i
+        for i, s in enumerate(slots)
+        if s.layered
+        and s.mod.kind == LINEAR
+        and not s.mod.transposed
+        and len(s.shape_w) == 2
+        and len(s.e_rows) == 1
+        and len(s.e_cols) == 1
+    ]
+
+
+def choose(mode: str, slots: Sequence[Slot], L1: int, tokens: int, nbytes: int, device: torch.device) -> list[int]:
+    """The slots whose block linears run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``)."""
+    if mode == "materialize":
+        return []
+    cands = candidates(slots)
+    if mode == "factored":
+        return cands
+    dev = device_model(device)
+    plan = []
+    for i in cands:
+        (o1, i1), (o2, i2) = slots[i].view_w, slots[i].shape_w
+        mat, fact = costs(tokens, o1, i1, o2, i2, L1, nbytes, dev)
+        if slots[i].res_w is None and fact < mat:  # a residual makes the factored form cost a full GEMM more
+            plan.append(i)
+    return plan
+
+
+def count_tokens(args, kwargs, config) -> int:
+    """Tokens in this batch, from input_ids / inputs_embeds / pixel_values (1 when none is found)."""
+    for key in ("input_ids", "inputs_embeds", "pixel_values"):
+        t = kwargs.get(key)
+        if t is None and args and key == "input_ids" and isinstance(args[0], Tensor):
+            t = args[0]
+        if t is None:
+            continue
+        if key == "input_ids":
+            return t.numel()
+        if key == "inputs_embeds":
+            return t.numel() // t.shape[-1]
+        patches = (getattr(config, "image_size", 1) // max(getattr(config, "patch_size", 1), 1)) ** 2 + 1
+        return t.shape[0] * patches
+    return 1
+
+
+@contextmanager
+def factored_modules(large: nn.Module, slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]):
+    """Context: the block linears of ``slots`` in ``large`` compute :func:`factored_linear` instead of x @ W^T."""
+    mods = []
+    shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
+    try:
+        for s in slots:
+            W = get(s.w)
+            ct = compute_dtype(W.dtype)
+            Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+            Eo, Ei, R = get(s.e_rows[0]), get(s.e_cols[0]), get(s.res_w)
+            for l, target in enumerate(s.targets_w):
+                mod = large.get_submodule(target.rpartition(".")[0])
+                eo = Eo[l] if (Eo is not None and Eo.dim() == 3) else Eo
+                ei = Ei[l] if (Ei is not None and Ei.dim() == 3) else Ei
+                r = None if R is None else R[l]
+
+                def fwd(x, _w=Wmix[l], _eo=eo, _ei=ei, _r=r, _mod=mod):
+                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
+
+                mod.forward = fwd
+                mods.append(mod)
+        yield
+    finally:
+        for mod in mods:
+            del mod.forward
+        shared.clear()

@@ -17,6 +17,7 @@ of the eager path: the same production code computes the same values.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -54,19 +55,17 @@ def _storage_key(t: Tensor) -> int | None:
 
 
 @contextmanager
-def lean_layers(model, backend: str = "auto", skip_weights: frozenset = frozenset()):
-    """Run ``model.large`` (a LiGOModel's) with per-layer production; the caller supplies the global weights.
+def lean_layers(large: nn.Module, blocks: Sequence[nn.Module], produce: Callable[[int], dict[str, Tensor]]):
+    """Run ``large`` with its blocks' weights produced per layer; the caller supplies the global weights.
 
-    ``skip_weights``: block slots (by small-weight name) that run factored and so are not produced.
+    Args:
+        large: the large HF model whose block parameters were removed.
+        blocks: its transformer blocks, in order (block l's forward pre-hook produces layer l).
+        produce: ``produce(l)`` -> ``{parameter name in large: tensor}`` of large layer l.
     """
-    layered = [s for s in model._slots if s.layered]
-    blocks = [model.large.get_submodule(model.arch.layer_path(l)) for l in range(model.L2)]
     live: dict[int, tuple[int, str]] = {}  # storage pointer -> (layer, name), only while a block runs
     names: dict[int, list[str]] = {}
     cache: dict[str, object] = {"layer": None, "weights": None}
-
-    def produce(l: int) -> dict[str, Tensor]:
-        return model._produce(layered, l, backend, skip_weights)
 
     def pre_hook(l: int):
         def hook(module, args):
@@ -76,14 +75,14 @@ def lean_layers(model, backend: str = "auto", skip_weights: frozenset = frozense
                 key = _storage_key(t)
                 if key is not None:
                     live[key] = (l, name)
-                _set(model.large, name, t)
+                _set(large, name, t)
 
         return hook
 
     def post_hook(l: int):
         def hook(module, args, output):
             for name in names.pop(l, []):
-                _unset(model.large, name)
+                _unset(large, name)
             for key in [k for k, v in live.items() if v[0] == l]:
                 del live[key]
 
@@ -117,5 +116,5 @@ def lean_layers(model, backend: str = "auto", skip_weights: frozenset = frozense
             h.remove()
         for l in list(names):
             for name in names.pop(l):
-                _unset(model.large, name)
+                _unset(large, name)
         live.clear()

@@ -12,3 +12,65 @@ def test_kernels_come_from_the_same_tree_as_ligo_fast():
     root = Path(ligo_fast.__file__).resolve().parent.parent
     kernels = Path(ligo_fast.kernels.__file__).resolve()
     assert kernels == root / "kernels" / "__init__.py", (kernels, root)
+
+
+def _imports() -> dict[str, set[str]]:
+    """``{module: ligo_fast modules it imports}``, module-level and function-level imports alike (from the source)."""
+    import ast
+
+    pkg = Path(ligo_fast.__file__).resolve().parent
+    graph: dict[str, set[str]] = {}
+    modules = {
+        ".".join(p.relative_to(pkg.parent).with_suffix("").parts).removesuffix(".__init__") for p in pkg.rglob("*.py")
+    }
+    modules |= {"ligo_fast." + p.name.split(".")[0] for p in pkg.glob("*.so")}  # the compiled extension
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg.parent).with_suffix("")
+        parts = list(rel.parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        name = ".".join(parts)
+        here = parts if is_pkg else parts[:-1]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("ligo_fast")}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
+                if not base.startswith("ligo_fast"):
+                    continue
+                for a in node.names:  # `from . import ops` needs the module ops, not the package's __init__
+                    deps.add(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base)
+        graph[name] = deps
+    return {k: {d for d in v if d in graph and d != k} for k, v in graph.items()}
+
+
+def test_no_import_cycles_not_even_inside_functions():
+    edges = _imports()
+    state: dict[str, int] = {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+
+
+def test_the_library_core_imports_no_application():
+    graph = _imports()
+    for mod, deps in graph.items():
+        if mod.startswith("ligo_fast.apps"):
+            continue
+        bad = sorted(d for d in deps if d.startswith("ligo_fast.apps"))
+        assert not bad, f"{mod} imports the application(s) {bad}"

@@ -1,0 +1,128 @@
+"""Production: the large model's weights from the operator's tensors, slot by slot, through the ops.
+
+Every weight matrix of one module kind (all large layers) is one :func:`ligo_fast.ops.ligo_expand` call; every
+vector (biases, norm weights) of every module kind goes into one :func:`ligo_fast.ops.ligo_expand_vec_multi` call.
+Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated.
+
+``get(name)`` returns an operator tensor by its internal name (:class:`ligo_fast.plan.OpTensor`), or None for
+None: :class:`ligo_fast.model.LiGOModel` passes its own tensors, :mod:`ligo_fast.compat` a view of its modules'.
+Imports: ``ops`` and ``plan``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .arch import NORM
+from .plan import Slot, view2d
+
+Getter = Callable[[str | None], Tensor | None]
+
+
+def produce(
+    slots: Iterable[Slot],
+    get: Getter,
+    *,
+    layer: int | None = None,
+    backend: str = "auto",
+    skip_weights: frozenset[str] = frozenset(),
+    aliases: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, Tensor]:
+    """Produced large-model tensors by parameter name (views into one tensor per module kind).
+
+    Args:
+        slots: the module kinds to produce.
+        get: operator tensor by internal name.
+        layer: only this large layer of the block modules (memory-lean mode); global modules in full.
+        backend: the ops' backend.
+        skip_weights: slots (by their small weight's name) whose weight is not produced (factored mode).
+        aliases: produced name -> other names tied to it (filled with the same tensor).
+    """
+    slots = list(slots)
+    out: dict[str, Tensor] = {}
+    if not slots:
+        return out
+    vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+    vec_targets: list[tuple[tuple[str, ...], int]] = []  # (names, number of parts to concatenate)
+
+    def sel(t: Tensor | None, per_layer: bool = True) -> Tensor | None:
+        """The slice of a per-layer tensor (depth, residual, 3-D width) for ``layer``."""
+        if t is None or layer is None or not per_layer:
+            return t
+        return t[layer : layer + 1]
+
+    def width(name: str | None, layered: bool) -> Tensor | None:
+        t = get(name)
+        return sel(t, layered and t is not None and t.dim() == 3)
+
+    def add_vec(v, depth, es, res, names: tuple[str, ...], layered: bool) -> None:
+        n = len(es)
+        vparts = v.chunk(n, dim=-1) if n > 1 else (v,)
+        rparts = res.chunk(n, dim=-1) if (res is not None and n > 1) else (res,) * n
+        for vp, e, rp in zip(vparts, es, rparts, strict=True):
+            vec_problems.append((vp, depth, width(e, layered), rp))
+        vec_targets.append((names, n))
+
+    one = torch.ones(1, 1, device=get(slots[0].w).device, dtype=torch.float32)  # the depth of a global module
+    for s in slots:
+        L = s.layered
+        W = get(s.w)
+        depth = sel(get(s.depth_w)) if L else (get(s.scale_w) if s.scale_w else one)
+        res = sel(_lift(get(s.res_w), L), L)
+        targets_w = s.targets_w if (layer is None or not L) else (s.targets_w[layer],)
+        Wl = W if L else W[None]
+        if s.tied_weight or s.w in skip_weights:
+            pass
+        elif s.mod.kind == NORM:
+            add_vec(Wl, depth, s.e_rows, res, targets_w, L)
+        else:
+            W2 = Wl.reshape(Wl.shape[0], *s.view_w)
+            n = max(len(s.e_rows), len(s.e_cols))
+            dim = 1 if s.split_rows else 2
+            Wparts = W2.chunk(n, dim=dim) if n > 1 else (W2,)
+            big = [
+                ops.ligo_expand(
+                    Wp,
+                    depth,
+                    width(s.e_rows[i if s.split_rows else 0], L),
+                    width(s.e_cols[0 if s.split_rows else i], L),
+                    residual=_residual_2d(s, res) if n == 1 else None,
+                    backend=backend,
+                )
+                for i, Wp in enumerate(Wparts)
+            ]
+            big = big[0] if n == 1 else torch.cat(big, dim=dim)
+            if n > 1 and res is not None:
+                big = big + res.reshape(big.shape).to(big.dtype)
+            for name, t in zip(targets_w, big.unbind(0), strict=True):
+                out[name] = t.reshape(s.shape_w)
+        if s.b is not None:
+            depth_b = sel(get(s.depth_b)) if L else (get(s.scale_b) if s.scale_b else one)
+            bl = get(s.b) if L else get(s.b)[None]
+            targets_b = s.targets_b if (layer is None or not L) else (s.targets_b[layer],)
+            add_vec(bl, depth_b, s.bias_widths, sel(_lift(get(s.res_b), L), L), targets_b, L)
+    results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
+    for names, n in vec_targets:
+        t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)
+        for name, row in zip(names, t.unbind(0), strict=True):
+            out[name] = row
+    for name, others in (aliases or {}).items():
+        if name in out:
+            for o in others:
+                out[o] = out[name]
+    return out
+
+
+def _residual_2d(s: Slot, res: Tensor | None) -> Tensor | None:
+    """A residual (L, *large shape) as the op's (L, rows, cols) view."""
+    if res is None:
+        return None
+    return res.reshape(res.shape[0], *view2d(s.mod, s.shape_w))
+
+
+def _lift(t: Tensor | None, layered: bool) -> Tensor | None:
+    return t if (t is None or layered) else t[None]

@@ -1,0 +1,159 @@
+"""The function-preserving ("lossless") init: before any operator step the grown model computes the small one's function.
+
+Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, GPT-2, ViT) also
+grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is not (measured).
+"""
+
+import pytest
+import torch
+import transformers as T
+from _models import VOCAB, build, inputs
+
+import ligo_fast
+from ligo_fast.init import depth_init, lossless_layers, width_init
+
+LLAMA = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "LlamaModel")
+PRE_NORM = LLAMA + ("GPT2LMHeadModel", "GPT2Model", "ViTForImageClassification", "ViTModel")
+POST_NORM = ("BertForMaskedLM", "RobertaForMaskedLM", "BertForSequenceClassification", "BertModel", "RobertaModel")
+
+
+def _configs(name: str, k: int, layers: int, *, tie: bool = False):
+    """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs."""
+    d, h, f = 32, 4, 40
+    if name in LLAMA:
+        C = T.MistralConfig if name.startswith("Mistral") else T.Qwen2Config if name.startswith("Qwen2") else T.LlamaConfig
+        kw = dict(vocab_size=VOCAB, max_position_embeddings=32, tie_word_embeddings=tie)
+        return (
+            C(hidden_size=d, intermediate_size=f, num_hidden_layers=2, num_attention_heads=h, num_key_value_heads=2, **kw),
+            C(
+                hidden_size=d * k, intermediate_size=f * k, num_hidden_layers=layers, num_attention_heads=h * k,
+                num_key_value_heads=2 * k, **kw,
+            ),
+        )  # fmt: skip
+    if name.startswith("GPT2"):
+        kw = dict(vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie)
+        return T.GPT2Config(n_embd=d, n_layer=2, n_head=h, **kw), T.GPT2Config(n_embd=d * k, n_layer=layers, n_head=h * k, **kw)
+    if name.startswith("ViT"):
+        kw = dict(image_size=8, patch_size=4, num_labels=3)
+        return (
+            T.ViTConfig(hidden_size=d, num_hidden_layers=2, num_attention_heads=h, intermediate_size=f, **kw),
+            T.ViTConfig(hidden_size=d * k, num_hidden_layers=layers, num_attention_heads=h * k, intermediate_size=f * k, **kw),
+        )
+    C = T.BertConfig if name.startswith("Bert") else T.RobertaConfig
+    kw = dict(vocab_size=VOCAB, max_position_embeddings=40, num_labels=3, tie_word_embeddings=tie)
+    return (
+        C(hidden_size=d, num_hidden_layers=2, num_attention_heads=h, intermediate_size=f, **kw),
+        C(hidden_size=d * k, num_hidden_layers=layers, num_attention_heads=h * k, intermediate_size=f * k, **kw),
+    )
+
+
+def _output(model, x: dict) -> torch.Tensor:
+    out = model(**x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def _deviation(name: str, k: int, layers: int, *, tied_embeddings: bool = False, **options) -> tuple[float, float]:
+    """Max relative deviation of the grown and of the materialised model's output from the small model's."""
+    small_cfg, large_cfg = _configs(name, k, layers, tie=tied_embeddings)
+    small = build(name, small_cfg, seed=3)
+    x = inputs(name)
+    opts = dict(depth_init="lossless", width_init="lossless") | options
+    grown = ligo_fast.grow(small, large_cfg, **opts).eval()
+    with torch.no_grad():
+        ref = _output(small, x)
+        outs = [_output(grown, x), _output(grown.materialize().eval(), x)]
+    devs = []
+    for out in outs:
+        if out.shape[-1] != ref.shape[-1]:  # a base model: the hidden state is the small one's, copied k times
+            assert out.shape[-1] == k * ref.shape[-1]
+            out = out.reshape(*out.shape[:-1], k, ref.shape[-1]).transpose(-2, -3)
+            ref_k = ref.unsqueeze(-3).expand_as(out)
+            devs.append(((out - ref_k).abs().max() / ref.abs().max()).item())
+        else:
+            devs.append(((out - ref).abs().max() / ref.abs().max()).item())
+    return devs[0], devs[1]
+
+
+@pytest.mark.parametrize("name", PRE_NORM + POST_NORM)
+@pytest.mark.parametrize("k", [2, 3])
+def test_width_growth_is_exact(name, k):
+    grown, materialised = _deviation(name, k, layers=2)
+    assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)
+
+
+@pytest.mark.parametrize("name", PRE_NORM)
+@pytest.mark.parametrize("k, layers", [(1, 3), (2, 3), (2, 4), (3, 5), (2, 6)])
+def test_pre_norm_depth_and_width_growth_is_exact(name, k, layers):
+    grown, materialised = _deviation(name, k, layers=layers)
+    assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_tied_embeddings_stay_exact(name, k):
+    # the head reads the embedding's columns: 1/k folds into the norm before it; BERT's tied decoder keeps its bias
+    layers = 2 if name in POST_NORM else 4
+    grown, materialised = _deviation(name, k, layers=layers, tied_embeddings=True)
+    assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)
+
+
+def test_untied_width_matrices_are_exact_too():
+    grown, materialised = _deviation("LlamaForCausalLM", 2, layers=4, tie=False)  # LiGO tying off: every module its own matrices
+    assert grown < 1e-5 and materialised < 1e-5
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "RobertaForMaskedLM"])
+def test_post_norm_depth_is_close_not_exact(name):
+    # an added post-LN block computes LN(LN(h)) with the copied norms, not h: measured, not exact
+    grown, _ = _deviation(name, 2, layers=4)
+    assert 1e-5 < grown < 1.0
+
+
+def test_non_integer_width_is_not_exact_and_the_plan_says_so():
+    small_cfg, _ = _configs("LlamaForCausalLM", 1, 2)
+    large_cfg = T.LlamaConfig(**{**small_cfg.to_dict(), "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3})
+    grown = ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+    assert any("not by an integer factor" in n for n in grown.plan.notes)
+
+
+def test_noisy_variant_breaks_the_tie_and_stays_close():
+    small_cfg, large_cfg = _configs("LlamaForCausalLM", 2, 4)
+    small = build("LlamaForCausalLM", small_cfg)
+    grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless_noisy", seed=0).eval()
+    E = grown.op.width__emb
+    assert not torch.equal(E, width_init(*E.shape, "lossless", 0.0))  # copies differ from their originals
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    dev = ((out - ref).abs().max() / ref.abs().max()).item()
+    assert 1e-6 < dev < 0.1
+
+
+def test_lossless_schemes_themselves():
+    src, added = lossless_layers(5, 2)  # 5 large layers from 2 small: copies spread evenly, added ones follow
+    assert src.tolist() == [0, 0, 0, 1, 1] and added.tolist() == [False, True, True, False, True]
+    d = depth_init(5, 2, "lossless", 0.0)
+    assert torch.equal(d, torch.eye(2)[src])
+    out = depth_init(5, 2, "lossless", 0.0, block_output=True)
+    assert torch.equal(out[added], torch.zeros(3, 2)) and torch.equal(out[~added], torch.eye(2))
+    E = width_init(6, 3, "lossless", 0.0)
+    assert torch.equal(E, torch.eye(3).repeat(2, 1))  # neuron 3 + r copies neuron r
+
+
+def test_the_official_api_refuses_lossless():
+    from ligo_fast.compat import ligo_args
+
+    with pytest.raises(ValueError, match="lossless"):
+        ligo_fast.compat.config_from_args(ligo_args(fuse_init_scheme_width="lossless"))
+
+
+def test_saved_lossless_operator_round_trips_with_its_scales(tmp_path):
+    small_cfg, large_cfg = _configs("GPT2LMHeadModel", 2, 4, tie=True)
+    small = build("GPT2LMHeadModel", small_cfg)
+    grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless")
+    assert any(".fuse_scale." in k for k in grown.state_dict())  # the fixed scales are saved, outside the official keys
+    grown.save_operator(tmp_path)
+    back = ligo_fast.load_operator(tmp_path, small)
+    x = inputs("GPT2LMHeadModel")
+    with torch.no_grad():
+        torch.testing.assert_close(_output(back.eval(), x), _output(grown.eval(), x), rtol=0, atol=0)

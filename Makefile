@@ -19,7 +19,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m ligo_fast.demo
+	$(PY) -m ligo_fast.apps.demo
 
 lint: install
 	$(VENV)/bin/ruff check ligo_fast kernels tests benchmarks

@@ -48,11 +48,11 @@ setup(
     name="ligo_fast",
     version="0.1.0",
     description="Fast LiGO growth operators (Learning to Grow Pretrained Models) for PyTorch and Hugging Face",
-    packages=["ligo_fast", "ligo_fast.arch", "ligo_fast.kernels"],
+    packages=["ligo_fast", "ligo_fast.arch", "ligo_fast.kernels", "ligo_fast.apps", "ligo_fast.apps.savings"],
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
     extras_require={"triton": ["triton"], "test": ["pytest"]},
-    entry_points={"console_scripts": ["ligo-fast=ligo_fast.cli:main"]},
+    entry_points={"console_scripts": ["ligo-fast=ligo_fast.apps.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -73,11 +73,11 @@ for run in "bfloat16 bert 100 official,official+compile,torch,triton" \
 done
 
 # --- growth savings (optional) -------------------------------------------------------------------------
-# GPU_CHECK_DEMO=1: the small GPU preset of the savings experiment (ligo_fast.demo), 4-7 min by a FLOP estimate;
+# GPU_CHECK_DEMO=1: the small GPU preset of the savings experiment (ligo_fast.apps.demo), 4-7 min by a FLOP estimate;
 # off by default so the checks above fit one lease with room for a rerun. Writes 3 files to $OUT.
 if [ "${GPU_CHECK_DEMO:-0}" = "1" ]; then
-    note "growth savings (python -m ligo_fast.demo --preset gpu-small --device cuda)"
-    timeout 480 "$PY" -m ligo_fast.demo --preset gpu-small --device cuda --no-progress --out-dir "$OUT" \
+    note "growth savings (python -m ligo_fast.apps.demo --preset gpu-small --device cuda)"
+    timeout 480 "$PY" -m ligo_fast.apps.demo --preset gpu-small --device cuda --no-progress --out-dir "$OUT" \
         2>&1 | tail -n 20
     [ "${PIPESTATUS[0]}" -eq 0 ] || STATUS=1
 fi

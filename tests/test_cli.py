@@ -1,8 +1,10 @@
-"""The ``ligo-fast`` command line, end to end on tiny models saved into temporary directories (in-process)."""
+"""The ``ligo-fast`` command line (``ligo_fast.apps.cli``) and its training run (``ligo_fast.apps.training``), end to
+end on tiny models saved into temporary directories (in-process)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
-from ligo_fast import cli
+from ligo_fast.apps import cli, training
 
 VOCAB = 260  # byte-level tokens need 256 ids; the masked LM's mask id is vocab_size - 1
 SMALL = {
@@ -159,29 +161,108 @@ def test_resume_after_stop_matches_uninterrupted(files, grown, tmp_path, capsys)
     assert "already holds 6 finished steps" in capsys.readouterr().out
 
 
+def _on_call(monkeypatch, name: str, at: int, action) -> None:
+    """Patch ``training.<name>`` so that its ``at``-th call in this run runs ``action`` (before the call for
+    ``update``, after it for ``forward_backward``)."""
+    original, calls = getattr(training, name), []
+
+    def patched(*args):
+        calls.append(None)
+        if name == "update" and len(calls) == at:
+            action()
+        result = original(*args)
+        if name == "forward_backward" and len(calls) == at:
+            action()
+        return result
+
+    monkeypatch.setattr(training, name, patched)
+
+
+def _raise_interrupt() -> None:
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("how", ["signal", "raise"])
 def test_ctrl_c_saves_and_resumes(files, grown, tmp_path, capsys, monkeypatch, how):
     """Ctrl-C: ``signal`` (SIGINT as from a terminal) finishes the step, then saves it; ``raise`` (a
-    KeyboardInterrupt inside step 4, before its update) saves step 3. Both exit 130; the resumed run ends with
-    the uninterrupted run's operator."""
+    KeyboardInterrupt inside step 4, after its backward, before its update) saves step 3. Both exit 130; the
+    resumed run ends with the uninterrupted run's operator."""
     out = tmp_path / "run"
-
-    def hook(step: int) -> None:
-        if step == 4:
-            if how == "signal":
-                os.kill(os.getpid(), signal.SIGINT)
-            else:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(cli, "_STEP_HOOK", hook)
-    assert cli.main(_grow(files, "LlamaForCausalLM", out)) == cli.EXIT_INTERRUPTED
+    with monkeypatch.context() as m:
+        action = (lambda: os.kill(os.getpid(), signal.SIGINT)) if how == "signal" else _raise_interrupt
+        _on_call(m, "forward_backward", 4, action)
+        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == cli.EXIT_INTERRUPTED
     saved = 4 if how == "signal" else 3
     assert f"interrupted after step {saved} of 6" in capsys.readouterr().err
     assert (out / "checkpoint" / "latest").read_text() == f"step-{saved:08d}"
-    monkeypatch.setattr(cli, "_STEP_HOOK", None)
     assert cli.main(_grow(files, "LlamaForCausalLM", out)) == 0
     assert f"resuming from step {saved} of 6" in capsys.readouterr().out
     _same(_operator(out), _operator(grown))
+
+
+def test_ctrl_c_during_update_keeps_the_last_checkpoint(files, grown, tmp_path, capsys, monkeypatch):
+    """A KeyboardInterrupt inside the optimizer update of step 5 (the update may be half applied): nothing is saved,
+    the periodic checkpoint of step 4 stays, exit 130; the resumed run redoes step 5 and ends as the uninterrupted."""
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _on_call(m, "update", 5, _raise_interrupt)
+        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == cli.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted during the update of step 5" in err and "step-00000004 is kept" in err
+    assert (out / "checkpoint" / "latest").read_text() == "step-00000004"
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-00000004"]
+    assert cli.main(_grow(files, "LlamaForCausalLM", out)) == 0
+    assert "resuming from step 4 of 6" in capsys.readouterr().out
+    _same(_operator(out), _operator(grown))
+
+
+def test_resume_refuses_another_runs_checkpoint(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--max-steps-this-run", "2")) == 0
+    capsys.readouterr()
+    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.002")) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a checkpoint of another run (lr: 0.001 there, 0.002 now)" in err
+    assert (out / "checkpoint" / "latest").read_text() == "step-00000002"  # left as it was
+
+
+def test_progress_off_a_terminal_is_one_line_per_log_interval(files, tmp_path, capsys):
+    """Without --no-progress but with stderr not a terminal (captured): no bar, no line per step; the loss line
+    every --log-every steps only."""
+    argv = [a for a in _grow(files, "LlamaForCausalLM", tmp_path / "run") if a != "--no-progress"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    steps = [line[:15] for line in out.splitlines() if line.startswith("step ")]
+    assert steps == ["step 3/6  loss ", "step 6/6  loss "]
+    assert "\r" not in out + err and "operator" not in err and "it/s" not in err and "step/s" not in err, err
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, caplog):
+    from ligo_fast.apps.progress import Progress
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, s: str) -> int:
+            return len(s)
+
+        def flush(self) -> None:
+            pass
+
+    with Progress(10, "x", log=logging.getLogger("t")) as p:  # stderr captured: not a terminal
+        assert p.bar is None
+        p.update(5)
+        with caplog.at_level(logging.INFO, logger="t"):
+            p.note(val="1.0")
+        assert caplog.messages == ["x 5/10: val 1.0"]
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with Progress(10, "x") as p:
+        assert p.bar is not None
+        p.update(3)
+        assert p.bar.n == 3
+    with Progress(10, "x", enabled=False) as p:
+        assert p.bar is None
 
 
 def test_materialize_reproduces_grown(files, grown, tmp_path, capsys):
@@ -221,16 +302,6 @@ def test_large_config_inherits_and_derives():
     small = SMALL["LlamaForCausalLM"]
     kept = cli._inherited_fields(small, LARGE)
     assert "head_dim" not in kept and kept["vocab_size"] == VOCAB and kept["num_key_value_heads"] == 2
-
-
-def test_batches_are_deterministic():
-    stream = torch.arange(100) % 50
-    a = cli.make_batch(stream, 3, 0, 4, 10, None)
-    assert torch.equal(a["input_ids"], cli.make_batch(stream, 3, 0, 4, 10, None)["input_ids"])
-    assert not torch.equal(a["input_ids"], cli.make_batch(stream, 4, 0, 4, 10, None)["input_ids"])
-    m = cli.make_batch(stream, 3, 0, 64, 10, mask_id=99)
-    masked = m["labels"] != -100
-    assert 0.05 < masked.float().mean() < 0.3 and (m["input_ids"][masked] == 99).all()
 
 
 def _bad(files, tmp_path):
@@ -319,13 +390,13 @@ def test_argparse_errors_exit_2(capsys):
 
 
 def test_console_process_has_no_traceback(tmp_path):
-    """As a process (``python -m ligo_fast.cli``): exit code 2 and one line on stderr."""
+    """As a process (``python -m ligo_fast.apps.cli``): exit code 2 and one line on stderr."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(
         [
             sys.executable,
             "-m",
-            "ligo_fast.cli",
+            "ligo_fast.apps.cli",
             "grow",
             "--small",
             str(tmp_path / "nope"),

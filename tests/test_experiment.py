@@ -1,8 +1,9 @@
-"""The growth-savings experiment (ligo_fast.experiment): FLOP accounting by hand, the corpus split, and a
-toy end-to-end run of all three methods (outputs written into tmp_path)."""
+"""The growth-savings experiment (ligo_fast.apps.savings): FLOP accounting by hand, the corpus split, and a
+toy end-to-end run of all three methods (outputs written into tmp_path), also through its command line."""
 
 from __future__ import annotations
 
+import logging
 import random
 import shutil
 
@@ -11,7 +12,9 @@ import torch
 from torch import nn
 from transformers import GPT2Config, LlamaConfig
 
-from ligo_fast import experiment as ex
+from ligo_fast.apps import data, demo
+from ligo_fast.apps.savings import corpus, flops, models, presets, report, results, run
+from ligo_fast.apps.savings.train import EvalPoint
 
 
 # ------------------------------------------------------------------------------------------ FLOP accounting
@@ -26,7 +29,7 @@ def test_llama_flops_match_hand_count():
         num_key_value_heads=2,
         max_position_embeddings=4,
     )
-    f = ex.forward_flops_per_token(cfg, seq_len=4)
+    f = flops.forward_flops_per_token(cfg, seq_len=4)
     qkvo = 2 * 8 * 8 + 2 * 8 * 8 + 2 * 8 * 8 + 2 * 8 * 8  # Q, K, V, O: 128 each = 512
     attention = 2 * 4 * 8 + 2 * 4 * 8  # Q K^T over T=4 keys, then P V: 64 + 64 = 128
     mlp = 2 * 8 * 12 + 2 * 8 * 12 + 2 * 8 * 12  # gate, up, down: 192 each = 576
@@ -35,7 +38,7 @@ def test_llama_flops_match_hand_count():
     assert f["qkvo"] == qkvo and f["attention"] == attention and f["mlp"] == mlp and f["head"] == head
     assert f["total"] == 2 * (512 + 128 + 576) + 256 == 2688
     # training step = forward + backward (2x forward) = 3 x 2688 FLOPs per token, over B*T = 12 tokens
-    assert ex.train_step_flops(cfg, batch_size=3, seq_len=4) == 3 * 2688 * 12 == 96768
+    assert flops.train_step_flops(cfg, batch_size=3, seq_len=4) == 3 * 2688 * 12 == 96768
 
 
 def test_llama_flops_grouped_query_attention():
@@ -48,7 +51,7 @@ def test_llama_flops_grouped_query_attention():
         num_attention_heads=4,
         num_key_value_heads=2,
     )
-    f = ex.forward_flops_per_token(cfg, seq_len=2)
+    f = flops.forward_flops_per_token(cfg, seq_len=2)
     assert f["qkvo"] == 2 * 16 * 16 + 2 * 16 * 8 + 2 * 16 * 8 + 2 * 16 * 16  # 1536
     assert f["attention"] == 2 * 2 * 16 * 2  # 128
 
@@ -56,7 +59,7 @@ def test_llama_flops_grouped_query_attention():
 def test_gpt2_flops_match_hand_count():
     # d=8, 1 layer, MLP 4d=32 (two matrices), V=10, T=3
     cfg = GPT2Config(vocab_size=10, n_embd=8, n_layer=1, n_head=2, n_positions=3)
-    f = ex.forward_flops_per_token(cfg, seq_len=3)
+    f = flops.forward_flops_per_token(cfg, seq_len=3)
     assert f["qkvo"] == 4 * 2 * 8 * 8  # 512
     assert f["attention"] == 2 * 2 * 3 * 8  # 96
     assert f["mlp"] == 2 * 2 * 8 * 32  # 1024
@@ -84,7 +87,7 @@ def test_production_flops_match_hand_count():
     per_layer_norm = 2 * 1 * 2 * 1 + 2 * (4 - 2) * 2 * 1  # depth 4 + rows 8
     emb = 2 * 5 * (4 - 2) * 2  # only the feature columns grow: 40
     assert (per_layer_w, per_layer_norm, emb) == (108, 12, 40)
-    assert ex.production_flops(small, large) == 2 * 108 + 2 * 12 + 40 == 280
+    assert flops.production_flops(small, large) == 2 * 108 + 2 * 12 + 40 == 280
     cfg = LlamaConfig(
         vocab_size=16,
         hidden_size=8,
@@ -93,61 +96,59 @@ def test_production_flops_match_hand_count():
         num_attention_heads=2,
         num_key_value_heads=2,
     )
-    assert ex.operator_step_flops(cfg, 3, 4, 280) == 96768 + 3 * 280
+    assert flops.operator_step_flops(cfg, 3, 4, 280) == 96768 + 3 * 280
 
 
 def test_cost_to_reach_interpolates_and_skips_operator_phase():
-    P = ex.EvalPoint
+    P = EvalPoint
     curve = [
         P("operator", 0, 0, 0.0, 0.0, 1.0),  # below target, but operator steps must be paid first
         P("train", 0, 0, 10.0, 1.0, 3.0),
         P("train", 10, 0, 20.0, 3.0, 2.0),
         P("train", 20, 0, 30.0, 5.0, 1.0),
     ]
-    assert ex.cost_to_reach(curve, 1.5, "flops") == pytest.approx(25.0)
-    assert ex.cost_to_reach(curve, 1.5, "wall_s") == pytest.approx(4.0)
-    assert ex.cost_to_reach(curve, 3.5) == 10.0
-    assert ex.cost_to_reach(curve, 0.5) is None
+    assert results.cost_to_reach(curve, 1.5, "flops") == pytest.approx(25.0)
+    assert results.cost_to_reach(curve, 1.5, "wall_s") == pytest.approx(4.0)
+    assert results.cost_to_reach(curve, 3.5) == 10.0
+    assert results.cost_to_reach(curve, 0.5) is None
 
 
 # ------------------------------------------------------------------------------------------ corpus
 def test_split_is_deterministic_and_disjoint():
-    files = ex.stdlib_files()
+    files = corpus.stdlib_files()
     assert len(files) > 100 and all(f.suffix == ".py" for f in files)
     assert not any("site-packages" in f.parts for f in files)
-    train, val = ex.split_files(files, 0.05, seed=0)
+    train, val = data.split_files(files, 0.05, seed=0)
     shuffled = list(files)
     random.Random(123).shuffle(shuffled)
-    assert ex.split_files(shuffled, 0.05, seed=0) == (train, val)  # input order does not matter
+    assert data.split_files(shuffled, 0.05, seed=0) == (train, val)  # input order does not matter
     assert not set(train) & set(val)
     assert set(train) | set(val) == set(files)
     assert len(val) == -(-len(files) * 5 // 100)
     assert train == sorted(train) and val == sorted(val)
-    assert ex.split_files(files, 0.05, seed=1)[1] != val  # the seed chooses the held-out files
+    assert data.split_files(files, 0.05, seed=1)[1] != val  # the seed chooses the held-out files
 
 
 def test_corpus_directory_tokens_are_deterministic(tmp_path):
-    for i, src in enumerate(ex.stdlib_files()[:8]):
+    for i, src in enumerate(corpus.stdlib_files()[:8]):
         shutil.copy(src, tmp_path / f"f{i}.py")
     (tmp_path / ".hidden").write_text("skipped")
     (tmp_path / "blob.bin").write_bytes(b"\0\1\2")
-    files = ex.collect_files(tmp_path)
-    assert [f.name for f in files] == [f"f{i}.py" for i in range(8)]
-    a = ex.load_corpus(tmp_path, val_fraction=0.25, seed=7)
-    b = ex.load_corpus(tmp_path, val_fraction=0.25, seed=7)
+    files = corpus.corpus_files(tmp_path)
+    assert [f.name for f in files] == [f"f{i}.py" for i in range(8)]  # no hidden file, no binary file
+    a = corpus.load_corpus(tmp_path, val_fraction=0.25, seed=7)
+    b = corpus.load_corpus(tmp_path, val_fraction=0.25, seed=7)
     assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
     assert len(a.val_files) == 2 and not set(a.train_files) & set(a.val_files)
-    assert a.train.dtype == torch.int16 and int(a.train.max()) <= ex.EOS and (a.train == ex.EOS).sum() == 6
-    val = ex.validation_windows(a.val, 5, 16)
-    assert val.shape == (5, 17) and torch.equal(val, ex.validation_windows(b.val, 5, 16))
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    assert torch.equal(ex.sample_batch(a.train, 4, 16, g1), ex.sample_batch(a.train, 4, 16, g2))
+    assert a.train.dtype == torch.int16 and int(a.train.max()) <= corpus.EOS and (a.train == corpus.EOS).sum() == 6
+    val = data.validation_windows(a.val, 5, 17)
+    assert val.shape == (5, 17) and torch.equal(val, data.validation_windows(b.val, 5, 17))
 
 
 def test_single_file_corpus_splits_by_bytes(tmp_path):
     f = tmp_path / "one.txt"
     f.write_text("abcdefghij" * 10)
-    c = ex.load_corpus(f, val_fraction=0.1)
+    c = corpus.load_corpus(f, val_fraction=0.1)
     assert c.train.numel() + c.val.numel() == 101  # 100 bytes + EOS
     assert c.val.numel() >= 2
 
@@ -162,24 +163,28 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_toy_experiment_end_to_end(tmp_path, one_thread):
-    try:
-        family = ex.growth_family("llama")
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, src in enumerate(ex.stdlib_files()[:12]):
-        shutil.copy(src, corpus / f"f{i}.py")
-    preset = ex.PRESETS["toy"]
+def test_toy_experiment_end_to_end(tmp_path, one_thread, caplog):
+    family = "llama"
+    texts = tmp_path / "corpus"
+    texts.mkdir()
+    for i, src in enumerate(corpus.stdlib_files()[:12]):
+        shutil.copy(src, texts / f"f{i}.py")
+    preset = presets.PRESETS["toy"]
     events = []
-    res = ex.run_experiment(
-        preset, corpus=corpus, family=family, progress=False, on_event=lambda n, d: events.append(n)
-    )
+    with caplog.at_level(logging.INFO, logger=run.__name__):  # stderr is no terminal here: log lines, no bar
+        res = run.run_experiment(preset, corpus=texts, on_event=lambda n, d: events.append(n))
+    assert res.family == family
+    # progress: one line per evaluation (not per step), each naming the phase, the overall step and the loss
+    lines = [m for m in caplog.messages if ": val " in m]
+    evals = len(res.small_curve) + sum(len(m.curve) for m in res.methods.values())
+    total = preset.small_steps + 3 * preset.large_steps + preset.ligo_steps
+    assert len(lines) == evals < total
+    assert lines[0] == f"small pretrain 0/{total}: val {res.small_curve[0].val_loss:.3f}"
+    assert lines[-1] == f"scratch {total}/{total}: val {res.methods['scratch'].final_loss:.3f}"
     assert set(res.methods) == {"ligo", "stack", "scratch"}
     fl = res.flops
     assert fl["operator_step"] == fl["large_step"] + 3 * fl["production_forward"] > fl["large_step"]
-    assert fl["small_step"] == ex.train_step_flops(ex.make_config(preset.small, preset.seq_len, family), 4, 32)
+    assert fl["small_step"] == flops.train_step_flops(models.make_config(preset.small, preset.seq_len, family), 4, 32)
     assert res.small_flops == preset.small_steps * fl["small_step"]
 
     ligo = res.methods["ligo"]
@@ -207,9 +212,9 @@ def test_toy_experiment_end_to_end(tmp_path, one_thread):
             assert r["flops_with_small"] == pytest.approx(r["flops"] + res.small_flops)
             assert r["flops_saved"] == pytest.approx(1 - r["flops"] / scratch["flops"])
 
-    md = ex.write_table(res, tmp_path / "out" / "table.md", command="pytest toy")
-    png = ex.plot(res, tmp_path / "out" / "plot.png")
-    js = ex.write_json(res, tmp_path / "out" / "data.json")
+    md = report.write_table(res, tmp_path / "out" / "table.md", command="pytest toy")
+    png = report.plot(res, tmp_path / "out" / "plot.png")
+    js = report.write_json(res, tmp_path / "out" / "data.json")
     text = md.read_text()
     assert "pytest toy" in text and "seeds: split=0" in text and "Scratch (no growth)" in text
     assert "Verdict" in text and "LiGO trace" in text and "train steps to target" in text
@@ -218,18 +223,12 @@ def test_toy_experiment_end_to_end(tmp_path, one_thread):
 
 
 def test_cli_writes_outputs(tmp_path, one_thread, capsys):
-    try:
-        ex.growth_family("llama")
-    except RuntimeError as e:
-        pytest.skip(str(e))
-    from ligo_fast import demo
-
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, src in enumerate(ex.stdlib_files()[:6]):
-        shutil.copy(src, corpus / f"f{i}.py")
+    texts = tmp_path / "corpus"
+    texts.mkdir()
+    for i, src in enumerate(corpus.stdlib_files()[:6]):
+        shutil.copy(src, texts / f"f{i}.py")
     out = tmp_path / "out"
-    argv = ["--preset", "toy", "--corpus", str(corpus), "--out-dir", str(out), "--no-progress", "--threads", "1"]
+    argv = ["--preset", "toy", "--corpus", str(texts), "--out-dir", str(out), "--no-progress", "--threads", "1"]
     demo.main(argv + ["--seed", "5", "--methods", "stack,scratch", "--large-steps", "8"])
     printed = capsys.readouterr().out
     assert "'split': 5" in printed and "plot:" in printed and "| Scratch (no growth) |" in printed

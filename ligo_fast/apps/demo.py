@@ -1,11 +1,12 @@
 """``make demo``: does growing a small pretrained model save training compute? (LiGO vs stacking vs scratch)
 
-    python -m ligo_fast.demo                              # demo preset, ~5 min on 2 CPU cores
-    python -m ligo_fast.demo --preset gpu-base --device cuda
-    python -m ligo_fast.demo --corpus path/to/texts --ligo-steps 50
+    python -m ligo_fast.apps.demo                         # demo preset, ~5 min on 2 CPU cores
+    python -m ligo_fast.apps.demo --preset gpu-base --device cuda
+    python -m ligo_fast.apps.demo --corpus path/to/texts --ligo-steps 50
 
 ``benchmarks/growth_savings.py`` is this same command line. The experiment itself is
-:mod:`ligo_fast.experiment`; this module parses arguments, prints progress and writes the outputs.
+:mod:`ligo_fast.apps.savings`; this module parses arguments, prints the LiGO trace and the table, and writes the
+outputs. It imports the savings package and torch.
 """
 
 from __future__ import annotations
@@ -21,19 +22,24 @@ from pathlib import Path
 
 import torch
 
-from . import experiment as ex
+from .savings.presets import METHODS, PRESETS, Preset, Seeds
+from .savings.report import format_table, plot, verdict, write_json, write_table
+from .savings.results import Result
+from .savings.run import run_experiment
+
+PROG = "python -m ligo_fast.apps.demo"
 
 
-def build_parser(prog: str = "python -m ligo_fast.demo") -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog=prog, description="Growth savings: LiGO vs stacking vs scratch, FLOPs and wall time to a target loss."
     )
-    ap.add_argument("--preset", default="demo", choices=sorted(ex.PRESETS), help="sizes and budgets (default demo)")
+    ap.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="sizes and budgets (default demo)")
     ap.add_argument("--corpus", default=None, help="text file or directory (default: the Python stdlib's *.py)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     ap.add_argument("--seed", type=int, default=0, help="base seed; split/data/inits/operator use seed..seed+4")
     ap.add_argument("--family", choices=("llama", "gpt2"), default=None, help="model family (default: llama)")
-    ap.add_argument("--methods", default=",".join(ex.METHODS), help="comma list of ligo,stack,scratch")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list of ligo,stack,scratch")
     ap.add_argument("--ligo-steps", type=int, default=None, help="operator training steps (preset default 100)")
     ap.add_argument("--large-steps", type=int, default=None, help="training steps of each large model")
     ap.add_argument("--small-steps", type=int, default=None, help="pretraining steps of the small model")
@@ -45,7 +51,7 @@ def build_parser(prog: str = "python -m ligo_fast.demo") -> argparse.ArgumentPar
         "on a shared, oversubscribed CPU two spinning OpenMP threads run ~10x slower than one)",
     )
     ap.add_argument("--out-dir", default="benchmarks/results", help="where the PNG, markdown and JSON go")
-    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar or per-evaluation log lines")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 
@@ -60,7 +66,7 @@ def auto_threads() -> int:
     return max(1, min(cores, round(cores - load)))
 
 
-def _printer(preset: ex.Preset):
+def _printer(preset: Preset):
     """Live lines for the LiGO trace (through tqdm.write so they do not break the bar)."""
     from tqdm.auto import tqdm
 
@@ -82,12 +88,12 @@ def _printer(preset: ex.Preset):
     return on_event
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m ligo_fast.demo") -> ex.Result:
+def main(argv: list[str] | None = None, prog: str = PROG) -> Result:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     threads = auto_threads() if args.threads == "auto" else int(args.threads)
     torch.set_num_threads(threads)
-    preset = ex.PRESETS[args.preset]
+    preset = PRESETS[args.preset]
     overrides = {
         k: v
         for k, v in (
@@ -99,11 +105,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m ligo_fast.demo") 
         if v is not None
     }
     preset = preset.replace(**overrides)
-    seeds = ex.Seeds.from_base(args.seed)
+    seeds = Seeds.from_base(args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    bad = sorted(set(methods) - set(ex.METHODS))
+    bad = sorted(set(methods) - set(METHODS))
     if bad:
-        raise SystemExit(f"unknown method(s) {bad}; choose from {ex.METHODS}")
+        raise SystemExit(f"unknown method(s) {bad}; choose from {METHODS}")
     command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
 
     print(f"ligo_fast growth-savings experiment, preset {preset.name!r} on {args.device}")
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m ligo_fast.demo") 
         f"{preset.large_steps} steps per large model, {preset.batch_size}x{preset.seq_len} tokens per step"
     )
     t0 = time.time()
-    result = ex.run_experiment(
+    result = run_experiment(
         preset,
         corpus=args.corpus,
         device=args.device,
@@ -127,9 +133,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m ligo_fast.demo") 
     )
     out = Path(args.out_dir)
     stem = f"growth_savings_{preset.name}"
-    md = ex.write_table(result, out / f"{stem}.md", command=command)
-    png = ex.plot(result, out / f"{stem}.png")
-    js = ex.write_json(result, out / f"{stem}.json")
+    md = write_table(result, out / f"{stem}.md", command=command)
+    png = plot(result, out / f"{stem}.png")
+    js = write_json(result, out / f"{stem}.json")
 
     tr = result.ligo_trace
     print()
@@ -146,8 +152,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m ligo_fast.demo") 
         print("  during training                     " + ", ".join(f"{s}: {tr[f'train_step_{s}']:.4f}" for s in shown))
     print()
     print(f"target = scratch's final validation loss {result.target:.4f}")
-    print(ex.format_table(result))
-    print(ex.verdict(result))
+    print(format_table(result))
+    print(verdict(result))
     print()
     print(f"plot:  {png}")
     print(f"table: {md}")

@@ -1,4 +1,4 @@
-"""The ``ligo-fast`` command line (also ``python -m ligo_fast.cli``).
+"""The ``ligo-fast`` command line (also ``python -m ligo_fast.apps.cli``): argument parsing and the commands.
 
     ligo-fast grow --small SMALL_DIR --large-config large.json --data corpus/ notes.txt --steps 100 --out grown/
     ligo-fast materialize --small SMALL_DIR --operator grown/ --out hf_model/
@@ -26,6 +26,9 @@ is replaced atomically). Rerunning the same command resumes after the last finis
 continues a finished run. Options that change the result (data, learning rate, seeds, ...) must match.
 
 Exit codes: 0 done; 2 a user error (one line on stderr); 130 interrupted (the checkpoint was saved).
+
+The data layer is :mod:`.data`, the training run :mod:`.training`; this module imports those and ligo_fast's public
+API (``grow``, ``load_operator``, ``supported_classes``, ``backends``, ``ops``, ``info``, ``config``'s scheme names).
 """
 
 from __future__ import annotations
@@ -33,29 +36,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import os
-import platform
-import shutil
-import signal
 import sys
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import transformers
+from torch.utils import benchmark
 
-logger = logging.getLogger(__name__)
+import ligo_fast
+from ligo_fast import backends, ops
+from ligo_fast.config import DEPTH_INITS, WIDTH_INITS
+from ligo_fast.info import report
+
+from . import data, training
+from .checkpoints import RunMismatch
+from .progress import console_logging
 
 PROG = "ligo-fast"
-CKPT = "checkpoint"
-LATEST = "latest"
-TRAINER = "trainer.pt"
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 MASKED_SUFFIXES = ("ForMaskedLM",)
-MASK_FRACTION = 0.15
 SIZE_KEYS = (
     "hidden_size",
     "n_embd",
@@ -67,25 +68,6 @@ SIZE_KEYS = (
     "num_key_value_heads",
 )  # shown in the first line of grow
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
-# options that change the numbers a run produces; a resumed run must repeat them
-RUN_KEYS = (
-    "small",
-    "large_config",
-    "data",
-    "lr",
-    "batch_size",
-    "seq_len",
-    "seed",
-    "depth_init",
-    "width_init",
-    "tie",
-    "residual",
-    "max_grad_norm",
-    "dtype",
-)
-
-# test hook: called as hook(step) after a step's backward, before its optimizer update
-_STEP_HOOK: Callable[[int], None] | None = None
 
 
 class UserError(Exception):
@@ -98,10 +80,6 @@ def load_small(path: str, dtype: torch.dtype = torch.float32):
     d = Path(path)
     if not d.is_dir():
         raise UserError(f"--small {path}: no such directory")
-    import transformers
-
-    import ligo_fast
-
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
         raise UserError(f"--small {path}: no config.json (expected a directory written by save_pretrained)")
@@ -123,8 +101,6 @@ def load_small(path: str, dtype: torch.dtype = torch.float32):
 
 def load_large_config(path: str, small_config):
     """The large HF config from a JSON file; fields it lacks come from ``small_config`` (see the module doc)."""
-    import transformers
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--large-config {path}: no such file")
@@ -147,8 +123,6 @@ def _inherited_fields(small_config, given: dict) -> dict:
     A field is dropped when building the config without it gives the same value (a default, or derived from other
     fields like ``head_dim = hidden_size // num_attention_heads``), so it is derived again from the large sizes.
     """
-    import transformers
-
     base = small_config.to_dict()
     cls = type(small_config)
     keep = {}
@@ -169,91 +143,22 @@ def _inherited_fields(small_config, given: dict) -> dict:
     return keep
 
 
-def data_files(paths: list[str]) -> list[Path]:
-    """The files behind ``--data``: files as given, directories recursively (hidden entries skipped), sorted."""
-    out: list[Path] = []
-    for s in paths:
-        p = Path(s)
-        if p.is_file():
-            out.append(p)
-        elif p.is_dir():
-            out.extend(
-                sorted(
-                    f
-                    for f in p.rglob("*")
-                    if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                )
-            )
-        else:
-            raise UserError(f"--data {s}: no such file or directory")
-    if not out:
-        raise UserError(f"--data {' '.join(paths)}: no files found")
-    return out
-
-
 def load_tokenizer(small_dir: str):
     """The small model's tokenizer when its directory holds one, else None (byte-level tokens)."""
     if not any((Path(small_dir) / f).is_file() for f in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
-
     try:
-        return AutoTokenizer.from_pretrained(small_dir)
+        return transformers.AutoTokenizer.from_pretrained(small_dir)
     except (OSError, ValueError) as e:
         raise UserError(f"--small {small_dir}: cannot load its tokenizer ({_one_line(e)})") from e
 
 
-def tokenize(files: list[Path], tokenizer, vocab_size: int) -> torch.Tensor:
-    """One int64 stream (n,) of the files' tokens, files separated by EOS (tokenizer) or a newline byte."""
-    parts: list[torch.Tensor] = []
-    for f in files:
-        if tokenizer is None:
-            data = f.read_bytes()
-            ids = torch.frombuffer(bytearray(data + b"\n"), dtype=torch.uint8).long() if data else None
-        else:
-            text = f.read_text(encoding="utf-8", errors="replace")
-            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-            sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-            if ids.numel() and sep is not None:
-                ids = torch.cat([ids, torch.tensor([sep])])
-        if ids is not None and ids.numel():
-            parts.append(ids)
-    if not parts:
-        raise UserError("--data: the files are empty")
-    stream = torch.cat(parts)
+def check_vocab(stream: torch.Tensor, tokenizer, vocab_size: int) -> None:
+    """A user error when the token stream holds an id the model's vocabulary lacks."""
     top = int(stream.max())
     if top >= vocab_size:
         what = "byte-level tokens (no tokenizer in --small) need" if tokenizer is None else "the tokenizer needs"
         raise UserError(f"{what} token id {top}, but the model's vocab_size is {vocab_size}")
-    return stream
-
-
-def mask_token_id(tokenizer, config) -> int:
-    if tokenizer is not None:
-        if tokenizer.mask_token_id is None:
-            raise UserError("the masked LM's tokenizer has no mask token")
-        return int(tokenizer.mask_token_id)
-    mid = getattr(config, "mask_token_id", None)
-    return int(mid) if mid is not None else int(config.vocab_size) - 1
-
-
-def make_batch(stream: torch.Tensor, step: int, seed: int, batch_size: int, seq_len: int, mask_id: int | None):
-    """Batch number ``step``: a dict of model inputs, the same for the same (seed, step) whatever came before.
-
-    ``mask_id`` None: causal (``labels = input_ids``); else a masked-LM batch (see the module doc).
-    """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    if stream.numel() < seq_len + 1:
-        stream = stream.repeat(math.ceil((seq_len + 1) / stream.numel()))
-    starts = torch.randint(0, stream.numel() - seq_len + 1, (batch_size,), generator=g)
-    ids = stream[starts[:, None] + torch.arange(seq_len)]
-    if mask_id is None:
-        return {"input_ids": ids, "labels": ids.clone()}
-    masked = torch.rand(ids.shape, generator=g) < MASK_FRACTION
-    if not masked.any():
-        masked[0, int(torch.randint(0, seq_len, (1,), generator=g))] = True
-    labels = torch.where(masked, ids, torch.full_like(ids, -100))
-    return {"input_ids": torch.where(masked, torch.full_like(ids, mask_id), ids), "labels": labels}
 
 
 def _read_json(path: Path, what: str):
@@ -280,94 +185,8 @@ def _device(name: str) -> torch.device:
     return dev
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint directory under ``out/checkpoint``, or None."""
-    root = out / CKPT
-    latest = root / LATEST
-    if latest.is_file():
-        d = root / latest.read_text().strip()
-        if (d / TRAINER).is_file():
-            return d
-    done = sorted(
-        d for d in root.glob("step-*") if d.is_dir() and not d.name.endswith(".tmp") and (d / TRAINER).is_file()
-    )
-    return done[-1] if done else None
-
-
-def save_checkpoint(out: Path, model, optimizer, step: int, run: dict) -> Path:
-    """Write ``out/checkpoint/step-<step>`` atomically, point ``latest`` at it, drop older ones."""
-    root = out / CKPT
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:08d}"
-    tmp, final = root / (name + ".tmp"), root / name
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_operator(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "run": run}, tmp / TRAINER)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    ptr = root / (LATEST + ".tmp")
-    ptr.write_text(name)
-    os.replace(ptr, root / LATEST)
-    for old in root.glob("step-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(d: Path, model, optimizer, run: dict) -> int:
-    """Restore the operator and the optimizer from ``d``; return the step it ended. Refuses another run's."""
-    from safetensors.torch import load_file
-
-    from .serialization import WEIGHTS
-
-    state = torch.load(d / TRAINER, map_location="cpu", weights_only=True)
-    for k in RUN_KEYS:
-        old, new = state["run"].get(k), run.get(k)
-        if old != new:
-            raise UserError(
-                f"{d.parent.parent} holds a checkpoint of another run ({k}: {_short(old)} there, {_short(new)} now); "
-                f"use another --out or delete {d.parent}"
-            )
-    model.load_state_dict(load_file(str(d / WEIGHTS), device=str(model.device)))
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["step"])
-
-
-def _short(v) -> str:
-    s = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
 # ---------------------------------------------------------------------------------------------- grow
-class _Interrupt:
-    """Defers Ctrl-C to the end of the current step (a second Ctrl-C raises KeyboardInterrupt at once)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-
-
 def cmd_grow(args) -> int:
-    from tqdm.auto import tqdm
-
-    import ligo_fast
-
     if args.steps < 1:
         raise UserError("--steps must be at least 1")
     if args.batch_size < 1 or args.seq_len < 2:
@@ -377,7 +196,10 @@ def cmd_grow(args) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory")
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
-    files = data_files(args.data)
+    try:
+        files = data.collect_files(args.data)
+    except (FileNotFoundError, data.DataError) as e:
+        raise UserError(f"--data {e}") from e
     small, task = load_small(args.small, dtype)
     if task == "other":
         raise UserError(
@@ -389,8 +211,12 @@ def cmd_grow(args) -> int:
     if limit is not None and args.seq_len > limit:
         raise UserError(f"--seq-len {args.seq_len} exceeds the large model's {limit} positions")
     tokenizer = load_tokenizer(args.small)
-    stream = tokenize(files, tokenizer, int(large_cfg.vocab_size))
-    mask_id = mask_token_id(tokenizer, large_cfg) if task == "masked" else None
+    try:
+        stream = data.encode_files(files, tokenizer)
+        mask_id = data.mask_token_id(tokenizer, large_cfg) if task == "masked" else None
+    except data.DataError as e:
+        raise UserError(f"--data: {e}") from e
+    check_vocab(stream, tokenizer, int(large_cfg.vocab_size))
 
     options = dict(
         depth_init=args.depth_init,
@@ -417,82 +243,61 @@ def cmd_grow(args) -> int:
         f"from {len(files)} file(s); {task} LM loss on {device}"
     )
 
-    step = 0
-    ckpt = latest_checkpoint(out)
+    try:
+        step, ckpt = training.resume(out, model, optimizer, run, small)
+    except RunMismatch as e:
+        raise UserError(str(e)) from e
     if ckpt is not None:
-        step = load_checkpoint(ckpt, model, optimizer, run)
         if step >= args.steps:
             print(f"{out} already holds {step} finished steps (--steps {args.steps}); writing the outputs again")
         else:
             print(f"resuming from step {step} of {args.steps} ({ckpt}); steps 1..{step} are kept")
 
-    def checkpoint(at: int) -> Path:
-        return save_checkpoint(out, model, optimizer, at, run)
+    def batch_at(k: int) -> dict:
+        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id)
 
     stop_at = args.steps if args.max_steps_this_run is None else min(args.steps, step + args.max_steps_this_run)
-    loss_val = float("nan")
-    bar = tqdm(
-        total=args.steps, initial=step, desc="operator", unit="step", disable=args.no_progress, dynamic_ncols=True
+    end = training.train_operator(
+        model,
+        optimizer,
+        batch_at,
+        out=out,
+        run=run,
+        start=step,
+        steps=args.steps,
+        stop_at=stop_at,
+        seed=args.seed,
+        max_grad_norm=args.max_grad_norm,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        progress=not args.no_progress,
     )
-    updating = False
-    try:
-        with _Interrupt() as interrupt:
-            while step < stop_at:
-                n = step + 1
-                batch = {
-                    k: v.to(device)
-                    for k, v in make_batch(stream, n, args.seed, args.batch_size, args.seq_len, mask_id).items()
-                }
-                torch.manual_seed(args.seed * 1_000_003 + n)  # dropout: the same masks when resumed
-                optimizer.zero_grad(set_to_none=True)
-                loss = model(**batch).loss
-                loss.backward()
-                if _STEP_HOOK is not None:
-                    _STEP_HOOK(n)
-                updating = True
-                if args.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                updating = False
-                step = n
-                loss_val = float(loss.detach())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.4f}")
-                if step % args.log_every == 0 or step == args.steps:
-                    bar.write(f"step {step}/{args.steps}  loss {loss_val:.4f}")
-                if step % args.save_every == 0 and step < stop_at:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        bar.close()
-        if updating:  # the update may be half applied: keep the last periodic checkpoint
-            last = latest_checkpoint(out)
-            print(
-                f"interrupted during the update of step {step + 1}; the checkpoint {last} is kept "
-                f"(rerun the same command to resume)",
-                file=sys.stderr,
-            )
-        else:
-            where = checkpoint(step)
-            print(
-                f"interrupted after step {step} of {args.steps}; saved {where}; rerun the same command to resume",
-                file=sys.stderr,
-            )
+    if end.status == "interrupted_in_update":  # the update may be half applied: the last periodic checkpoint
+        print(
+            f"interrupted during the update of step {end.step + 1}; the checkpoint {end.checkpoint} is kept "
+            f"(rerun the same command to resume)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
-    bar.close()
-    checkpoint(step)
-    if step < args.steps:
-        print(f"stopped after step {step} of {args.steps} (--max-steps-this-run); rerun the same command to resume")
+    if end.status == "interrupted":
+        print(
+            f"interrupted after step {end.step} of {args.steps}; saved {end.checkpoint}; "
+            f"rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if end.status == "stopped":
+        print(f"stopped after step {end.step} of {args.steps} (--max-steps-this-run); rerun the same command to resume")
         return 0
     model.eval()
-    _write_outputs(model, out, tokenizer)
-    print(f"done: {step} steps, last loss {loss_val:.4f}; operator and {type(small).__name__} written to {out}")
+    model.save_operator(out)
+    _write_large(model, out, tokenizer)
+    print(f"done: {end.step} steps, last loss {end.loss:.4f}; operator and {type(small).__name__} written to {out}")
     return 0
 
 
 def _run_record(args, files: list[Path], large_cfg) -> dict:
-    """The options of RUN_KEYS as this run has them (stored with each checkpoint, compared on resume)."""
+    """The options that change the numbers of a run (stored with each checkpoint; a resumed run must repeat them)."""
     return {
         "small": str(Path(args.small).resolve()),
         "large_config": large_cfg.to_dict() | {"transformers_version": None},
@@ -505,77 +310,37 @@ def _run_record(args, files: list[Path], large_cfg) -> dict:
     }
 
 
-def _write_outputs(model, out: Path, tokenizer) -> None:
-    model.save_operator(out)
+def _write_large(model, out: Path | str, tokenizer):
+    """Materialise ``model`` and save the large HF model (and ``tokenizer``, if any) into ``out``; returns it."""
     large = model.materialize()
     large.save_pretrained(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    return large
 
 
 # ---------------------------------------------------------------------------------------------- materialize
 def cmd_materialize(args) -> int:
-    from .checkpoint import load_operator
-
     op = Path(args.operator)
     if not op.exists():
         raise UserError(f"--operator {args.operator}: no such file or directory")
     small, _ = load_small(args.small, getattr(torch, args.dtype))
     large_cfg = load_large_config(args.large_config, small.config) if args.large_config else None
     try:
-        model = load_operator(op, small, large_cfg)
+        model = ligo_fast.load_operator(op, small, large_cfg)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(f"--operator {args.operator}: {_one_line(e)}") from e
     model.to(_device(args.device)).eval()
-    tokenizer = load_tokenizer(args.small)
-    large = model.materialize()
-    large.save_pretrained(args.out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(args.out)
+    large = _write_large(model, args.out, load_tokenizer(args.small))
     n = sum(p.numel() for p in large.parameters())
     print(f"wrote {type(large).__name__} ({n / 1e6:.2f}M parameters) to {args.out}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- info, bench
-def info_text() -> str:
-    """Versions, devices and the availability of every backend (with the reason when one is not)."""
-    try:
-        from .info import report  # the fuller report (extension details), when this build has it
-    except ImportError:
-        report = None
-    import transformers
-
-    if report is not None:
-        text = report()
-        return text if "transformers" in text else f"{text}\ntransformers {transformers.__version__}"
-
-    import ligo_fast
-    from ligo_fast import backends
-
-    try:
-        import triton
-
-        tri = triton.__version__
-    except Exception as e:  # noqa: BLE001 - any import failure is the answer
-        tri = f"not importable ({type(e).__name__})"
-    lines = [
-        f"ligo_fast {ligo_fast.__version__}, python {platform.python_version()}",
-        f"torch {torch.__version__} (CUDA {torch.version.cuda or 'none'}), transformers {transformers.__version__}, "
-        f"triton {tri}",
-        f"CPU: {torch.get_num_threads()} threads, {platform.machine()}",
-    ]
-    if torch.cuda.is_available():
-        lines += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-    else:
-        lines.append("CUDA devices: none")
-    lines.append("backends:")
-    lines += [f"  {k:7s} {v}" for k, v in backends.availability().items()]
-    return "\n".join(lines)
-
-
 def cmd_info(args) -> int:
-    print(info_text())
+    """Versions, devices and the availability of every backend (``ligo_fast.info.report``), plus transformers'."""
+    print(f"{report()}\ntransformers {transformers.__version__}")
     return 0
 
 
@@ -590,10 +355,6 @@ def bench_shapes(quick: bool) -> list[tuple[str, int, int, int, int, int, int]]:
 
 
 def cmd_bench(args) -> int:
-    from torch.utils import benchmark
-
-    from . import backends, ops
-
     device = _device(args.device)
     avail = backends.availability()
     names = [b for b in backends.BACKENDS if avail[b] == "available"]
@@ -627,12 +388,10 @@ def cmd_bench(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .config import DEPTH_INITS, WIDTH_INITS
-
     ap = argparse.ArgumentParser(
         prog=PROG, description="LiGO growth operators: grow a pretrained model, materialise it, inspect backends."
     )
-    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {ligo_fast.__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (transformers warnings too)")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -719,23 +478,16 @@ def _positive(s: str) -> int:
     return v
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse's own usage errors raise SystemExit(2))."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:
-        import transformers
-
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars of every from_pretrained
     try:
-        return args.func(args)
+        with console_logging():  # the step lines of grow (ligo_fast.apps loggers) on stdout, warnings on stderr
+            return args.func(args)
     except UserError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

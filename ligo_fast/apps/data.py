@@ -1,0 +1,185 @@
+"""Text -> one token stream -> batches: the data layer of the ``ligo-fast`` command line and the savings experiment.
+
+- files: :func:`collect_files` (files as given, directories recursively without hidden entries, optionally
+  text files only), :func:`split_files` (a seeded, disjoint train/validation split by file);
+- tokens: :func:`encode_files` (a Hugging Face tokenizer, or the bytes 0..255), each file followed by a
+  separator id; :func:`mask_token_id`;
+- batches: :func:`random_windows` (seeded random windows of a stream), :func:`make_batch` (the inputs of a causal
+  or masked LM; batch ``k`` depends on ``(seed, k)`` alone, so a resumed run sees the same batches),
+  :func:`validation_windows` (a fixed, evenly spaced set).
+
+Imports only torch (a tokenizer is passed in). Bad input raises :class:`DataError` (a ``ValueError``) or
+``FileNotFoundError`` with a one-line message that names no command-line option; callers add their context.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+NEWLINE = 10  # the byte that ends each file of a byte-level stream unless the caller names another separator
+MASK_FRACTION = 0.15
+IGNORE_INDEX = -100  # the label Hugging Face losses skip
+
+
+class DataError(ValueError):
+    """Input data that cannot be used (no files, empty files, a tokenizer without a mask token)."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+def is_text(path: Path) -> bool:
+    """True when the first 4 KiB of ``path`` hold no NUL byte."""
+    with open(path, "rb") as f:
+        return b"\0" not in f.read(4096)
+
+
+def collect_files(paths: Sequence[str | os.PathLike], *, text_only: bool = False) -> list[Path]:
+    """The files behind ``paths``: a file as given, a directory's files recursively (hidden entries skipped,
+    sorted by path; with ``text_only`` also files :func:`is_text` rejects), in the order of ``paths``."""
+    out: list[Path] = []
+    for s in paths:
+        p = Path(s)
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if f.is_file()
+                    and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                    and (not text_only or is_text(f))
+                )
+            )
+        else:
+            raise FileNotFoundError(f"{s}: no such file or directory")
+    if not out:
+        raise DataError(f"{' '.join(map(str, paths))}: no {'text ' if text_only else ''}files found")
+    return out
+
+
+def split_files(files: Sequence[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic, disjoint (train, validation) split by file.
+
+    The files are sorted, shuffled with ``random.Random(seed)``, and the first ``ceil(val_fraction * n)`` (at
+    least 1, at most n - 1) are the validation set. Both returned lists are sorted. One file: ``([f], [f])``
+    (the caller splits its tokens instead).
+    """
+    files = sorted(Path(f) for f in files)
+    if len(set(files)) != len(files):
+        raise DataError("duplicate corpus files")
+    if len(files) == 1:
+        return list(files), list(files)
+    n_val = min(len(files) - 1, max(1, math.ceil(val_fraction * len(files))))
+    order = list(files)
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+def encode_files(
+    files: Sequence[Path], tokenizer=None, *, separator: int | None = None, dtype: torch.dtype = torch.int64
+) -> Tensor:
+    """One token stream (n_tokens,) of ``dtype``: the files in order, each non-empty one followed by ``separator``.
+
+    Tokens are the tokenizer's ids (text read as UTF-8, undecodable bytes replaced; no special tokens added) or,
+    without a tokenizer, the file's bytes 0..255. ``separator`` None: the tokenizer's EOS id (else its SEP id,
+    else nothing), or the newline byte for bytes. ``dtype`` must hold every id (int16 halves the memory of a
+    byte-level corpus).
+    """
+    if separator is None:
+        if tokenizer is None:
+            separator = NEWLINE
+        else:
+            separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    sep = None if separator is None else torch.tensor([separator], dtype=dtype)
+    parts: list[Tensor] = []
+    for f in files:
+        if tokenizer is None:
+            data = Path(f).read_bytes()
+            if not data:
+                continue
+            ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dtype)
+        else:
+            text = Path(f).read_text(encoding="utf-8", errors="replace")
+            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=dtype)
+            if not ids.numel():
+                continue
+        parts.append(ids)
+        if sep is not None:
+            parts.append(sep)
+    if not parts:
+        raise DataError("the files are empty")
+    return torch.cat(parts)
+
+
+def mask_token_id(tokenizer, config) -> int:
+    """The id masked positions get: the tokenizer's mask token, else ``config.mask_token_id``, else the last id."""
+    if tokenizer is not None:
+        if tokenizer.mask_token_id is None:
+            raise DataError("the masked LM's tokenizer has no mask token")
+        return int(tokenizer.mask_token_id)
+    mid = getattr(config, "mask_token_id", None)
+    return int(mid) if mid is not None else int(config.vocab_size) - 1
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def step_seed(seed: int, step: int) -> int:
+    """The seed of everything random in step ``step`` of a run seeded ``seed`` (batch, masks, dropout)."""
+    return seed * 1_000_003 + step
+
+
+def tiled(stream: Tensor, min_tokens: int) -> Tensor:
+    """``stream`` repeated as often as needed to hold at least ``min_tokens`` tokens (itself when it does)."""
+    if stream.numel() < min_tokens:
+        stream = stream.repeat(math.ceil(min_tokens / stream.numel()))
+    return stream
+
+
+def random_windows(stream: Tensor, batch_size: int, length: int, gen: torch.Generator, *, skip_last: int = 0) -> Tensor:
+    """``batch_size`` windows of ``length`` tokens at uniformly drawn starts: int64 (batch_size, length).
+
+    A stream shorter than ``length + 1`` tokens is tiled first. ``skip_last`` leaves out that many of the last
+    possible starts (the savings experiment draws its (inputs + 1 target) windows with 1, as it was measured).
+    """
+    stream = tiled(stream, length + 1)
+    starts = torch.randint(0, stream.numel() - length + 1 - skip_last, (batch_size,), generator=gen)
+    return stream[starts[:, None] + torch.arange(length)].long()
+
+
+def mask_tokens(ids: Tensor, mask_id: int, gen: torch.Generator, fraction: float = MASK_FRACTION) -> dict[str, Tensor]:
+    """Masked-LM inputs of ``ids`` (B, T): each position masked with probability ``fraction`` (at least one a
+    batch), replaced by ``mask_id`` in ``input_ids`` and kept in ``labels`` (:data:`IGNORE_INDEX` elsewhere)."""
+    masked = torch.rand(ids.shape, generator=gen) < fraction
+    if not masked.any():
+        masked[0, int(torch.randint(0, ids.shape[1], (1,), generator=gen))] = True
+    labels = torch.where(masked, ids, torch.full_like(ids, IGNORE_INDEX))
+    return {"input_ids": torch.where(masked, torch.full_like(ids, mask_id), ids), "labels": labels}
+
+
+def make_batch(
+    stream: Tensor, step: int, seed: int, batch_size: int, seq_len: int, mask_id: int | None = None
+) -> dict[str, Tensor]:
+    """Batch number ``step`` as Hugging Face model inputs, the same for the same ``(seed, step)`` whatever came
+    before: random windows of ``seq_len`` tokens; ``mask_id`` None: causal (``labels = input_ids``, the model
+    shifts them), else masked LM (:func:`mask_tokens`)."""
+    g = torch.Generator().manual_seed(step_seed(seed, step))
+    ids = random_windows(stream, batch_size, seq_len, g)
+    if mask_id is None:
+        return {"input_ids": ids, "labels": ids.clone()}
+    return mask_tokens(ids, mask_id, g)
+
+
+def validation_windows(stream: Tensor, n_windows: int, length: int) -> Tensor:
+    """A fixed validation set: ``n_windows`` evenly spaced windows of ``length`` tokens, int64 (n_windows, length).
+    A stream shorter than ``length + 1`` tokens is tiled first."""
+    stream = tiled(stream, length + 1)
+    last = stream.numel() - length
+    starts = torch.linspace(0, last, n_windows).long()
+    return stream[starts[:, None] + torch.arange(length)].long()

@@ -1,0 +1,136 @@
+"""What the experiment measured: :class:`Result` (curves, costs, metadata), :func:`cost_to_reach` a target loss,
+and :func:`run_metadata` (date, machine, versions).
+
+Imports torch and transformers (versions, devices), :mod:`.presets` and :class:`.train.EvalPoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+
+from .presets import Preset, Seeds
+from .train import EvalPoint
+
+
+@dataclass
+class MethodResult:
+    """One large-model method: its curve (operator phase first for LiGO) and its fixed costs."""
+
+    method: str
+    curve: list[EvalPoint]
+    setup_flops: float = 0.0  # operator steps (LiGO); 0 otherwise
+    setup_wall_s: float = 0.0  # operator steps + growth + materialisation
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        return self.curve[-1].val_loss
+
+
+@dataclass
+class Result:
+    """Everything ``run_experiment`` measured; ``summary()`` gives the table rows."""
+
+    preset: Preset
+    seeds: Seeds
+    family: str
+    device: str
+    corpus: str
+    small_params: int
+    large_params: int
+    small_curve: list[EvalPoint]
+    small_flops: float
+    small_wall_s: float
+    methods: dict[str, MethodResult]
+    flops: dict[str, float]  # per-step costs and per-token breakdowns
+    ligo_trace: dict[str, float]
+    total_wall_s: float = 0.0
+    meta: dict = field(default_factory=dict)  # date, machine, torch threads, load average, versions
+
+    @property
+    def target(self) -> float:
+        """The validation loss scratch reaches at the end of its budget."""
+        return self.methods["scratch"].final_loss
+
+    def summary(self) -> list[dict]:
+        """One row per method: cost to reach :attr:`target` (None if never reached) and savings vs scratch."""
+        rows = []
+        target = self.target
+        for name, m in self.methods.items():
+            f = cost_to_reach(m.curve, target, "flops")
+            w = cost_to_reach(m.curve, target, "wall_s")
+            st = cost_to_reach(m.curve, target, "step")
+            extra = name != "scratch"
+            rows.append(
+                {
+                    "method": name,
+                    "final_loss": m.final_loss,
+                    "steps": st,
+                    "flops": f,
+                    "wall_s": w,
+                    "flops_with_small": None if f is None else f + (self.small_flops if extra else 0.0),
+                    "wall_with_small": None if w is None else w + (self.small_wall_s if extra else 0.0),
+                    "setup_flops": m.setup_flops,
+                }
+            )
+        base = next(r for r in rows if r["method"] == "scratch")
+        for r in rows:
+            for k in ("flops", "wall_s", "flops_with_small", "wall_with_small"):
+                r[k + "_saved"] = None if r[k] is None or not base[k] else 1.0 - r[k] / base[k]
+        return rows
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["target"] = self.target
+        d["summary"] = self.summary()
+        return d
+
+
+def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops") -> float | None:
+    """``key`` (``flops``, ``wall_s`` or ``step``) at which the curve first reaches ``val_loss <= target``, linearly
+    interpolated between the two evaluations around the crossing; None if it never does.
+
+    Only ``train``-phase points count: a LiGO run pays for all its operator steps before its first training
+    point, even if the produced model were already below the target during operator training."""
+    prev = None
+    for p in (pt for pt in curve if pt.phase == "train"):
+        if p.val_loss <= target:
+            if prev is None or prev.val_loss == p.val_loss:
+                return float(getattr(p, key))
+            frac = (prev.val_loss - target) / (prev.val_loss - p.val_loss)
+            return float(getattr(prev, key) + frac * (getattr(p, key) - getattr(prev, key)))
+        prev = p
+    return None
+
+
+def run_metadata(device: str) -> dict:
+    """Date, machine, torch threads, 1-minute load average at the start, library versions."""
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "machine": machine_description(device),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": load,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine_description(device: str) -> str:
+    """``N-core CPU, no GPU`` or the GPU's name."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} GPU, {os.cpu_count()}-core CPU"
+    gpu = "GPU present but unused" if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core CPU, {gpu} ({torch.get_num_threads()} torch threads)"

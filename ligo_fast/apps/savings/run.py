@@ -1,0 +1,242 @@
+"""The growth-savings experiment: how much training compute does growing from a small model save?
+
+Pipeline (``run_experiment``):
+
+1. **Data.** Real text, no network: by default the ``*.py`` files of the Python standard library on this
+   machine (``sysconfig.get_paths()['stdlib']``, ``site-packages``/``dist-packages`` excluded), or any file or
+   directory of text files (:mod:`.corpus`). Byte-level tokens (ids 0..255) plus specials (``EOS`` ends every
+   file). The validation set is a fixed, seeded set of whole *files*; a single file is split by bytes.
+2. **Small model.** A small causal LM (Llama-style by default) is pretrained on the training split.
+   Sizes, budgets and seeds: :mod:`.presets`.
+3. **Large models**, three ways, all trained afterwards with the same AdamW, schedule, batches and token
+   budget:
+
+   * ``ligo``: :func:`ligo_fast.grow` (default operator options), the operator trained ``ligo_steps`` steps
+     on the LM loss, then :func:`ligo_fast.materialize`;
+   * ``stack``: ``grow(depth_init='stackbert', width_init='sel')`` materialised directly (StackBERT-style
+     stacking; new width neurons copy old ones), no operator steps;
+   * ``scratch``: the large model from random initialisation.
+
+4. **Accounting.** Training FLOPs are counted analytically (:mod:`.flops`); wall time is measured around the
+   training steps (evaluation excluded). For each method: the FLOPs and wall time needed to reach the validation
+   loss that ``scratch`` reaches at the end, with and without the small model's pretraining cost, and the % saved
+   against ``scratch``.
+5. **Outputs.** :mod:`.report`: the markdown table, the verdict, the plot (validation loss vs FLOPs) and JSON.
+
+This module holds :func:`run_experiment` (the pipeline) only; it logs through :mod:`logging` and shows
+:class:`~ligo_fast.apps.progress.Progress`. It imports the other modules of this package, ``ligo_fast.apps``'
+``data`` and ``progress``, and ligo_fast's public ``grow``/``materialize``. The command line is
+:mod:`ligo_fast.apps.demo` (``make demo``; ``benchmarks/growth_savings.py`` is the same command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+import ligo_fast
+
+from ..data import validation_windows
+from ..progress import Progress
+from .corpus import load_corpus
+from .flops import forward_flops_per_token, operator_step_flops, production_flops, train_step_flops
+from .models import make_config, model_class, new_model, param_count
+from .presets import METHODS, PRESETS, Preset, Seeds
+from .results import MethodResult, Result, run_metadata
+from .train import EvalPoint, evaluate, sync, train
+
+logger = logging.getLogger(__name__)
+
+
+def run_experiment(
+    preset: Preset | str = "demo",
+    *,
+    corpus: str | os.PathLike | None = None,
+    device: str = "cpu",
+    seeds: Seeds | None = None,
+    methods: Sequence[str] = METHODS,
+    family: str | None = None,
+    progress: bool = True,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> Result:
+    """Run the whole experiment (see the module docstring) and return its measurements.
+
+    Args:
+        preset: a :class:`Preset` or a name in :data:`PRESETS`.
+        corpus: text file or directory; None: the Python stdlib's ``*.py`` files.
+        device: torch device (``cuda`` trains in bf16 autocast).
+        seeds: all seeds (default ``Seeds()``).
+        methods: subset of :data:`METHODS`; ``scratch`` is always run (it defines the target).
+        family: ``llama``/``gpt2``; None: ``preset.family``.
+        progress: show progress (a tqdm bar on a terminal, else a log line at each evaluation).
+        on_event: called with ``(name, data)`` at milestones (``small_done``, ``ligo_grown``,
+            ``ligo_operator_eval``, ``ligo_materialized``, ``method_eval``, ``method_done``) for live printing.
+    """
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    seeds = seeds or Seeds()
+    methods = [m for m in METHODS if m in set(methods) | {"scratch"}]
+    family = family or p.family
+    dev = torch.device(device)
+    emit = on_event or (lambda name, data: None)
+    t_start = time.perf_counter()
+    meta = run_metadata(device)
+
+    data = load_corpus(corpus, p.val_fraction, seeds.split, p.max_files)
+    logger.info("corpus %s", data.describe())
+    val = validation_windows(data.val, p.eval_batches * p.batch_size, p.seq_len + 1)
+    small_cfg = make_config(p.small, p.seq_len, family)
+    large_cfg = make_config(p.large, p.seq_len, family)
+    common = dict(
+        weight_decay=p.weight_decay,
+        warmup_frac=p.warmup_frac,
+        min_lr_frac=p.min_lr_frac,
+        batch_size=p.batch_size,
+        seq_len=p.seq_len,
+    )
+
+    small_step = train_step_flops(small_cfg, p.batch_size, p.seq_len)
+    large_step = train_step_flops(large_cfg, p.batch_size, p.seq_len)
+    total_steps = p.small_steps + len(methods) * p.large_steps + ("ligo" in methods) * p.ligo_steps
+    pbar = Progress(total_steps, enabled=progress, log=logger)
+
+    # 1. the small model
+    pbar.set_description("small pretrain")
+    small = new_model(small_cfg, seeds.small_init, dev)
+    small_curve = train(
+        small,
+        list(small.parameters()),
+        data.train,
+        val,
+        steps=p.small_steps,
+        lr=p.small_lr,
+        data_seed=seeds.data + 1000,
+        flops_per_step=small_step,
+        eval_every=p.eval_every,
+        phase="small",
+        progress=pbar,
+        **common,
+    )
+    small_wall = small_curve[-1].wall_s
+    small_flops = small_curve[-1].flops
+    small.eval()
+    emit("small_done", {"val_loss": small_curve[-1].val_loss, "flops": small_flops, "wall_s": small_wall})
+
+    blank_large = model_class(family)(large_cfg)
+    large_params = param_count(blank_large)
+    produce = production_flops(small, blank_large)
+    del blank_large
+    op_step = operator_step_flops(large_cfg, p.batch_size, p.seq_len, produce)
+    trace: dict[str, float] = {"small": small_curve[-1].val_loss}
+    results: dict[str, MethodResult] = {}
+
+    for name in methods:
+        setup_flops, setup_wall, pre_curve, notes = 0.0, 0.0, [], {}
+        if name == "scratch":
+            pbar.set_description("scratch")
+            large = new_model(large_cfg, seeds.large_init, dev)
+        elif name == "stack":
+            pbar.set_description("stack")
+            sync(dev)
+            t0 = time.perf_counter()
+            grown = ligo_fast.grow(small, large_cfg, depth_init="stackbert", width_init="sel", seed=seeds.ligo)
+            large = ligo_fast.materialize(grown)
+            sync(dev)
+            setup_wall = time.perf_counter() - t0
+            del grown
+            notes["val_loss_grown"] = evaluate(large, val, p.batch_size)
+        else:  # ligo
+            pbar.set_description("LiGO operator")
+            sync(dev)
+            t0 = time.perf_counter()
+            op_model = ligo_fast.grow(small, large_cfg, seed=seeds.ligo)
+            sync(dev)
+            grow_wall = time.perf_counter() - t0
+            op_params = [q for q in op_model.parameters() if q.requires_grad]
+            notes["operator_params"] = sum(q.numel() for q in op_params)
+            before = evaluate(op_model, val, p.batch_size)
+            trace["grown_before_operator"] = before
+            emit("ligo_grown", {"val_loss": before, "operator_params": notes["operator_params"]})
+            pre_curve = train(
+                op_model,
+                op_params,
+                data.train,
+                val,
+                steps=p.ligo_steps,
+                lr=p.ligo_lr,
+                **{**common, "weight_decay": 0.0},
+                data_seed=seeds.data + 2000,
+                flops_per_step=op_step,
+                eval_every=p.ligo_eval_every,
+                phase="operator",
+                wall_offset=grow_wall,
+                progress=pbar,
+                on_eval=lambda pt: emit("ligo_operator_eval", dataclasses.asdict(pt)),
+            )
+            sync(dev)
+            t0 = time.perf_counter()
+            large = ligo_fast.materialize(op_model).train()
+            sync(dev)
+            setup_wall = pre_curve[-1].wall_s + time.perf_counter() - t0
+            setup_flops = pre_curve[-1].flops
+            del op_model, op_params
+            after = evaluate(large, val, p.batch_size)
+            trace["after_operator_materialized"] = after
+            emit("ligo_materialized", {"val_loss": after, "flops": setup_flops, "wall_s": setup_wall})
+            pbar.set_description("LiGO train")
+
+        def on_eval(pt: EvalPoint, name=name) -> None:
+            emit("method_eval", {"method": name, **dataclasses.asdict(pt)})
+            if name == "ligo":
+                trace[f"train_step_{pt.step}"] = pt.val_loss
+
+        curve = train(
+            large,
+            list(large.parameters()),
+            data.train,
+            val,
+            steps=p.large_steps,
+            lr=p.lr,
+            data_seed=seeds.data,
+            flops_per_step=large_step,
+            eval_every=p.eval_every,
+            phase="train",
+            flops_offset=setup_flops,
+            wall_offset=setup_wall,
+            progress=pbar,
+            on_eval=on_eval,
+            **common,
+        )
+        results[name] = MethodResult(name, pre_curve + curve, setup_flops, setup_wall, notes)
+        emit("method_done", {"method": name, "final_loss": curve[-1].val_loss})
+        del large
+    pbar.close()
+
+    return Result(
+        preset=p,
+        seeds=seeds,
+        family=family,
+        device=str(dev),
+        corpus=data.describe(),
+        small_params=param_count(small),
+        large_params=large_params,
+        small_curve=small_curve,
+        small_flops=small_flops,
+        small_wall_s=small_wall,
+        methods=results,
+        flops={
+            "small_step": small_step,
+            "large_step": large_step,
+            "operator_step": op_step,
+            "production_forward": produce,
+            "small_per_token": forward_flops_per_token(small_cfg, p.seq_len),
+            "large_per_token": forward_flops_per_token(large_cfg, p.seq_len),
+        },
+        ligo_trace=trace,
+        total_wall_s=time.perf_counter() - t_start,
+        meta=meta,
+    )

@@ -14,7 +14,7 @@ import os
 import sys
 from glob import glob
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _extension():
@@ -48,7 +48,7 @@ setup(
     name="ligo_fast",
     version="0.1.0",
     description="Fast LiGO growth operators (Learning to Grow Pretrained Models) for PyTorch and Hugging Face",
-    packages=["ligo_fast", "ligo_fast.arch", "ligo_fast.kernels", "ligo_fast.apps", "ligo_fast.apps.savings"],
+    packages=find_packages(include=["ligo_fast", "ligo_fast.*"]),  # ligo_fast/kernels links to kernels/
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
     extras_require={"triton": ["triton"], "test": ["pytest"]},

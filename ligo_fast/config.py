@@ -18,13 +18,22 @@ class LiGOConfig:
         depth_init: initial depth coefficients of each large layer (a vector over the small layers):
             ``rand`` uniform [0, 1) normalised to sum 1; ``rand_softmax`` softmax of uniform [0, 1);
             ``stackbert`` one-hot at ``l % L1`` (stacking); ``interlace`` one-hot at ``l // 2`` (each small
-            layer repeated; needs ``L2 <= 2 * L1``). ``*_noisy``: the zero entries of the one-hot schemes are
-            first drawn uniform [0, depth_noise), then the vector is renormalised; for the ``rand`` schemes the
-            suffix is accepted and changes nothing (they are random already).
+            layer repeated; needs ``L2 <= 2 * L1``); ``lossless`` (ours, function-preserving): large layers are
+            spread evenly over the small ones, the first of each group copies its small layer and the others are
+            added blocks whose attention-output and FFN-output coefficients are zero, so a pre-norm block adds
+            nothing to the residual stream (an identity). ``*_noisy``: the zero entries of the one-hot schemes are
+            first drawn uniform [0, depth_noise), then the vector is renormalised; for ``rand`` and ``lossless``
+            the suffix is accepted and changes nothing.
         width_init: initial width matrices E (shape (d_large - d_small, d_small)): ``rand`` rows uniform
             [0, 1) normalised to sum 1; ``rand_softmax`` row-wise softmax of uniform [0, 1); ``sel`` each row
             one-hot at a random column (new neurons copy old ones); ``sel_noisy`` uniform [0, width_noise)
-            first, then the chosen entry set to 1 (no renormalisation).
+            first, then the chosen entry set to 1 (no renormalisation); ``lossless`` (ours, function-preserving):
+            new neuron r copies neuron ``r % d_small`` (whole heads copied as blocks), and every weight's input
+            side is divided by its width's growth factor (in the depth coefficients; modules without them get a
+            fixed scale, and a tied output head's factor is folded into the norm before it): with integer growth
+            factors and unchanged head sizes the grown model computes the small model's function.
+            ``lossless_noisy`` adds uniform (-width_noise, width_noise) / sqrt(d_small) to every entry, which
+            breaks the tie between a neuron and its copies at a small cost in exactness.
         depth_noise: noise level of the ``*_noisy`` depth schemes (official default 0.03).
         width_noise: noise level of ``sel_noisy`` (official default 0.03).
         tie: share width matrices as the official code does (``fuse_tie_param``): one residual-stream

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from .init import DEPTH_INITS, WIDTH_INITS
 
 LINEAR_MODES = ("materialize", "factored", "auto")
+REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-lean mode now decides from memory
 
 
 @dataclass
@@ -50,8 +51,8 @@ class LiGOConfig:
         lean: memory-lean expansion: each large layer's weights are produced just before that layer runs and
             dropped after it; backward recomputes them (like activation checkpointing, but for weights only),
             so about one layer's large weights are alive at a time. None (auto): on while gradients are
-            recorded and the block weights of one step would take at least ``lean_min_mb`` MiB.
-        lean_min_mb: the auto threshold of ``lean``.
+            recorded and the eager step would not fit in the free memory of the device (an estimate:
+            ``LiGOModel.memory_plan``).
         linear_mode: how block linear layers run: ``materialize`` (produce W, then x @ W^T), ``factored``
             (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W; identity blocks as slices), or ``auto``
             (a cost model picks per module kind from the shapes and the batch's token count).
@@ -69,7 +70,6 @@ class LiGOConfig:
     train_small: bool = False
     seed: int | None = None
     lean: bool | None = None
-    lean_min_mb: float = 64.0
     linear_mode: str = "materialize"
 
     def __post_init__(self) -> None:
@@ -79,7 +79,7 @@ class LiGOConfig:
             raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
         if self.linear_mode not in LINEAR_MODES:
             raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
-        for name in ("depth_noise", "width_noise", "residual_noise", "lean_min_mb"):
+        for name in ("depth_noise", "width_noise", "residual_noise"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -97,4 +97,5 @@ class LiGOConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LiGOConfig:
-        return cls().replace(**d)
+        """The inverse of :meth:`to_dict`; options that older versions saved and this one dropped are ignored."""
+        return cls().replace(**{k: v for k, v in d.items() if k not in REMOVED_OPTIONS})

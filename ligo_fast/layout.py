@@ -61,7 +61,7 @@ def from_official(rules: Rules, sd: Mapping[str, Tensor], L2: int) -> dict[str, 
     return out
 
 
-def check_fits(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Tensor], strict: bool) -> None:
+def check_state_fits(expected: Mapping[str, tuple[int, ...]], state_dict: Mapping[str, Tensor], strict: bool) -> None:
     """Name the first key or shape of ``state_dict`` that does not fit ``expected`` (before torch's long error)."""
     if strict:
         for k in expected:

@@ -16,6 +16,7 @@ Imports: the layers below (arch, config, init, plan, layout, produce, lean, fact
 from __future__ import annotations
 
 import copy
+import logging
 from collections import OrderedDict
 
 import torch
@@ -26,12 +27,15 @@ from . import factored
 from .arch import Arch, arch_for
 from .config import LiGOConfig
 from .init import depth_init, is_lossless, width_init
-from .layout import check_fits, from_official, keys_of, to_official
+from .layout import check_state_fits, from_official, keys_of, to_official
+from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
 from .lean import lean_layers
+from .memory import MemoryPlan, ensure_fits, estimate
 from .plan import OpTensor, Plan, build_plan, check_family
 from .produce import produce
 from .serialization import write_operator
 
+logger = logging.getLogger(__name__)
 
 class _Op(nn.Module):
     """Holds the operator's tensors by internal name (parameters or buffers)."""
@@ -75,21 +79,27 @@ class LiGOModel(nn.Module):
         small_sd = small_model.state_dict()
         _check_finite(small_sd)
         ref = next(small_model.parameters())  # the large model's leftovers follow the small model's device and dtype
-        large = type(small_model)(large_config).to(device=ref.device, dtype=ref.dtype)
+        hf_class = type(small_model)
+        small_shapes = {k: tuple(v.shape) for k, v in small_sd.items()}
+        L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
+        # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
+        early = build_plan(arch, small_shapes, _shapes_for_layers(hf_class, large_config, arch, L2), [], L1, L2, config)
+        ensure_fits(
+            estimate(early, large_config, tokens=0, seq_len=0, elem=ref.element_size(), leftover_bytes=0,
+                     device=ref.device),
+            f"growing {hf_class.__name__} to {L2} layers",
+        )  # fmt: skip
+        with empty_parameters():  # parameters on meta: the produced ones are never allocated
+            large = hf_class(large_config)
         plan = build_plan(
-            arch,
-            {k: tuple(v.shape) for k, v in small_sd.items()},
-            {k: tuple(v.shape) for k, v in large.state_dict().items()},
-            _tied_groups(large),
-            arch.num_layers(small_model.config),
-            arch.num_layers(large_config),
-            config,
-        )
+            arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
+            L1, L2, config,
+        )  # fmt: skip
         self.plan: Plan = plan
         self.arch: Arch = arch
         self.ligo_config = config
-        self.hf_class = type(small_model)
-        self.L1, self.L2 = plan.L1, plan.L2
+        self.hf_class = hf_class
+        self.L1, self.L2 = L1, L2
         self.op = _Op()
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         for t in plan.tensors:  # in plan order: the order of the initial draws
@@ -97,9 +107,12 @@ class LiGOModel(nn.Module):
         for name in plan.removed:
             parent, _, leaf = name.rpartition(".")
             del large.get_submodule(parent)._parameters[leaf]
+        materialize_leftovers(large, small_sd, ref.device)
+        large.to(device=ref.device, dtype=ref.dtype)
         for p in large.parameters():
             p.requires_grad_(False)
         self.large = large
+        self._lean_choice: dict[tuple[int, int], bool] = {}  # (tokens, seq_len) -> lean, decided once
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
 
@@ -117,7 +130,7 @@ class LiGOModel(nn.Module):
         run_factored = [slots[i] for i in self.factored_plan(args, kwargs)]
         skip = frozenset(s.w for s in run_factored)
         with factored.factored_modules(self.large, run_factored, self.tensor):
-            if not self.lean_now():
+            if not self.lean_now(args, kwargs):
                 params = produce(slots, self.tensor, skip_weights=skip, aliases=self.plan.aliases)
                 return functional_call(self.large, params, args, kwargs, tie_weights=False)
             glob = produce([s for s in slots if not s.layered], self.tensor, aliases=self.plan.aliases)
@@ -137,23 +150,41 @@ class LiGOModel(nn.Module):
         nbytes = self.tensor(s[0].w).element_size()
         return factored.choose(self.ligo_config.linear_mode, s, self.L1, T, nbytes, self.device)
 
-    def block_weight_bytes(self) -> int:
-        """Bytes of all produced block weights of one forward (what memory-lean mode avoids keeping)."""
-        total = 0
-        for s in self.plan.slots:
-            if s.layered:
-                n = 1
-                for d in s.shape_w:
-                    n *= d
-                total += self.L2 * n * self.tensor(s.w).element_size()
-        return total
+    def memory_plan(self, *args, **kwargs) -> MemoryPlan:
+        """The memory estimate of an operator-training step on this batch (the arguments of a forward call).
 
-    def lean_now(self) -> bool:
-        """Whether this forward uses memory-lean expansion (``LiGOConfig.lean``; None = auto)."""
+        ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the free memory and the choice between
+        the eager and the memory-lean path (:mod:`ligo_fast.memory`).
+        """
+        tokens = factored.count_tokens(args, kwargs, self.config)
+        seq_len = _seq_len(args, kwargs, tokens)
+        leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
+        elem = self.tensor(self.plan.slots[0].w).element_size()
+        return estimate(
+            self.plan, self.config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=leftovers,
+            device=self.device,
+        )  # fmt: skip
+
+    def lean_now(self, args=(), kwargs=None) -> bool:
+        """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
+
+        Auto: on while gradients are recorded and the eager step would not fit in the free memory
+        (:meth:`memory_plan`); decided once per batch shape, so a run does not switch paths as memory fluctuates.
+        """
         lean = self.ligo_config.lean
         if lean is not None:
             return bool(lean)
-        return torch.is_grad_enabled() and self.block_weight_bytes() >= self.ligo_config.lean_min_mb * 2**20
+        if not torch.is_grad_enabled():
+            return False
+        kwargs = kwargs or {}
+        tokens = factored.count_tokens(args, kwargs, self.config)
+        key = (tokens, _seq_len(args, kwargs, tokens))
+        if key not in self._lean_choice:
+            mp = self.memory_plan(*args, **kwargs)
+            self._lean_choice[key] = mp.use_lean
+            if mp.use_lean:
+                logger.info("memory-lean mode on: %s", mp)
+        return self._lean_choice[key]
 
     # ------------------------------------------------------------------ HF-like surface
     @property
@@ -220,7 +251,7 @@ class LiGOModel(nn.Module):
         return new
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        check_fits({k: tuple(v.shape) for k, v in self.state_dict().items()}, state_dict, strict)
+        check_state_fits({k: tuple(v.shape) for k, v in self.state_dict().items()}, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def extra_repr(self) -> str:
@@ -228,6 +259,29 @@ class LiGOModel(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def _seq_len(args, kwargs, tokens: int) -> int:
+    """The sequence length of a batch (the last dim of input_ids / the middle of inputs_embeds), else ``tokens``."""
+    ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
+    if ids is not None and ids.dim() >= 1:
+        return ids.shape[-1]
+    emb = kwargs.get("inputs_embeds")
+    if emb is not None and emb.dim() >= 2:
+        return emb.shape[-2]
+    return tokens
+
+
+def _shapes_for_layers(hf_class: type, config, arch: Arch, layers: int) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of ``hf_class(config)`` with ``layers`` blocks, from a one-block model on meta."""
+    one = meta_shapes(hf_class, with_layers(config, 1))
+    block = arch.layer_path(0) + "."
+    shapes = {k: v for k, v in one.items() if not k.startswith(block)}
+    for k, v in one.items():
+        if k.startswith(block):
+            for l in range(layers):
+                shapes[arch.layer_path(l) + "." + k[len(block) :]] = v
+    return shapes
+
+
 def _tied_groups(large: nn.Module) -> list[tuple[str, ...]]:
     """The large model's parameter names grouped by identity (ties share one group)."""
     by_id: dict[int, list[str]] = {}

@@ -73,14 +73,44 @@ def test_lean_keeps_no_layer_weights_between_forward_and_backward(monkeypatch):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_lean_auto_threshold():
+def test_lean_auto_decides_from_the_free_memory(monkeypatch):
+    from ligo_fast import memory
+
     small_cfg, large_cfg = configs("BertForMaskedLM")
+    x = inputs("BertForMaskedLM")
     model = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg)
-    assert not model.lean_now()  # tiny: below 64 MiB
-    model.ligo_config.lean_min_mb = model.block_weight_bytes() / 2**20
-    assert model.lean_now()
+    mp = model.memory_plan(**x)
+    assert 0 < mp.lean < mp.eager and mp.produced > 0 and mp.activations > 0 and mp.tokens == 14
+    assert "eager" in str(mp) and "free" in str(mp)
+    assert not model.lean_now((), x)  # plenty of memory here
+    # only as much memory as the lean step needs: the eager one would not fit, lean turns itself on
+    fresh = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int((mp.lean + 1) / memory.MARGIN))
+    assert fresh.lean_now((), x)
     with torch.no_grad():
-        assert not model.lean_now()
+        assert not fresh.lean_now((), x)  # no backward: nothing to keep
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10**15)
+    assert fresh.lean_now((), x)  # decided once for this batch shape: a run does not flip between paths
+
+
+def test_a_growth_that_cannot_fit_fails_before_allocating(monkeypatch):
+    import time
+
+    import transformers as T
+
+    small_cfg, _ = configs("LlamaForCausalLM")
+    huge = T.LlamaConfig(**{**small_cfg.to_dict(), "hidden_size": 4096, "intermediate_size": 11008,
+                             "num_hidden_layers": 1000, "num_attention_heads": 32, "num_key_value_heads": 8})
+    small = build("LlamaForCausalLM", small_cfg)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError, match=r"does not fit: .*eager .* GiB, lean .* GiB"):
+        ligo_fast.grow(small, huge)
+    assert time.perf_counter() - start < 5  # no 1000-layer model was built (that takes minutes under load)
+
+
+def test_old_configs_with_a_removed_option_still_load():
+    cfg = ligo_fast.LiGOConfig.from_dict({**ligo_fast.LiGOConfig().to_dict(), "lean_min_mb": 64.0})
+    assert cfg == ligo_fast.LiGOConfig()
 
 
 def test_factored_linear_matches_the_produced_weight():

@@ -1,0 +1,173 @@
+"""How much memory an operator-training step needs, and how much is free: what memory-lean mode decides on.
+
+An estimate, not a measurement, from the growth plan and the large config (all in bytes):
+
+* ``resident``: the operator's tensors (small weights, coefficients) and the large model's own leftovers;
+* ``optimizer``: gradients and two AdamW moments of every trainable operator tensor;
+* ``produced``: every produced large weight. The eager path keeps them for backward and, in backward, their
+  gradients (``2 * produced``); memory-lean mode keeps the global ones and about one layer's block weights at a
+  time (``2 * global + 3 * layer``: the layer in use, its gradient, the next one being produced);
+* ``activations``: what the large model keeps for backward, per token and layer about
+  ``elem * (8 h + 3 f + 2 a s)`` (inputs of the projections, norms and activation functions, and the attention
+  scores of an unfused attention; Korthikanti et al. 2022 count 34 h + 5 a s bytes for 16-bit BERT-like layers)
+  plus the logits and their gradient.
+
+Memory-lean mode turns itself on only when the eager step would not fit in ``margin`` of the free memory. A growth
+whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
+is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
+it needs at least its weights.
+Imports: ``plan`` (for shapes) only.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from .plan import Plan
+
+MARGIN = 0.9  # use at most this share of the free memory: the estimate is approximate and others allocate too
+GIB = 2**30
+
+
+def available_bytes(device: torch.device) -> int:
+    """Memory free for this process on ``device``: CUDA free + reserved-but-unused; CPU ``MemAvailable``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return sys.maxsize
+    return sys.maxsize  # a device we cannot ask: no limit
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The estimate of one operator-training step (bytes) and the choice it implies. ``str()`` is a summary."""
+
+    device: str
+    available: int
+    resident: int
+    optimizer: int
+    produced: int
+    produced_global: int
+    produced_layer: int
+    activations: int
+    tokens: int
+    margin: float = MARGIN
+
+    @property
+    def eager(self) -> int:
+        return self.resident + self.optimizer + 2 * self.produced + self.activations
+
+    @property
+    def lean(self) -> int:
+        return self.resident + self.optimizer + 2 * self.produced_global + 3 * self.produced_layer + self.activations
+
+    @property
+    def use_lean(self) -> bool:
+        """Whether memory-lean mode is needed: the eager step would not fit in ``margin`` of the free memory."""
+        return self.eager > self.margin * self.available
+
+    @property
+    def fits(self) -> bool:
+        """Whether the step fits at all (lean if needed) and the grown model's weights can be held (materialised)."""
+        return max(self.lean, self.produced) <= self.margin * self.available
+
+    def __str__(self) -> str:
+        def g(x: int) -> str:
+            return f"{x / GIB:.2f} GiB"
+
+        limit = self.margin * self.available
+        if self.fits:
+            verdict = "memory-lean" if self.use_lean else "eager"
+        elif self.produced > limit:
+            verdict = f"does not fit: the grown model's weights alone take {g(self.produced)}"
+        else:
+            verdict = "does not fit, even memory-lean"
+        return (
+            f"operator step on {self.device}, {self.tokens} tokens: eager {g(self.eager)}, lean {g(self.lean)} "
+            f"(operator and leftovers {g(self.resident)}, optimizer {g(self.optimizer)}, produced weights "
+            f"{g(self.produced)} of which one layer {g(self.produced_layer)}, activations {g(self.activations)}); "
+            f"{g(self.available)} free, using at most {self.margin:.0%}: {verdict}"
+        )
+
+
+def estimate(
+    plan: Plan,
+    config,
+    *,
+    tokens: int,
+    seq_len: int,
+    elem: int,
+    leftover_bytes: int,
+    device: torch.device,
+    available: int | None = None,
+) -> MemoryPlan:
+    """The memory plan of one step of ``tokens`` tokens in sequences of ``seq_len`` (``elem`` bytes per element)."""
+    resident = leftover_bytes
+    optimizer = 0
+    for t in plan.tensors:
+        n = _numel(t.shape) * (elem if t.role in ("small", "residual") else 4)
+        resident += n
+        if t.trainable:
+            optimizer += 3 * n
+    produced = produced_global = 0
+    per_layer = 0
+    for s in plan.slots:
+        w = 0 if s.tied_weight else _numel(s.shape_w)
+        b = _numel(s.shape_w[:1]) if s.b is not None else 0  # a bias has the output size
+        if s.layered:
+            per_layer += (w + b) * elem
+            produced += (w + b) * elem * plan.L2
+        else:
+            produced_global += (w + b) * elem
+    produced += produced_global
+    return MemoryPlan(
+        device=str(device),
+        available=available_bytes(device) if available is None else available,
+        resident=resident,
+        optimizer=optimizer,
+        produced=produced,
+        produced_global=produced_global,
+        produced_layer=per_layer,
+        activations=activation_bytes(config, plan, tokens, seq_len, elem),
+        tokens=tokens,
+    )
+
+
+def activation_bytes(config, plan: Plan, tokens: int, seq_len: int, elem: int) -> int:
+    """What the large model keeps for backward for ``tokens`` tokens (see the module docstring)."""
+    if tokens <= 0:
+        return 0
+    h = plan.widths.get("emb", (0, getattr(config, "hidden_size", 0)))[1]
+    f = plan.widths.get("ffn", (0, getattr(config, "intermediate_size", None) or 4 * h))[1]
+    a = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1
+    per_token_layer = elem * (8 * h + 3 * f + 2 * a * seq_len)
+    vocab = getattr(config, "vocab_size", 0) or 0
+    return tokens * (plan.L2 * per_token_layer + 2 * h * elem + 2 * vocab * max(elem, 4))
+
+
+def ensure_fits(mp: MemoryPlan, what: str) -> None:
+    """Raise MemoryError (before anything is allocated) when even memory-lean mode cannot fit ``mp``."""
+    if not mp.fits:
+        raise MemoryError(f"{what} does not fit: {mp}")

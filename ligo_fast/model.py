@@ -26,9 +26,9 @@ from torch.func import functional_call
 from . import factored
 from .arch import Arch, arch_for
 from .config import LiGOConfig
+from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
-from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
 from .lean import lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
 from .plan import OpTensor, Plan, build_plan, check_family

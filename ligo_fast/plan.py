@@ -346,7 +346,7 @@ def build_plan(
             if norms:
                 head_norm_scale[norms[-1]] = 1.0 / k
             else:
-                notes.append(f"{head.path} is tied to an embedding and no norm precedes it: its outputs are scaled by {k}")
+                notes.append(f"{head.path} is tied to an embedding and no norm precedes it: outputs scaled by {k}")
 
     slots: list[Slot] = []
     for index, (mod, layered, tied_weight) in enumerate(modules):

@@ -1,4 +1,5 @@
-"""The function-preserving ("lossless") init: before any operator step the grown model computes the small one's function.
+"""The function-preserving ("lossless") init: before any operator step the grown model computes the small model's
+function.
 
 Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, GPT-2, ViT) also
 grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is not (measured).
@@ -21,10 +22,17 @@ def _configs(name: str, k: int, layers: int, *, tie: bool = False):
     """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs."""
     d, h, f = 32, 4, 40
     if name in LLAMA:
-        C = T.MistralConfig if name.startswith("Mistral") else T.Qwen2Config if name.startswith("Qwen2") else T.LlamaConfig
+        C = (
+            T.MistralConfig
+            if name.startswith("Mistral")
+            else T.Qwen2Config
+            if name.startswith("Qwen2")
+            else T.LlamaConfig
+        )
         kw = dict(vocab_size=VOCAB, max_position_embeddings=32, tie_word_embeddings=tie)
         return (
-            C(hidden_size=d, intermediate_size=f, num_hidden_layers=2, num_attention_heads=h, num_key_value_heads=2, **kw),
+            C(hidden_size=d, intermediate_size=f, num_hidden_layers=2, num_attention_heads=h, num_key_value_heads=2,
+              **kw),
             C(
                 hidden_size=d * k, intermediate_size=f * k, num_hidden_layers=layers, num_attention_heads=h * k,
                 num_key_value_heads=2 * k, **kw,
@@ -32,12 +40,16 @@ def _configs(name: str, k: int, layers: int, *, tie: bool = False):
         )  # fmt: skip
     if name.startswith("GPT2"):
         kw = dict(vocab_size=VOCAB, n_positions=16, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tie)
-        return T.GPT2Config(n_embd=d, n_layer=2, n_head=h, **kw), T.GPT2Config(n_embd=d * k, n_layer=layers, n_head=h * k, **kw)
+        return T.GPT2Config(n_embd=d, n_layer=2, n_head=h, **kw), T.GPT2Config(
+            n_embd=d * k, n_layer=layers, n_head=h * k, **kw
+        )
     if name.startswith("ViT"):
         kw = dict(image_size=8, patch_size=4, num_labels=3)
         return (
             T.ViTConfig(hidden_size=d, num_hidden_layers=2, num_attention_heads=h, intermediate_size=f, **kw),
-            T.ViTConfig(hidden_size=d * k, num_hidden_layers=layers, num_attention_heads=h * k, intermediate_size=f * k, **kw),
+            T.ViTConfig(
+                hidden_size=d * k, num_hidden_layers=layers, num_attention_heads=h * k, intermediate_size=f * k, **kw
+            ),
         )
     C = T.BertConfig if name.startswith("Bert") else T.RobertaConfig
     kw = dict(vocab_size=VOCAB, max_position_embeddings=40, num_labels=3, tie_word_embeddings=tie)
@@ -98,7 +110,9 @@ def test_tied_embeddings_stay_exact(name, k):
 
 
 def test_untied_width_matrices_are_exact_too():
-    grown, materialised = _deviation("LlamaForCausalLM", 2, layers=4, tie=False)  # LiGO tying off: every module its own matrices
+    grown, materialised = _deviation(
+        "LlamaForCausalLM", 2, layers=4, tie=False
+    )  # LiGO tying off: every module its own matrices
     assert grown < 1e-5 and materialised < 1e-5
 
 
@@ -111,8 +125,12 @@ def test_post_norm_depth_is_close_not_exact(name):
 
 def test_non_integer_width_is_not_exact_and_the_plan_says_so():
     small_cfg, _ = _configs("LlamaForCausalLM", 1, 2)
-    large_cfg = T.LlamaConfig(**{**small_cfg.to_dict(), "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3})
-    grown = ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+    large_cfg = T.LlamaConfig(
+        **{**small_cfg.to_dict(), "hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 3}
+    )
+    grown = ligo_fast.grow(
+        build("LlamaForCausalLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless"
+    )
     assert any("not by an integer factor" in n for n in grown.plan.notes)
 
 

@@ -175,6 +175,13 @@ def count_tokens(args, kwargs, config) -> int:
     return 1
 
 
+def _per_layer(t: Tensor | None, n: int) -> Sequence[Tensor | None]:
+    """``t``'s rows for each of ``n`` layers: a 3-D per-layer tensor unbound, a shared one repeated, None as None."""
+    if t is not None and t.dim() == 3:
+        return t.unbind(0)
+    return [t] * n
+
+
 @contextmanager
 def factored_modules(large: nn.Module, slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]):
     """Context: the block linears of ``slots`` in ``large`` compute :func:`factored_linear` instead of x @ W^T."""
@@ -185,14 +192,14 @@ def factored_modules(large: nn.Module, slots: Sequence[Slot], get: Callable[[str
             W = get(s.w)
             ct = compute_dtype(W.dtype)
             Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
-            Eo, Ei, R = get(s.e_rows[0]), get(s.e_cols[0]), get(s.res_w)
-            for l, target in enumerate(s.targets_w):
+            # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
+            # gradient of the whole (L2, ...) tensor
+            n = len(s.targets_w)
+            Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
+            for l, (target, w) in enumerate(zip(s.targets_w, Wmix.unbind(0), strict=True)):
                 mod = large.get_submodule(target.rpartition(".")[0])
-                eo = Eo[l] if (Eo is not None and Eo.dim() == 3) else Eo
-                ei = Ei[l] if (Ei is not None and Ei.dim() == 3) else Ei
-                r = None if R is None else R[l]
 
-                def fwd(x, _w=Wmix[l], _eo=eo, _ei=ei, _r=r, _mod=mod):
+                def fwd(x, _w=w, _eo=Eo[l], _ei=Ei[l], _r=R[l], _mod=mod):
                     return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
 
                 mod.forward = fwd

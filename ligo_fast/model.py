@@ -136,9 +136,15 @@ class LiGOModel(nn.Module):
             glob = produce([s for s in slots if not s.layered], self.tensor, aliases=self.plan.aliases)
             layered = [s for s in slots if s.layered]
             blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
+            # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
+            # gradients once, where slicing per layer would write a zero gradient of the whole tensor per layer)
+            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == "split"}
 
             def layer(l: int) -> dict[str, Tensor]:
-                return produce(layered, self.tensor, layer=l, skip_weights=skip)
+                def get(name: str | None) -> Tensor | None:
+                    return rows[name][l][None] if name in rows else self.tensor(name)
+
+                return produce(layered, get, layer=l, skip_weights=skip)
 
             with lean_layers(self.large, blocks, layer):
                 return functional_call(self.large, glob, args, kwargs, tie_weights=False)

@@ -6,6 +6,9 @@ Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated.
 
 ``get(name)`` returns an operator tensor by its internal name (:class:`ligo_fast.plan.OpTensor`), or None for
 None: :class:`ligo_fast.model.LiGOModel` passes its own tensors, :mod:`ligo_fast.compat` a view of its modules'.
+To produce one large layer (memory-lean mode), pass ``layer`` and a ``get`` that returns that layer's slice
+``(1, ...)`` of every per-layer tensor (rule ``split``): the caller slices once per forward (``unbind``), because
+slicing a parameter per layer would make every layer's backward write a zero gradient of the whole tensor.
 Imports: ``ops`` and ``plan``.
 """
 
@@ -36,7 +39,7 @@ def produce(
 
     Args:
         slots: the module kinds to produce.
-        get: operator tensor by internal name.
+        get: operator tensor by internal name (with ``layer``: per-layer tensors already sliced to that layer).
         layer: only this large layer of the block modules (memory-lean mode); global modules in full.
         backend: the ops' backend.
         skip_weights: slots (by their small weight's name) whose weight is not produced (factored mode).
@@ -49,36 +52,26 @@ def produce(
     vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
     vec_targets: list[tuple[tuple[str, ...], int]] = []  # (names, number of parts to concatenate)
 
-    def sel(t: Tensor | None, per_layer: bool = True) -> Tensor | None:
-        """The slice of a per-layer tensor (depth, residual, 3-D width) for ``layer``."""
-        if t is None or layer is None or not per_layer:
-            return t
-        return t[layer : layer + 1]
-
-    def width(name: str | None, layered: bool) -> Tensor | None:
-        t = get(name)
-        return sel(t, layered and t is not None and t.dim() == 3)
-
-    def add_vec(v, depth, es, res, names: tuple[str, ...], layered: bool) -> None:
+    def add_vec(v, depth, es, res, names: tuple[str, ...]) -> None:
         n = len(es)
         vparts = v.chunk(n, dim=-1) if n > 1 else (v,)
         rparts = res.chunk(n, dim=-1) if (res is not None and n > 1) else (res,) * n
         for vp, e, rp in zip(vparts, es, rparts, strict=True):
-            vec_problems.append((vp, depth, width(e, layered), rp))
+            vec_problems.append((vp, depth, get(e), rp))
         vec_targets.append((names, n))
 
     one = torch.ones(1, 1, device=get(slots[0].w).device, dtype=torch.float32)  # the depth of a global module
     for s in slots:
         L = s.layered
         W = get(s.w)
-        depth = sel(get(s.depth_w)) if L else (get(s.scale_w) if s.scale_w else one)
-        res = sel(_lift(get(s.res_w), L), L)
+        depth = get(s.depth_w) if L else (get(s.scale_w) if s.scale_w else one)
+        res = _lift(get(s.res_w), L)
         targets_w = s.targets_w if (layer is None or not L) else (s.targets_w[layer],)
         Wl = W if L else W[None]
         if s.tied_weight or s.w in skip_weights:
             pass
         elif s.mod.kind == NORM:
-            add_vec(Wl, depth, s.e_rows, res, targets_w, L)
+            add_vec(Wl, depth, s.e_rows, res, targets_w)
         else:
             W2 = Wl.reshape(Wl.shape[0], *s.view_w)
             n = max(len(s.e_rows), len(s.e_cols))
@@ -88,8 +81,8 @@ def produce(
                 ops.ligo_expand(
                     Wp,
                     depth,
-                    width(s.e_rows[i if s.split_rows else 0], L),
-                    width(s.e_cols[0 if s.split_rows else i], L),
+                    get(s.e_rows[i if s.split_rows else 0]),
+                    get(s.e_cols[0 if s.split_rows else i]),
                     residual=_residual_2d(s, res) if n == 1 else None,
                     backend=backend,
                 )
@@ -101,10 +94,10 @@ def produce(
             for name, t in zip(targets_w, big.unbind(0), strict=True):
                 out[name] = t.reshape(s.shape_w)
         if s.b is not None:
-            depth_b = sel(get(s.depth_b)) if L else (get(s.scale_b) if s.scale_b else one)
+            depth_b = get(s.depth_b) if L else (get(s.scale_b) if s.scale_b else one)
             bl = get(s.b) if L else get(s.b)[None]
             targets_b = s.targets_b if (layer is None or not L) else (s.targets_b[layer],)
-            add_vec(bl, depth_b, s.bias_widths, sel(_lift(get(s.res_b), L), L), targets_b, L)
+            add_vec(bl, depth_b, s.bias_widths, _lift(get(s.res_b), L), targets_b)
     results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
     for names, n in vec_targets:
         t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)

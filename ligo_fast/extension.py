@@ -44,7 +44,7 @@ CPU_SOURCES = ("ligo_ops.cpp",)
 CUDA_SOURCES = ("cuda/ligo_ops_cuda.cpp", "cuda/multi_vec.cu")
 CFLAGS = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP code, serial without it
 
-_state: dict = {}
+_loaded: dict[str, str] = {}  # "how": set once the ops are loaded (a process cannot unload or re-register them)
 
 
 def cache_dir() -> Path:
@@ -109,11 +109,13 @@ def _check_prebuilt_fresh() -> None:
 
 
 def load_library() -> str:
-    """Load the ops once (prebuilt or JIT); return how they were loaded. Raises RuntimeError with the reason."""
-    if "how" in _state:
-        return _state["how"]
-    if "error" in _state:
-        raise RuntimeError(_state["error"])
+    """Load the ops (prebuilt, else JIT-built) once per process; return how they were loaded.
+
+    Raises RuntimeError with a one-line reason; a failure is not remembered here (:mod:`ligo_fast.backends`
+    remembers it), so a later call tries again.
+    """
+    if "how" in _loaded:
+        return _loaded["how"]
     try:
         try:
             _check_prebuilt_fresh()
@@ -127,13 +129,14 @@ def load_library() -> str:
             logger.warning("%s; building the C++ extension once into %s (about 30 s)", e, cache_dir())
             how = _jit_build()
         _register_python()
-    except Exception as e:  # noqa: BLE001 - remembered and reported by backends.availability()
-        _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        raise RuntimeError(_state["error"]) from e
-    _state["how"] = how
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise RuntimeError(msg if isinstance(e, RuntimeError) else f"{type(e).__name__}: {msg}") from e
+    _loaded["how"] = how
     return how
 
 
+@torch.compiler.assume_constant_result  # a dispatcher query Dynamo cannot trace; fixed once the library is loaded
 def has_cuda_kernels() -> bool:
     """True when the loaded extension has the CUDA vector kernels (built with CUDA)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("ligo_fast::multi_expand_vec", "CUDA")
@@ -258,8 +261,6 @@ def _backward_multi(ctx, grads):
 
 
 def _register_python() -> None:
-    if _state.get("registered"):
-        return
     lib = torch.library
     lib.register_fake("ligo_fast::expand_cpp")(_fake_expand)
     lib.register_fake("ligo_fast::expand_cpp_backward")(_fake_expand_backward)
@@ -270,7 +271,6 @@ def _register_python() -> None:
     lib.register_autograd("ligo_fast::expand_cpp", _backward_expand, setup_context=_setup_expand)
     lib.register_autograd("ligo_fast::expand_vec_cpp", _backward_expand_vec, setup_context=_setup_expand_vec)
     lib.register_autograd("ligo_fast::multi_expand_vec", _backward_multi, setup_context=_setup_multi)
-    _state["registered"] = True
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,7 +288,10 @@ def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 class CppBackend:
-    """``expand`` / ``expand_vec`` / ``expand_vec_multi`` through the C++ ops (CPU, and CUDA when built with it)."""
+    """The ``cpp`` backend (:class:`ligo_fast.backends.Backend`): the C++ ops on CPU, and on CUDA when built with it.
+
+    ``how``: how the extension was loaded (prebuilt or JIT-built, and where).
+    """
 
     name = "cpp"
 
@@ -303,8 +306,7 @@ class CppBackend:
                 "use backend='triton' or 'torch' for CUDA tensors, or rebuild with FORCE_CUDA=1"
             )
 
-    @staticmethod
-    def expand(W, depth, E_out, E_in, residual):
+    def expand(self, W, depth, E_out, E_in, residual):
         same, ct = _same_dtype(W, depth, E_out, E_in, residual)
         if same:
             return torch.ops.ligo_fast.expand_cpp(W, depth, E_out, E_in, residual)
@@ -317,6 +319,12 @@ class CppBackend:
         if same:
             return torch.ops.ligo_fast.expand_vec_cpp(b, depth, E_out, residual)
         return torch.ops.ligo_fast.expand_vec_cpp(*(_to(t, ct) for t in (b, depth, E_out, residual))).to(b.dtype)
+
+    def multi_vec_op(self, device_type: str):
+        """:meth:`expand_vec_multi` for CPU tensors, and for CUDA tensors when built with the CUDA kernels."""
+        if device_type == "cpu" or (device_type == "cuda" and has_cuda_kernels()):
+            return self.expand_vec_multi
+        return None
 
     def expand_vec_multi(self, problems):
         """problems: list of (b, depth, E_out, residual) -> list of (L2, o2) outputs, in one op call."""

@@ -6,13 +6,13 @@ import platform
 import shutil
 import sys
 
+import torch
+
+from . import backends, extension
+
 
 def report() -> str:
     """A plain-text report: versions, devices, each backend's availability, and how the extension loaded."""
-    import torch
-
-    from . import backends
-
     lines = [
         f"ligo_fast {__import__('ligo_fast').__version__}",
         f"python {platform.python_version()} ({sys.executable})",
@@ -34,16 +34,14 @@ def report() -> str:
     else:
         lines.append("CUDA devices: none")
     lines.append("backends:")
-    for name, status in backends.availability().items():
+    avail = backends.availability()
+    for name, status in avail.items():
         lines.append(f"  {name:7s} {status}")
-    try:
-        from . import extension
-
-        how = extension.load_library()
+    if avail["cpp"] == "available":
         cuda = "with" if extension.has_cuda_kernels() else "without"
-        lines.append(f"extension: {how}, {cuda} CUDA kernels")
-    except Exception as e:  # noqa: BLE001
-        lines.append(f"extension: unavailable ({e})")
+        lines.append(f"extension: {extension.load_library()}, {cuda} CUDA kernels")
+    else:
+        lines.append(f"extension: unavailable ({avail['cpp']})")
     for dev in ("cpu", "cuda"):
         if dev == "cuda" and not torch.cuda.is_available():
             continue

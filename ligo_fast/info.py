@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import sys
@@ -12,7 +13,8 @@ from . import backends, extension
 
 
 def report() -> str:
-    """A plain-text report: versions, devices, each backend's availability, and how the extension loaded."""
+    """A plain-text report: versions, devices, the backend variable, each backend's availability, and how the
+    extension loaded."""
     lines = [
         f"ligo_fast {__import__('ligo_fast').__version__}",
         f"python {platform.python_version()} ({sys.executable})",
@@ -33,6 +35,7 @@ def report() -> str:
             lines.append(f"cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
     else:
         lines.append("CUDA devices: none")
+    lines.append(_env_line())
     lines.append("backends:")
     avail = backends.availability()
     for name, status in avail.items():
@@ -47,6 +50,18 @@ def report() -> str:
             continue
         lines.append(f"backend='auto' on {dev}: {backends.auto_choice(torch.device(dev))} preferred")
     return "\n".join(lines)
+
+
+def _env_line() -> str:
+    """The backend variable's value and whether ligo_fast accepts it."""
+    raw = os.environ.get(backends.ENV_VAR)
+    if raw is None:
+        return f"{backends.ENV_VAR}: unset (auto)"
+    try:
+        backends.check_env()
+    except ValueError:
+        return f"{backends.ENV_VAR}: {raw!r} (INVALID; valid values: {', '.join(backends.CHOICES)}, or unset)"
+    return f"{backends.ENV_VAR}: {raw!r} (valid)"
 
 
 def main() -> None:

@@ -102,8 +102,9 @@ def _build(name: str, sources: list[Path], with_cuda: bool, build_dir: Path) -> 
     return build_dir / f"{name}.so"
 
 
-def _jit_load() -> str:
-    """Load the JIT-built ops from the cache, building them first when the cache has no verified build.
+def _jit_load(why: str) -> str:
+    """Load the JIT-built ops from the cache, building them first when the cache has no verified build (``why``:
+    the reason there is no usable prebuilt module, for the build's message).
 
     Builds run in a fresh directory under the cache lock and are installed with their sha256 (:mod:`jit_cache`);
     only a file whose record matches is ever loaded from the cache.
@@ -128,7 +129,7 @@ def _jit_load() -> str:
                 for stale in cache.glob(f"{name}-build-*"):  # left by builds that did not finish
                     shutil.rmtree(stale, ignore_errors=True)
                 # a warning, not info: the first build takes ~30 s (2 CPU cores) and should not look like a hang
-                logger.warning("building the C++ extension (%s) once into %s (about 30 s)", kind, cache)
+                logger.warning("%s; building the C++ extension (%s) once into %s (about 30 s)", why, kind, cache)
                 build_dir = Path(tempfile.mkdtemp(prefix=f"{name}-build-", dir=cache))
                 try:
                     jit_cache.install(_build(name, sources, with_cuda, build_dir), artefact, key)
@@ -169,8 +170,7 @@ def load_library() -> str:
         except ImportError as e:
             if os.environ.get("LIGO_FAST_NO_JIT") == "1":
                 raise RuntimeError(f"no usable prebuilt ligo_fast._C ({e}) and LIGO_FAST_NO_JIT=1") from e
-            logger.info("%s; using the JIT-built extension", e)
-            how = _jit_load()
+            how = _jit_load(str(e))
         _register_python()
     except Exception as e:
         msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""

@@ -20,7 +20,7 @@ from _checks import (
     vec_inputs,
 )
 
-from ligo_fast import backends, ops
+from ligo_fast import backends, extension, ops
 
 LOW = (torch.float16, torch.bfloat16)
 ALL = (torch.float64, torch.float32, *LOW)
@@ -37,11 +37,13 @@ def _combos(dtypes=ALL) -> list:
     return out
 
 
-def _require(name: str) -> None:
+def _require(name: str, vectors: bool = False) -> None:
     try:
         backends.load(name)
     except backends.BackendUnavailable as e:
         pytest.skip(str(e))
+    if vectors and name == "cpp" and DEV == "cuda" and not extension.has_cuda_kernels():
+        pytest.skip("the extension was built without its CUDA vector kernels")
 
 
 def _expand(name):
@@ -62,14 +64,14 @@ def test_expand(case, name, dtype, poison_empty):
 @pytest.mark.parametrize(("name", "dtype"), _combos())
 @pytest.mark.parametrize("case", list(VEC_CASES), ids=list(VEC_CASES))
 def test_expand_vec(case, name, dtype, poison_empty):
-    _require(name)
+    _require(name, vectors=True)
     check_op(_expand_vec(name), oracle_expand_vec, vec_inputs(VEC_CASES[case], dtype))
 
 
 @pytest.mark.parametrize(("name", "dtype"), _combos())
 def test_expand_vec_multi(name, dtype, poison_empty):
     """Every vector case in one ragged list: the cpp backend's one-call kernel, the others' loop."""
-    _require(name)
+    _require(name, vectors=True)
     problems = [vec_inputs(c, dtype) for c in VEC_CASES.values()]
     sizes = [len(p) for p in problems]
     flat = [t for p in problems for t in p]
@@ -91,7 +93,7 @@ def test_expand_vec_multi(name, dtype, poison_empty):
 def test_mixed_dtypes(name, dtype, poison_empty):
     """16-bit weights with float32 coefficients and residual: output in the weights' dtype, each gradient in its
     input's dtype, accuracy as for the 16-bit problem."""
-    _require(name)
+    _require(name, vectors=True)
     case = MATRIX_CASES["odd-perlayer-res"]
     check_op(_expand(name), oracle_expand, expand_inputs(case, dtype, coef_dtype=torch.float32))
     vcase = VEC_CASES["perlayer-res"]
@@ -186,7 +188,7 @@ ACCUMULATION = {
 def test_accumulates_in_fp32(design, name, dtype):
     """Forward and gradients of the cancelling 16-bit problems above, by the same rule: passes only when the backend
     accumulates in float32."""
-    _require(name)
+    _require(name, vectors=True)
     kind, args = ACCUMULATION[design](dtype)
     args = [None if t is None else t.to(DEV) for t in args]
     if kind == "matrix":

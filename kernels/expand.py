@@ -469,16 +469,18 @@ def expand_bwd(
     need_depth: bool = True,
     need_E_out: bool = True,
     need_E_in: bool = True,
+    scratch_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Gradients of ``expand_fwd`` w.r.t. (W, depth, E_out, E_in) from grad: (L2, o2, i2); None where not needed.
 
     Recomputes the depth mix; keeps at most two scratch buffers alive: X (L2, o1, i1) and one of
-    Y (L2, o2-o1, i1) / S (L2, o1, i2), in the dot dtype.
+    Y (L2, o2-o1, i1) / S (L2, o1, i2), in ``scratch_dtype`` (default W's dtype, the dot dtype).
     """
     L1, o1, i1 = W.shape
     L2 = depth.shape[0]
     Eo, Ei = _layered(E_out, L2), _layered(E_in, L2)
     dot = _dot_args(W.dtype)
+    sdt = scratch_dtype or W.dtype
     dEo = dEi = None
     need_dWm = need_W or need_depth
     if Eo is None and Ei is None:
@@ -489,7 +491,7 @@ def expand_bwd(
     o2 = grad.shape[1]
     i2 = grad.shape[2]
     flip = (Ei is None) if (Eo is None or Ei is None) else (o1 * i2 > i1 * o2)
-    X = torch.empty((L2, o1, i1), dtype=W.dtype, device=W.device)
+    X = torch.empty((L2, o1, i1), dtype=sdt, device=W.device)
     _mix(X, W, depth)
     if flip:
         Gc, Xc, Eoc, Eic, o1c, i1c = grad.mT, X.mT, Ei, Eo, i1, o1
@@ -502,7 +504,7 @@ def expand_bwd(
     dEoc = dEic = None
     if Eoc is not None and need_o:
         if Eic is not None:
-            Y = torch.empty((L2, Eoc.shape[1], i1c), dtype=W.dtype, device=W.device)
+            Y = torch.empty((L2, Eoc.shape[1], i1c), dtype=sdt, device=W.device)
             _gemm(Y, Gc[:, o1c:, i1c:], Eic, D=Gc[:, o1c:, :i1c], dot=dot)
         else:
             Y = Gc[:, o1c:, :]
@@ -513,7 +515,7 @@ def expand_bwd(
     dWm = None
     if (Eic is not None and need_i) or need_dWm:
         if Eoc is not None:
-            S = torch.empty((L2, o1c, Gc.shape[2]), dtype=W.dtype, device=W.device)
+            S = torch.empty((L2, o1c, Gc.shape[2]), dtype=sdt, device=W.device)
             _gemm(S, Eoc.mT, Gc[:, o1c:, :], D=Gc[:, :o1c, :], dot=dot)
         else:
             S = Gc
@@ -569,8 +571,12 @@ def expand_vec_bwd(
     need_depth: bool = True,
     need_E_out: bool = True,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of ``expand_vec_fwd`` w.r.t. (b, depth, E_out): the matrix backward with a unit input side."""
+    """Gradients of ``expand_vec_fwd`` w.r.t. (b, depth, E_out): the matrix backward with a unit input side.
+
+    Its scratch is (L2, o1, 1): kept in float32, as the forward keeps the mixed vector, so the b and depth gradients
+    reduce float32 values (16-bit ones lose the sum when E_out's rows cancel b's common part).
+    """
     db, dd, dEo, _ = expand_bwd(
-        grad.unsqueeze(-1), b.unsqueeze(-1), depth, E_out, None, need_b, need_depth, need_E_out, False
+        grad.unsqueeze(-1), b.unsqueeze(-1), depth, E_out, None, need_b, need_depth, need_E_out, False, torch.float32
     )
     return (None if db is None else db.squeeze(-1)), dd, dEo

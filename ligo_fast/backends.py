@@ -5,76 +5,109 @@ CUDA tensors -> ``triton`` when Triton loads, CPU tensors -> ``cpp`` when the ex
 ``torch``. An automatically chosen backend that cannot load falls back to ``torch`` with one warning;
 a backend the caller names explicitly raises :class:`BackendUnavailable` with the reason.
 
-Backends register themselves lazily: each entry maps a name to ``module:attribute`` of a loader that
-returns an object with ``expand(W, depth, E_out, E_in, residual)`` and
-``expand_vec(b, depth, E_out, residual)`` (or raises ImportError/RuntimeError with a reason).
+Every backend is an object of the :class:`Backend` shape, made by one loader per name (:data:`LOADERS`). A
+loader runs once per process: its backend, or the reason it failed, is remembered until :func:`clear_cache`.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import os
 import warnings
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
+from torch import Tensor
 
-logger = logging.getLogger(__name__)
+from .reference import expand_torch, expand_vec_torch
 
-BACKENDS = ("torch", "triton", "cpp")
 ENV_VAR = "LIGO_FAST_BACKEND"
 
-_LOADERS: dict[str, str] = {
-    "torch": "ligo_fast.backends:_torch_backend",
-    "triton": "ligo_fast.triton_ops:load_backend",
-    "cpp": "ligo_fast.extension:load_backend",
-}
-_cache: dict[str, Any] = {}
-_errors: dict[str, str] = {}
-_warned: set[str] = set()
+VecProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # (b, depth, E_out, residual)
+MultiVecOp = Callable[[Sequence[VecProblem]], list[Tensor]]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend provides. Arguments are validated by :mod:`ligo_fast.ops` before they get here.
+
+    ``expand(W, depth, E_out, E_in, residual)``: (L2, o2, i2) in W's dtype; ``expand_vec(b, depth, E_out,
+    residual)``: (L2, o2) in b's dtype; ``multi_vec_op(device_type)``: an op doing a whole list of vector problems
+    in one call on tensors of that device type, or None when the backend has none (callers then loop).
+    """
+
+    name: str
+
+    def expand(
+        self, W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | None, residual: Tensor | None
+    ) -> Tensor: ...
+
+    def expand_vec(self, b: Tensor, depth: Tensor, E_out: Tensor | None, residual: Tensor | None) -> Tensor: ...
+
+    def multi_vec_op(self, device_type: str) -> MultiVecOp | None: ...
 
 
 class BackendUnavailable(RuntimeError):
     """A backend the caller asked for by name cannot be used here."""
 
 
-class _TorchBackend:
+class TorchBackend:
+    """The pure-PyTorch path (:mod:`ligo_fast.reference`): any device, any floating dtype, autograd."""
+
     name = "torch"
 
-    @staticmethod
-    def expand(W, depth, E_out, E_in, residual):
-        from .reference import expand_torch
-
+    def expand(self, W, depth, E_out, E_in, residual):
         return expand_torch(W, depth, E_out, E_in, residual)
 
-    @staticmethod
-    def expand_vec(b, depth, E_out, residual):
-        from .reference import expand_vec_torch
-
+    def expand_vec(self, b, depth, E_out, residual):
         return expand_vec_torch(b, depth, E_out, residual)
 
+    def multi_vec_op(self, device_type: str) -> MultiVecOp | None:
+        return None
 
-def _torch_backend():
-    return _TorchBackend()
+
+def _load_triton() -> Backend:
+    from . import triton_ops  # imports triton: an optional, heavy dependency, loaded on first use
+
+    return triton_ops.load_backend()
 
 
-def load(name: str) -> Any:
-    """Load backend ``name`` or raise :class:`BackendUnavailable` with the reason (remembered)."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)} or 'auto'")
-    if name in _cache:
-        return _cache[name]
-    if name in _errors:
-        raise BackendUnavailable(f"backend {name!r} is unavailable: {_errors[name]}")
-    mod_name, attr = _LOADERS[name].split(":")
-    try:
-        backend = getattr(importlib.import_module(mod_name), attr)()
-    except Exception as e:  # noqa: BLE001 - any failure to load is a reason to report
-        _errors[name] = f"{type(e).__name__}: {e}"
-        raise BackendUnavailable(f"backend {name!r} is unavailable: {_errors[name]}") from e
-    _cache[name] = backend
-    return backend
+def _load_cpp() -> Backend:
+    from . import extension  # loads (maybe builds) the C++ extension on first use
+
+    return extension.load_backend()
+
+
+# name -> loader; a loader returns the backend or raises (ImportError, RuntimeError, ...) with the reason
+LOADERS: dict[str, Callable[[], Backend]] = {"torch": TorchBackend, "triton": _load_triton, "cpp": _load_cpp}
+BACKENDS = tuple(LOADERS)
+CHOICES = ("auto", *BACKENDS)
+
+_loaded: dict[str, Backend | str] = {}  # name -> the backend, or why it cannot load
+_warned: set[str] = set()  # auto choices whose fallback to torch was already reported
+
+
+def load(name: str) -> Backend:
+    """Load backend ``name`` (once per process) or raise :class:`BackendUnavailable` with the reason."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown backend {name!r}; valid: {', '.join(CHOICES)}")
+    if name not in _loaded:
+        try:
+            _loaded[name] = LOADERS[name]()
+        except Exception as e:  # noqa: BLE001 - any failure to load is a reason to report
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            _loaded[name] = f"{type(e).__name__}: {reason}"
+    got = _loaded[name]
+    if isinstance(got, str):
+        raise BackendUnavailable(f"backend {name!r} is unavailable: {got}")
+    return got
+
+
+def clear_cache() -> None:
+    """Forget which backends loaded or failed (and which fallbacks were warned about): the next use tries again,
+    e.g. after installing Triton or fixing the extension's cache directory in a running session."""
+    _loaded.clear()
+    _warned.clear()
 
 
 def availability() -> dict[str, str]:
@@ -85,8 +118,21 @@ def availability() -> dict[str, str]:
             load(name)
             out[name] = "available"
         except BackendUnavailable:
-            out[name] = _errors[name]
+            out[name] = str(_loaded[name])
     return out
+
+
+def check_env() -> str:
+    """The backend ``LIGO_FAST_BACKEND`` asks for (``"auto"`` when unset or empty).
+
+    Raises ValueError with a one-line message listing the valid values when the variable names no backend; called
+    where a user commits to a backend (``grow``, the CLI) so that a typo fails there, not at the first forward.
+    """
+    raw = os.environ.get(ENV_VAR, "")
+    value = raw.strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV_VAR}={raw!r} is not a backend; valid values: {', '.join(CHOICES)} (or unset)")
+    return value
 
 
 def auto_choice(device: torch.device) -> str:
@@ -98,66 +144,58 @@ def auto_choice(device: torch.device) -> str:
     return "torch"
 
 
-def resolve(requested: str, device: torch.device) -> Any:
-    """The backend object to use for a call with ``backend=requested`` on tensors on ``device``.
+def resolve(requested: str, device: torch.device) -> Backend:
+    """The backend to use for a call with ``backend=requested`` on tensors on ``device``.
 
     Under ``torch.compile`` the choice is made once, at trace time, by :func:`_resolve_name` (which loads the
     backend outside the traced code: importing a module or building the extension cannot be traced, and
     ``fullgraph=True`` would refuse it); the compiled graph keeps that backend.
     """
-    return _cache[_resolve_name(requested, device.type)]
+    return _loaded[_resolve_name(requested, device.type)]
 
 
 @torch.compiler.assume_constant_result
 def _resolve_name(requested: str, device_type: str) -> str:
     """Load the backend for ``backend=requested`` on ``device_type`` tensors; return its name (a constant)."""
-    return _resolve(requested, torch.device(device_type)).name
-
-
-def _resolve(requested: str, device: torch.device) -> Any:
     if requested == "auto":
-        requested = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-        if requested not in BACKENDS + ("auto",):
-            raise ValueError(f"{ENV_VAR}={requested!r} is not one of {', '.join(BACKENDS)}, auto")
+        requested = check_env()
     if requested != "auto":
-        return load(requested)
-    choice = auto_choice(device)
+        return load(requested).name
+    choice = auto_choice(torch.device(device_type))
     try:
-        return load(choice)
+        return load(choice).name
     except BackendUnavailable as e:
         if choice not in _warned:
             _warned.add(choice)
-            # stacklevel: _resolve <- _resolve_name <- resolve <- ops.ligo_expand* <- the user's call
-            warnings.warn(f"{e}; falling back to the torch backend", RuntimeWarning, stacklevel=5)
-        return load("torch")
+            # stacklevel: _resolve_name <- resolve <- ops.ligo_expand* <- the user's call
+            warnings.warn(f"{e}; falling back to the torch backend", RuntimeWarning, stacklevel=4)
+        return load("torch").name
 
 
 def is_auto(requested: str) -> bool:
     """Whether ``backend=requested`` leaves the choice to ligo_fast (``auto``, not overridden by the variable)."""
-    return requested == "auto" and os.environ.get(ENV_VAR, "auto").strip().lower() in ("", "auto")
-
-
-def multi_vec_fallback(device: torch.device):
-    """The ``cpp`` backend's multi-tensor vector op when it loads and has kernels for ``device``, else None."""
-    return _cache["cpp"].expand_vec_multi if _has_multi_vec(device.type) else None
+    return requested == "auto" and _env_is_auto()
 
 
 @torch.compiler.assume_constant_result
-def _has_multi_vec(device_type: str) -> bool:
-    """Whether the ``cpp`` backend loads and has multi-tensor vector kernels for ``device_type``."""
+def _env_is_auto() -> bool:
+    return check_env() == "auto"
+
+
+def multi_vec_fallback(device: torch.device) -> MultiVecOp | None:
+    """The ``cpp`` backend's multi-tensor vector op for ``device`` when it loads and has kernels there, else None.
+
+    For ``auto`` calls whose backend has no multi-tensor op (Triton on CUDA): all vectors in one launch beat one
+    launch each.
+    """
+    return _loaded["cpp"].multi_vec_op(device.type) if _cpp_loads() else None
+
+
+@torch.compiler.assume_constant_result
+def _cpp_loads() -> bool:
+    """Whether the ``cpp`` backend loads (loading it outside traced code, as :func:`_resolve_name` does)."""
     try:
         load("cpp")
     except BackendUnavailable:
         return False
-    if device_type == "cuda":
-        from .extension import has_cuda_kernels
-
-        return has_cuda_kernels()
     return True
-
-
-def _reset_for_tests() -> None:
-    """Forget loaded backends, remembered errors and warnings (tests only)."""
-    _cache.clear()
-    _errors.clear()
-    _warned.clear()

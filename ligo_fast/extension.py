@@ -1,10 +1,13 @@
 """The C++/CUDA extension: loading, fake and autograd registrations, and the ``cpp`` backend object.
 
-Loading order: the prebuilt module ``ligo_fast._C`` (``pip install -e . --no-build-isolation``), else a JIT build of
-``csrc/`` with :func:`torch.utils.cpp_extension.load` (ninja) into ``$LIGO_FAST_CACHE`` (default
-``~/.cache/ligo_fast``), once per torch/Python/CUDA combination; the build error is remembered. CUDA sources are
-added to the JIT build when torch has CUDA, nvcc is found and a GPU is visible (or ``FORCE_CUDA=1``, as for
-``setup.py``: a build machine without a GPU; ``TORCH_CUDA_ARCH_LIST`` then names the architectures).
+Loading order: the prebuilt module ``ligo_fast._C`` (``pip install -e . --no-build-isolation``; trusted as
+installed), else a JIT build of ``csrc/`` with :func:`torch.utils.cpp_extension.load` (ninja), cached in
+``$LIGO_FAST_CACHE`` (default ``~/.cache/ligo_fast``) per torch/Python/CUDA combination and rebuilt when the sources
+change. The cache must be the user's own (:mod:`ligo_fast.jit_cache`: a directory others can write is refused, a
+cached build is loaded only when its sha256 matches the one recorded when it was built, one build at a time with a
+lock that a killed build cannot leave behind). CUDA sources are added to the JIT build when torch has CUDA, nvcc is
+found and a GPU is visible (or ``FORCE_CUDA=1``, as for ``setup.py``: a build machine without a GPU;
+``TORCH_CUDA_ARCH_LIST`` then names the architectures).
 
 Ops (namespace ``ligo_fast``, defined in ``csrc/ligo_ops.cpp``):
 
@@ -30,11 +33,13 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from . import jit_cache
 from .reference import compute_dtype
 
 logger = logging.getLogger(__name__)
@@ -44,16 +49,22 @@ CPU_SOURCES = ("ligo_ops.cpp",)
 CUDA_SOURCES = ("cuda/ligo_ops_cuda.cpp", "cuda/multi_vec.cu")
 CFLAGS = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP code, serial without it
 
-_state: dict = {}
+BUILD_WAIT_S = 900.0  # how long a process waits for another one's JIT build (a CUDA build can take minutes)
+
+_loaded: dict[str, str] = {}  # "how": set once the ops are loaded (a process cannot unload or re-register them)
+
+
+def cache_root() -> Path:
+    """``$LIGO_FAST_CACHE``, default ``~/.cache/ligo_fast``."""
+    return Path(os.environ.get("LIGO_FAST_CACHE") or Path.home() / ".cache" / "ligo_fast")
 
 
 def cache_dir() -> Path:
     """Where JIT builds go: ``$LIGO_FAST_CACHE/<torch, python, cuda tag>``."""
-    root = Path(os.environ.get("LIGO_FAST_CACHE") or Path.home() / ".cache" / "ligo_fast")
     cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
     tag = re.sub(r"[^A-Za-z0-9_.-]", "_", f"torch{torch.__version__}-{py}-{cuda}")
-    return root / tag
+    return cache_root() / tag
 
 
 def _jit_with_cuda() -> bool:
@@ -63,12 +74,7 @@ def _jit_with_cuda() -> bool:
     return bool(torch.version.cuda) and CUDA_HOME is not None and (forced or torch.cuda.is_available())
 
 
-def _jit_build(verbose: bool = False) -> str:
-    from torch.utils.cpp_extension import load
-
-    missing = [s for s in CPU_SOURCES if not (CSRC / s).is_file()]
-    if missing:
-        raise RuntimeError(f"cannot JIT-build the extension: sources {missing} not found under {CSRC}")
+def _ensure_ninja() -> None:
     if shutil.which("ninja") is None:
         # A venv's ninja is next to its python even when the venv is not activated.
         venv_bin = Path(sys.executable).parent
@@ -76,23 +82,62 @@ def _jit_build(verbose: bool = False) -> str:
             os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
         else:
             raise RuntimeError("cannot JIT-build the extension: ninja is not installed (pip install ninja)")
-    with_cuda = _jit_with_cuda()
-    sources = [str(CSRC / s) for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
-    build = cache_dir()
-    build.mkdir(parents=True, exist_ok=True)
-    name = "ligo_fast_ext_cuda" if with_cuda else "ligo_fast_ext_cpu"
+
+
+def _build(name: str, sources: list[Path], with_cuda: bool, build_dir: Path) -> Path:
+    """Compile and link ``sources`` into ``build_dir`` and load the result into this process; return its path."""
+    from torch.utils.cpp_extension import load
+
     load(
         name=name,
-        sources=sources,
+        sources=[str(s) for s in sources],
         extra_cflags=CFLAGS,
         extra_cuda_cflags=["-O3"],
         extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
+        build_directory=str(build_dir),
         with_cuda=with_cuda,
         is_python_module=False,
-        verbose=verbose,
+        verbose=False,
     )
-    return f"JIT build in {build} ({'CPU+CUDA' if with_cuda else 'CPU only'})"
+    return build_dir / f"{name}.so"
+
+
+def _jit_load(why: str) -> str:
+    """Load the JIT-built ops from the cache, building them first when the cache has no verified build (``why``:
+    the reason there is no usable prebuilt module, for the build's message).
+
+    Builds run in a fresh directory under the cache lock and are installed with their sha256 (:mod:`jit_cache`);
+    only a file whose record matches is ever loaded from the cache.
+    """
+    missing = [s for s in CPU_SOURCES if not (CSRC / s).is_file()]
+    if missing:
+        raise RuntimeError(f"cannot JIT-build the extension: sources {missing} not found under {CSRC}")
+    with_cuda = _jit_with_cuda()
+    name = "ligo_fast_ext_cuda" if with_cuda else "ligo_fast_ext_cpu"
+    sources = [CSRC / s for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
+    headers = sorted(p for p in CSRC.rglob("*.h") if "emu" not in p.parts)
+    key = jit_cache.source_key(
+        sources + headers, torch.__version__, sys.version, with_cuda, CFLAGS, os.environ.get("TORCH_CUDA_ARCH_LIST")
+    )
+    cache = jit_cache.trusted_dir(cache_dir(), cache_root())
+    artefact = cache / f"{name}.so"
+    kind = "CPU+CUDA" if with_cuda else "CPU only"
+    if not jit_cache.verified(artefact, key):
+        with jit_cache.build_lock(cache / f"{name}.lock", BUILD_WAIT_S):
+            if not jit_cache.verified(artefact, key):  # another process may have built it while this one waited
+                _ensure_ninja()
+                for stale in cache.glob(f"{name}-build-*"):  # left by builds that did not finish
+                    shutil.rmtree(stale, ignore_errors=True)
+                # a warning, not info: the first build takes ~30 s (2 CPU cores) and should not look like a hang
+                logger.warning("%s; building the C++ extension (%s) once into %s (about 30 s)", why, kind, cache)
+                build_dir = Path(tempfile.mkdtemp(prefix=f"{name}-build-", dir=cache))
+                try:
+                    jit_cache.install(_build(name, sources, with_cuda, build_dir), artefact, key)
+                finally:
+                    shutil.rmtree(build_dir, ignore_errors=True)
+                return f"JIT-built {artefact} ({kind})"
+    torch.ops.load_library(str(artefact))
+    return f"JIT-built {artefact} ({kind}), from the cache"
 
 
 def _check_prebuilt_fresh() -> None:
@@ -109,11 +154,13 @@ def _check_prebuilt_fresh() -> None:
 
 
 def load_library() -> str:
-    """Load the ops once (prebuilt or JIT); return how they were loaded. Raises RuntimeError with the reason."""
-    if "how" in _state:
-        return _state["how"]
-    if "error" in _state:
-        raise RuntimeError(_state["error"])
+    """Load the ops (prebuilt, else JIT-built) once per process; return how they were loaded.
+
+    Raises RuntimeError with a one-line reason; a failure is not remembered here (:mod:`ligo_fast.backends`
+    remembers it), so a later call tries again.
+    """
+    if "how" in _loaded:
+        return _loaded["how"]
     try:
         try:
             _check_prebuilt_fresh()
@@ -123,17 +170,16 @@ def load_library() -> str:
         except ImportError as e:
             if os.environ.get("LIGO_FAST_NO_JIT") == "1":
                 raise RuntimeError(f"no usable prebuilt ligo_fast._C ({e}) and LIGO_FAST_NO_JIT=1") from e
-            # a warning, not info: the first build takes ~30 s (2 CPU cores) and should not look like a hang
-            logger.warning("%s; building the C++ extension once into %s (about 30 s)", e, cache_dir())
-            how = _jit_build()
+            how = _jit_load(str(e))
         _register_python()
-    except Exception as e:  # noqa: BLE001 - remembered and reported by backends.availability()
-        _state["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-        raise RuntimeError(_state["error"]) from e
-    _state["how"] = how
+    except Exception as e:
+        msg = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+        raise RuntimeError(msg if isinstance(e, RuntimeError) else f"{type(e).__name__}: {msg}") from e
+    _loaded["how"] = how
     return how
 
 
+@torch.compiler.assume_constant_result  # a dispatcher query Dynamo cannot trace; fixed once the library is loaded
 def has_cuda_kernels() -> bool:
     """True when the loaded extension has the CUDA vector kernels (built with CUDA)."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("ligo_fast::multi_expand_vec", "CUDA")
@@ -258,8 +304,6 @@ def _backward_multi(ctx, grads):
 
 
 def _register_python() -> None:
-    if _state.get("registered"):
-        return
     lib = torch.library
     lib.register_fake("ligo_fast::expand_cpp")(_fake_expand)
     lib.register_fake("ligo_fast::expand_cpp_backward")(_fake_expand_backward)
@@ -270,7 +314,6 @@ def _register_python() -> None:
     lib.register_autograd("ligo_fast::expand_cpp", _backward_expand, setup_context=_setup_expand)
     lib.register_autograd("ligo_fast::expand_vec_cpp", _backward_expand_vec, setup_context=_setup_expand_vec)
     lib.register_autograd("ligo_fast::multi_expand_vec", _backward_multi, setup_context=_setup_multi)
-    _state["registered"] = True
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -288,7 +331,10 @@ def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 
 
 class CppBackend:
-    """``expand`` / ``expand_vec`` / ``expand_vec_multi`` through the C++ ops (CPU, and CUDA when built with it)."""
+    """The ``cpp`` backend (:class:`ligo_fast.backends.Backend`): the C++ ops on CPU, and on CUDA when built with it.
+
+    ``how``: how the extension was loaded (prebuilt or JIT-built, and where).
+    """
 
     name = "cpp"
 
@@ -303,8 +349,7 @@ class CppBackend:
                 "use backend='triton' or 'torch' for CUDA tensors, or rebuild with FORCE_CUDA=1"
             )
 
-    @staticmethod
-    def expand(W, depth, E_out, E_in, residual):
+    def expand(self, W, depth, E_out, E_in, residual):
         same, ct = _same_dtype(W, depth, E_out, E_in, residual)
         if same:
             return torch.ops.ligo_fast.expand_cpp(W, depth, E_out, E_in, residual)
@@ -317,6 +362,12 @@ class CppBackend:
         if same:
             return torch.ops.ligo_fast.expand_vec_cpp(b, depth, E_out, residual)
         return torch.ops.ligo_fast.expand_vec_cpp(*(_to(t, ct) for t in (b, depth, E_out, residual))).to(b.dtype)
+
+    def multi_vec_op(self, device_type: str):
+        """:meth:`expand_vec_multi` for CPU tensors, and for CUDA tensors when built with the CUDA kernels."""
+        if device_type == "cpu" or (device_type == "cuda" and has_cuda_kernels()):
+            return self.expand_vec_multi
+        return None
 
     def expand_vec_multi(self, problems):
         """problems: list of (b, depth, E_out, residual) -> list of (L2, o2) outputs, in one op call."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import sys
 
+import torch
+
+from . import backends, extension
+
 
 def report() -> str:
-    """A plain-text report: versions, devices, each backend's availability, and how the extension loaded."""
-    import torch
-
-    from . import backends
-
+    """A plain-text report: versions, devices, the backend variable, each backend's availability, and how the
+    extension loaded."""
     lines = [
         f"ligo_fast {__import__('ligo_fast').__version__}",
         f"python {platform.python_version()} ({sys.executable})",
@@ -33,22 +35,33 @@ def report() -> str:
             lines.append(f"cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB")
     else:
         lines.append("CUDA devices: none")
+    lines.append(_env_line())
     lines.append("backends:")
-    for name, status in backends.availability().items():
+    avail = backends.availability()
+    for name, status in avail.items():
         lines.append(f"  {name:7s} {status}")
-    try:
-        from . import extension
-
-        how = extension.load_library()
+    if avail["cpp"] == "available":
         cuda = "with" if extension.has_cuda_kernels() else "without"
-        lines.append(f"extension: {how}, {cuda} CUDA kernels")
-    except Exception as e:  # noqa: BLE001
-        lines.append(f"extension: unavailable ({e})")
+        lines.append(f"extension: {extension.load_library()}, {cuda} CUDA kernels")
+    else:
+        lines.append(f"extension: unavailable ({avail['cpp']})")
     for dev in ("cpu", "cuda"):
         if dev == "cuda" and not torch.cuda.is_available():
             continue
         lines.append(f"backend='auto' on {dev}: {backends.auto_choice(torch.device(dev))} preferred")
     return "\n".join(lines)
+
+
+def _env_line() -> str:
+    """The backend variable's value and whether ligo_fast accepts it."""
+    raw = os.environ.get(backends.ENV_VAR)
+    if raw is None:
+        return f"{backends.ENV_VAR}: unset (auto)"
+    try:
+        backends.check_env()
+    except ValueError:
+        return f"{backends.ENV_VAR}: {raw!r} (INVALID; valid values: {', '.join(backends.CHOICES)}, or unset)"
+    return f"{backends.ENV_VAR}: {raw!r} (valid)"
 
 
 def main() -> None:

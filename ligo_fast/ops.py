@@ -148,7 +148,7 @@ def ligo_expand_vec_multi(
         check_expand_vec_args(b, depth, E_out, residual)
     device = problems[0][0].device
     impl = backends.resolve(backend, device)
-    multi = getattr(impl, "expand_vec_multi", None)
+    multi = impl.multi_vec_op(device.type)
     if multi is None and backends.is_auto(backend):
         # auto on CUDA picks Triton, which has no multi-tensor kernel: the extension's does all vectors in one launch
         multi = backends.multi_vec_fallback(device)

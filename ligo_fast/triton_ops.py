@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .kernels import expand as _k
+from .reference import expand_torch, expand_vec_torch
 
 logger = logging.getLogger(__name__)
 
@@ -197,30 +198,27 @@ def _check_runnable(t: Tensor) -> None:
 
 
 class TritonBackend:
-    """Backend object for :mod:`ligo_fast.backends`. float64 weights go to the PyTorch reference
-    (the kernels cover fp16, bf16 and fp32); every other call goes to the custom ops."""
+    """The ``triton`` backend (:class:`ligo_fast.backends.Backend`). float64 weights go to the PyTorch reference
+    (the kernels cover fp16, bf16 and fp32); every other call goes to the custom ops. No multi-tensor vector op."""
 
     name = "triton"
 
-    @staticmethod
-    def expand(W, depth, E_out, E_in, residual):
+    def expand(self, W, depth, E_out, E_in, residual):
         _check_runnable(W)
         if W.dtype == torch.float64:
-            from .reference import expand_torch
-
             logger.debug("triton backend: float64 weights go to the PyTorch reference")
             return expand_torch(W, depth, E_out, E_in, residual)
         return torch.ops.ligo_fast.expand_triton(W, depth, E_out, E_in, residual)
 
-    @staticmethod
-    def expand_vec(b, depth, E_out, residual):
+    def expand_vec(self, b, depth, E_out, residual):
         _check_runnable(b)
         if b.dtype == torch.float64:
-            from .reference import expand_vec_torch
-
             logger.debug("triton backend: float64 vectors go to the PyTorch reference")
             return expand_vec_torch(b, depth, E_out, residual)
         return torch.ops.ligo_fast.expand_vec_triton(b, depth, E_out, residual)
+
+    def multi_vec_op(self, device_type: str):
+        return None
 
 
 def load_backend() -> TritonBackend:

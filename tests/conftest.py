@@ -31,3 +31,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """Every float tensor that torch.empty / empty_like allocate from Python starts as NaN: an output element nobody
+    wrote, or scratch read before it is written, shows up as NaN."""
+
+    def poisoned(real):
+        def alloc(*a, **k):
+            t = real(*a, **k)
+            if t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
+
+        return alloc
+
+    monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))

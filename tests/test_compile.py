@@ -1,8 +1,9 @@
 """torch.compile(fullgraph=True) in a fresh process: no backend loaded before tracing starts.
 
 Loading a backend imports modules and may build the extension, which Dynamo cannot trace; ligo_fast chooses and
-loads the backend outside the traced code (``backends._resolve_name`` is a compile-time constant). Each case runs in
-its own interpreter so that nothing earlier in the test session has loaded a backend already.
+loads the backend outside the traced code (the choice is a compile-time constant). Each case runs in its own
+interpreter so that nothing earlier in the test session has loaded a backend already; the backend loaders are
+wrapped to record which ones run, and when.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 _OPS = """
-import torch
+import sys, torch
 torch.set_num_threads(1)
 from ligo_fast import backends, ops, reference
-assert not backends._cache, "a backend was loaded before tracing"
+assert not {"ligo_fast.triton_ops", "ligo_fast.extension"} & set(sys.modules), "importing loaded a backend"
+loads = []
+for _name, _loader in list(backends.LOADERS.items()):
+    backends.LOADERS[_name] = lambda _n=_name, _f=_loader: loads.append(_n) or _f()
 g = torch.Generator().manual_seed(0)
 def rnd(*s):
     return torch.randn(*s, generator=g, dtype=torch.float64).float().requires_grad_()
@@ -38,7 +42,7 @@ def f(W, d, Eo, Ei, b, db, E1, R1, b2, d2):
 args = (W, d, Eo, Ei, b, db, E1, R1, b2, d2)
 loss = torch.compile(f, fullgraph=True)(*args)
 grads = torch.autograd.grad(loss, args)
-chosen = sorted(backends._cache)
+chosen = sorted(loads)
 
 def g64(*a):  # float64 oracle through the pure-PyTorch path
     a = [x.detach().double().requires_grad_() for x in a]
@@ -63,10 +67,13 @@ torch.set_num_threads(1)
 sys.path.insert(0, TESTS)
 import _models, ligo_fast
 from ligo_fast import backends
+loads = []
+for _name, _loader in list(backends.LOADERS.items()):
+    backends.LOADERS[_name] = lambda _n=_name, _f=_loader: loads.append(_n) or _f()
 small_cfg, large_cfg = _models.configs("LlamaForCausalLM")
 small = _models.build("LlamaForCausalLM", small_cfg)
 model = ligo_fast.grow(small, large_cfg, depth_init="stackbert_noisy", width_init="rand").eval()
-assert not backends._cache, "grow loaded a backend before tracing"
+assert not loads, "grow loaded a backend before tracing"
 x = _models.inputs("LlamaForCausalLM")
 out = torch.compile(model, fullgraph=True)(**x).logits
 out.square().mean().backward()
@@ -77,7 +84,7 @@ ref.square().mean().backward()
 assert (out - ref).abs().max().item() < 1e-5
 for a, p in zip(compiled_grads, [p for p in model.parameters() if p.requires_grad]):
     assert (a - p.grad).abs().max().item() <= 1e-5 * (1 + p.grad.abs().max().item())
-print("OK", sorted(backends._cache))
+print("OK", sorted(loads))
 """
 
 

@@ -1,9 +1,9 @@
-"""Triton backend: the custom ops against the PyTorch reference.
+"""Triton backend: what is particular to its custom ops (numbers for every case and dtype: tests/test_ops.py).
 
-On CPU these run through Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), in float32 and
-float16 (the interpreter mishandles bfloat16 dots); the ``gpu`` tests repeat them on CUDA in bf16/fp16/fp32
-with flash-attention's rule: the kernel's error against a float64 reference is at most about twice that
-of PyTorch doing the same math in that dtype.
+Both association orders, strided inputs, gradient subsets, the backward op's unwanted outputs, torch.library's
+opcheck (size-1 shapes included), torch.compile, dispatch. On CPU the kernels run through Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1); the ``gpu`` tests repeat the numbers on CUDA at model-like sizes in
+bf16/fp16/fp32, by the rule of tests/_checks.py.
 """
 
 from __future__ import annotations
@@ -13,38 +13,20 @@ import torch
 
 pytest.importorskip("triton")
 
-from ligo_fast.kernels import expand as K  # noqa: E402
+from _checks import DEV, check_op, expand_inputs, oracle_expand, oracle_expand_vec, vec_inputs  # noqa: E402
 
 from ligo_fast import backends, ops  # noqa: E402
 from ligo_fast import triton_ops as T  # noqa: E402
-from ligo_fast.reference import expand_torch, expand_vec_torch, in_first  # noqa: E402
+from ligo_fast.kernels import expand as K  # noqa: E402
+from ligo_fast.reference import expand_torch, expand_vec_torch  # noqa: E402
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-# (L1, L2, o1, i1, o2, i2, E layout, residual); sizes odd and off every block size (16/32/64/128)
-CASES = {
-    "odd-perlayer-res": (3, 5, 7, 11, 13, 17, "layer", True),  # o1 < i1: columns first
-    "out-first": (2, 3, 37, 23, 45, 50, "layer", True),  # o1 > i1: rows first
-    "shared": (2, 3, 21, 19, 45, 38, "shared", False),
-    "shared-res": (4, 2, 33, 35, 67, 41, "shared", True),
-    "L1=1": (1, 4, 9, 13, 19, 21, "layer", False),
-    "L2=1": (3, 1, 15, 9, 29, 23, "layer", True),
-    "E_out-only": (2, 3, 20, 9, 37, 9, "layer", True),
-    "E_in-only": (2, 3, 9, 20, 9, 37, "shared", True),
-    "no-E": (3, 4, 11, 13, 11, 13, "layer", True),
-    "no-E-no-res": (3, 2, 11, 13, 11, 13, "layer", False),
-    "square-double": (2, 4, 33, 33, 66, 66, "layer", False),
-}
+def make_inputs(L1, L2, o1, i1, o2, i2, layout, residual, dtype=torch.float32, device=DEV):
+    return expand_inputs((L1, L2, o1, i1, o2, i2, layout, residual), dtype, device=device)
 
-VEC_CASES = {
-    "perlayer-res": (3, 5, 37, 70, "layer", True),
-    "shared": (2, 3, 21, 45, "shared", False),
-    "L1=1-L2=1": (1, 1, 9, 19, "layer", True),
-    "no-E": (4, 6, 13, 13, "layer", True),
-}
 
-# relative-norm bound against the float64 oracle, and elementwise tolerance against the same-dtype torch path
-TOL = {torch.float32: (1e-5, 2e-5), torch.float16: (3e-3, 8e-3), torch.bfloat16: (2e-2, 6e-2)}
+def make_vec_inputs(L1, L2, o1, o2, layout, residual, dtype=torch.float32, device=DEV):
+    return vec_inputs((L1, L2, o1, o2, layout, residual), dtype, device=device)
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -52,46 +34,8 @@ def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def _close(a: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    assert a.shape == ref.shape, what
-    assert a.dtype == ref.dtype, what
-    assert torch.isfinite(a).all(), f"{what}: non-finite values"
-    tol = TOL[dtype][1]
-    scale = ref.double().abs().max().item()
-    torch.testing.assert_close(a.double(), ref.double(), atol=tol * scale, rtol=tol, msg=lambda m: f"{what}: {m}")
-
-
-def make_inputs(L1, L2, o1, i1, o2, i2, layout, residual, dtype, coef_dtype=None, device=DEV):
-    """Fresh random inputs of unit-ish scale (E scaled by 1/sqrt(fan-in)); never zeros."""
-    coef_dtype = coef_dtype or dtype
-
-    def E(big, small):
-        if big == small:
-            return None
-        shape = (big - small, small) if layout == "shared" else (L2, big - small, small)
-        return (torch.randn(shape, device=device) / small**0.5).to(coef_dtype)
-
-    W = torch.randn(L1, o1, i1, device=device).to(dtype)
-    depth = (torch.randn(L2, L1, device=device) / L1**0.5).to(coef_dtype)
-    R = torch.randn(L2, o2, i2, device=device).to(coef_dtype) if residual else None
-    return W, depth, E(o2, o1), E(i2, i1), R
-
-
 def _upcast(args, dt=torch.float64):
     return [None if a is None else a.detach().to(dt) for a in args]
-
-
-def native(W, depth, E_out, E_in, residual):
-    """PyTorch doing the math in W's dtype (no upcast): flash-attention's baseline for low precision."""
-    dt = W.dtype
-    c = [None if t is None else t.to(dt) for t in (depth, E_out, E_in, residual)]
-    depth, E_out, E_in, residual = c
-    Wm = (depth @ W.reshape(W.shape[0], -1)).reshape(depth.shape[0], *W.shape[1:])
-    rows = (lambda X: X) if E_out is None else (lambda X: torch.cat([X, E_out @ X], -2))
-    cols = (lambda X: X) if E_in is None else (lambda X: torch.cat([X, X @ E_in.mT], -1))
-    o1, i1 = W.shape[1:]
-    out = rows(cols(Wm)) if in_first(o1, i1, 0, 0) else cols(rows(Wm))
-    return out if residual is None else out + residual
 
 
 def _fwd_bwd(fn, args, grad):
@@ -102,78 +46,12 @@ def _fwd_bwd(fn, args, grad):
     return out.detach(), grads
 
 
-def check_against_references(fn, ref_fn, args, dtype, flash_rule: bool):
-    """Output and every gradient: against the float64 oracle (relative norm), the same-dtype torch path
-    (elementwise), and, with ``flash_rule``, no worse than 2x PyTorch's own error in that dtype."""
-    with torch.no_grad():
-        shape = fn(*args).shape
-    g = torch.randn(shape, device=args[0].device)
-    out, grads = _fwd_bwd(fn, args, g)
-    out64, grads64 = _fwd_bwd(ref_fn, _upcast(args), g.double())
-    same, grads_same = _fwd_bwd(ref_fn, args, g)
-    names = ["out"] + [f"grad{i}" for i in range(len(grads))]
-    bound = TOL[dtype][0]
-    if flash_rule:
-        nat, grads_nat = _fwd_bwd(native if ref_fn is expand_torch else native_vec, args, g)
-    for i, (a, a64, a_same) in enumerate(zip((out, *grads), (out64, *grads64), (same, *grads_same), strict=True)):
-        err = _rel(a, a64)
-        if flash_rule:
-            base = _rel((nat, *grads_nat)[i], a64)
-            assert err <= 2 * base + 1e-6, f"{names[i]}: error {err:.2e} > 2x PyTorch's {base:.2e}"
-        assert err <= bound, f"{names[i]}: relative error {err:.2e} > {bound:.1e}"
-        _close(a, a_same, dtype, names[i])
-
-
-def native_vec(b, depth, E_out, residual):
-    dt = b.dtype
-    bm = depth.to(dt) @ b
-    if E_out is not None:
-        E = E_out.to(dt)
-        bm = torch.cat([bm, (E @ bm.unsqueeze(-1)).squeeze(-1) if E.dim() == 3 else bm @ E.mT], -1)
-    return bm if residual is None else bm + residual.to(dt)
-
-
-def _poison_empty(monkeypatch):
-    """Every float allocation starts as NaN: an output element nobody wrote, or scratch read before written,
-    shows up as NaN."""
-
-    def poisoned(real):
-        def alloc(*a, **k):
-            t = real(*a, **k)
-            if t.is_floating_point():
-                t.fill_(float("nan"))
-            return t
-
-        return alloc
-
-    monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
-    monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))
-
-
 # --------------------------------------------------------------------------------------------- matrices
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_expand_matches_reference(case, dtype, monkeypatch):
-    _poison_empty(monkeypatch)
-    args = make_inputs(*CASES[case], dtype)
-    check_against_references(T.expand_triton, expand_torch, args, dtype, flash_rule=dtype != torch.float32)
-
-
-def test_expand_mixed_dtypes(monkeypatch):
-    """fp16 weights with fp32 depth, E and residual: output in fp16, each gradient in its input's dtype."""
-    _poison_empty(monkeypatch)
-    args = make_inputs(3, 4, 21, 35, 41, 50, "layer", True, torch.float16, coef_dtype=torch.float32)
-    out, grads = _fwd_bwd(T.expand_triton, args, torch.randn(4, 41, 50))
-    assert out.dtype == torch.float16
-    assert [g.dtype for g in grads] == [torch.float16] + [torch.float32] * 4
-    check_against_references(T.expand_triton, expand_torch, args, torch.float16, flash_rule=True)
 
 
 def test_expand_orientations_agree():
     """Both association orders (o1 < i1 and o1 > i1) give the reference; mirrored inputs give mirrored output."""
-    W, depth, Eo, Ei, R = make_inputs(2, 3, 13, 29, 30, 47, "layer", True, torch.float32)
+    W, depth, Eo, Ei, R = make_inputs(2, 3, 13, 29, 30, 47, "layer", True)
     out = T.expand_triton(W, depth, Eo, Ei, R)
     out_t = T.expand_triton(W.mT.contiguous(), depth, Ei, Eo, R.mT.contiguous())
     torch.testing.assert_close(out_t.mT, out, atol=1e-5, rtol=1e-5)
@@ -182,7 +60,7 @@ def test_expand_orientations_agree():
 
 def test_expand_non_contiguous():
     """Transposed views for W, E and the incoming gradient: the kernels take strides, no copies needed."""
-    W, depth, Eo, Ei, R = make_inputs(2, 3, 17, 23, 30, 35, "layer", True, torch.float32)
+    W, depth, Eo, Ei, R = make_inputs(2, 3, 17, 23, 30, 35, "layer", True)
     Wv = W.mT.contiguous().mT
     Eov = Eo.mT.contiguous().mT
     args = (Wv, depth.t().contiguous().t(), Eov, Ei, R)
@@ -197,7 +75,7 @@ def test_expand_non_contiguous():
 @pytest.mark.parametrize("which", [0, 1, 2, 3, 4], ids=["W", "depth", "E_out", "E_in", "residual"])
 def test_expand_grad_subsets(which):
     """Only one input requires grad: that gradient is right, the backward skips the rest."""
-    args = make_inputs(2, 3, 19, 13, 31, 29, "shared", True, torch.float32)
+    args = make_inputs(2, 3, 19, 13, 31, 29, "shared", True)
     leaves = [a.detach().clone().requires_grad_(i == which) for i, a in enumerate(args)]
     out = T.expand_triton(*leaves)
     g = torch.randn_like(out)
@@ -208,7 +86,7 @@ def test_expand_grad_subsets(which):
 
 
 def test_expand_backward_op_skips_unwanted():
-    W, depth, Eo, Ei, _ = make_inputs(2, 3, 9, 11, 15, 17, "layer", False, torch.float32)
+    W, depth, Eo, Ei, _ = make_inputs(2, 3, 9, 11, 15, 17, "layer", False)
     g = torch.randn(3, 15, 17)
     dW, dd, dEo, dEi = torch.ops.ligo_fast.expand_triton_backward(g, W, depth, Eo, Ei, False, True, False, True)
     assert dW.numel() == 0 and dEo.numel() == 0
@@ -221,34 +99,6 @@ def test_expand_backward_op_skips_unwanted():
 # ---------------------------------------------------------------------------------------------- vectors
 
 
-def make_vec_inputs(L1, L2, o1, o2, layout, residual, dtype, coef_dtype=None, device=DEV):
-    coef_dtype = coef_dtype or dtype
-    b = torch.randn(L1, o1, device=device).to(dtype)
-    depth = (torch.randn(L2, L1, device=device) / L1**0.5).to(coef_dtype)
-    E = None
-    if o2 != o1:
-        shape = (o2 - o1, o1) if layout == "shared" else (L2, o2 - o1, o1)
-        E = (torch.randn(shape, device=device) / o1**0.5).to(coef_dtype)
-    R = torch.randn(L2, o2, device=device).to(coef_dtype) if residual else None
-    return b, depth, E, R
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("case", list(VEC_CASES), ids=list(VEC_CASES))
-def test_expand_vec_matches_reference(case, dtype, monkeypatch):
-    _poison_empty(monkeypatch)
-    args = make_vec_inputs(*VEC_CASES[case], dtype)
-    check_against_references(T.expand_vec_triton, expand_vec_torch, args, dtype, flash_rule=dtype != torch.float32)
-
-
-def test_expand_vec_mixed_dtypes():
-    args = make_vec_inputs(3, 4, 21, 50, "layer", True, torch.float16, coef_dtype=torch.float32)
-    out, grads = _fwd_bwd(T.expand_vec_triton, args, torch.randn(4, 50))
-    assert out.dtype == torch.float16
-    assert [g.dtype for g in grads] == [torch.float16] + [torch.float32] * 3
-    check_against_references(T.expand_vec_triton, expand_vec_torch, args, torch.float16, flash_rule=True)
-
-
 # ------------------------------------------------------------------------------ registration, dispatch
 
 
@@ -258,23 +108,23 @@ def _req(args):
 
 def test_opcheck_expand():
     for layout, res in (("layer", True), ("shared", False)):
-        args = _req(make_inputs(2, 3, 9, 11, 15, 17, layout, res, torch.float32))
+        args = _req(make_inputs(2, 3, 9, 11, 15, 17, layout, res))
         torch.library.opcheck(torch.ops.ligo_fast.expand_triton.default, tuple(args))
     args = _req(make_inputs(2, 3, 9, 11, 9, 17, "layer", False, torch.float32))  # E_out None
     torch.library.opcheck(torch.ops.ligo_fast.expand_triton.default, tuple(args))
 
 
 def test_opcheck_expand_backward():
-    W, depth, Eo, Ei, _ = make_inputs(2, 3, 9, 11, 15, 17, "shared", False, torch.float32)
+    W, depth, Eo, Ei, _ = make_inputs(2, 3, 9, 11, 15, 17, "shared", False)
     g = torch.randn(3, 15, 17)
     for need in ((True, True, True, True), (False, True, False, True)):
         torch.library.opcheck(torch.ops.ligo_fast.expand_triton_backward.default, (g, W, depth, Eo, Ei, *need))
 
 
 def test_opcheck_expand_vec():
-    args = _req(make_vec_inputs(2, 3, 9, 15, "layer", True, torch.float32))
+    args = _req(make_vec_inputs(2, 3, 9, 15, "layer", True))
     torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton.default, tuple(args))
-    b, depth, E, _ = make_vec_inputs(2, 3, 9, 15, "shared", False, torch.float32)
+    b, depth, E, _ = make_vec_inputs(2, 3, 9, 15, "shared", False)
     g = torch.randn(3, 15)
     torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton_backward.default, (g, b, depth, E, True, True, True))
 
@@ -288,12 +138,12 @@ EDGE_CASES = [(1, 3, 5, 4, 7, 4), (2, 1, 3, 6, 3, 9), (1, 1, 1, 1, 2, 3), (3, 2,
 def test_opcheck_edge_shapes(case):
     L1, L2, o1, i1, o2, i2 = case
     for layout, res in (("layer", True), ("shared", False)):
-        args = _req(make_inputs(*case, layout, res, torch.float32))
+        args = _req(make_inputs(*case, layout, res))
         torch.library.opcheck(torch.ops.ligo_fast.expand_triton.default, tuple(args))
         W, depth, Eo, Ei, _ = (None if a is None else a.detach() for a in args)
         g = torch.randn(L2, o2, i2)
         torch.library.opcheck(torch.ops.ligo_fast.expand_triton_backward.default, (g, W, depth, Eo, Ei, *[True] * 4))
-        vargs = _req(make_vec_inputs(L1, L2, o1, o2, layout, res, torch.float32))
+        vargs = _req(make_vec_inputs(L1, L2, o1, o2, layout, res))
         torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton.default, tuple(vargs))
         b, vd, vE, _ = (None if a is None else a.detach() for a in vargs)
         vg = torch.randn(L2, o2)
@@ -302,8 +152,8 @@ def test_opcheck_edge_shapes(case):
 
 def test_torch_compile_fullgraph():
     """ligo_expand(backend="triton") inside torch.compile(fullgraph=True), forward and backward."""
-    W, depth, Eo, Ei, R = _req(make_inputs(2, 3, 9, 11, 15, 17, "layer", True, torch.float32))
-    b, bd, bE, _ = _req(make_vec_inputs(2, 3, 9, 15, "layer", False, torch.float32))
+    W, depth, Eo, Ei, R = _req(make_inputs(2, 3, 9, 11, 15, 17, "layer", True))
+    b, bd, bE, _ = _req(make_vec_inputs(2, 3, 9, 15, "layer", False))
 
     def f(W, depth, Eo, Ei, R, b, bE):
         y = ops.ligo_expand(W, depth, Eo, Ei, residual=R, backend="triton")
@@ -340,9 +190,8 @@ def test_dispatch_goes_to_triton_op(monkeypatch):
 
     monkeypatch.setattr(K, "expand_fwd", fwd)
     monkeypatch.setattr(K, "expand_vec_fwd", vec)
-    backends._reset_for_tests()
     assert isinstance(backends.load("triton"), T.TritonBackend)
-    W, depth, Eo, Ei, R = make_inputs(2, 3, 9, 11, 15, 17, "layer", True, torch.float32)
+    W, depth, Eo, Ei, R = make_inputs(2, 3, 9, 11, 15, 17, "layer", True)
     out = ops.ligo_expand(W, depth, Eo, Ei, residual=R, backend="triton")
     v = ops.ligo_expand_vec(W[:, :, 0], depth, Eo, backend="triton")
     assert calls == {"fwd": 1, "vec": 1}
@@ -355,9 +204,9 @@ def test_dispatch_goes_to_triton_op(monkeypatch):
 
 def test_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.setattr(K, "INTERPRETED", False)
-    W, depth, *_ = make_inputs(2, 3, 9, 11, 9, 11, "layer", False, torch.float32, device="cpu")
+    W, depth, *_ = make_inputs(2, 3, 9, 11, 9, 11, "layer", False, device="cpu")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-        T.TritonBackend.expand(W, depth, None, None, None)
+        T.TritonBackend().expand(W, depth, None, None, None)
 
 
 def test_unsupported_dtype_raises():
@@ -379,27 +228,23 @@ GPU_CASES = {
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("case", list(GPU_CASES), ids=list(GPU_CASES))
-def test_gpu_expand(case, dtype, monkeypatch):
-    _poison_empty(monkeypatch)
-    args = make_inputs(*GPU_CASES[case], dtype, coef_dtype=torch.float32 if case == "odd-shared" else None)
-    check_against_references(T.expand_triton, expand_torch, args, dtype, flash_rule=dtype != torch.float32)
+def test_gpu_expand(case, dtype, poison_empty):
+    args = expand_inputs(GPU_CASES[case], dtype, coef_dtype=torch.float32 if case == "odd-shared" else None)
+    check_op(T.expand_triton, oracle_expand, args)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
-def test_gpu_expand_vec(dtype, monkeypatch):
-    _poison_empty(monkeypatch)
+def test_gpu_expand_vec(dtype, poison_empty):
     for case in ((6, 12, 512, 768, "layer", True), (3, 5, 300, 1001, "shared", False)):
-        args = make_vec_inputs(*case, dtype)
-        check_against_references(T.expand_vec_triton, expand_vec_torch, args, dtype, flash_rule=dtype != torch.float32)
+        check_op(T.expand_vec_triton, oracle_expand_vec, vec_inputs(case, dtype))
 
 
 @pytest.mark.gpu
 def test_gpu_compile_and_dispatch():
     """On CUDA, backend="auto" picks Triton; ligo_expand compiles with fullgraph and matches the reference."""
-    backends._reset_for_tests()
     backends.load("triton")
-    args = _req(make_inputs(2, 4, 64, 96, 128, 160, "layer", True, torch.float32))
+    args = _req(make_inputs(2, 4, 64, 96, 128, 160, "layer", True))
     assert isinstance(backends.resolve("auto", args[0].device), T.TritonBackend)
     f = torch.compile(
         lambda *a: ops.ligo_expand(*a[:4], residual=a[4], backend="triton").square().sum(), fullgraph=True

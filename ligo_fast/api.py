@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import backends
 from .compat import materialize_compat
 from .config import LiGOConfig
 from .model import LiGOModel
@@ -24,6 +25,7 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
     Returns:
         A :class:`LiGOModel`, called like the large HF model; its trainable parameters are the operator's.
     """
+    backends.check_env()  # a bad LIGO_FAST_BACKEND fails here, not at the first forward
     config = config or LiGOConfig()
     return LiGOModel(small_model, large_config, config.replace(**overrides) if overrides else config)
 

@@ -128,3 +128,10 @@ def test_bias_settings_must_match():
     large = T.LlamaConfig(**{**configs("LlamaForCausalLM")[1].to_dict(), "attention_bias": True})
     with pytest.raises(ValueError, match=r"self_attn\.q_proj\.bias exists in the large model but not in the small one"):
         ligo_fast.grow(small, large)
+
+
+def test_a_bad_backend_variable_fails_at_grow_not_at_the_first_forward(monkeypatch):
+    monkeypatch.setenv("LIGO_FAST_BACKEND", "bogus")
+    small_cfg, large_cfg = configs("LlamaForCausalLM")
+    with pytest.raises(ValueError, match="LIGO_FAST_BACKEND='bogus'"):
+        ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import triton
+
 from ligo_fast.kernels import tuning
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,22 +1,27 @@
-"""Memory-lean expansion: produce each large layer's weights just before it runs, recompute them in backward.
+"""Memory-lean expansion: produce the large layers' weights chunk by chunk just before they run; backward re-produces.
 
-The eager path produces every large weight before the forward and autograd keeps them all until backward:
-the operator step then needs the large model's weights *plus* what training them would. Here:
+The eager path produces every large weight before the forward and autograd keeps them all until backward: the
+operator step then needs the large model's weights *plus* what training them would. Here the blocks are split into
+chunks of consecutive layers:
 
-* the weights of block l are produced by a forward pre-hook on block l (one expand call per module kind for
-  that layer), set on its modules, and removed by a forward post-hook;
-* the production runs under non-reentrant activation checkpointing, so its autograd graph keeps only the
-  operator's own tensors, never the produced weights or intermediates;
-* while the model runs, a saved-tensors hook replaces every tensor that autograd would keep and that lives in
-  a produced weight's storage (``weight``, ``weight.t()``, ...) by a small marker; backward unpacks a marker by
-  producing that layer again (cached while backward is inside that layer) and viewing the same strides.
+* a chunk's weights are produced by a forward pre-hook on its first block (one expand call per module kind for the
+  whole chunk), set on its modules, and removed by a forward post-hook on its last block;
+* while the model runs, a saved-tensors hook replaces every tensor that autograd would keep and that lives in a
+  produced weight's storage (``weight``, ``weight.t()``, ...) by a small marker; backward unpacks a marker by
+  producing that chunk again without gradients (cached while backward is inside that chunk) and viewing the same
+  strides;
+* the production's own graph keeps only the operator's tensors when the backend's ops save only their inputs (the
+  C++ and Triton ops); the pure-PyTorch path saves intermediates, so there the production runs under non-reentrant
+  activation checkpointing (``checkpointed=True``) and is recomputed in backward.
 
-So about one layer's large weights are alive at a time, in forward and in backward, and the numbers are those
-of the eager path: the same production code computes the same values.
+So about one chunk's large weights are alive at a time, in forward and in backward, and the numbers are those of the
+eager path: the same production code computes the same values. Chunks of about ``sqrt(L2)`` layers keep the number of
+production calls (each with a fixed cost) low while holding only a small share of the weights.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,11 +33,22 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass(frozen=True)
 class _Marker:
-    layer: int
+    chunk: int
     name: str
     size: torch.Size
     stride: tuple[int, ...]
     offset: int
+
+
+def chunk_layers(L2: int, size: int) -> list[range]:
+    """Consecutive chunks of ``size`` layers (the last may be shorter)."""
+    size = max(1, min(size, L2))
+    return [range(a, min(a + size, L2)) for a in range(0, L2, size)]
+
+
+def default_chunk(L2: int) -> int:
+    """Layers per chunk: about ``sqrt(L2)`` (the classic trade-off of checkpointing: few calls, a small share)."""
+    return max(1, math.isqrt(L2 - 1) + 1) if L2 > 1 else 1
 
 
 def _set(root: nn.Module, name: str, t: Tensor) -> None:
@@ -55,35 +71,44 @@ def _storage_key(t: Tensor) -> int | None:
 
 
 @contextmanager
-def lean_layers(large: nn.Module, blocks: Sequence[nn.Module], produce: Callable[[int], dict[str, Tensor]]):
-    """Run ``large`` with its blocks' weights produced per layer; the caller supplies the global weights.
+def lean_layers(
+    large: nn.Module,
+    blocks: Sequence[nn.Module],
+    chunks: Sequence[range],
+    produce: Callable[[range], dict[str, Tensor]],
+    checkpointed: bool,
+):
+    """Run ``large`` with its blocks' weights produced chunk by chunk; the caller supplies the global weights.
 
     Args:
         large: the large HF model whose block parameters were removed.
-        blocks: its transformer blocks, in order (block l's forward pre-hook produces layer l).
-        produce: ``produce(l)`` -> ``{parameter name in large: tensor}`` of large layer l.
+        blocks: its transformer blocks, in order.
+        chunks: consecutive ranges of block indices covering all blocks.
+        produce: ``produce(chunk)`` -> ``{parameter name in large: tensor}`` of those large layers.
+        checkpointed: run the production under activation checkpointing (its ops save intermediates).
     """
-    live: dict[int, tuple[int, str]] = {}  # storage pointer -> (layer, name), only while a block runs
+    live: dict[int, tuple[int, str]] = {}  # storage pointer -> (chunk, name), only while a chunk runs
     names: dict[int, list[str]] = {}
-    cache: dict[str, object] = {"layer": None, "weights": None}
+    cache: dict[str, object] = {"chunk": None, "weights": None}
 
-    def pre_hook(l: int):
+    def pre_hook(c: int):
         def hook(module, args):
-            ws = checkpoint(produce, l, use_reentrant=False) if torch.is_grad_enabled() else produce(l)
-            names[l] = list(ws)
+            grad = torch.is_grad_enabled()
+            ws = checkpoint(produce, chunks[c], use_reentrant=False) if (grad and checkpointed) else produce(chunks[c])
+            names[c] = list(ws)
             for name, t in ws.items():
                 key = _storage_key(t)
                 if key is not None:
-                    live[key] = (l, name)
+                    live[key] = (c, name)
                 _set(large, name, t)
 
         return hook
 
-    def post_hook(l: int):
+    def post_hook(c: int):
         def hook(module, args, output):
-            for name in names.pop(l, []):
+            for name in names.pop(c, []):
                 _unset(large, name)
-            for key in [k for k, v in live.items() if v[0] == l]:
+            for key in [k for k, v in live.items() if v[0] == c]:
                 del live[key]
 
         return hook
@@ -97,24 +122,24 @@ def lean_layers(large: nn.Module, blocks: Sequence[nn.Module], produce: Callable
     def unpack(x):
         if not isinstance(x, _Marker):
             return x
-        if cache["layer"] != x.layer:
-            cache["weights"] = None  # drop the previous layer's before producing this one
+        if cache["chunk"] != x.chunk:
+            cache["weights"] = None  # drop the previous chunk's before producing this one
             with torch.no_grad():
-                cache["weights"] = produce(x.layer)
-            cache["layer"] = x.layer
+                cache["weights"] = produce(chunks[x.chunk])
+            cache["chunk"] = x.chunk
         return cache["weights"][x.name].as_strided(x.size, x.stride, x.offset)
 
     handles = []
-    for l, block in enumerate(blocks):
-        handles.append(block.register_forward_pre_hook(pre_hook(l)))
-        handles.append(block.register_forward_hook(post_hook(l)))
+    for c, chunk in enumerate(chunks):
+        handles.append(blocks[chunk.start].register_forward_pre_hook(pre_hook(c)))
+        handles.append(blocks[chunk.stop - 1].register_forward_hook(post_hook(c)))
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield
     finally:
         for h in handles:
             h.remove()
-        for l in list(names):
-            for name in names.pop(l):
+        for c in list(names):
+            for name in names.pop(c):
                 _unset(large, name)
         live.clear()

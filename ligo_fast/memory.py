@@ -5,8 +5,8 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 * ``resident``: the operator's tensors (small weights, coefficients) and the large model's own leftovers;
 * ``optimizer``: gradients and two AdamW moments of every trainable operator tensor;
 * ``produced``: every produced large weight. The eager path keeps them for backward and, in backward, their
-  gradients (``2 * produced``); memory-lean mode keeps the global ones and about one layer's block weights at a
-  time (``2 * global + 3 * layer``: the layer in use, its gradient, the next one being produced);
+  gradients (``2 * produced``); memory-lean mode keeps the global ones and one chunk of layers' block weights at a
+  time (``2 * global + 3 * chunk * layer``: the chunk in use, its gradient, the next one being produced);
 * ``activations``: what the large model keeps for backward, per token and layer about
   ``elem * (8 h + 3 f + 2 a s)`` (inputs of the projections, norms and activation functions, and the attention
   scores of an unfused attention; Korthikanti et al. 2022 count 34 h + 5 a s bytes for 16-bit BERT-like layers)
@@ -73,6 +73,7 @@ class MemoryPlan:
     produced_layer: int
     activations: int
     tokens: int
+    chunk: int = 1  # layers per chunk of memory-lean mode
     margin: float = MARGIN
 
     @property
@@ -81,7 +82,8 @@ class MemoryPlan:
 
     @property
     def lean(self) -> int:
-        return self.resident + self.optimizer + 2 * self.produced_global + 3 * self.produced_layer + self.activations
+        layers = 3 * self.chunk * self.produced_layer
+        return self.resident + self.optimizer + 2 * self.produced_global + layers + self.activations
 
     @property
     def use_lean(self) -> bool:
@@ -107,7 +109,8 @@ class MemoryPlan:
         return (
             f"operator step on {self.device}, {self.tokens} tokens: eager {g(self.eager)}, lean {g(self.lean)} "
             f"(operator and leftovers {g(self.resident)}, optimizer {g(self.optimizer)}, produced weights "
-            f"{g(self.produced)} of which one layer {g(self.produced_layer)}, activations {g(self.activations)}); "
+            f"{g(self.produced)} of which one layer {g(self.produced_layer)}, lean chunks of {self.chunk} layers, "
+            f"activations {g(self.activations)}); "
             f"{g(self.available)} free, using at most {self.margin:.0%}: {verdict}"
         )
 
@@ -121,9 +124,11 @@ def estimate(
     elem: int,
     leftover_bytes: int,
     device: torch.device,
+    chunk: int = 1,
     available: int | None = None,
 ) -> MemoryPlan:
-    """The memory plan of one step of ``tokens`` tokens in sequences of ``seq_len`` (``elem`` bytes per element)."""
+    """The memory plan of one step of ``tokens`` tokens in sequences of ``seq_len`` (``elem`` bytes per element);
+    memory-lean mode in chunks of ``chunk`` layers."""
     resident = leftover_bytes
     optimizer = 0
     for t in plan.tensors:
@@ -152,6 +157,7 @@ def estimate(
         produced_layer=per_layer,
         activations=activation_bytes(config, plan, tokens, seq_len, elem),
         tokens=tokens,
+        chunk=chunk,
     )
 
 

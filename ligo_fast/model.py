@@ -16,6 +16,7 @@ Imports: the layers below (arch, config, init, plan, layout, produce, lean, fact
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections import OrderedDict
 
@@ -23,13 +24,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import factored
+from . import backends, factored
 from .arch import Arch, arch_for
 from .config import LiGOConfig
 from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
-from .lean import lean_layers
+from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
 from .plan import OpTensor, Plan, build_plan, check_family
 from .produce import produce
@@ -113,6 +114,7 @@ class LiGOModel(nn.Module):
             p.requires_grad_(False)
         self.large = large
         self._lean_choice: dict[tuple[int, int], bool] = {}  # (tokens, seq_len) -> lean, decided once
+        self._lean_chunk: dict[tuple[int, int], int] = {}  # (tokens, seq_len) -> layers per chunk
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
 
@@ -137,16 +139,20 @@ class LiGOModel(nn.Module):
             layered = [s for s in slots if s.layered]
             blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
             # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
-            # gradients once, where slicing per layer would write a zero gradient of the whole tensor per layer)
+            # gradients once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
             rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == "split"}
 
-            def layer(l: int) -> dict[str, Tensor]:
+            def chunk(layers: range) -> dict[str, Tensor]:
                 def get(name: str | None) -> Tensor | None:
-                    return rows[name][l][None] if name in rows else self.tensor(name)
+                    return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else self.tensor(name)
 
-                return produce(layered, get, layer=l, skip_weights=skip)
+                return produce(layered, get, layers=layers, skip_weights=skip)
 
-            with lean_layers(self.large, blocks, layer):
+            # the pure-PyTorch production saves intermediates for its backward: checkpoint it; the C++/Triton ops
+            # save only their inputs (the operator's own tensors)
+            checkpointed = backends.resolve("auto", self.device).name == "torch"
+            chunks = chunk_layers(self.L2, self.lean_chunk(args, kwargs))
+            with lean_layers(self.large, blocks, chunks, chunk, checkpointed):
                 return functional_call(self.large, glob, args, kwargs, tie_weights=False)
 
     def factored_plan(self, args=(), kwargs=None) -> list[int]:
@@ -166,10 +172,20 @@ class LiGOModel(nn.Module):
         seq_len = _seq_len(args, kwargs, tokens)
         leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
         elem = self.tensor(self.plan.slots[0].w).element_size()
-        return estimate(
+        mp = estimate(
             self.plan, self.config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=leftovers,
-            device=self.device,
+            device=self.device, chunk=default_chunk(self.L2),
         )  # fmt: skip
+        while mp.use_lean and not mp.fits and mp.chunk > 1:  # smaller chunks until the lean step fits
+            mp = dataclasses.replace(mp, chunk=mp.chunk // 2)
+        return mp
+
+    def lean_chunk(self, args=(), kwargs=None) -> int:
+        """Layers per chunk of memory-lean mode for this batch: about sqrt(L2), fewer if memory is short."""
+        key = _batch_key(args, kwargs or {}, self.config)
+        if key not in self._lean_chunk:
+            self._lean_chunk[key] = self.memory_plan(*args, **(kwargs or {})).chunk
+        return self._lean_chunk[key]
 
     def lean_now(self, args=(), kwargs=None) -> bool:
         """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
@@ -182,11 +198,9 @@ class LiGOModel(nn.Module):
             return bool(lean)
         if not torch.is_grad_enabled():
             return False
-        kwargs = kwargs or {}
-        tokens = factored.count_tokens(args, kwargs, self.config)
-        key = (tokens, _seq_len(args, kwargs, tokens))
+        key = _batch_key(args, kwargs or {}, self.config)
         if key not in self._lean_choice:
-            mp = self.memory_plan(*args, **kwargs)
+            mp = self.memory_plan(*args, **(kwargs or {}))
             self._lean_choice[key] = mp.use_lean
             if mp.use_lean:
                 logger.info("memory-lean mode on: %s", mp)
@@ -265,6 +279,12 @@ class LiGOModel(nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def _batch_key(args, kwargs, config) -> tuple[int, int]:
+    """(tokens, sequence length) of a batch: what the memory decisions depend on."""
+    tokens = factored.count_tokens(args, kwargs, config)
+    return tokens, _seq_len(args, kwargs, tokens)
+
+
 def _seq_len(args, kwargs, tokens: int) -> int:
     """The sequence length of a batch (the last dim of input_ids / the middle of inputs_embeds), else ``tokens``."""
     ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)

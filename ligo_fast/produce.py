@@ -6,9 +6,10 @@ Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated.
 
 ``get(name)`` returns an operator tensor by its internal name (:class:`ligo_fast.plan.OpTensor`), or None for
 None: :class:`ligo_fast.model.LiGOModel` passes its own tensors, :mod:`ligo_fast.compat` a view of its modules'.
-To produce one large layer (memory-lean mode), pass ``layer`` and a ``get`` that returns that layer's slice
-``(1, ...)`` of every per-layer tensor (rule ``split``): the caller slices once per forward (``unbind``), because
-slicing a parameter per layer would make every layer's backward write a zero gradient of the whole tensor.
+To produce some large layers only (memory-lean mode), pass ``layers`` and a ``get`` that returns those layers'
+rows ``(len(layers), ...)`` of every per-layer tensor (rule ``split``): the caller slices once per forward
+(``unbind``), because slicing a parameter per chunk of layers would make every chunk's backward write a zero
+gradient of the whole tensor.
 Imports: ``ops`` and ``plan``.
 """
 
@@ -30,7 +31,7 @@ def produce(
     slots: Iterable[Slot],
     get: Getter,
     *,
-    layer: int | None = None,
+    layers: range | None = None,
     backend: str = "auto",
     skip_weights: frozenset[str] = frozenset(),
     aliases: Mapping[str, Iterable[str]] | None = None,
@@ -39,8 +40,8 @@ def produce(
 
     Args:
         slots: the module kinds to produce.
-        get: operator tensor by internal name (with ``layer``: per-layer tensors already sliced to that layer).
-        layer: only this large layer of the block modules (memory-lean mode); global modules in full.
+        get: operator tensor by internal name (with ``layers``: per-layer tensors already sliced to those layers).
+        layers: only these large layers of the block modules (memory-lean mode); global modules in full.
         backend: the ops' backend.
         skip_weights: slots (by their small weight's name) whose weight is not produced (factored mode).
         aliases: produced name -> other names tied to it (filled with the same tensor).
@@ -66,7 +67,7 @@ def produce(
         W = get(s.w)
         depth = get(s.depth_w) if L else (get(s.scale_w) if s.scale_w else one)
         res = _lift(get(s.res_w), L)
-        targets_w = s.targets_w if (layer is None or not L) else (s.targets_w[layer],)
+        targets_w = s.targets_w if (layers is None or not L) else s.targets_w[layers.start : layers.stop]
         Wl = W if L else W[None]
         if s.tied_weight or s.w in skip_weights:
             pass
@@ -96,7 +97,7 @@ def produce(
         if s.b is not None:
             depth_b = get(s.depth_b) if L else (get(s.scale_b) if s.scale_b else one)
             bl = get(s.b) if L else get(s.b)[None]
-            targets_b = s.targets_b if (layer is None or not L) else (s.targets_b[layer],)
+            targets_b = s.targets_b if (layers is None or not L) else s.targets_b[layers.start : layers.stop]
             add_vec(bl, depth_b, s.bias_widths, _lift(get(s.res_b), L), targets_b)
     results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
     for names, n in vec_targets:

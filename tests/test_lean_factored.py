@@ -48,35 +48,59 @@ def test_same_outputs_and_operator_gradients_as_eager(name, residual, options):
         torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6)
 
 
-def test_lean_keeps_no_layer_weights_between_forward_and_backward(monkeypatch):
+@pytest.mark.parametrize("backend", ["cpp", "torch"])  # torch's production saves intermediates: checkpointed
+def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, backend):
+    monkeypatch.setenv("LIGO_FAST_BACKEND", backend)
     name = "LlamaForCausalLM"
     small_cfg, large_cfg = configs(name)
+    large_cfg.num_hidden_layers = 7  # chunks of 3 layers: [0, 1, 2], [3, 4, 5], [6]
     model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
+    assert model.lean_chunk((), inputs(name)) == 3
     refs: list[tuple[int | None, weakref.ref]] = []
     alive_others: list[int] = []
     real = model_module.produce
 
-    def spy(slots, get, *, layer=None, **k):
+    def spy(slots, get, *, layers=None, **k):
+        chunk = None if layers is None else layers.start
         gc.collect()
-        alive_others.append(len({l for l, r in refs if l is not None and l != layer and r() is not None}))
-        out = real(slots, get, layer=layer, **k)
-        refs.extend((layer, weakref.ref(t)) for t in out.values())
+        alive_others.append(len({c for c, r in refs if c is not None and c != chunk and r() is not None}))
+        out = real(slots, get, layers=layers, **k)
+        refs.extend((chunk, weakref.ref(t)) for t in out.values())
         return out
 
     monkeypatch.setattr(model_module, "produce", spy)
     loss = model(**inputs(name), labels=inputs(name)["input_ids"]).loss
     gc.collect()
-    assert [l for l, r in refs if l is not None and r() is not None] == []  # nothing of a block kept for backward
-    assert any(l == large_cfg.num_hidden_layers - 1 for l, _ in refs)
+    assert [c for c, r in refs if c is not None and r() is not None] == []  # nothing of a block kept for backward
+    assert sorted({c for c, _ in refs if c is not None}) == [0, 3, 6]
     loss.backward()
-    assert max(alive_others) <= 1  # at most one other layer's weights alive whenever one is produced
+    assert max(alive_others) <= 1  # at most one other chunk's weights alive whenever one is produced
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_lean_cost_is_linear_in_depth_in_production_calls(monkeypatch):
+    # per step: forward one production per chunk, backward one more per chunk (cpp ops save only their inputs)
+    name = "LlamaForCausalLM"
+    small_cfg, large_cfg = configs(name)
+    counts = {}
+    for layers in (4, 16):
+        large_cfg.num_hidden_layers = layers
+        model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
+        calls = []
+        real = model_module.produce
+        monkeypatch.setattr(model_module, "produce", lambda *a, **k: calls.append(k.get("layers")) or real(*a, **k))
+        model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
+        monkeypatch.undo()
+        counts[layers] = len([c for c in calls if c is not None])
+        assert counts[layers] == 2 * len(range(0, layers, model.lean_chunk((), inputs(name))))
+    assert counts[16] <= 4 * counts[4]
 
 
 def test_lean_auto_decides_from_the_free_memory(monkeypatch):
     from ligo_fast import memory
 
     small_cfg, large_cfg = configs("BertForMaskedLM")
+    large_cfg.num_hidden_layers = 9  # lean holds chunks of 3 layers
     x = inputs("BertForMaskedLM")
     model = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg)
     mp = model.memory_plan(**x)

@@ -86,9 +86,13 @@ def test_lean_cost_is_linear_in_depth_in_production_calls(monkeypatch):
     for layers in (4, 16):
         large_cfg.num_hidden_layers = layers
         model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
-        calls = []
-        real = model_module.produce
-        monkeypatch.setattr(model_module, "produce", lambda *a, **k: calls.append(k.get("layers")) or real(*a, **k))
+        calls: list = []
+
+        def counting(*a, _calls=calls, _real=model_module.produce, **k):
+            _calls.append(k.get("layers"))
+            return _real(*a, **k)
+
+        monkeypatch.setattr(model_module, "produce", counting)
         model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
         monkeypatch.undo()
         counts[layers] = len([c for c in calls if c is not None])

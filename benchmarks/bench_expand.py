@@ -290,8 +290,12 @@ def main(argv=None) -> int:
         head
         + [
             "",
-            "FLOPs counted explicitly (cheaper association, identity blocks free), the same for every provider; "
-            f"% peak against {peak_tflops} TFLOP/s; roof% = roofline time / measured time. {ceil_note}",
+            "FLOPs counted explicitly (cheaper association, identity blocks free), the same for every provider"
+            + (
+                f"; % peak against {peak_tflops} TFLOP/s; roof% = roofline time / measured time. {ceil_note}"
+                if peak_tflops
+                else "."
+            ),
             "",
             _table(rows),
         ]

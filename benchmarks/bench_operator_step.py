@@ -22,7 +22,7 @@ large depths 100/200/400, ``lean=True`` vs ``lean=False``.
     python benchmarks/bench_operator_step.py --check                                   # official vs fixtures
     python benchmarks/bench_operator_step.py --out benchmarks/RESULTS.md               # CPU: 2x64, 8x128
     python benchmarks/bench_operator_step.py --device cuda --shapes bert --tokens 256x128 --dtype bfloat16
-    python benchmarks/bench_operator_step.py --quick                                   # smoke run, ~1 min
+    python benchmarks/bench_operator_step.py --quick                                   # smoke run, minutes
 """
 
 from __future__ import annotations
@@ -136,12 +136,12 @@ def parse_tokens(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def step_table(args, log) -> list[str]:
-    rows = [
+def step_table(args, log, emit) -> None:
+    emit(
         "| shape | tokens | dtype | provider | median ms | p20 | p80 | x official | x plain | peak MiB | state MiB "
         "| peak x plain | trained M params | notes |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    )
     verdicts = []
     tol = 1e-4 if args.dtype == "float32" else 2e-2
     for name in args.shapes:
@@ -195,7 +195,7 @@ def step_table(args, log) -> list[str]:
                 notes = r.notes()
                 if p in agree:
                     notes = "; ".join(filter(None, [notes, f"loss = official's (rel. {agree[p]:.0e})"]))
-                rows.append(
+                emit(
                     f"| {name} | {batch}x{seq} | {args.dtype} | {p} | {st.median * 1e3:.0f} | {st.p20 * 1e3:.0f} | "
                     f"{st.p80 * 1e3:.0f} | {st.median / off:.2f} | {st.median / plain:.2f} | {pk} | {sm} | {rel} | "
                     f"{r.n_trained / 1e6:.1f} | {notes} |"
@@ -212,7 +212,7 @@ def step_table(args, log) -> list[str]:
             )  # fmt: skip
         del runners
         gc.collect()
-    return rows + ["", *verdicts]
+    emit("", *verdicts)
 
 
 def fwd_bwd(model, ids) -> None:
@@ -220,15 +220,15 @@ def fwd_bwd(model, ids) -> None:
     model(input_ids=ids, labels=ids).loss.backward()
 
 
-def lean_table(args, log) -> list[str]:
-    rows = [
+def lean_table(args, log, emit) -> None:
+    emit(
         f"Lean scaling: Llama d64 -> d128, small depth {args.lean_small_layers}, 1 x 32 tokens, forward + backward "
         f"(no optimizer), {args.dtype}.",
         "",
         "| large layers | eager ms | p20-p80 | lean ms | p20-p80 | lean / eager | eager / eager at first | "
         "lean / lean at first |",
         "|---:|---:|---|---:|---|---:|---:|---:|",
-    ]
+    )
     first = None
     dev, dt = torch.device(args.device), DTYPES[args.dtype]
     for L2 in args.lean_layers:
@@ -252,7 +252,7 @@ def lean_table(args, log) -> list[str]:
         )
         e, lm = stats["eager"], stats["lean"]
         first = first or (e.median, lm.median)
-        rows.append(
+        emit(
             f"| {L2} | {e.median * 1e3:.1f} | {e.p20 * 1e3:.1f}-{e.p80 * 1e3:.1f} | {lm.median * 1e3:.1f} | "
             f"{lm.p20 * 1e3:.1f}-{lm.p80 * 1e3:.1f} | {lm.median / e.median:.2f} | {e.median / first[0]:.2f} | "
             f"{lm.median / first[1]:.2f} |"
@@ -260,7 +260,6 @@ def lean_table(args, log) -> list[str]:
         log(f"lean scaling: {L2} layers done")
         del models, small
         gc.collect()
-    return rows
 
 
 def main(argv=None) -> int:
@@ -301,8 +300,14 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(f"  [{time.time() - t0:5.0f} s] {msg}", file=sys.stderr, flush=True)
 
-    text = run_header("Operator-training step", args.device, "bench_operator_step.py", argv)
-    text += [
+    text: list[str] = []
+
+    def emit(*lines: str) -> None:  # rows print as they are measured: a run cut short keeps them
+        text.extend(lines)
+        print("\n".join(lines), flush=True)
+
+    emit(*run_header("Operator-training step", args.device, "bench_operator_step.py", argv))
+    emit(
         f"- {args.dtype}, {'quick' if args.quick else 'full'} shapes, {args.warmup} warm-up + {args.repeats} timed "
         f"rounds, providers interleaved; {'no memory' if args.no_memory else 'peak memory per provider in a fresh'}"
         f"{'' if args.no_memory else ' process'}",
@@ -310,17 +315,17 @@ def main(argv=None) -> int:
         "provider's; peak MiB = peak during one step (GPU: max_memory_allocated; CPU: RSS high-water mark minus "
         "the fresh process' RSS, `*` = whole-process), state MiB = before it; trained = parameters AdamW updates",
         "",
-    ]
+    )
     if args.shapes:
-        text += step_table(args, log) + [""]
+        step_table(args, log, emit)
+        emit("")
     if args.lean_layers:
-        text += lean_table(args, log) + [""]
-    text += [f"(total {time.time() - t0:.0f} s; load average at the end: {load_average()})", ""]
-    out = "\n".join(text)
-    print(out)
+        lean_table(args, log, emit)
+        emit("")
+    emit(f"(total {time.time() - t0:.0f} s; load average at the end: {load_average()})", "")
     if args.out:
         with open(args.out, "a") as f:
-            f.write("\n" + out)
+            f.write("\n" + "\n".join(text))
     return 0
 
 

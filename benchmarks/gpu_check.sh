@@ -19,18 +19,19 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 STATUS=0
 BUDGET="${BUDGET:-510}"
+exec 3>&1  # the script's own stdout, for messages from inside filtered pipelines
 note() { printf '\n=== %s (%d s) ===\n' "$*" "$SECONDS"; }
 # limit WANT: WANT seconds, or what is left before the deadline (20 s kept for the summary); 0 = skip
 limit() {
     local left=$((BUDGET - 20 - SECONDS))
     if [ "$left" -lt 15 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
 }
-# run WANT CMD...: CMD under ``timeout`` with limit WANT; a skipped or failed run sets STATUS
+# run WANT CMD...: CMD under ``timeout`` with limit WANT; exit code 124 when skipped or timed out
 run() {
     local t
     t=$(limit "$1")
     shift
-    if [ "$t" -eq 0 ]; then echo "skipped (no time left before the ${BUDGET} s deadline): $*"; STATUS=1; return 124; fi
+    if [ "$t" -eq 0 ]; then echo "skipped (no time left before the ${BUDGET} s deadline): $*" >&3; return 124; fi
     timeout "$t" "$@"
 }
 
@@ -82,7 +83,7 @@ run 60 "$PY" benchmarks/bench_ext.py --skip-cpu --min-time 0.5 2>&1 | tee "$OUT/
 # tables are in the logs (6 files in $OUT, 3 more with GPU_CHECK_DEMO=1: at most 8 come back from a lent machine).
 : >"$OUT/bench_expand.log"
 : >"$OUT/operator_step.log"
-step() {  # step DTYPE WANT ROUNDS
+step_bench() {  # step_bench DTYPE WANT ROUNDS
     note "operator step, BERT-Base shape, 256x128 tokens, $1 (bench_operator_step.py)"
     run "$2" "$PY" benchmarks/bench_operator_step.py --device cuda --dtype "$1" --shapes bert --tokens 256x128 \
         --warmup 2 --repeats "$3" --lean-layers "" 2>&1 \
@@ -90,22 +91,23 @@ step() {  # step DTYPE WANT ROUNDS
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "operator step $1: exit $rc"; STATUS=1; }
 }
-expand() {  # expand DTYPE SHAPES WANT PROVIDERS
+expand_bench() {  # expand_bench DTYPE SHAPES WANT PROVIDERS
     note "expansion benchmark, $2, $1 (bench_expand.py)"
     run "$3" "$PY" benchmarks/bench_expand.py --device cuda --dtype "$1" --shapes "$2" --providers "$4" --rounds 5 \
         2>&1 | tee -a "$OUT/bench_expand.log" | grep -E '^\||measured|differ|failed'
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "bench_expand $1 $2: exit $rc"; STATUS=1; }
 }
-step bfloat16 150 8
-expand bfloat16 bert 100 official,official+compile,torch,triton
-expand bfloat16 llama-xl 150 official,official+compile,torch,triton
-step float32 150 6
-expand float32 bert 60 official,torch,triton
+step_bench bfloat16 150 8
+expand_bench bfloat16 bert 100 official,official+compile,torch,triton
+expand_bench bfloat16 llama-xl 150 official,official+compile,torch,triton
+step_bench float32 150 6
+expand_bench float32 bert 60 official,torch,triton
 
 # --- growth savings (optional) -------------------------------------------------------------------------
 # GPU_CHECK_DEMO=1: the small GPU preset of the savings experiment (ligo_fast.demo), 4-7 min by a FLOP estimate;
-# off by default so the checks above fit one lease with room for a rerun. Writes 3 files to $OUT.
+# off by default so the checks above fit one lease with room for a rerun; it runs inside the same deadline, so
+# give it time with BUDGET (e.g. BUDGET=1000: then the script needs a machine for ~17 min). Writes 3 files to $OUT.
 if [ "${GPU_CHECK_DEMO:-0}" = "1" ]; then
     note "growth savings (python -m ligo_fast.demo --preset gpu-small --device cuda)"
     run 480 "$PY" -m ligo_fast.demo --preset gpu-small --device cuda --no-progress --out-dir "$OUT" \

@@ -1,19 +1,21 @@
-"""The C++ extension vs our torch path vs the official-style eager math, on the BERT 6L/512H -> 12L/768H operator.
+"""The C++ extension vs our torch path vs the official eager math, on the BERT-Base shape's whole operator.
 
-One run, providers side by side (on CPU: median over interleaved rounds, each timed by torch.utils.benchmark):
+One run, providers side by side (``common.time_interleaved``: median over interleaved rounds):
 
-- ``official``: the eager math of the official LiGO code: per large layer and module, the elementwise depth mix
-  ``(W_stack * coeffs).sum(-1)`` over (out, in, L1)-stacked small weights, then width expansion with ``torch.cat``,
-  in-dim first.
-- ``torch``: :mod:`ligo_fast.reference` (one call per module kind, batched over layers).
+- ``official``: the official LiGO code's math (``common.official_weight``): per large layer and module, the
+  elementwise depth mix ``(W_stack * coeffs).sum(-1)`` over (out, in, L1)-stacked small weights, then width
+  expansion with ``torch.cat``, in-dim first.
+- ``torch``: ``ligo_expand(backend="torch")`` per module kind (batched over layers), vectors one by one.
 - ``cpp``: the C++ ops (``ligo_expand(backend="cpp")`` per module kind, one ``ligo_expand_vec_multi`` for all vectors).
 
-The operator: matrices q, k, v, attn-out (512x512 -> 768x768), ffn-in (2048x512 -> 3072x768), ffn-out
-(512x2048 -> 768x3072); vectors: their 6 biases and 2 LayerNorms' weight and bias per layer; per-layer width
-matrices for the hidden (256x512) and intermediate (1024x2048) growth, one depth matrix (12x6) per module kind.
-Modes: forward (no grad) and forward+backward (gradients of every operator parameter and small weight).
+The operator of ``common.bert_shape()`` (6L/512H -> 12L/768H): matrices q, k, v, attn-out (512x512 -> 768x768),
+ffn-in (2048x512 -> 3072x768), ffn-out (512x2048 -> 768x3072); vectors: their 6 biases and 2 LayerNorms' weight
+and bias per layer; per-layer width matrices for the hidden (256x512) and intermediate (1024x2048) growth, one
+depth matrix (12x6) per module kind. Modes: forward (no grad) and forward+backward (gradients of every operator
+parameter and small weight).
 
     python benchmarks/bench_ext.py [--out benchmarks/NOTES_ext.md] [--rounds 5]
+    python benchmarks/bench_ext.py --check      # the official provider against the official fixtures
 
 On CUDA (when available) it also times the multi-tensor vector op against a per-tensor loop (launch counts from the
 profiler).
@@ -22,18 +24,13 @@ profiler).
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 from dataclasses import dataclass
 
 import torch
-import torch.utils.benchmark as tb
+from common import bert_shape, official_weight, run_check, run_header, time_interleaved
 
 from ligo_fast import extension as ext
 from ligo_fast import ops
-
-L1, L2 = 6, 12
-H1, H2, F1, F2 = 512, 768, 2048, 3072
 
 
 @dataclass
@@ -49,6 +46,9 @@ class Operator:
 
 
 def build(dtype=torch.float32, device="cpu", seed=0) -> Operator:
+    small, large = bert_shape().small, bert_shape().large
+    L1, L2 = small.num_hidden_layers, large.num_hidden_layers
+    H1, H2, F1, F2 = small.hidden_size, large.hidden_size, small.intermediate_size, large.intermediate_size
     g = torch.Generator().manual_seed(seed)
 
     def r(*s, scale=1.0):
@@ -77,15 +77,10 @@ def run_official(op: Operator, stacked: dict) -> list[torch.Tensor]:
     outs = []
     for name, (_, depth, eo, ei) in op.mats.items():
         Ws, Eo, Ei = stacked[name], op.widths[eo], op.widths[ei]
-        for l in range(L2):
-            Wm = (Ws * depth[l]).sum(-1)  # (o1, i1)
-            X = torch.cat([Wm, Wm @ Ei[l].t()], dim=1)  # in-dim first
-            outs.append(torch.cat([X, Eo[l] @ X], dim=0))
+        outs += [official_weight(Ws, depth[l], Eo[l], Ei[l]) for l in range(depth.shape[0])]
     for name, (_, depth, e) in op.vecs.items():
         bs, E = stacked[name], op.widths[e]
-        for l in range(L2):
-            bm = (bs * depth[l]).sum(-1)
-            outs.append(torch.cat([bm, E[l] @ bm]))
+        outs += [official_weight(bs, depth[l], E[l], None) for l in range(depth.shape[0])]
     return outs
 
 
@@ -126,6 +121,7 @@ def check_agree(op: Operator, stacked: dict) -> float:
     with torch.no_grad():
         off = run_official(op, stacked)
         ours = run_ours(op, "cpp")
+        L2 = next(iter(op.mats.values()))[1].shape[0]
         mine = [t[l] for t in ours for l in range(L2)]
         mats = len(op.mats) * L2
         # official order: per module, per layer; ours: per module (batched over layers): same order.
@@ -136,28 +132,20 @@ def check_agree(op: Operator, stacked: dict) -> float:
 
 
 def cpu_table(rounds: int) -> list[tuple[str, str, float]]:
-    """Median seconds per (mode, provider). Providers are interleaved round by round so that a load change on a
-    shared machine hits all of them alike."""
+    """Median seconds per (mode, provider), providers interleaved round by round."""
     op = build()
     stacked = official_prep(op)
     grads: dict = {}
     rows = []
     for mode, fn in (("forward", forward), ("fwd+bwd", fwd_bwd)):
-        timers = {}
+        fns = {}
         for provider in ("official", "torch", "cpp"):
             args = (provider, op, stacked) + ((grads,) if fn is fwd_bwd else ())
-            fn(*args)  # warm-up (and first-call costs)
-            timers[provider] = tb.Timer("fn(*args)", globals={"fn": fn, "args": args})
-        times: dict = {p: [] for p in timers}
-        for _ in range(rounds):
-            for provider, timer in timers.items():
-                times[provider].append(timer.timeit(1).median)
-        for provider, ts in times.items():
-            ts.sort()
-            med = ts[len(ts) // 2]
-            rows.append((mode, provider, med))
-            spread = f"min {ts[0] * 1e3:.1f}, max {ts[-1] * 1e3:.1f}"
-            print(f"{mode:8s} {provider:9s} median {med * 1e3:9.1f} ms  ({spread})")
+            fns[provider] = lambda fn=fn, args=args: fn(*args)
+        for provider, st in time_interleaved(fns, "cpu", rounds=rounds, warmup=1).items():
+            rows.append((mode, provider, st.median))
+            spread = f"p20 {st.p20 * 1e3:.1f}, p80 {st.p80 * 1e3:.1f}"
+            print(f"{mode:8s} {provider:9s} median {st.median * 1e3:9.1f} ms  ({spread})")
     print(f"max relative difference official vs cpp: {check_agree(op, stacked):.2e}")
     return rows
 
@@ -170,7 +158,7 @@ def gpu_multi_vec(min_time: float) -> list[str]:
     problems = [(b, d, op.widths[e], None) for b, d, e in op.vecs.values()]
     lines = []
     for mode in ("forward", "fwd+bwd"):
-        res = {}
+        steps = {}
         for name, fn in (
             ("multi", lambda: ops.ligo_expand_vec_multi(problems, backend="cpp")),
             ("loop", lambda: [ops.ligo_expand_vec(b, d, e, residual=r, backend="cpp") for b, d, e, r in problems]),
@@ -183,15 +171,15 @@ def gpu_multi_vec(min_time: float) -> list[str]:
                 outs = fn()
                 torch.autograd.grad(outs, [t for p in problems for t in p[:3]], [torch.ones_like(o) for o in outs])
 
-            step()
-            torch.cuda.synchronize()
-            t = tb.Timer("step(); torch.cuda.synchronize()", globals={"step": step, "torch": torch})
-            m = t.blocked_autorange(min_run_time=min_time).median
+            steps[name] = step
+        stats = time_interleaved(steps, "cuda", rounds=10, warmup=1, min_sample_s=min_time / 10)
+        res = {}
+        for name, step in steps.items():
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 step()
                 torch.cuda.synchronize()
             launches = sum(e.count for e in prof.key_averages() if "multi_vec" in e.key)
-            res[name] = (m, launches)
+            res[name] = (stats[name].median, launches)
         lines.append(
             f"| {mode} | {res['multi'][0] * 1e6:.0f} us, {res['multi'][1]} vector kernels | "
             f"{res['loop'][0] * 1e6:.0f} us, {res['loop'][1]} vector kernels |"
@@ -205,13 +193,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="CPU: interleaved timing rounds per provider")
     parser.add_argument("--min-time", type=float, default=2.0, help="GPU: seconds of timing per measurement")
     parser.add_argument("--skip-cpu", action="store_true", help="only the GPU table")
+    parser.add_argument("--check", action="store_true", help="only check the official provider against the fixtures")
     args = parser.parse_args()
+    if args.check:
+        raise SystemExit(run_check())
     print(f"cpp extension: {ext.load_library()}")
-    md = [
-        f"### BERT 6L/512H -> 12L/768H operator ({datetime.date.today()})",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads; "
-        f"torch {torch.__version__}, Python {platform.python_version()}; extension: {ext.load_library()}",
+    device = "cuda" if args.skip_cpu and torch.cuda.is_available() else "cpu"
+    md = run_header(f"{bert_shape().label()} operator", device, "bench_ext.py", None) + [
+        f"- extension: {ext.load_library()}",
     ]
     if not args.skip_cpu:
         by = {(m, p): t for m, p, t in cpu_table(args.rounds)}

@@ -51,8 +51,14 @@ from common import (
 import ligo_fast
 from ligo_fast import compat
 
-PROVIDERS = ("official", "ours-default", "ours-eager", "ours-lean", "compat", "plain-large")
-GROW_OPTIONS = {"ours-default": {}, "ours-eager": {"lean": False}, "ours-lean": {"lean": True}}
+PROVIDERS = ("official", "ours-default", "ours-eager", "ours-lean", "ours-factored", "ours-auto", "compat", "plain-large")
+GROW_OPTIONS = {
+    "ours-default": {},
+    "ours-eager": {"lean": False, "linear_mode": "materialize"},
+    "ours-lean": {"lean": True},
+    "ours-factored": {"lean": False, "linear_mode": "factored"},
+    "ours-auto": {"lean": False, "linear_mode": "auto"},
+}
 STEP_GOAL, MEM_GOAL = 1.15, 1.0  # issue 7: <= 1.15x a plain large step, no more peak memory
 
 
@@ -118,8 +124,10 @@ class Runner:
 
     def notes(self) -> str:
         if isinstance(self.model, ligo_fast.LiGOModel):
+            batch = {"input_ids": self.ids}
             with torch.enable_grad():
-                return f"lean {'on' if self.model.lean_now() else 'off'}"
+                lean = self.model.lean_now((), batch)
+            return f"lean {'on' if lean else 'off'}, {len(self.model.factored_plan((), batch))} factored"
         return ""
 
 

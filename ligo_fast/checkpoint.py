@@ -37,9 +37,7 @@ def _config_from_meta(meta: dict, where: Path, small_model, large_config):
         raise ValueError(f"{where}: format {fmt!r} is not one this ligo_fast reads ({', '.join(map(str, FORMATS))})")
     small_class = meta.get("small_class")
     if small_class is not None and small_class != type(small_model).__name__:
-        raise ValueError(
-            f"{where}: this operator grows a {small_class}, not the given {type(small_model).__name__}"
-        )
+        raise ValueError(f"{where}: this operator grows a {small_class}, not the given {type(small_model).__name__}")
     for key in ("ligo_config", "large_config"):
         if key not in meta:
             raise ValueError(f"{where}: no {key} field")

@@ -43,6 +43,9 @@ class DiskFullError(OSError):
     """Writing a file failed because its file system is full (errno ENOSPC); the message names the path and the
     free space."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 # ---------------------------------------------------------------------------------------------- crash-safe writes
 def fsync_dir(path) -> None:

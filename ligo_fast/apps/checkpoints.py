@@ -276,4 +276,3 @@ def is_finite_state(model, optimizer) -> bool:
             if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
                 return False
     return True
-

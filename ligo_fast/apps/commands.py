@@ -79,7 +79,7 @@ def schedule(args) -> Schedule:
     belongs here, when ``--steps``/``--lr`` are left to it; everything downstream takes the :class:`Schedule`.
     """
     warmup = args.warmup if args.warmup is not None else math.ceil(WARMUP_FRACTION * args.steps)
-    return Schedule(args.steps, args.lr, warmup)
+    return Schedule(args.steps, args.lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
 
 
 def _check_grow_args(args) -> None:
@@ -184,8 +184,10 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
                 f"checkpoint: another program's or an older version's files; use another --out or delete them"
             )
     elif step >= args.steps:
-        if manifest is not None and manifest.get("step") == step and not checkpoints.run_differences(
-            manifest.get("run", {}), run
+        if (
+            manifest is not None
+            and manifest.get("step") == step
+            and not checkpoints.run_differences(manifest.get("run", {}), run)
         ):
             return _finished(out, args, run, manifest)
         print(f"{out} already holds {step} finished steps (--steps {args.steps}); writing the outputs again")
@@ -249,6 +251,7 @@ def _finished(out: Path, args, run: dict, manifest: dict) -> int:
         outputs.check_outputs(out)
     except outputs.OutputsError as e:
         raise UserError(f"{e}; its checkpoint is gone, so write into another --out") from e
+    outputs.clean(out)  # a staging directory left by a kill after the manifest was written
     done = manifest.get("step")
     if not isinstance(done, int) or done < args.steps:
         raise UserError(

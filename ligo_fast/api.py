@@ -5,13 +5,17 @@ The top of the library: imports the model and the official-API layer, and is imp
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from . import backends
 from .compat import materialize_compat
-from .config import LiGOConfig
+from .config import LiGOConfig, check_model_config, unknown_config_keys
 from .model import LiGOModel
+
+logger = logging.getLogger(__name__)
 
 
 def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None, **overrides) -> LiGOModel:
@@ -26,6 +30,11 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
         A :class:`LiGOModel`, called like the large HF model; its trainable parameters are the operator's.
     """
     backends.check_env()  # a bad LIGO_FAST_BACKEND fails here, not at the first forward
+    check_model_config(large_config, "the large config")  # sizes: positive integers (no ZeroDivisionError later)
+    for key, near in unknown_config_keys(large_config):
+        hint = f" (did you mean {near!r}?)" if near else ""
+        logger.warning("the large config has %r, which %s does not know%s: it changes nothing",
+                       key, type(large_config).__name__, hint)  # fmt: skip
     config = config or LiGOConfig()
     return LiGOModel(small_model, large_config, config.replace(**overrides) if overrides else config)
 

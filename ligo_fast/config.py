@@ -1,8 +1,15 @@
-"""Options of the LiGO growth operator."""
+"""Options of the LiGO growth operator (:class:`LiGOConfig`), and checks of the Hugging Face configs it grows
+between (:func:`unknown_config_keys`, :func:`check_model_config`).
+
+Imports: ``init`` (the scheme names) and the standard library; HF configs are duck-typed (no transformers import).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import numbers
 from dataclasses import dataclass
 
 from .init import DEPTH_INITS, WIDTH_INITS
@@ -73,16 +80,14 @@ class LiGOConfig:
     linear_mode: str = "materialize"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f.name, getattr(self, f.name))
         if self.depth_init not in DEPTH_INITS:
             raise ValueError(f"unknown depth_init {self.depth_init!r}; valid schemes: {', '.join(DEPTH_INITS)}")
         if self.width_init not in WIDTH_INITS:
             raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
         if self.linear_mode not in LINEAR_MODES:
             raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
-        for name in ("depth_noise", "width_noise", "residual_noise"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def replace(self, **overrides) -> LiGOConfig:
         """A copy with some fields changed (unknown names raise TypeError)."""
@@ -97,5 +102,133 @@ class LiGOConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LiGOConfig:
-        """The inverse of :meth:`to_dict`; options that older versions saved and this one dropped are ignored."""
-        return cls().replace(**{k: v for k, v in d.items() if k not in REMOVED_OPTIONS})
+        """The config of a dict (``to_dict``'s, or JSON read from a file): unknown keys (the closest valid name is
+        suggested), wrong types (``"false"`` for a bool, ``"1"`` for a number) and bad values raise ``ValueError``.
+        Options that older versions saved and this one dropped (:data:`REMOVED_OPTIONS`) are ignored."""
+        if not isinstance(d, dict):
+            raise ValueError(f"LiGOConfig: expected a dict of options, got {type(d).__name__}")
+        d = {k: v for k, v in d.items() if k not in REMOVED_OPTIONS}
+        fields = [f.name for f in dataclasses.fields(cls)]
+        for k in d:
+            if k not in fields:
+                near = difflib.get_close_matches(str(k), fields, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; valid: {', '.join(fields)}"
+                raise ValueError(f"unknown LiGOConfig option {k!r}{hint}")
+        return cls(**d)
+
+
+_BOOLS = ("tie", "residual", "train_depth", "train_width", "train_small")
+_NUMBERS = ("depth_noise", "width_noise", "residual_noise")
+_NAMES = ("depth_init", "width_init", "linear_mode")
+
+
+def _check_field(name: str, v) -> None:
+    """ValueError when ``v`` has the wrong type or range for LiGOConfig field ``name`` (strings are never read as
+    booleans or numbers)."""
+    if name in _BOOLS and not isinstance(v, bool):
+        raise ValueError(f"LiGOConfig.{name} must be true or false, got {v!r}")
+    if name == "lean" and not (v is None or isinstance(v, bool)):
+        raise ValueError(f"LiGOConfig.lean must be true, false or None (auto), got {v!r}")
+    if name in _NAMES and not isinstance(v, str):
+        raise ValueError(f"LiGOConfig.{name} must be a scheme name (a string), got {v!r}")
+    if name in _NUMBERS and not (
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if name == "seed" and v is not None:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise ValueError(f"LiGOConfig.seed must be an integer or None, got {v!r}")
+        if not -(2**63) <= v < 2**64:
+            raise ValueError(f"LiGOConfig.seed must fit in 64 bits, got {v}")
+
+
+# ---------------------------------------------------------------------------------------------- HF configs
+SIZE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "n_embd",
+    "intermediate_size",
+    "n_inner",
+    "num_hidden_layers",
+    "n_layer",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "n_positions",
+    "image_size",
+    "patch_size",
+    "num_channels",
+)  # the sizes check_model_config requires to be positive integers (None: derived by the config class)
+
+
+def known_config_keys(config_class) -> set[str]:
+    """The keys an HF config class knows: its dataclass fields / ``__init__`` names, what a default instance's
+    ``to_dict()`` holds (the common ``PreTrainedConfig`` fields) and its ``attribute_map`` (aliases such as GPT-2's
+    ``hidden_size`` for ``n_embd``)."""
+    keys: set[str] = set()
+    if dataclasses.is_dataclass(config_class):
+        keys |= {f.name for f in dataclasses.fields(config_class)}
+    for c in config_class.__mro__:
+        init = c.__dict__.get("__init__")
+        if init is not None:
+            try:
+                params = inspect.signature(init).parameters.values()
+                keys |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
+            except (TypeError, ValueError):
+                pass
+    try:
+        keys |= set(config_class().to_dict())
+    except Exception:  # noqa: BLE001 - a class without defaults: its fields and signature must do
+        pass
+    amap = getattr(config_class, "attribute_map", {}) or {}
+    return keys | set(amap) | set(amap.values())
+
+
+def unknown_config_keys(config) -> list[tuple[str, str | None]]:
+    """``(key, closest known key or None)`` for each key of the HF config ``config`` (an instance, as built by
+    ``ConfigClass(**d)``/``from_dict``, which keep unknown keys as attributes) that its class does not know: a
+    misspelt ``"hiden_size"`` is kept silently by transformers and grows nothing; ``grow`` warns about these."""
+    known = known_config_keys(type(config))
+    given = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    out = []
+    for k in sorted(given):
+        if k not in known and not k.startswith("_"):
+            near = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.75)
+            out.append((k, near[0] if near else None))
+    return out
+
+
+def model_config_from_dict(config_class, d: dict):
+    """``config_class.from_dict(d)`` (an HF config class), checked by :func:`check_model_config`; every problem is a
+    one-line ``ValueError`` naming the field (transformers' strict configs raise their own error classes, whose
+    message spans lines: their cause is used)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a JSON object of config fields, got {type(d).__name__}")
+    try:
+        config = config_class.from_dict(d)
+    except Exception as e:  # noqa: BLE001 - strict dataclass errors, ValueError, TypeError, KeyError, ...
+        cause = e.__cause__ if type(e).__name__.startswith("StrictDataclass") and e.__cause__ is not None else e
+        text = " ".join(x.strip() for x in str(cause).splitlines() if x.strip()) or type(cause).__name__
+        raise ValueError(text) from e
+    check_model_config(config)
+    return config
+
+
+def check_model_config(config, what: str = "") -> None:
+    """ValueError (one line, naming the field, after ``what: `` when given) when an HF config's size fields
+    (:data:`SIZE_FIELDS`, those it has and sets) are not positive integers, or ``architectures`` is not a list
+    of class names."""
+    pre = f"{what}: " if what else ""
+    for name in SIZE_FIELDS:
+        v = getattr(config, name, None)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{pre}{name} must be a positive integer, got {v!r}")
+        if v < 1:
+            raise ValueError(f"{pre}{name} must be a positive integer, got {v}")
+    arch = getattr(config, "architectures", None)
+    if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
+        raise ValueError(f"{pre}architectures must be a list of class names, got {arch!r}")

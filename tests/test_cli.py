@@ -16,7 +16,7 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
-from ligo_fast.apps import cli, training
+from ligo_fast.apps import cli, errors, inputs, training
 
 VOCAB = 260  # byte-level tokens need 256 ids; the masked LM's mask id is vocab_size - 1
 SMALL = {
@@ -156,9 +156,10 @@ def test_resume_after_stop_matches_uninterrupted(files, grown, tmp_path, capsys)
     assert "resuming from step 3 of 6" in text and "step 3/6" not in text and "step 6/6" in text
     _same(_operator(out), _operator(grown))
     _same(load_file(str(out / "model.safetensors")), load_file(str(grown / "model.safetensors")))
-    # a finished run: nothing to train, the outputs are written again
+    # a finished run: its checkpoint is gone, its outputs are complete: nothing to do
+    assert not (out / "checkpoint").exists()
     assert cli.main(_grow(files, "LlamaForCausalLM", out)) == 0
-    assert "already holds 6 finished steps" in capsys.readouterr().out
+    assert "already holds the outputs of this run (6 steps); nothing to do" in capsys.readouterr().out
 
 
 def _on_call(monkeypatch, name: str, at: int, action) -> None:
@@ -191,7 +192,7 @@ def test_ctrl_c_saves_and_resumes(files, grown, tmp_path, capsys, monkeypatch, h
     with monkeypatch.context() as m:
         action = (lambda: os.kill(os.getpid(), signal.SIGINT)) if how == "signal" else _raise_interrupt
         _on_call(m, "forward_backward", 4, action)
-        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == cli.EXIT_INTERRUPTED
+        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == errors.EXIT_INTERRUPTED
     saved = 4 if how == "signal" else 3
     assert f"interrupted after step {saved} of 6" in capsys.readouterr().err
     assert (out / "checkpoint" / "latest").read_text() == f"step-{saved:08d}"
@@ -206,7 +207,7 @@ def test_ctrl_c_during_update_keeps_the_last_checkpoint(files, grown, tmp_path, 
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         _on_call(m, "update", 5, _raise_interrupt)
-        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == cli.EXIT_INTERRUPTED
+        assert cli.main(_grow(files, "LlamaForCausalLM", out)) == errors.EXIT_INTERRUPTED
     err = capsys.readouterr().err
     assert "interrupted during the update of step 5" in err and "step-00000004 is kept" in err
     assert (out / "checkpoint" / "latest").read_text() == "step-00000004"
@@ -220,7 +221,7 @@ def test_resume_refuses_another_runs_checkpoint(files, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(_grow(files, "LlamaForCausalLM", out, "--max-steps-this-run", "2")) == 0
     capsys.readouterr()
-    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.002")) == cli.EXIT_USAGE
+    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.002")) == errors.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a checkpoint of another run (lr: 0.001 there, 0.002 now)" in err
     assert (out / "checkpoint" / "latest").read_text() == "step-00000002"  # left as it was
@@ -300,7 +301,7 @@ def test_bench_quick(capsys):
 
 def test_large_config_inherits_and_derives():
     small = SMALL["LlamaForCausalLM"]
-    kept = cli._inherited_fields(small, LARGE)
+    kept = inputs.inherited_fields(small, LARGE)
     assert "head_dim" not in kept and kept["vocab_size"] == VOCAB and kept["num_key_value_heads"] == 2
 
 
@@ -345,8 +346,8 @@ def _bad(files, tmp_path):
         "missing data": (grow(data=str(tmp_path / "nope.txt")), "no such file or directory"),
         "no data files": (grow(data=str(empty)), "no files found"),
         "unsupported class": (grow(small=str(unsupported)), "unsupported model class T5ForConditionalGeneration"),
-        "config shrinks": (grow(cfg=str(shrink)), "does not fit"),
-        "another family": (grow(cfg=str(other)), "does not fit"),
+        "config shrinks": (grow(cfg=str(shrink)), "cannot grow LlamaForCausalLM into the large config"),
+        "another family": (grow(cfg=str(other)), "cannot grow LlamaForCausalLM into the large config"),
         "sequence too long": (grow(llama, large, corpus, "--seq-len", "999"), "exceeds the large model's 64"),
         "not a text model": (grow(small=str(files / "BertModel")), "needs a causal or masked LM"),
         "missing operator": (
@@ -377,7 +378,7 @@ BAD = [
 @pytest.mark.parametrize("case", BAD)
 def test_user_errors_are_one_line(files, tmp_path, capsys, case):
     argv, expected = _bad(files, tmp_path)[case]
-    assert cli.main(argv) == cli.EXIT_USAGE
+    assert cli.main(argv) == errors.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("ligo-fast ") and expected in err, err
     assert "Traceback" not in err

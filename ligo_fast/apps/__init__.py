@@ -8,6 +8,8 @@ public functions of ``ligo_fast.backends``/``ops``/``info``, the option tuples o
 - ``data``: text files -> one token stream -> batches (CLI and experiment alike);
 - ``progress``: a tqdm bar on a terminal, plain log lines otherwise;
 - ``checkpoints``, ``training``: the resumable operator-training run of ``ligo-fast grow``;
-- ``cli``: the ``ligo-fast`` command line;
+- ``outputs``: an output directory's lock and its final outputs with their manifest;
+- ``cli``: the ``ligo-fast`` command line (parsing, signals, exit codes; standard library only), ``errors`` its
+  exceptions and exit codes, ``commands`` what its commands do, ``inputs`` their inputs, read and checked;
 - ``savings``: the growth-savings experiment; ``demo``: its command line (``make demo``).
 """

@@ -1,7 +1,8 @@
 """Text -> one token stream -> batches: the data layer of the ``ligo-fast`` command line and the savings experiment.
 
 - files: :func:`collect_files` (files as given, directories recursively without hidden entries, optionally
-  text files only), :func:`split_files` (a seeded, disjoint train/validation split by file);
+  text files only), :func:`split_files` (a seeded, disjoint train/validation split by file), :func:`text_problem`
+  (why a file is no text: the command line refuses binary files);
 - tokens: :func:`encode_files` (a Hugging Face tokenizer, or the bytes 0..255), each file followed by a
   separator id; :func:`mask_token_id`;
 - batches: :func:`random_windows` (seeded random windows of a stream), :func:`make_batch` (the inputs of a causal
@@ -37,6 +38,25 @@ def is_text(path: Path) -> bool:
     """True when the first 4 KiB of ``path`` hold no NUL byte."""
     with open(path, "rb") as f:
         return b"\0" not in f.read(4096)
+
+
+TEXT_SAMPLE = 1 << 20  # bytes text_problem reads
+CONTROL_FRACTION = 0.01  # more control bytes than this (tab, newlines, form feed, escape aside): binary
+_CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\b\x1b") + b"\x7f"
+
+
+def text_problem(path: Path) -> str | None:
+    """None when the first MiB of ``path`` looks like text; else why not (a NUL byte, or more than 1% control
+    bytes: executables, archives, random bytes). Any 8-bit encoding passes; UTF-16 (NUL bytes) does not."""
+    with open(path, "rb") as f:
+        head = f.read(TEXT_SAMPLE)
+    nul = head.find(b"\0")
+    if nul >= 0:
+        return f"a NUL byte at offset {nul}"
+    control = len(head) - len(head.translate(None, _CONTROL))
+    if head and control > CONTROL_FRACTION * len(head):
+        return f"{control / len(head):.0%} control bytes"
+    return None
 
 
 def collect_files(paths: Sequence[str | os.PathLike], *, text_only: bool = False) -> list[Path]:

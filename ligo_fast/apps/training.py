@@ -1,12 +1,14 @@
-"""The resumable operator-training run of ``ligo-fast grow``: resume, the step loop, Ctrl-C, progress.
+"""The resumable operator-training run of ``ligo-fast grow``: resume, the step loop, signals, divergence, progress.
 
-:func:`resume` restores the newest checkpoint (:mod:`.checkpoints`) of an output directory; :func:`train_operator`
-runs the steps after it: batch ``k`` is ``batch_at(k)`` and dropout is seeded by ``data.step_seed(seed, k)``, so a
-resumed run ends exactly where an uninterrupted one does. It checkpoints every ``save_every`` steps and at the end;
-Ctrl-C finishes the current step, saves it and returns (a Ctrl-C during an optimizer update keeps the last
-periodic checkpoint instead, as that update may be half applied). One step is :func:`forward_backward` then
-:func:`update`: module functions the savings experiment shares (``update``) and tests patch to interrupt a run at
-a chosen point.
+:func:`resume` restores the newest usable checkpoint (:mod:`.checkpoints`) of an output directory;
+:func:`train_operator` runs the steps after it: batch ``k`` is ``batch_at(k)``, its learning rate ``lr_at(k)``
+(:func:`warmup_lr`), and dropout is seeded by ``data.step_seed(seed, k)``, so a resumed run ends exactly where an
+uninterrupted one does. It checkpoints every ``save_every`` steps and at the end (never twice the same state).
+Ctrl-C or SIGTERM finishes the current step, saves it and returns (a signal during an optimizer update keeps the
+last periodic checkpoint instead, as that update may be half applied). A non-finite loss or gradient stops the run
+before the update (``diverged``), and a state with a non-finite parameter or optimizer value is never saved, so
+the last checkpoint stays the last finite one. One step is :func:`forward_backward` then :func:`update`: module
+functions the savings experiment shares (``update``) and tests patch to interrupt a run at a chosen point.
 
 Messages go through ``logging`` (the loss line every ``log_every`` steps at INFO); the bar is
 :class:`.progress.Progress`. Imports torch and this package's ``data``, ``checkpoints`` and ``progress``.
@@ -15,6 +17,7 @@ Messages go through ``logging`` (the loss line every ``log_every`` steps at INFO
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from collections.abc import Callable
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import CheckpointError, checkpoints, is_finite_state, load_checkpoint, save_checkpoint
 from .data import step_seed
 from .progress import Progress
 
@@ -34,38 +37,56 @@ logger = logging.getLogger(__name__)
 class Outcome:
     """How a :func:`train_operator` call ended.
 
-    ``status``: ``done`` (all steps finished), ``stopped`` (``stop_at`` came first), ``interrupted`` (Ctrl-C;
-    ``checkpoint`` holds ``step``), ``interrupted_in_update`` (Ctrl-C during the update of step ``step + 1``;
-    ``checkpoint`` is the last periodic one, or None). ``loss`` is the last step's training loss (NaN when this
-    call ran no step).
+    ``status``: ``done`` (all steps finished), ``stopped`` (``stop_at`` came first), ``interrupted`` (a signal;
+    ``checkpoint`` holds ``step``), ``interrupted_in_update`` (a signal during the update of step ``step + 1``;
+    ``checkpoint`` is the last periodic one, or None), ``diverged`` (``reason`` says what was not finite at which
+    step; ``checkpoint`` is the last finite one, or None). ``loss`` is the last finished step's training loss (NaN
+    when this call finished none); ``signum`` the signal that interrupted the run.
     """
 
     status: str
     step: int
     loss: float
     checkpoint: Path | None
+    signum: int | None = None
+    reason: str = ""
 
 
 class DeferredInterrupt:
-    """Defers Ctrl-C to the end of the current step (a second Ctrl-C raises KeyboardInterrupt at once)."""
+    """Defers SIGINT (Ctrl-C) and SIGTERM (what ``kill`` and job schedulers send) to the end of the current step; a
+    second signal raises KeyboardInterrupt at once. ``signum`` is the first signal received."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._old = None
+        self.signum: int | None = None
+        self._old: dict = {}
 
     def __enter__(self) -> DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def warmup_lr(lr: float, warmup: int) -> Callable[[int], float]:
+    """The learning rate of step ``k`` (1-based): ``lr * k / warmup`` for the first ``warmup`` steps (linear
+    warm-up), then ``lr`` (constant)."""
+
+    def lr_at(k: int) -> float:
+        return lr * min(1.0, k / warmup) if warmup > 0 else lr
+
+    return lr_at
 
 
 def forward_backward(model, batch: dict) -> torch.Tensor:
@@ -82,13 +103,22 @@ def update(optimizer: torch.optim.Optimizer, params: list, max_grad_norm: float)
     optimizer.step()
 
 
+def grad_norm(params: list) -> float:
+    """The 2-norm of all gradients of ``params`` (inf/NaN when one is not finite)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
 def resume(out: Path, model, optimizer, run: dict, small_model) -> tuple[int, Path | None]:
-    """(step, checkpoint) of the newest checkpoint under ``out``, restored into ``model`` and ``optimizer``;
-    ``(0, None)`` when there is none. Raises ``checkpoints.RunMismatch`` for another run's checkpoint."""
-    ckpt = latest_checkpoint(out)
-    if ckpt is None:
-        return 0, None
-    return load_checkpoint(ckpt, model, optimizer, run, small_model), ckpt
+    """(step, checkpoint) of the newest usable checkpoint under ``out``, restored into ``model`` and ``optimizer``;
+    ``(0, None)`` when there is none. A damaged checkpoint is skipped with a warning (an older one is used).
+    Raises ``checkpoints.RunMismatch`` for another run's checkpoint."""
+    for ckpt in checkpoints(out):
+        try:
+            return load_checkpoint(ckpt, model, optimizer, run, small_model), ckpt
+        except CheckpointError as e:
+            logger.warning("skipping a damaged checkpoint: %s", e)
+    return 0, None
 
 
 def train_operator(
@@ -105,18 +135,38 @@ def train_operator(
     max_grad_norm: float,
     log_every: int,
     save_every: int,
+    lr_at: Callable[[int], float] | None = None,
+    saved: Path | None = None,
     progress: bool = True,
 ) -> Outcome:
     """Train steps ``start + 1 .. min(steps, stop_at)`` of ``model``'s operator and checkpoint into ``out``.
 
-    ``batch_at(k)``: the inputs of step ``k`` (CPU tensors; moved to the model's device here). ``run``: the run
-    record stored with each checkpoint. The optimizer updates the parameters of its param groups.
+    ``batch_at(k)``: the inputs of step ``k`` (CPU tensors; moved to the model's device here). ``lr_at(k)``: its
+    learning rate (None: the optimizer's own). ``run``: the run record stored with each checkpoint. ``saved``: the
+    checkpoint that already holds the state at ``start`` (a resumed run), so it is not written again. The
+    optimizer updates the parameters of its param groups.
     """
     device = model.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
     step, loss_val = start, float("nan")
     bar = Progress(steps, "operator", enabled=progress, initial=step, log=logger)
     updating = False
+    last = saved  # the checkpoint holding the newest saved state, and its step
+    last_step = start if saved is not None else None
+
+    def save() -> Path | None:
+        nonlocal last, last_step
+        if last_step == step:
+            return last
+        if not is_finite_state(model, optimizer):
+            return None
+        last, last_step = save_checkpoint(out, model, optimizer, step, run), step
+        return last
+
+    def diverged(what: str) -> Outcome:
+        bar.close()
+        return Outcome("diverged", step, loss_val, last, reason=what)
+
     try:
         with DeferredInterrupt() as interrupt:
             while step < stop_at:
@@ -125,23 +175,38 @@ def train_operator(
                 torch.manual_seed(step_seed(seed, n))  # dropout: the same masks when resumed
                 optimizer.zero_grad(set_to_none=True)
                 loss = forward_backward(model, batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    return diverged(f"the loss of step {n} is {value}")
+                norm = grad_norm(params)
+                if not math.isfinite(norm):
+                    return diverged(f"the gradient norm of step {n} is {norm}")
+                if lr_at is not None:
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr_at(n)
                 updating = True
                 update(optimizer, params, max_grad_norm)
                 updating = False
-                step = n
-                loss_val = float(loss.detach())
+                step, loss_val = n, value
                 bar.update(1, loss=f"{loss_val:.4f}")
                 if step % log_every == 0 or step == steps:
                     logger.info("step %d/%d  loss %.4f", step, steps, loss_val)
                 if step % save_every == 0 and step < stop_at:
-                    save_checkpoint(out, model, optimizer, step, run)
+                    if save() is None:
+                        return diverged(f"the operator or optimizer state holds NaN/Inf after step {step}")
                 if interrupt.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
+        signum = interrupt.signum if interrupt.signum is not None else signal.SIGINT
         if updating:
-            return Outcome("interrupted_in_update", step, loss_val, latest_checkpoint(out))
-        return Outcome("interrupted", step, loss_val, save_checkpoint(out, model, optimizer, step, run))
+            return Outcome("interrupted_in_update", step, loss_val, last, signum)
+        where = save()
+        if where is None:
+            return Outcome("diverged", step, loss_val, last, signum, f"the state after step {step} holds NaN/Inf")
+        return Outcome("interrupted", step, loss_val, where, signum)
     bar.close()
-    where = save_checkpoint(out, model, optimizer, step, run)
+    where = save()
+    if where is None:
+        return diverged(f"the operator or optimizer state holds NaN/Inf after step {step}")
     return Outcome("done" if step >= steps else "stopped", step, loss_val, where)

@@ -1,0 +1,387 @@
+"""What the ``ligo-fast`` commands do: ``grow``, ``materialize``, ``info``, ``bench``.
+
+:mod:`.cli` parses the command line and imports this module only then (it imports torch and transformers), so
+``--help``, ``--version`` and argument errors answer at once. The inputs are read and checked by :mod:`.inputs`,
+the training run is :mod:`.training` (checkpoints: :mod:`.checkpoints`), the output directory (lock, manifest)
+:mod:`.outputs`; failures are the exceptions of :mod:`.errors`. Imports those and ligo_fast's public API
+(``grow``, ``load_operator``, ``backends``, ``ops``, ``info``, ``serialization``'s byte formatting).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from torch.utils import benchmark
+
+import ligo_fast
+from ligo_fast import backends, ops
+from ligo_fast.info import report
+
+from . import checkpoints, data, inputs, outputs, training
+from .errors import Diverged, UserError, exit_code_for
+from .inputs import describe
+
+PROG = "ligo-fast"
+WARMUP_FRACTION = 0.05  # linear warm-up over this fraction of the steps by default (the savings experiment's too)
+SIZE_KEYS = (
+    "hidden_size",
+    "n_embd",
+    "intermediate_size",
+    "num_hidden_layers",
+    "n_layer",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+)  # shown in the first line of grow
+
+
+def quiet_transformers(verbose: bool) -> None:
+    """Unless ``verbose``: transformers logs errors only and draws no progress bars (every from_pretrained)."""
+    if not verbose:
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name}: {describe(e)}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------- grow
+@dataclass(frozen=True)
+class Schedule:
+    """Steps and learning rate of the operator training: linear warm-up over ``warmup`` steps, then ``lr``."""
+
+    steps: int
+    lr: float
+    warmup: int
+
+
+def schedule(args) -> Schedule:
+    """The operator-training schedule of ``grow``'s options.
+
+    The operator-budget rule (``ligo_fast.budget``: steps and learning rate from the large model's training budget)
+    belongs here, when ``--steps``/``--lr`` are left to it; everything downstream takes the :class:`Schedule`.
+    """
+    warmup = args.warmup if args.warmup is not None else math.ceil(WARMUP_FRACTION * args.steps)
+    return Schedule(args.steps, args.lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
+
+
+def _check_grow_args(args) -> None:
+    if args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    if args.batch_size < 1 or args.seq_len < 2:
+        raise UserError("--batch-size must be at least 1 and --seq-len at least 2")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0):
+        raise UserError(f"--max-grad-norm must be a finite number >= 0, got {args.max_grad_norm}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UserError(f"--warmup must be at least 0, got {args.warmup}")
+
+
+def cmd_grow(args) -> int:
+    _check_grow_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    device = _device(args.device)
+    dtype = getattr(torch, args.dtype)
+    files = inputs.text_files(args.data)
+    small, task = inputs.load_small(args.small, dtype)
+    if task == "other":
+        raise UserError(
+            f"grow trains on text and needs a causal or masked LM (*ForCausalLM, *LMHeadModel, *ForMaskedLM); "
+            f"{type(small).__name__} is neither: train its operator with the Python API (ligo_fast.grow)"
+        )
+    large_cfg = inputs.load_large_config(args.large_config, small.config)
+    limit = getattr(large_cfg, "max_position_embeddings", None) or getattr(large_cfg, "n_positions", None)
+    if limit is not None and args.seq_len > limit:
+        raise UserError(f"--seq-len {args.seq_len} exceeds the large model's {limit} positions")
+    tokenizer = inputs.load_tokenizer(args.small)
+    try:
+        stream = data.encode_files(files, tokenizer)
+        mask_id = data.mask_token_id(tokenizer, large_cfg) if task == "masked" else None
+    except data.DataError as e:
+        raise UserError(f"--data: {e}") from e
+    inputs.check_vocab(stream, tokenizer, int(large_cfg.vocab_size))
+    sched = schedule(args)
+    options = dict(
+        depth_init=args.depth_init,
+        width_init=args.width_init,
+        tie=not args.no_tie,
+        residual=args.residual,
+        seed=args.seed,
+    )
+    try:
+        model = ligo_fast.grow(small, large_cfg, **options)
+    except ValueError as e:
+        raise UserError(f"cannot grow {type(small).__name__} into the large config: {describe(e)}") from e
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
+    run = run_record(args, files, large_cfg, sched)
+    changed = {k: (getattr(small.config, k, None), getattr(large_cfg, k)) for k in SIZE_KEYS if hasattr(large_cfg, k)}
+    changed = {k: ab for k, ab in changed.items() if ab[0] != ab[1]}
+    n_op = sum(p.numel() for p in params)
+    sizes = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()) or "same sizes"
+    print(
+        f"growing {type(small).__name__} ({sizes}); "
+        f"operator {n_op / 1e6:.2f}M trainable values; {stream.numel()} {'tokens' if tokenizer else 'bytes'} "
+        f"from {len(files)} file(s); {task} LM loss on {device}"
+    )
+
+    def batch_at(k: int) -> dict:
+        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id)
+
+    with _locked(out):
+        return _grow_into(out, args, model, optimizer, run, small, tokenizer, batch_at, sched)
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """The lock of ``out`` (:func:`outputs.locked`); a busy or unusable directory is a :class:`UserError`."""
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(outputs.locked(out))
+        except outputs.OutputsError as e:
+            raise UserError(str(e)) from e
+        except OSError as e:
+            raise UserError(f"--out {out}: {describe(e)}") from e
+        yield
+
+
+def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_at, sched: Schedule) -> int:
+    """The part of ``grow`` that reads and writes ``out`` (under its lock)."""
+    checkpoints.clean(out)
+    try:
+        manifest = outputs.read_manifest(out)
+        step, ckpt = training.resume(out, model, optimizer, run, small)
+    except (outputs.OutputsError, checkpoints.RunMismatch) as e:
+        raise UserError(str(e)) from e
+    if ckpt is None:
+        if manifest is not None:
+            return _finished(out, args, run, manifest)
+        present = outputs.output_files(out)
+        if present:
+            raise UserError(
+                f"{out} holds {', '.join(present)} but no run record of ligo-fast ({outputs.MANIFEST}) and no "
+                f"checkpoint: another program's or an older version's files; use another --out or delete them"
+            )
+    elif step >= args.steps:
+        if (
+            manifest is not None
+            and manifest.get("step") == step
+            and not checkpoints.run_differences(manifest.get("run", {}), run)
+        ):
+            return _finished(out, args, run, manifest)
+        print(f"{out} already holds {step} finished steps (--steps {args.steps}); writing the outputs again")
+    else:
+        print(f"resuming from step {step} of {args.steps} ({ckpt}); steps 1..{step} are kept")
+
+    stop_at = args.steps if args.max_steps_this_run is None else min(args.steps, step + args.max_steps_this_run)
+    end = training.train_operator(
+        model,
+        optimizer,
+        batch_at,
+        out=out,
+        run=run,
+        start=step,
+        steps=args.steps,
+        stop_at=stop_at,
+        seed=args.seed,
+        max_grad_norm=args.max_grad_norm,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        lr_at=training.warmup_lr(sched.lr, sched.warmup),
+        saved=ckpt,
+        progress=not args.no_progress,
+    )
+    kept = f"the checkpoint {end.checkpoint} is kept" if end.checkpoint else "no checkpoint was written"
+    if end.status == "diverged":
+        raise Diverged(f"operator training diverged: {end.reason}; {kept}; try a lower --lr")
+    if end.status == "interrupted_in_update":  # the update may be half applied: the last periodic checkpoint
+        print(
+            f"interrupted during the update of step {end.step + 1}; {kept} (rerun the same command to resume)",
+            file=sys.stderr,
+        )
+        return exit_code_for(end.signum)
+    if end.status == "interrupted":
+        print(
+            f"interrupted after step {end.step} of {args.steps}; saved {end.checkpoint}; "
+            f"rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return exit_code_for(end.signum)
+    if end.status == "stopped":
+        print(f"stopped after step {end.step} of {args.steps} (--max-steps-this-run); rerun the same command to resume")
+        return 0
+    model.eval()
+    write_outputs(out, model, tokenizer, {"command": "grow", "step": end.step, "run": run})
+    if not args.keep_checkpoints:
+        checkpoints.remove_checkpoints(out)
+    last = f"last loss {end.loss:.4f}" if math.isfinite(end.loss) else "no step trained in this call"
+    print(f"done: {end.step} steps, {last}; operator and {model.hf_class.__name__} written to {out}")
+    return 0
+
+
+def _finished(out: Path, args, run: dict, manifest: dict) -> int:
+    """``out`` holds the complete outputs of a run and no newer checkpoint: nothing to do, or a clear refusal."""
+    diffs = checkpoints.run_differences(manifest.get("run", {}), run)
+    if diffs:
+        raise UserError(
+            f"{out} holds the outputs of another run ({'; '.join(diffs[:3])}); use another --out or delete it"
+        )
+    try:
+        outputs.check_outputs(out)
+    except outputs.OutputsError as e:
+        raise UserError(f"{e}; its checkpoint is gone, so write into another --out") from e
+    outputs.clean(out)  # a staging directory left by a kill after the manifest was written
+    done = manifest.get("step")
+    if not isinstance(done, int) or done < args.steps:
+        raise UserError(
+            f"{out} holds this run's outputs after {done} steps but not its checkpoint (removed after a finished "
+            f"run unless --keep-checkpoints), so it cannot continue to {args.steps} steps; use another --out"
+        )
+    if not args.keep_checkpoints:
+        checkpoints.remove_checkpoints(out)
+    print(f"{out} already holds the outputs of this run ({done} steps); nothing to do")
+    return 0
+
+
+def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
+    """The options that change the numbers of a run (stored with each checkpoint and in the outputs' manifest; a
+    resumed run must repeat them). Paths are resolved; the large config without ``_name_or_path`` (the small
+    directory as typed)."""
+    cfg = {k: v for k, v in large_cfg.to_dict().items() if k != "_name_or_path"}
+    return {
+        "small": str(Path(args.small).resolve()),
+        "large_config": cfg | {"transformers_version": None},
+        "data": [[str(f.resolve()), f.stat().st_size] for f in files],
+        "lr": sched.lr,
+        "warmup": sched.warmup,
+        **{k: getattr(args, k) for k in ("batch_size", "seq_len", "seed", "depth_init", "width_init")},
+        "tie": not args.no_tie,
+        "residual": args.residual,
+        "max_grad_norm": args.max_grad_norm,
+        "dtype": args.dtype,
+    }
+
+
+def write_outputs(out: Path, model, tokenizer, record: dict):
+    """The operator, the materialised large model and the tokenizer (if any) into ``out``, crash-consistently
+    (:func:`outputs.write_outputs`); returns the large model."""
+    large = model.materialize()
+
+    def write(d: Path) -> None:
+        model.save_operator(d)
+        large.save_pretrained(str(d))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(d))
+
+    nbytes = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *large.state_dict().values()])
+    outputs.write_outputs(out, write, record, nbytes=nbytes)
+    return large
+
+
+# ---------------------------------------------------------------------------------------------- materialize
+def cmd_materialize(args) -> int:
+    op = Path(args.operator)
+    if not op.exists():
+        raise UserError(f"--operator {args.operator}: no such file or directory")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+    if op.is_dir() and out.exists() and os.path.samefile(op, out):
+        raise UserError("--out must be another directory than --operator")
+    if op.is_dir():
+        try:
+            outputs.check_outputs(op, interrupted_hint="rerun the grow command that writes them")
+        except outputs.OutputsError as e:
+            raise UserError(f"--operator {e}") from e
+    small, _ = inputs.load_small(args.small, getattr(torch, args.dtype))
+    large_cfg = inputs.load_large_config(args.large_config, small.config) if args.large_config else None
+    try:
+        model = ligo_fast.load_operator(op, small, large_cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--operator {args.operator}: {describe(e)}") from e
+    model.to(_device(args.device)).eval()
+    with _locked(out):
+        try:
+            manifest = outputs.read_manifest(out)
+        except outputs.OutputsError as e:
+            raise UserError(str(e)) from e
+        if manifest is not None and manifest.get("command") != "materialize":
+            raise UserError(f"--out {out} holds the outputs of a {manifest.get('command')} run; use another directory")
+        present = outputs.output_files(out)
+        if manifest is None and present:
+            raise UserError(f"--out {out} holds {', '.join(present)} of another program; use another directory")
+        record = {"command": "materialize", "operator": str(op.resolve()), "small": str(Path(args.small).resolve())}
+        large = write_outputs(out, model, inputs.load_tokenizer(args.small), record)
+    n = sum(p.numel() for p in large.parameters())
+    print(f"wrote {type(large).__name__} ({n / 1e6:.2f}M parameters) to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- info, bench
+def cmd_info(args) -> int:
+    """Versions, devices and the availability of every backend (``ligo_fast.info.report``), plus transformers'."""
+    print(f"{report()}\ntransformers {transformers.__version__}")
+    return 0
+
+
+def bench_shapes(quick: bool) -> list[tuple[str, int, int, int, int, int, int]]:
+    """(name, L1, L2, o1, o2, i1, i2) of the block weights of BERT 6L/512H -> 12L/768H (or a 4x smaller model)."""
+    L1, L2, h1, h2, f1, f2 = (2, 4, 128, 192, 512, 768) if quick else (6, 12, 512, 768, 2048, 3072)
+    return [
+        ("q/k/v/o (x4)", L1, L2, h1, h2, h1, h2),
+        ("ffn in", L1, L2, f1, f2, h1, h2),
+        ("ffn out", L1, L2, h1, h2, f1, f2),
+    ]
+
+
+def cmd_bench(args) -> int:
+    device = _device(args.device)
+    avail = backends.availability()
+    names = [b for b in backends.BACKENDS if avail[b] == "available"]
+    if device.type == "cpu":
+        names = [b for b in names if b != "triton"]  # the Triton interpreter is no benchmark
+    g = torch.Generator().manual_seed(0)
+    shape = "BERT 2L/128H -> 4L/192H" if args.quick else "BERT 6L/512H -> 12L/768H"
+    print(f"ligo_expand forward, {shape}, float32 on {device}; median ms (20%-80%)")
+    print(f"  {'module':14s}" + "".join(f"{b:>24s}" for b in names))
+    totals = dict.fromkeys(names, 0.0)
+    for name, L1, L2, o1, o2, i1, i2 in bench_shapes(args.quick):
+        W = torch.randn(L1, o1, i1, generator=g).to(device)
+        depth = torch.rand(L2, L1, generator=g).to(device)
+        E_out = torch.rand(L2, o2 - o1, o1, generator=g).to(device)
+        E_in = torch.rand(L2, i2 - i1, i1, generator=g).to(device)
+        row = f"  {name:14s}"
+        for b in names:
+            t = benchmark.Timer(
+                "ops.ligo_expand(W, depth, E_out, E_in, backend=b)",
+                globals=dict(ops=ops, W=W, depth=depth, E_out=E_out, E_in=E_in, b=b),
+            ).blocked_autorange(min_run_time=args.min_time)
+            q = sorted(t.times)
+            lo, hi = q[int(0.2 * (len(q) - 1))], q[int(0.8 * (len(q) - 1))]
+            totals[b] += t.median * (4 if name.endswith("(x4)") else 1)
+            row += f"{t.median * 1e3:.2f} ({lo * 1e3:.2f}-{hi * 1e3:.2f})".rjust(24)
+        print(row)
+    print(f"  {'block weights':14s}" + "".join(f"{totals[b] * 1e3:>24.2f}" for b in names))
+    print("full comparison (official eager code, torch.compile, backward): benchmarks/bench_expand.py")
+    return 0

@@ -135,3 +135,22 @@ def test_a_bad_backend_variable_fails_at_grow_not_at_the_first_forward(monkeypat
     small_cfg, large_cfg = configs("LlamaForCausalLM")
     with pytest.raises(ValueError, match="LIGO_FAST_BACKEND='bogus'"):
         ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg)
+
+
+def test_a_misspelt_large_config_key_is_named_with_the_closest_valid_one(caplog):
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    bad = T.BertConfig(**{**large_cfg.to_dict(), "hiden_size": 96})
+    with caplog.at_level("WARNING", logger="ligo_fast.api"):
+        ligo_fast.grow(build("BertForMaskedLM", small_cfg), bad)
+    assert "'hiden_size'" in caplog.text and "did you mean 'hidden_size'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ligo_fast.api"):
+        ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg)
+    assert "does not know" not in caplog.text  # a correct config: nothing to say
+
+
+def test_a_zero_size_in_the_large_config_is_a_clear_error():
+    small_cfg, large_cfg = configs("LlamaForCausalLM")
+    large_cfg.num_attention_heads = 0
+    with pytest.raises(ValueError, match="the large config: num_attention_heads must be a positive integer"):
+        ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg)

@@ -51,7 +51,9 @@ from common import (
 import ligo_fast
 from ligo_fast import compat
 
-PROVIDERS = ("official", "ours-default", "ours-eager", "ours-lean", "ours-factored", "ours-auto", "compat", "plain-large")
+PROVIDERS = (
+    "official", "ours-default", "ours-eager", "ours-lean", "ours-factored", "ours-auto", "compat", "plain-large",
+)  # fmt: skip
 GROW_OPTIONS = {
     "ours-default": {},
     "ours-eager": {"lean": False, "linear_mode": "materialize"},

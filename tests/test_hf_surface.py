@@ -134,3 +134,11 @@ def test_reentrant_checkpointing_refuses_factored_layers():
     model = _grown("LlamaForCausalLM", linear_mode="factored")
     with pytest.raises(ValueError, match="use_reentrant=False"):
         model.gradient_checkpointing_enable({"use_reentrant": True})
+
+
+def test_state_dict_entries_do_not_share_memory():
+    """Savers that keep one tensor per storage (accelerate's safetensors path) must not lose per-layer entries."""
+    for name in ("LlamaForCausalLM", "BertForMaskedLM"):
+        sd = _grown(name, tie=False).state_dict()
+        storages = [v.untyped_storage().data_ptr() for v in sd.values()]
+        assert len(set(storages)) == len(storages), name

@@ -58,7 +58,7 @@ setup(
     ],
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
-    # hf: accelerate for ligo_fast.integrations.accelerator and for transformers' Trainer (ligo_fast.integrations.trainer)
+    # hf: accelerate, for ligo_fast.integrations.accelerator and transformers' Trainer (ligo_fast.integrations.trainer)
     extras_require={"triton": ["triton"], "hf": ["accelerate>=1.0"], "test": ["pytest", "accelerate>=1.0"]},
     entry_points={"console_scripts": ["ligo-fast=ligo_fast.apps.cli:main"]},
     ext_modules=ext_modules,

@@ -1,8 +1,11 @@
-"""``examples/accelerate_grow.py`` on 2 CPU processes (accelerate, DDP over gloo) against one process on the same
-global batches, and resumed from its mid-operator checkpoint (``accelerator.save_state`` / ``load_state``).
+"""Two CPU processes (DDP over gloo): ``examples/accelerate_grow.py`` against one process on the same global batches
+and resumed from its mid-operator checkpoint (``accelerator.save_state`` / ``load_state``); and an unmodified HF
+``Trainer`` run of a grown model (what ``accelerate launch --cpu --num_processes 2 train.py`` runs), resumed from its
+checkpoint.
 
-One spawn runs both (process start-up dominates): the full run (3 operator steps, checkpoint after step 2, then 2
-large-model steps), then a second run that resumes from a copy of that checkpoint. The reference replays the same
+One spawn runs everything (process start-up dominates): the example's full run (3 operator steps, checkpoint after
+step 2, then 2 large-model steps) and a second run that resumes from a copy of that checkpoint; then the Trainer's 3
+steps with a checkpoint after step 2, and a second Trainer that resumes from it. The reference replays the example's
 steps in this process with plain PyTorch (no accelerate) on the full batches.
 """
 
@@ -57,7 +60,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         shutil.copytree(out / "full" / "operator_checkpoint", out / "resumed" / "operator_checkpoint")
     dist.barrier(timeout=datetime.timedelta(seconds=TIMEOUT_S))
     resumed = ex.grow_and_train(small, large_cfg, data, out=out / "resumed", resume=True, **kw)
+    trainer = _trainer_runs(ex, out)
     result = {
+        **trainer,
         "world": dist.get_world_size(),
         "losses": full["losses"],
         "resumed_losses": resumed["losses"],
@@ -67,6 +72,31 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.save(result, out / f"rank{rank}.pt")
     dist.barrier(timeout=datetime.timedelta(seconds=TIMEOUT_S))
     dist.destroy_process_group()
+
+
+def _trainer_runs(ex, out: Path) -> dict:
+    """3 Trainer steps of a grown model with a checkpoint after step 2; a second Trainer resumes from it."""
+    from transformers import Trainer, TrainingArguments
+
+    small, large_cfg, data, _ = _setup(ex)
+    rows = [{"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x} for (x,) in data]
+
+    def run(name: str, seed: int, resume: bool) -> tuple:
+        model = ligo_fast.grow(small, large_cfg, seed=seed)
+        args = TrainingArguments(output_dir=str(out / name), per_device_train_batch_size=PER_RANK, max_steps=3,
+                                 save_steps=2, logging_steps=1)  # fmt: skip
+        trainer = Trainer(model=model, args=args, train_dataset=rows)
+        trainer.train(resume_from_checkpoint=resume or None)
+        wrapped = type(trainer.model_wrapped).__name__
+        return {k: v.clone() for k, v in model.state_dict().items()}, model.materialize().state_dict(), wrapped
+
+    full, full_big, wrapped = run("trainer_full", 0, False)
+    if dist.get_rank() == 0:
+        shutil.copytree(out / "trainer_full" / "checkpoint-2", out / "trainer_resumed" / "checkpoint-2")
+    dist.barrier(timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    resumed, resumed_big, _ = run("trainer_resumed", 1, True)
+    return {"trainer": full, "trainer_big": full_big, "trainer_resumed": resumed, "trainer_resumed_big": resumed_big,
+            "trainer_wrapped": wrapped}  # fmt: skip
 
 
 def _free_port() -> int:
@@ -145,6 +175,17 @@ def test_resuming_from_the_operator_checkpoint_is_exact(runs):
     assert r0["resumed_losses"] == r0["losses"][SAVE_EVERY:]
     for k, v in r0["final"].items():
         assert torch.equal(r0["resumed_final"][k], v), k
+
+
+def test_trainer_on_two_processes_trains_resumes_and_materialises(runs):
+    _, (r0, r1) = runs
+    assert r0["trainer_wrapped"] == "DistributedDataParallel"
+    before = ligo_fast.grow(*_setup(_example())[:2], seed=0).state_dict()
+    assert any(not torch.equal(r0["trainer"][k], before[k]) for k in before), "the Trainer trained the operator"
+    for what in ("trainer", "trainer_big"):
+        for k, v in r0[what].items():
+            assert torch.equal(r1[what][k], v), f"{what}: rank 1 differs at {k}"
+            assert torch.equal(r0[what.replace("trainer", "trainer_resumed")][k], v), f"{what} resumed differs at {k}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,4 +29,3 @@ __all__ = [
     "from_pretrained",
     "operator_budget",
 ]
-

@@ -177,8 +177,10 @@ def test_growth_callback_errors(tmp_path):
     with pytest.raises(TypeError, match="LiGOModel"):
         GrowingModel(small)
     tr = Trainer(model=GrowingModel(ligo), args=_args(tmp_path, max_steps=2), train_dataset=_data(4))
-    with pytest.raises(ValueError, match="operator_steps must be a positive integer"):
+    with pytest.raises(ValueError, match="operator_steps must be an integer >= 1"):
         GrowthCallback(tr, operator_steps=0)
+    with pytest.raises(ValueError, match="operator_lr must be a finite number"):
+        GrowthCallback(tr, operator_lr=float("nan"))
     tr.add_callback(GrowthCallback(tr, operator_steps=2))
     with pytest.raises(ValueError, match="leaves no step for the large model"):
         tr.train()

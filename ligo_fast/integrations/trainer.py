@@ -26,6 +26,7 @@ Imports: the model (below) and transformers.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -226,9 +227,15 @@ class GrowthCallback(TrainerCallback):
                 f"GrowthCallback needs the Trainer's model to be a GrowingModel, got {type(trainer.model).__name__}; "
                 "pass Trainer(model=GrowingModel(ligo_fast.grow(...)), ...)"
             )
-        for name, v in (("operator_steps", operator_steps), ("operator_warmup_steps", operator_warmup_steps)):
-            if v is not None and (not isinstance(v, int) or v < 0 or (name == "operator_steps" and v < 1)):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name, v, least in (
+            ("operator_steps", operator_steps, 1),
+            ("operator_warmup_steps", operator_warmup_steps, 0),
+        ):
+            if v is not None and (not isinstance(v, int) or v < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+        for name, v in (("operator_lr", operator_lr), ("operator_weight_decay", operator_weight_decay)):
+            if v is not None and not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         self.trainer = trainer
         self.overrides = {
             k: v
@@ -244,8 +251,7 @@ class GrowthCallback(TrainerCallback):
 
     def resolve(self, large_steps: int) -> OperatorBudget:
         """The operator budget of a run of ``large_steps`` steps: :func:`operator_budget` with the overrides."""
-        b = operator_budget(large_steps)
-        return OperatorBudget(**{**b.__dict__, **self.overrides})
+        return dataclasses.replace(operator_budget(large_steps), **self.overrides)
 
     # ----------------------------------------------------------------------- events
     def on_train_begin(self, args, state, control, **kwargs):

@@ -77,7 +77,8 @@ def grow_and_train(
     """Train the operator for ``operator_steps``, materialise, train the large model for ``large_steps``.
 
     ``batch_size`` is per process; batches are taken in order (process r gets batches r, r + P, ...). Returns the
-    mean losses of every step and the large model (on every process).
+    mean losses of the steps this call ran (from operator step ``first_step`` on) and the large model (on every
+    process).
     """
     ligo = ligo_fast.grow(small, large_config, seed=seed)  # every process builds the same operator
     accelerator = Accelerator(kwargs_handlers=[ddp_kwargs(ligo)])
@@ -89,7 +90,8 @@ def grow_and_train(
     if resume:
         accelerator.load_state(ckpt)  # operator, optimizer, RNG, progress
         logger.info("resumed after operator step %d", progress.step)
-    batches = iter(accelerator.skip_first_batches(loader, progress.step) if progress.step else loader)
+    start = progress.step
+    batches = iter(accelerator.skip_first_batches(loader, start) if start else loader)
 
     def step(model, opt, sched=None) -> float:
         (ids,) = next(batches)
@@ -120,7 +122,7 @@ def grow_and_train(
     big = accelerator.unwrap_model(model)
     big.save_pretrained(out / "model", is_main_process=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    return {"losses": losses, "model": big, "rank": accelerator.process_index}
+    return {"losses": losses, "first_step": start, "model": big, "rank": accelerator.process_index}
 
 
 def main(argv=None) -> None:
@@ -155,7 +157,7 @@ def main(argv=None) -> None:
         out=args.out,
     )
     if r["rank"] == 0:
-        first, grown, last = r["losses"][0], r["losses"][args.operator_steps - 1], r["losses"][-1]
+        first, grown, last = r["losses"][0], r["losses"][args.operator_steps - 1 - r["first_step"]], r["losses"][-1]
         logger.info("loss %.3f -> %.3f after the operator -> %.3f (saved in %s)", first, grown, last, args.out)
 
 

@@ -51,7 +51,8 @@ setup(
     packages=find_packages(include=["ligo_fast", "ligo_fast.*"]),  # ligo_fast/kernels links to kernels/
     python_requires=">=3.10",
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
-    extras_require={"triton": ["triton"], "test": ["pytest"]},
+    # hf: accelerate, for ligo_fast.integrations.accelerator and transformers' Trainer (ligo_fast.integrations.trainer)
+    extras_require={"triton": ["triton"], "hf": ["accelerate>=1.0"], "test": ["pytest", "accelerate>=1.0"]},
     entry_points={"console_scripts": ["ligo-fast=ligo_fast.apps.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -33,9 +33,9 @@ def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor
             out[official] = v
         elif rule == "stack":
             out[official] = v.movedim(0, -1).contiguous()
-        else:
+        else:  # own storage per row: savers that drop tensors sharing a storage (accelerate) would lose rows
             for l, row in enumerate(v.unbind(0)):
-                out[official.format(l=l)] = row
+                out[official.format(l=l)] = row.clone()
     return out
 
 

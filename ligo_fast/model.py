@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import backends, factored
+from . import backends, factored, hf_surface
 from .arch import Arch, arch_for
 from .config import LiGOConfig
 from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
@@ -117,6 +117,7 @@ class LiGOModel(nn.Module):
         self._lean_chunk: dict[tuple[int, int], int] = {}  # (tokens, seq_len) -> layers per chunk
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
+        self.__dict__["forward"] = hf_surface.signed_forward(self, large)  # HF-like surface, below
 
     # ------------------------------------------------------------------ production
     def tensor(self, name: str | None) -> Tensor | None:
@@ -207,6 +208,10 @@ class LiGOModel(nn.Module):
         return self._lean_choice[key]
 
     # ------------------------------------------------------------------ HF-like surface
+    # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model. ``forward`` in the instance's
+    # __dict__ (set at the end of __init__) carries the large model's signature and calls the class's forward.
+    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
+
     @property
     def config(self):
         return self.large.config
@@ -214,6 +219,19 @@ class LiGOModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.tensor(self.plan.slots[0].w).device
+
+    @property
+    def main_input_name(self) -> str:
+        return getattr(self.large, "main_input_name", "input_ids")
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.large, "supports_gradient_checkpointing", False))
+
+    def can_generate(self) -> bool:
+        """Whether ``generate`` works: the large HF model's answer."""
+        can = getattr(self.large, "can_generate", None)
+        return bool(can()) if can is not None else False
 
     def generate(self, *args, **kwargs):
         """``generate`` of the large HF model, with the produced weights (only where the HF class has it)."""
@@ -223,6 +241,75 @@ class LiGOModel(nn.Module):
             # as Parameters, so HF's generate finds a device and dtype through model.parameters()
             params = {"large." + k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
         return functional_call(_Call(self.large, "generate"), params, args, kwargs, tie_weights=False)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """HF's ``num_parameters``: the large model's count (as ``materialize().num_parameters(...)`` would say, no
+        weights produced), or with ``only_trainable`` the operator's trainable values (what the optimizer updates;
+        ``exclude_embeddings`` does not apply to those)."""
+        if only_trainable:
+            return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        counts = self.__dict__.setdefault("_hf_counts", {})  # plain ints; the large shapes never change
+        if exclude_embeddings not in counts:
+            twin = hf_surface.meta_twin(self.hf_class, self.config)
+            counts[exclude_embeddings] = twin.num_parameters(exclude_embeddings=exclude_embeddings)
+        return counts[exclude_embeddings]
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """Activation checkpointing of the large model's blocks (HF's ``activation_checkpointing_enable``, same
+        arguments); the recompute in backward runs on the weights the forward produced (same loss and gradients).
+        Reentrant checkpointing (``use_reentrant=True``) needs ``linear_mode="materialize"``."""
+        reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
+        if reentrant and self.ligo_config.linear_mode != "materialize":
+            raise ValueError(
+                f"reentrant activation checkpointing cannot recompute linear_mode={self.ligo_config.linear_mode!r} "
+                "layers; use use_reentrant=False (HF's default) or linear_mode='materialize'"
+            )
+        enable = getattr(self.large, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
+        else:  # transformers before the rename
+            self.large.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+        leaves = hf_surface.produced_leaves(self.large, self.plan.removed)
+        for m in self.large.modules():
+            fn = m.__dict__.get("_gradient_checkpointing_func")
+            if fn is not None:
+                fn = getattr(fn, "ligo_wrapped", fn)
+                m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn, leaves)
+
+    def activation_checkpointing_disable(self) -> None:
+        disable = getattr(self.large, "activation_checkpointing_disable", None)
+        (disable or self.large.gradient_checkpointing_disable)()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.large.modules())
+
+    is_gradient_checkpointing = is_activation_checkpointing
+
+    def save_pretrained(self, save_directory, state_dict=None, is_main_process: bool = True, **kwargs) -> None:
+        """HF-style save of the operator: ``operator.safetensors`` (official layout) and ``ligo_config.json``, as
+        :meth:`save_operator`; ``state_dict`` replaces ``self.state_dict()`` (e.g. one gathered from shards). Load with
+        :func:`ligo_fast.load_operator` or :func:`ligo_fast.integrations.from_pretrained`. HF's other keyword
+        arguments (``safe_serialization``, ``max_shard_size``, ...) are accepted and ignored."""
+        if is_main_process:
+            state = self.state_dict() if state_dict is None else state_dict
+            write_operator(save_directory, state, self.operator_meta())
+
+    def __repr__(self) -> str:
+        # the large model's modules print their weights' shapes (RMSNorm's extra_repr reads .weight): meta stand-ins
+        with hf_surface.placeholders(self.large, hf_surface.meta_twin(self.hf_class, self.config), self.plan.removed):
+            return super().__repr__()
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)  # unpickling binds the class's forward: give it the large signature again
+        self.__dict__["forward"] = hf_surface.signed_forward(self, self.large)
 
     @torch.no_grad()
     def materialize(self) -> nn.Module:

@@ -1,0 +1,147 @@
+"""What a LiGOModel needs to look like the large Hugging Face model to HF tooling (Trainer, accelerate, PEFT).
+
+* **The call signature.** ``LiGOModel.forward(*args, **kwargs)`` passes everything through, which hides the large
+  model's argument names from ``inspect.signature``: HF ``Trainer`` then drops every dataset column
+  (``remove_unused_columns``) and does not pass ``num_items_in_batch``. :func:`signed_forward` returns, per
+  instance, a bound ``forward`` that calls the class's own ``forward`` and carries the large model's
+  ``__signature__``.
+* **Activation checkpointing.** HF's checkpointed blocks recompute their forward during backward, when the
+  produced weights (set on the large model's modules by ``functional_call``, the lean hooks or the factored
+  overrides) are gone. :func:`recompute_with_installed` wraps a block's checkpoint function so that the recompute
+  runs with the tensors the block held when its forward ran.
+* **Shapes without weights.** ``repr`` and parameter counts of the large model read the produced parameters,
+  which the large model does not hold: :func:`meta_twin` builds the large model on the meta device (no memory),
+  and :func:`placeholders` sets meta tensors of the right shapes for the duration of a ``repr``.
+
+Imports: torch and the standard library only; used by :mod:`ligo_fast.model`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from types import MethodType
+
+import torch
+from torch import nn
+
+FORWARD = "forward"  # factored mode overrides a linear's forward on the instance
+
+
+def signed_forward(model: nn.Module, large: nn.Module) -> MethodType:
+    """A bound ``forward`` for ``model`` that runs ``type(model).forward`` and has ``large``'s call signature.
+
+    Stored in the instance's ``__dict__`` it takes precedence over the class's method, so ``model(...)``,
+    ``model.forward`` and ``inspect.signature(model.forward)`` all see it; the class's ``forward`` (looked up at
+    every call) stays the implementation.
+    """
+
+    def forward(self, *args, **kwargs):
+        return type(self).forward(self, *args, **kwargs)
+
+    forward.__signature__ = inspect.signature(type(large).forward)  # with ``self``: binding drops it
+    forward.__name__ = FORWARD
+    forward.__qualname__ = f"{type(model).__name__}.{FORWARD}"
+    forward.__doc__ = (
+        f"Called exactly like {type(large).__name__}.forward (same arguments, same outputs), with the weights the "
+        "LiGO operator produces."
+    )
+    return MethodType(forward, model)
+
+
+# ---------------------------------------------------------------------------------------- checkpointing
+def produced_leaves(root: nn.Module, produced: Iterable[str]) -> dict[nn.Module, tuple[str, ...]]:
+    """``{module: attribute names}`` of the parameters of ``root`` the operator produces (names relative to root)."""
+    leaves: dict[nn.Module, list[str]] = {}
+    for name in produced:
+        parent, _, leaf = name.rpartition(".")
+        leaves.setdefault(root.get_submodule(parent), []).append(leaf)
+    return {m: tuple(v) for m, v in leaves.items()}
+
+
+def _installed(block: nn.Module, leaves: dict[nn.Module, tuple[str, ...]]) -> list[tuple[nn.Module, str, object]]:
+    """What ``block``'s modules hold right now in place of their produced parameters (and factored overrides)."""
+    held = []
+    for m in block.modules():
+        for leaf in (*leaves.get(m, ()), FORWARD):
+            v = m.__dict__.get(leaf)
+            if v is not None:
+                held.append((m, leaf, v))
+    return held
+
+
+@contextmanager
+def _reinstalled(held: list[tuple[nn.Module, str, object]]):
+    """Set ``held`` on its modules where they do not hold it already; undo exactly that on exit."""
+    done = []
+    try:
+        for m, leaf, v in held:
+            if m.__dict__.get(leaf) is not v:
+                prior = m.__dict__.get(leaf)
+                setattr(m, leaf, v)
+                done.append((m, leaf, prior))
+        yield
+    finally:
+        for m, leaf, prior in reversed(done):
+            if prior is None:
+                delattr(m, leaf)
+            else:
+                setattr(m, leaf, prior)
+
+
+def recompute_with_installed(
+    block: nn.Module, checkpoint_fn: Callable, leaves: dict[nn.Module, tuple[str, ...]]
+) -> Callable:
+    """Wrap HF's ``block._gradient_checkpointing_func`` so the recompute in backward sees the produced weights.
+
+    At the checkpointed call the block's modules hold the produced tensors (the ones autograd would have kept
+    anyway). They go into the checkpoint as extra inputs, and the wrapped function installs what it receives around
+    the block's forward: a no-op in the forward; in the recompute the same tensors (non-reentrant) or detached
+    copies whose gradients the checkpoint hands back to the production graph (reentrant). In memory-lean mode each
+    checkpointed block's weights stay until its backward, as in the eager path.
+    """
+
+    def checkpointed(function, *args, **kwargs):
+        held = _installed(block, leaves)
+        tensors = [i for i, (_, _, v) in enumerate(held) if isinstance(v, torch.Tensor)]
+        n = len(args)
+
+        def run(*a):
+            now = list(held)
+            for i, t in zip(tensors, a[n:], strict=True):
+                m, leaf, _ = held[i]
+                now[i] = (m, leaf, t)
+            with _reinstalled(now):
+                return function(*a[:n])
+
+        return checkpoint_fn(run, *args, *(held[i][2] for i in tensors), **kwargs)
+
+    checkpointed.ligo_wrapped = checkpoint_fn  # what ``activation_checkpointing_enable`` unwraps when called again
+    return checkpointed
+
+
+# --------------------------------------------------------------------------------------------- shapes
+def meta_twin(hf_class: type, config) -> nn.Module:
+    """The large HF model built on the meta device: its structure and shapes without memory."""
+    with torch.device("meta"):
+        return hf_class(copy.deepcopy(config))
+
+
+@contextmanager
+def placeholders(large: nn.Module, twin: nn.Module, names: Iterable[str]):
+    """Meta tensors of ``twin``'s shapes on ``large`` for the produced ``names`` it does not hold (e.g. for repr)."""
+    shapes = dict(twin.named_parameters(remove_duplicate=False))
+    set_ = []
+    try:
+        for name in names:
+            parent, _, leaf = name.rpartition(".")
+            m = large.get_submodule(parent)
+            if leaf not in m.__dict__ and leaf not in m._parameters and name in shapes:
+                setattr(m, leaf, shapes[name].detach())
+                set_.append((m, leaf))
+        yield
+    finally:
+        for m, leaf in set_:
+            delattr(m, leaf)

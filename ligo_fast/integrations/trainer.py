@@ -1,0 +1,340 @@
+"""LiGO growth inside one Hugging Face ``Trainer`` run: the operator trains first, then the plain large model.
+
+A :class:`~ligo_fast.LiGOModel` trains under an unmodified ``Trainer`` by itself (it has the large model's call
+signature, ``config``, checkpointing switches, and its ``state_dict`` round-trips through Trainer checkpoints); at
+the end ``trainer.model.materialize()`` gives the plain model. To do both phases in one run, wrap it and add the
+callback::
+
+    model = GrowingModel(ligo_fast.grow(small, large_config))
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir="out", max_steps=10_000), train_dataset=ds)
+    trainer.add_callback(GrowthCallback(trainer))        # operator: 100 steps at 1e-3 (defaults below)
+    trainer.train()                                      # steps 1-100 the operator, 101-10000 the large model
+    trainer.model.model.save_pretrained("grown")         # the plain HF model
+
+The run's ``max_steps`` is the large model's whole budget and the operator's steps come out of it (the paper counts
+them against the budget the same way). At the growth step the callback materialises the operator, gives the Trainer
+a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
+rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
+Checkpoints taken in either phase resume: :class:`GrowingModel` records whether it grew, and the callback rebuilds
+the schedule of the phase it resumes in.
+
+Single process only: under DDP/FSDP/DeepSpeed the Trainer's wrapped model cannot be swapped mid-run; there, run the
+two phases as two ``Trainer`` runs (``materialize`` between them) or see ``examples/accelerate_grow.py``.
+
+Imports: the model (below) and transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import TrainerCallback, get_constant_schedule_with_warmup
+
+from ..hf_surface import signed_forward
+from ..model import LiGOModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OPERATOR_LR", "DEFAULT_OPERATOR_STEPS", "GrowingModel", "GrowthCallback", "OperatorBudget"]
+
+# The operator's defaults: the paper trains the operator for 100 steps; 1e-3 constant is the CLI's default
+# (`ligo-fast grow --lr`), which also trains the operator with AdamW and no weight decay.
+DEFAULT_OPERATOR_STEPS = 100
+DEFAULT_OPERATOR_LR = 1e-3
+
+
+@dataclass(frozen=True)
+class OperatorBudget:
+    """How the operator trains: ``steps`` optimizer steps at learning rate ``lr``, linear warm-up over
+    ``warmup_steps`` then constant, AdamW-style ``weight_decay``."""
+
+    steps: int = DEFAULT_OPERATOR_STEPS
+    lr: float = DEFAULT_OPERATOR_LR
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+
+
+def operator_budget(large_steps: int) -> OperatorBudget:
+    """The operator's budget for a run of ``large_steps`` Trainer steps.
+
+    The one place where the rule lives for the callback; until ``ligo_fast.budget.operator_budget(large_steps)``
+    exists this returns the fixed defaults above whatever ``large_steps`` is.
+    """
+    return OperatorBudget()
+
+
+class GrowingModel(nn.Module):
+    """The model a ``Trainer`` trains through growth: a :class:`LiGOModel` until :meth:`grow`, then the plain large
+    HF model it materialises (``.model`` holds the current one). Called like the large model, same signature.
+
+    ``state_dict`` is ``model.*`` of the current model plus ``ligo_grown`` (a flag); ``load_state_dict`` of a
+    checkpoint taken after growth grows first. After growth, tied tensors (e.g. a tied LM head) are saved once, as
+    HF's own saving does (safetensors refuses shared tensors), and re-tied on load.
+    """
+
+    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
+
+    def __init__(self, model: LiGOModel):
+        super().__init__()
+        if not isinstance(model, LiGOModel):
+            raise TypeError(f"GrowingModel wraps a LiGOModel (ligo_fast.grow), got {type(model).__name__}")
+        self.model: nn.Module = model
+        self.register_buffer("ligo_grown", torch.tensor(False))
+        self.checkpointing: dict | None = None  # activation checkpointing arguments, carried across growth
+        self.__dict__["forward"] = signed_forward(self, model.large)
+        self.register_state_dict_post_hook(_drop_tied_copies)
+        self.register_load_state_dict_pre_hook(_grow_and_retie)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    @property
+    def grown(self) -> bool:
+        return bool(self.ligo_grown)
+
+    @torch.no_grad()
+    def grow(self) -> nn.Module:
+        """Materialise the operator and train the plain large model from now on (returns it)."""
+        if self.grown:
+            raise RuntimeError("GrowingModel.grow: the model has grown already")
+        big = self.model.materialize()
+        if self.checkpointing is not None:
+            _enable_checkpointing(big, self.checkpointing)
+        self.model = big
+        self.ligo_grown.fill_(True)
+        return big
+
+    # ----------------------------------------------------------------------- what Trainer reads
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def main_input_name(self) -> str:
+        return self.model.main_input_name
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return self.model.supports_gradient_checkpointing
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        return self.model.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
+
+    def can_generate(self) -> bool:
+        return self.model.can_generate()
+
+    def generate(self, *args, **kwargs):
+        return self.model.generate(*args, **kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        self.checkpointing = {"activation_checkpointing_kwargs": activation_checkpointing_kwargs, **kwargs}
+        _enable_checkpointing(self.model, self.checkpointing)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.checkpointing = None
+        _disable_checkpointing(self.model)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.checkpointing is not None
+
+    is_gradient_checkpointing = is_activation_checkpointing
+
+    def tie_weights(self, *args, **kwargs) -> None:
+        tie = getattr(self.model, "tie_weights", None)
+        if tie is not None:
+            tie(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """The current model's ``save_pretrained``: operator files before growth, an HF model directory after."""
+        self.model.save_pretrained(save_directory, **kwargs)
+
+
+def _enable_checkpointing(model: nn.Module, how: dict) -> None:
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(**how)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=how.get("activation_checkpointing_kwargs"))
+
+
+def _disable_checkpointing(model: nn.Module) -> None:
+    disable = getattr(model, "activation_checkpointing_disable", None)
+    (disable or model.gradient_checkpointing_disable)()
+
+
+def _tied_copies(module: nn.Module) -> dict[str, str]:
+    """``{name: first name}`` of the parameters of ``module`` that are the same tensor as an earlier one."""
+    first: dict[int, str] = {}
+    copies = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            copies[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return copies
+
+
+def _drop_tied_copies(module: GrowingModel, sd, prefix, local_metadata) -> None:
+    if module.grown:
+        for name in _tied_copies(module.model):
+            sd.pop(f"{prefix}model.{name}", None)
+
+
+def _grow_and_retie(module: GrowingModel, sd, prefix, *args) -> None:
+    flag = sd.get(prefix + "ligo_grown")
+    if flag is not None and bool(flag) and not module.grown:
+        module.grow()  # a checkpoint from after growth: become the plain model, then load its weights
+    if module.grown:
+        for name, first in _tied_copies(module.model).items():
+            if f"{prefix}model.{first}" in sd:
+                sd.setdefault(f"{prefix}model.{name}", sd[f"{prefix}model.{first}"])
+
+
+class GrowthCallback(TrainerCallback):
+    """Train the operator of a :class:`GrowingModel` for its budget, then the plain large model, in one run.
+
+    Args:
+        trainer: the ``Trainer`` (its model must be a :class:`GrowingModel`); the callback replaces its optimizer
+            and scheduler at growth. Add it with ``trainer.add_callback(GrowthCallback(trainer))``.
+        operator_steps: operator steps (counted in the run's ``max_steps``); None: :func:`operator_budget`'s
+            (default 100).
+        operator_lr: the operator's learning rate; None: the budget's (default 1e-3).
+        operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's (0).
+        operator_weight_decay: the operator's weight decay; None: the budget's (0).
+    """
+
+    def __init__(
+        self,
+        trainer,
+        operator_steps: int | None = None,
+        operator_lr: float | None = None,
+        operator_warmup_steps: int | None = None,
+        operator_weight_decay: float | None = None,
+    ):
+        if not isinstance(trainer.model, GrowingModel):
+            raise TypeError(
+                f"GrowthCallback needs the Trainer's model to be a GrowingModel, got {type(trainer.model).__name__}; "
+                "pass Trainer(model=GrowingModel(ligo_fast.grow(...)), ...)"
+            )
+        for name, v, least in (
+            ("operator_steps", operator_steps, 1),
+            ("operator_warmup_steps", operator_warmup_steps, 0),
+        ):
+            if v is not None and (not isinstance(v, int) or v < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+        for name, v in (("operator_lr", operator_lr), ("operator_weight_decay", operator_weight_decay)):
+            if v is not None and not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.trainer = trainer
+        self.overrides = {
+            k: v
+            for k, v in (
+                ("steps", operator_steps),
+                ("lr", operator_lr),
+                ("warmup_steps", operator_warmup_steps),
+                ("weight_decay", operator_weight_decay),
+            )
+            if v is not None
+        }
+        self.budget: OperatorBudget | None = None
+
+    def resolve(self, large_steps: int) -> OperatorBudget:
+        """The operator budget of a run of ``large_steps`` steps: :func:`operator_budget` with the overrides."""
+        return dataclasses.replace(operator_budget(large_steps), **self.overrides)
+
+    # ----------------------------------------------------------------------- events
+    def on_train_begin(self, args, state, control, **kwargs):
+        tr = self.trainer
+        if tr.model_wrapped is not tr.model:
+            raise RuntimeError(
+                f"GrowthCallback runs in a single process; the Trainer wrapped the model in "
+                f"{type(tr.model_wrapped).__name__}. Train the operator and the large model in two Trainer runs."
+            )
+        self.budget = b = self.resolve(state.max_steps)
+        if b.steps >= state.max_steps:
+            raise ValueError(
+                f"the run has max_steps={state.max_steps}, which leaves no step for the large model after "
+                f"{b.steps} operator steps"
+            )
+        grown = tr.model.grown
+        if grown != (state.global_step >= b.steps):
+            raise RuntimeError(
+                f"resuming at step {state.global_step} with operator_steps={b.steps}, but the checkpoint's model "
+                f"{'has' if grown else 'has not'} grown: use the operator budget the run started with"
+            )
+        if state.global_step == 0:  # a fresh run: the operator's learning rate and weight decay
+            for g in tr.optimizer.param_groups:
+                g["lr"] = g["initial_lr"] = b.lr
+                g["weight_decay"] = b.weight_decay
+        self._schedule(grown, state.max_steps, resumed=state.global_step > 0)
+        if not grown:
+            logger.info(
+                "GrowthCallback: %d operator steps at lr %g, then %d large-model steps",
+                b.steps,
+                b.lr,
+                state.max_steps - b.steps,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        tr = self.trainer
+        if state.global_step != self.budget.steps or tr.model.grown:
+            return
+        big = tr.model.grow()
+        logger.info("GrowthCallback: grew at step %d into %s", state.global_step, type(big).__name__)
+        fresh = _fresh_optimizer(tr)
+        if hasattr(tr.optimizer, "optimizer"):  # accelerate's wrapper: keep the object (accelerate tracks it)
+            type(tr.optimizer).__init__(
+                tr.optimizer, fresh, device_placement=tr.optimizer.device_placement, scaler=tr.optimizer.scaler
+            )
+        else:
+            tr.optimizer = fresh
+        self._schedule(True, state.max_steps, resumed=False)
+
+    # ----------------------------------------------------------------------- helpers
+    def _schedule(self, grown: bool, max_steps: int, resumed: bool) -> None:
+        """Give the Trainer the schedule of the current phase (continuing a loaded one's position on resume)."""
+        tr = self.trainer
+        if not resumed:
+            tr.lr_scheduler = self._make_schedule(grown, max_steps)
+        else:  # the Trainer built its own schedule and loaded the checkpoint's position into it
+            lrs = [g["lr"] for g in tr.optimizer.param_groups]  # as the checkpoint's optimizer left them
+            loaded = tr.lr_scheduler.state_dict()
+            tr.lr_scheduler = self._make_schedule(grown, max_steps)
+            tr.lr_scheduler.load_state_dict(loaded)
+            for g, lr in zip(tr.optimizer.param_groups, lrs, strict=True):
+                g["lr"] = lr
+        for attr in ("model", "optimizer", "lr_scheduler"):
+            setattr(tr.callback_handler, attr, getattr(tr, attr))
+
+    def _make_schedule(self, grown: bool, max_steps: int):
+        """After growth the ``TrainingArguments``' schedule over the remaining steps; before, the operator's."""
+        tr, b = self.trainer, self.budget
+        if not grown:
+            return get_constant_schedule_with_warmup(tr.optimizer, b.warmup_steps)
+        old = tr.lr_scheduler
+        tr.lr_scheduler = None  # create_scheduler builds one only when there is none
+        try:
+            return tr.create_scheduler(num_training_steps=max_steps - b.steps, optimizer=tr.optimizer)
+        finally:
+            tr.lr_scheduler = old
+
+
+def _fresh_optimizer(trainer) -> torch.optim.Optimizer:
+    """A new optimizer for the trainer's (grown) model, built by the Trainer's own ``create_optimizer``."""
+    old = trainer.optimizer
+    trainer.optimizer = None
+    try:
+        return trainer.create_optimizer()
+    finally:
+        trainer.optimizer = old

@@ -113,8 +113,7 @@ class LiGOModel(nn.Module):
         for p in large.parameters():
             p.requires_grad_(False)
         self.large = large
-        self._lean_choice: dict[tuple[int, int], bool] = {}  # (tokens, seq_len) -> lean, decided once
-        self._lean_chunk: dict[tuple[int, int], int] = {}  # (tokens, seq_len) -> layers per chunk
+        self._lean_choice: dict[tuple[int, int], tuple[bool, int]] = {}  # (tokens, seq_len) -> (lean, chunk)
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
         self.__dict__["forward"] = hf_surface.signed_forward(self, large)  # HF-like surface, below
@@ -169,8 +168,9 @@ class LiGOModel(nn.Module):
         ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the free memory and the choice between
         the eager and the memory-lean path (:mod:`ligo_fast.memory`).
         """
-        tokens = factored.count_tokens(args, kwargs, self.config)
-        seq_len = _seq_len(args, kwargs, tokens)
+        return self._memory_plan(*_batch_key(args, kwargs, self.config))
+
+    def _memory_plan(self, tokens: int, seq_len: int) -> MemoryPlan:
         leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
         elem = self.tensor(self.plan.slots[0].w).element_size()
         mp = estimate(
@@ -183,10 +183,7 @@ class LiGOModel(nn.Module):
 
     def lean_chunk(self, args=(), kwargs=None) -> int:
         """Layers per chunk of memory-lean mode for this batch: about sqrt(L2), fewer if memory is short."""
-        key = _batch_key(args, kwargs or {}, self.config)
-        if key not in self._lean_chunk:
-            self._lean_chunk[key] = self.memory_plan(*args, **(kwargs or {})).chunk
-        return self._lean_chunk[key]
+        return self._decide(*_batch_key(args, kwargs or {}, self.config))[1]
 
     def lean_now(self, args=(), kwargs=None) -> bool:
         """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
@@ -199,10 +196,16 @@ class LiGOModel(nn.Module):
             return bool(lean)
         if not torch.is_grad_enabled():
             return False
-        key = _batch_key(args, kwargs or {}, self.config)
+        return self._decide(*_batch_key(args, kwargs or {}, self.config))[0]
+
+    @torch.compiler.assume_constant_result
+    def _decide(self, tokens: int, seq_len: int) -> tuple[bool, int]:
+        """(lean on, layers per chunk) for a batch shape, decided once (under torch.compile: at trace time, outside
+        the graph, since it reads the free memory)."""
+        key = (tokens, seq_len)
         if key not in self._lean_choice:
-            mp = self.memory_plan(*args, **(kwargs or {}))
-            self._lean_choice[key] = mp.use_lean
+            mp = self._memory_plan(tokens, seq_len)
+            self._lean_choice[key] = (mp.use_lean, mp.chunk)
             if mp.use_lean:
                 logger.info("memory-lean mode on: %s", mp)
         return self._lean_choice[key]

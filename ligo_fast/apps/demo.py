@@ -8,10 +8,11 @@ vs stacking vs scratch, over one or more seeds and large-model budgets.
 
 Outputs go to a new run directory, ``runs/<preset>-<date>-<time>/`` (untracked), unless ``--out-dir`` names another
 (``--out-dir benchmarks/results`` writes the committed results). One run writes
-``growth_savings_<preset>.{md,png,json}``; several seeds or budgets add ``_x<budget>``/``_seed<seed>`` to each run's
-files and write the aggregate ``growth_savings_<preset>_sweep.{md,png,json}``. ``benchmarks/growth_savings.py`` is
-this same command line. The experiment itself is :mod:`ligo_fast.apps.savings`; this module parses arguments,
-prints, and writes the outputs. It imports the savings package, ``ligo_fast.apps.progress`` and torch.
+``growth_savings_<preset>.{md,png,json}``; several seeds or budgets (or a budget other than 1x) add
+``_x<budget>``/``_seed<seed>`` to each run's files; several runs write the aggregate
+``growth_savings_<preset>_sweep.{md,png,json}``. ``benchmarks/growth_savings.py`` is this same command line. The
+experiment itself is :mod:`ligo_fast.apps.savings`; this module parses arguments, prints, and writes the outputs. It
+imports the savings package, ``ligo_fast.apps.progress`` and torch.
 """
 
 from __future__ import annotations
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> list[Result]:
                 progress=not args.no_progress,
                 on_event=_printer(p),
             )
-            stem = _stem(preset.name, args.tag, b if many_budgets else None, seed if many_seeds else None)
+            stem = _stem(preset.name, args.tag, b if many_budgets or b != 1 else None, seed if many_seeds else None)
             md = write_table(result, out / f"{stem}.md", command=command)
             png = plot(result, out / f"{stem}.png")
             js = write_json(result, out / f"{stem}.json")

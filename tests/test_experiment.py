@@ -386,7 +386,14 @@ def test_cli_default_output_is_an_untracked_run_directory(tmp_path, texts, one_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "runs"]  # nothing else written
     sweep = json.loads((run_dir / "growth_savings_toy_sweep.json").read_text())
     assert [r["seed"] for r in sweep["runs"]] == [3, 4] and all(r["summary"] for r in sweep["runs"])
-    assert "seeds 3, 4" in (run_dir / "growth_savings_toy_sweep.md").read_text()
+    sweep_md = (run_dir / "growth_savings_toy_sweep.md").read_text()
+    assert "seeds 3, 4" in sweep_md
+    # the runs' JSON files sum up to the same tables without training (runs of several processes)
+    jsons = sorted(map(str, run_dir.glob("*_seed*.json")))
+    again = demo.main(["--aggregate", *jsons, "--out-dir", str(tmp_path / "a")])
+    assert [r.base_seed for r in again] == [3, 4]
+    tables = (tmp_path / "a" / "growth_savings_toy_sweep.md").read_text()
+    assert tables.split("## FLOPs saved")[1] == sweep_md.split("## FLOPs saved")[1]
 
 
 def test_cli_rejects_bad_input(capsys):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -123,6 +124,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="where the PNG, markdown and JSON go (default: a new runs/<preset>-<date>-<time>/, untracked)",
     )
     ap.add_argument("--tag", default="", help="a name part of the output files (lemon: growth_savings_demo_lemon...)")
+    ap.add_argument(
+        "--aggregate",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="no training: sum finished runs' growth_savings_*.json files (of one preset, e.g. from several "
+        "processes) up into the sweep outputs; budgets are multiples of the preset's (or --large-steps) steps",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar or per-evaluation log lines")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return ap
@@ -174,11 +183,39 @@ def _stem(preset: str, tag: str, budget: float | None, seed: int | None) -> str:
     return "_".join(parts)
 
 
+def write_aggregate(results: list[Result], out: Path, stem: str, base_steps: int, command: str) -> None:
+    """The sweep outputs of several runs (``<stem>_sweep.{md,png,json}``), printed too."""
+    md = write_sweep(results, out / f"{stem}_sweep.md", base_steps, command=command)
+    png = plot_sweep(results, out / f"{stem}_sweep.png", base_steps)
+    js = write_sweep_json(results, out / f"{stem}_sweep.json", base_steps)
+    print("\n" + format_sweep(results, base_steps))
+    print(f"plot: {png}\ntable: {md}\ndata: {js}")
+
+
+def _aggregate(ap: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> list[Result]:
+    try:
+        results = [Result.from_json(json.loads(Path(f).read_text())) for f in args.aggregate]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        ap.error(f"--aggregate: cannot read a run's JSON: {e}")
+    names = {r.preset.name for r in results}
+    if len(names) != 1:
+        ap.error(f"--aggregate: the runs come from several presets ({', '.join(sorted(names))})")
+    name = names.pop()
+    base = args.large_steps or PRESETS[name].large_steps
+    out = Path(args.out_dir) if args.out_dir else default_out_dir(name)
+    results.sort(key=lambda r: (r.preset.large_steps, r.base_seed))
+    write_aggregate(results, out, _stem(name, args.tag, None, None), base, command)
+    return results
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> list[Result]:
     """Run the command line; returns every run's :class:`Result` (budget-major, then seed)."""
     ap = build_parser(prog)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    if args.aggregate:
+        return _aggregate(ap, args, command)
     threads = auto_threads() if args.threads == "auto" else int(args.threads)
     torch.set_num_threads(threads)
     overrides = {
@@ -203,7 +240,6 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> list[Result]:
             budget_of(preset.scaled(b))  # a bad operator override fails here, before any training
     except ValueError as e:
         ap.error(str(e))
-    command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     out = Path(args.out_dir) if args.out_dir else default_out_dir(preset.name)
     many_seeds, many_budgets = len(seeds) > 1, len(args.budgets) > 1
 
@@ -247,13 +283,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> list[Result]:
             print(f"plot: {png}\ntable: {md}\ndata: {js}")
             results.append(result)
     if n_runs > 1:
-        stem = _stem(preset.name, args.tag, None, None) + "_sweep"
-        base = preset.large_steps
-        md = write_sweep(results, out / f"{stem}.md", base, command=command)
-        png = plot_sweep(results, out / f"{stem}.png", base)
-        js = write_sweep_json(results, out / f"{stem}.json", base)
-        print("\n" + format_sweep(results, base))
-        print(f"plot: {png}\ntable: {md}\ndata: {js}")
+        write_aggregate(results, out, _stem(preset.name, args.tag, None, None), preset.large_steps, command)
     print(f"done in {(time.time() - t0) / 60:.1f} min")
     return results
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
-from .presets import Preset, Seeds
+from .presets import ModelSize, Preset, Seeds
 from .train import EvalPoint
 
 
@@ -123,6 +123,22 @@ class Result:
         d["target"] = self.target
         d["summary"] = self.summary()
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        """The inverse of :meth:`to_json` (the derived ``target`` and ``summary`` are recomputed, not read)."""
+        pre = dict(d["preset"])
+        pre["small"], pre["large"] = ModelSize(**pre["small"]), ModelSize(**pre["large"])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in fields}
+        kw["preset"] = Preset(**pre)
+        kw["seeds"] = Seeds(**d["seeds"])
+        kw["small_curve"] = [EvalPoint(**pt) for pt in d["small_curve"]]
+        kw["methods"] = {
+            name: MethodResult(**{**m, "curve": [EvalPoint(**pt) for pt in m["curve"]]})
+            for name, m in d["methods"].items()
+        }
+        return cls(**kw)
 
 
 def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops") -> float | None:

@@ -18,8 +18,9 @@ $(STAMP): requirements.txt setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.c
 test: install
 	$(PY) -m pytest -q tests
 
+# outputs go to runs/<preset>-<time>/ (untracked); e.g. make demo DEMO_ARGS="--seeds 10,11,12 --budgets 0.5,1,2,4"
 demo: install
-	$(PY) -m ligo_fast.apps.demo
+	$(PY) -m ligo_fast.apps.demo $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check ligo_fast kernels tests benchmarks

@@ -1,11 +1,13 @@
-"""Growth-savings benchmark: LiGO vs stacking vs training from scratch, FLOPs and wall time to a target loss.
+"""Growth-savings benchmark: LiGO (two inits) vs lossless expansion vs stacking vs training from scratch, FLOPs and
+wall time to scratch's final loss, over seeds and budgets.
 
-    python benchmarks/growth_savings.py                          # demo preset (= make demo)
+    python benchmarks/growth_savings.py                          # demo preset, seed 0 (= make demo)
+    python benchmarks/growth_savings.py --seeds 10,11,12 --budgets 0.5,1,2,4 --out-dir benchmarks/results
+    python benchmarks/growth_savings.py --aggregate runs/a/*_seed*.json runs/b/*_seed*.json --out-dir benchmarks/results
     python benchmarks/growth_savings.py --preset gpu-small --device cuda
-    python benchmarks/growth_savings.py --corpus my_texts/ --ligo-steps 50 --out-dir /tmp/out
 
 A thin command line around ligo_fast.apps.savings (same options as python -m ligo_fast.apps.demo; --help lists them).
-Outputs go to benchmarks/results/growth_savings_<preset>.{png,md,json}.
+Outputs go to a new runs/<preset>-<date>-<time>/ (untracked) unless --out-dir names another directory.
 """
 
 from ligo_fast.apps.demo import main

@@ -1,8 +1,10 @@
-"""The growth-savings experiment (ligo_fast.apps.savings): FLOP accounting by hand, the corpus split, and a
-toy end-to-end run of all three methods (outputs written into tmp_path), also through its command line."""
+"""The growth-savings experiment (ligo_fast.apps.savings): FLOP accounting by hand, the corpus split, the schedules,
+the aggregation of several runs, a toy end-to-end run of all five methods (outputs written into tmp_path), and its
+command line (method selection, seeds, the untracked default run directory, errors)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import shutil
@@ -13,8 +15,9 @@ from torch import nn
 from transformers import GPT2Config, LlamaConfig
 
 from ligo_fast.apps import data, demo
-from ligo_fast.apps.savings import corpus, flops, models, presets, report, results, run
+from ligo_fast.apps.savings import aggregate, corpus, flops, models, presets, report, results, run, schedule
 from ligo_fast.apps.savings.train import EvalPoint
+from ligo_fast.budget import operator_budget
 
 
 # ------------------------------------------------------------------------------------------ FLOP accounting
@@ -163,51 +166,68 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_toy_experiment_end_to_end(tmp_path, one_thread, caplog):
-    family = "llama"
-    texts = tmp_path / "corpus"
-    texts.mkdir()
+@pytest.fixture
+def texts(tmp_path):
+    """A corpus of 12 stdlib files."""
+    d = tmp_path / "corpus"
+    d.mkdir()
     for i, src in enumerate(corpus.stdlib_files()[:12]):
-        shutil.copy(src, texts / f"f{i}.py")
+        shutil.copy(src, d / f"f{i}.py")
+    return d
+
+
+def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
+    family = "llama"
     preset = presets.PRESETS["toy"]
     events = []
     with caplog.at_level(logging.INFO, logger=run.__name__):  # stderr is no terminal here: log lines, no bar
-        res = run.run_experiment(preset, corpus=texts, on_event=lambda n, d: events.append(n))
+        res = run.run_experiment(preset, corpus=texts, on_event=lambda n, d: events.append((n, d.get("method"))))
     assert res.family == family
+    assert list(res.methods) == list(presets.METHODS)  # all five, in order; scratch last
     # progress: one line per evaluation (not per step), each naming the phase, the overall step and the loss
     lines = [m for m in caplog.messages if ": val " in m]
     evals = len(res.small_curve) + sum(len(m.curve) for m in res.methods.values())
-    total = preset.small_steps + 3 * preset.large_steps + preset.ligo_steps
+    total = preset.small_steps + 5 * preset.large_steps + 2 * preset.ligo_steps
     assert len(lines) == evals < total
     assert lines[0] == f"small pretrain 0/{total}: val {res.small_curve[0].val_loss:.3f}"
     assert lines[-1] == f"scratch {total}/{total}: val {res.methods['scratch'].final_loss:.3f}"
-    assert set(res.methods) == {"ligo", "stack", "scratch"}
     fl = res.flops
     assert fl["operator_step"] == fl["large_step"] + 3 * fl["production_forward"] > fl["large_step"]
     assert fl["small_step"] == flops.train_step_flops(models.make_config(preset.small, preset.seq_len, family), 4, 32)
     assert res.small_flops == preset.small_steps * fl["small_step"]
+    assert res.operator_budget == {"steps": 4, "lr": preset.lr, "warmup": 1, "large_steps": 12, "source": "steps"}
 
-    ligo = res.methods["ligo"]
-    assert ligo.setup_flops == preset.ligo_steps * fl["operator_step"]
-    first_train = next(p for p in ligo.curve if p.phase == "train")
-    assert first_train.flops == ligo.setup_flops and first_train.step == 0
-    assert ligo.curve[-1].flops == ligo.setup_flops + preset.large_steps * fl["large_step"]
-    assert res.methods["stack"].setup_flops == 0.0
+    for name in presets.OPERATOR_METHODS:
+        m = res.methods[name]
+        assert m.setup_flops == preset.ligo_steps * fl["operator_step"] and m.operator_steps == preset.ligo_steps
+        first_train = m.train_curve[0]
+        assert first_train.flops == m.setup_flops and first_train.step == 0
+        assert m.curve[-1].flops == m.setup_flops + preset.large_steps * fl["large_step"]
+        # materialising does not change the function: the last operator eval == the first training eval
+        last_op = [p for p in m.curve if p.phase == "operator"][-1]
+        assert last_op.val_loss == pytest.approx(first_train.val_loss, abs=1e-4)
+        assert m.notes["val_loss_after_operator"] == pytest.approx(first_train.val_loss, abs=1e-4)
+        assert m.notes["val_loss_grown"] == m.curve[0].val_loss and m.curve[0].phase == "operator"
+    for name in ("lossless", "stack", "scratch"):
+        assert res.methods[name].setup_flops == 0.0 and res.methods[name].operator_steps == 0
+    # the noisy lossless start is the small model's function up to its small noise; stacking's is not
+    small_loss = res.small_loss
+    assert res.methods["lossless"].train_curve[0].val_loss == pytest.approx(small_loss, rel=0.01)
+    assert res.methods["ligo_lossless"].notes["val_loss_grown"] == pytest.approx(small_loss, rel=0.01)
     for m in res.methods.values():  # the same token budget for every method
         assert m.curve[-1].tokens == preset.large_steps * preset.batch_size * preset.seq_len
     assert res.methods["scratch"].curve[-1].flops == preset.large_steps * fl["large_step"]
-    for key in ("small", "grown_before_operator", "after_operator_materialized"):
-        assert key in res.ligo_trace
-    # materialising does not change the function: the last operator eval == the first training eval
-    last_op = [p for p in ligo.curve if p.phase == "operator"][-1]
-    assert last_op.val_loss == pytest.approx(first_train.val_loss, abs=1e-4)
-    assert {"small_done", "ligo_grown", "ligo_materialized", "method_done"} <= set(events)
+    names = {n for n, _ in events}
+    assert {"small_done", "grown", "materialized", "method_done", "method_eval", "operator_eval"} <= names
+    assert {m for n, m in events if n == "grown"} == {"ligo", "ligo_lossless", "lossless", "stack"}
+    assert {m for n, m in events if n == "materialized"} == set(presets.OPERATOR_METHODS)
 
     rows = {r["method"]: r for r in res.summary()}
     scratch = rows["scratch"]
     assert scratch["flops"] is not None and scratch["flops_saved"] == pytest.approx(0.0)
     assert scratch["flops"] <= preset.large_steps * fl["large_step"]
     for r in rows.values():
+        assert r["operator_share"] == pytest.approx(res.methods[r["method"]].setup_flops / scratch_budget(res))
         if r["flops"] is not None and r["method"] != "scratch":
             assert r["flops_with_small"] == pytest.approx(r["flops"] + res.small_flops)
             assert r["flops_saved"] == pytest.approx(1 - r["flops"] / scratch["flops"])
@@ -217,16 +237,130 @@ def test_toy_experiment_end_to_end(tmp_path, one_thread, caplog):
     js = report.write_json(res, tmp_path / "out" / "data.json")
     text = md.read_text()
     assert "pytest toy" in text and "seeds: split=0" in text and "Scratch (no growth)" in text
-    assert "Verdict" in text and "LiGO trace" in text and "train steps to target" in text
+    assert "Verdict" in text and "Loss trace" in text and "train steps to target" in text
+    assert "4 steps (33.3% of the large steps; steps" in text
+    for label in report.METHOD_LABELS.values():
+        assert f"| {label} |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert js.stat().st_size > 0
+    summary = json.loads(js.read_text())["summary"]  # tools read these fields
+    assert [r["method"] for r in summary] == list(presets.METHODS)
+    assert all(r["flops_saved"] == rows[r["method"]]["flops_saved"] for r in summary)
 
 
-def test_cli_writes_outputs(tmp_path, one_thread, capsys):
-    texts = tmp_path / "corpus"
-    texts.mkdir()
-    for i, src in enumerate(corpus.stdlib_files()[:6]):
-        shutil.copy(src, texts / f"f{i}.py")
+def scratch_budget(res) -> float:
+    return res.methods["scratch"].curve[-1].flops
+
+
+def test_exact_lossless_start_equals_the_small_model(texts, one_thread):
+    # width_init='lossless' (no noise): the large model's training starts from the small model's loss exactly
+    preset = presets.PRESETS["toy"].replace(lossless_width="lossless", large_steps=2)
+    res = run.run_experiment(preset, corpus=texts, methods=["lossless"], progress=False)
+    assert list(res.methods) == ["lossless", "scratch"]
+    start = res.methods["lossless"].train_curve[0].val_loss
+    assert start == pytest.approx(res.small_loss, rel=1e-5)
+    assert res.methods["lossless"].notes["val_loss_grown"] == start
+
+
+def test_unknown_method_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown method.*bogus.*choose from ligo"):
+        run.check_methods(["ligo", "bogus"])
+    assert run.check_methods(["stack", "ligo"]) == ["ligo", "stack", "scratch"]  # METHODS order, scratch added
+
+
+def test_operator_budget_of_a_preset_follows_the_rule_and_its_overrides():
+    demo = presets.PRESETS["demo"]
+    assert run.budget_of(demo) == operator_budget(400, demo.lr)  # 20 steps at the large lr
+    assert run.budget_of(demo.scaled(4)).steps == 80 and demo.scaled(0.5).large_steps == 200
+    assert run.budget_of(demo.replace(ligo_steps=7)).steps == 7
+    assert run.budget_of(demo.replace(ligo_fraction=0.25)).steps == 100
+    assert run.budget_of(demo.replace(ligo_lr=5e-3)).lr == 5e-3
+    with pytest.raises(ValueError, match="multiplier"):
+        demo.scaled(0)
+
+
+# ------------------------------------------------------------------------------------------ schedules
+def test_schedule_shape():
+    s = schedule.Schedule(peak=1.0, warmup=4, decay_end=14, min_frac=0.1)
+    assert [s.lr(k) for k in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.lr(4) == pytest.approx(1.0) and s.lr(9) == pytest.approx(0.55)  # half-way down the cosine
+    assert s.lr(14) == pytest.approx(0.1) and s.lr(40) == pytest.approx(0.1)  # flat after the decay
+    assert schedule.Schedule(2.0, 0, 10, 0.1).lr(0) == 2.0  # no warm-up: the peak from step 0
+
+
+def test_grown_schedules():
+    p = presets.PRESETS["demo"]
+    base = schedule.run_schedule(p, p.large_steps, p.lr)
+    assert (base.warmup, base.decay_end, base.peak) == (20, 400, p.lr)
+    assert schedule.grown_schedule(p) == base  # default 'same'
+    assert schedule.grown_schedule(p.replace(grown_schedule="no-rewarm")) == schedule.Schedule(p.lr, 0, 400, 0.1)
+    lemon = schedule.grown_schedule(p.replace(grown_schedule="lemon"))
+    assert (lemon.peak, lemon.warmup, lemon.decay_end) == (p.lr, 20, 200)
+    with pytest.raises(ValueError, match="unknown grown schedule"):
+        schedule.grown_schedule(p.replace(grown_schedule="fast"))
+    op = schedule.operator_schedule(operator_budget(400, 1e-3), 0.1)
+    assert (op.peak, op.warmup, op.decay_end) == (1e-3, 2, 20)
+
+
+# ------------------------------------------------------------------------------------------ several runs
+def _fake_run(seed: int, large_steps: int, target_steps: dict[str, float | None]) -> results.Result:
+    """A Result whose methods reach scratch's final loss (1.0) at the given step (None: never); 1 FLOP per step."""
+    methods = {}
+    for name, at in target_steps.items():
+        end = 1.0 if name == "scratch" else (0.5 if at is not None else 2.0)
+        hit = large_steps if at is None or name == "scratch" else at
+        curve = [
+            EvalPoint("train", 0, 0, 0.0, 0.0, 3.0),
+            EvalPoint("train", hit, 0, float(hit), 0.0, 1.0 if at is not None else 2.5),
+            EvalPoint("train", large_steps, 0, float(large_steps), 0.0, end),
+        ]
+        methods[name] = results.MethodResult(name, curve, notes={"val_loss_grown": 3.0})
+    return results.Result(
+        preset=presets.PRESETS["toy"].replace(large_steps=large_steps),
+        seeds=presets.Seeds.from_base(seed),
+        family="llama",
+        device="cpu",
+        corpus="fake",
+        small_params=1,
+        large_params=2,
+        small_curve=[EvalPoint("small", 0, 0, 0.0, 0.0, 3.0)],
+        small_flops=0.0,
+        small_wall_s=0.0,
+        methods=methods,
+        flops={},
+    )
+
+
+def test_aggregate_means_wins_and_goal():
+    runs = [
+        _fake_run(1, 100, {"ligo": 40, "lossless": 50, "stack": 70, "scratch": 100}),
+        _fake_run(2, 100, {"ligo": 50, "lossless": 45, "stack": None, "scratch": 100}),
+        _fake_run(1, 200, {"ligo": 80, "lossless": 120, "stack": 150, "scratch": 200}),
+        _fake_run(2, 200, {"ligo": 100, "lossless": 90, "stack": 160, "scratch": 200}),
+    ]
+    rows = {(r["large_steps"], r["method"]): r for r in aggregate.sweep_rows(runs, base_steps=100)}
+    ligo = rows[(100, "ligo")]
+    assert ligo["per_seed"] == {1: pytest.approx(0.6), 2: pytest.approx(0.5)} and ligo["budget"] == 1.0
+    assert ligo["mean"] == pytest.approx(0.55) and ligo["sd"] == pytest.approx(0.0707107, rel=1e-5)
+    stack = rows[(100, "stack")]
+    assert stack["per_seed"][2] is None and (stack["reached"], stack["n"]) == (1, 2)
+    assert stack["mean"] == pytest.approx(0.3) and stack["sd"] == 0.0
+    assert rows[(200, "lossless")]["budget"] == 2.0
+    wins = {(w["large_steps"], w["seed"]): w for w in aggregate.seed_wins(runs)}
+    assert wins[(100, 1)]["winner"] == "ligo" and wins[(100, 1)]["lead"]["ligo"] == pytest.approx(0.1)
+    assert wins[(100, 2)]["lead"]["ligo"] is None  # stacking missed: no lead over 'the best other' to state
+    assert wins[(200, 2)]["winner"] == "lossless" and wins[(200, 2)]["lead"]["ligo"] == pytest.approx(-0.05)
+    g = aggregate.goal(runs)
+    assert g["ligo"] == "ligo" and [b["met"] for b in g["budgets"]] == [False, False]
+    assert g["budgets"][0]["mean"] == pytest.approx(0.55) and not g["budgets"][0]["beats_all_seeds"]
+    assert g["start_gap_max"] == 0.0 and g["start_ok"] and not g["met"]
+    text = report.format_sweep(runs, base_steps=100)
+    assert "| 1x (100) | LiGO | 0 (0.0%) | 55.0 ± 7.1 | 60.0 | 50.0 |" in text  # no operator phase in these fakes
+    assert "| 1x (100) | stacking | - | 30.0 ± 0.0 (1/2 reached) | 30.0 | miss |" in text
+    assert "**Overall: not met.**" in text
+
+
+# ------------------------------------------------------------------------------------------ command line
+def test_cli_writes_outputs(tmp_path, texts, one_thread, capsys):
     out = tmp_path / "out"
     argv = ["--preset", "toy", "--corpus", str(texts), "--out-dir", str(out), "--no-progress", "--threads", "1"]
     demo.main(argv + ["--seed", "5", "--methods", "stack,scratch", "--large-steps", "8"])
@@ -235,4 +369,41 @@ def test_cli_writes_outputs(tmp_path, one_thread, capsys):
     for suffix in ("png", "md", "json"):
         assert (out / f"growth_savings_toy.{suffix}").is_file()
     md = (out / "growth_savings_toy.md").read_text()
-    assert "--seed 5" in md and "split=5" in md and "Stacking" in md and "LiGO (operator" not in md
+    assert "--seed 5" in md and "split=5" in md and "Stacking" in md and "LiGO (" not in md
+
+
+def test_cli_default_output_is_an_untracked_run_directory(tmp_path, texts, one_thread, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["--preset", "toy", "--corpus", str(texts), "--no-progress", "--threads", "1", "--methods", "scratch"]
+    demo.main(argv + ["--large-steps", "2", "--seeds", "3,4"])
+    (run_dir,) = (tmp_path / "runs").iterdir()  # runs/ is gitignored
+    assert run_dir.name.startswith("toy-")
+    written = sorted(p.name for p in run_dir.iterdir())
+    assert written == sorted(
+        [f"growth_savings_toy_seed{s}.{x}" for s in (3, 4) for x in ("md", "png", "json")]
+        + [f"growth_savings_toy_sweep.{x}" for x in ("md", "png", "json")]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "runs"]  # nothing else written
+    sweep = json.loads((run_dir / "growth_savings_toy_sweep.json").read_text())
+    assert [r["seed"] for r in sweep["runs"]] == [3, 4] and all(r["summary"] for r in sweep["runs"])
+    sweep_md = (run_dir / "growth_savings_toy_sweep.md").read_text()
+    assert "seeds 3, 4" in sweep_md
+    # the runs' JSON files sum up to the same tables without training (runs of several processes)
+    jsons = sorted(map(str, run_dir.glob("*_seed*.json")))
+    again = demo.main(["--aggregate", *jsons, "--out-dir", str(tmp_path / "a")])
+    assert [r.base_seed for r in again] == [3, 4]
+    tables = (tmp_path / "a" / "growth_savings_toy_sweep.md").read_text()
+    assert tables.split("## FLOPs saved")[1] == sweep_md.split("## FLOPs saved")[1]
+
+
+def test_cli_rejects_bad_input(capsys):
+    for argv, match in (
+        (["--methods", "ligo,bogus"], "unknown method"),
+        (["--budgets", "1,0"], "budgets"),
+        (["--ligo-steps", "5", "--ligo-fraction", "0.1"], "not allowed with"),
+        (["--ligo-fraction", "2"], "at most 1"),
+        (["--seeds", "1,x"], "integers"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            demo.main(argv)
+        assert e.value.code == 2 and match in capsys.readouterr().err

@@ -1,6 +1,18 @@
 """Sizes, budgets and seeds of the growth-savings experiment: :data:`PRESETS` (``toy`` for the tests, ``demo`` for
 ``make demo``, ``gpu-small``/``gpu-base`` for one GPU), :class:`Seeds`, and the methods compared (:data:`METHODS`).
 
+The methods (every large model then trains with the same optimizer, schedule, batches and token budget):
+
+* ``ligo``: LiGO's operator with its official default init (``stackbert_noisy`` depth, ``rand`` width), trained
+  for the operator budget, then materialised;
+* ``ligo_lossless``: the same operator training started from the function-preserving init (``lossless`` depth,
+  ``Preset.lossless_width``);
+* ``lossless``: the function-preserving init materialised directly, no operator steps (the HyperCloning/LEMON-style
+  expansion);
+* ``stack``: StackBERT-style stacking (``stackbert`` depth, ``sel`` width: new neurons copy old ones without
+  splitting their outgoing weights, so not function-preserving), no operator steps;
+* ``scratch``: random initialisation; it defines the target loss and is always run.
+
 Plain data; imports only the standard library.
 """
 
@@ -9,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-METHODS = ("ligo", "stack", "scratch")
+METHODS = ("ligo", "ligo_lossless", "lossless", "stack", "scratch")
+OPERATOR_METHODS = ("ligo", "ligo_lossless")
 
 
 @dataclass(frozen=True)
@@ -32,10 +45,15 @@ class Preset:
         seq_len, batch_size: every step (small, operator, large) sees ``batch_size * seq_len`` tokens.
         small_steps: pretraining steps of the small model.
         large_steps: training steps of each large model (the shared token budget).
-        ligo_steps: operator training steps (LiGO only).
-        lr, small_lr, ligo_lr: peak AdamW learning rates (large models, small model, operator).
+        ligo_steps, ligo_fraction: override the operator budget rule (``ligo_fast.budget.operator_budget``) with a
+            step count or a share of ``large_steps``; None (both): the rule.
+        ligo_lr: override the operator's peak learning rate (None: the rule's, ``lr``).
+        lr, small_lr: peak AdamW learning rates of the large models and the small model.
+        grown_schedule: the learning-rate schedule of every grown model (``schedule.GROWN_SCHEDULES``).
+        lossless_width: width init of ``lossless`` and ``ligo_lossless`` (``lossless_noisy`` or ``lossless``).
         weight_decay: AdamW weight decay of model weights (the operator uses none).
-        warmup_frac: linear warm-up fraction of each run; then cosine decay to ``min_lr_frac * peak``.
+        warmup_frac: linear warm-up fraction of the small and large runs; then cosine decay to ``min_lr_frac * peak``
+            (the operator's: ``min_lr_frac`` too).
         eval_every: validation every this many large/small steps (operator: ``ligo_eval_every``).
         eval_batches: validation batches (of ``batch_size`` windows each), a fixed set.
         val_fraction: share of files held out for validation.
@@ -49,11 +67,14 @@ class Preset:
     batch_size: int
     small_steps: int
     large_steps: int
-    ligo_steps: int = 100
+    ligo_steps: int | None = None
+    ligo_fraction: float | None = None
+    ligo_lr: float | None = None
     family: str = "llama"
     lr: float = 2e-3
     small_lr: float = 3e-3
-    ligo_lr: float = 2e-3
+    grown_schedule: str = "same"
+    lossless_width: str = "lossless_noisy"
     weight_decay: float = 0.1
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1
@@ -66,6 +87,13 @@ class Preset:
     def replace(self, **kw) -> Preset:
         return dataclasses.replace(self, **kw)
 
+    def scaled(self, multiplier: float) -> Preset:
+        """This preset with ``round(multiplier * large_steps)`` large steps (at least 1); everything else kept (the
+        operator budget rule then follows the new ``large_steps``)."""
+        if not (multiplier > 0):
+            raise ValueError(f"a budget multiplier must be > 0, got {multiplier!r}")
+        return self.replace(large_steps=max(1, round(multiplier * self.large_steps)))
+
 
 PRESETS: dict[str, Preset] = {
     # seconds on a CPU: the unit tests
@@ -77,13 +105,13 @@ PRESETS: dict[str, Preset] = {
         batch_size=4,
         small_steps=12,
         large_steps=12,
-        ligo_steps=4,
+        ligo_steps=4,  # the rule's floor (10) would be most of this tiny budget
         eval_every=4,
         ligo_eval_every=2,
         eval_batches=2,
         val_fraction=0.25,
     ),
-    # ~3 minutes on 2 idle CPU cores, ~6-7 on a shared, loaded one (`make demo`)
+    # ~5 minutes on 2 idle CPU cores, ~10 on a shared, loaded one (`make demo`: five methods)
     "demo": Preset(
         name="demo",
         small=ModelSize(hidden=64, layers=2, heads=2, ffn=176),
@@ -92,9 +120,8 @@ PRESETS: dict[str, Preset] = {
         batch_size=16,
         small_steps=300,
         large_steps=400,
-        ligo_steps=100,
         eval_every=20,
-        ligo_eval_every=20,
+        ligo_eval_every=10,
         eval_batches=4,
     ),
     # a few minutes on one H200 (`--device cuda`)
@@ -106,10 +133,8 @@ PRESETS: dict[str, Preset] = {
         batch_size=64,
         small_steps=1500,
         large_steps=1500,
-        ligo_steps=100,
         lr=1e-3,
         small_lr=2e-3,
-        ligo_lr=1e-3,
         eval_every=100,
         ligo_eval_every=25,
         eval_batches=8,
@@ -123,10 +148,8 @@ PRESETS: dict[str, Preset] = {
         batch_size=64,
         small_steps=1500,
         large_steps=1000,
-        ligo_steps=100,
         lr=6e-4,
         small_lr=1e-3,
-        ligo_lr=1e-3,
         eval_every=100,
         ligo_eval_every=25,
         eval_batches=8,
@@ -142,7 +165,7 @@ class Seeds:
     data: int = 1  # batch sampling (identical batch sequence for every large model)
     small_init: int = 2  # small model initialisation
     large_init: int = 3  # scratch model initialisation
-    ligo: int = 4  # operator initial draws (LiGO and stacking)
+    ligo: int = 4  # the operator's initial draws (LiGO, stacking's sel, the lossless noise)
 
     @classmethod
     def from_base(cls, base: int) -> Seeds:

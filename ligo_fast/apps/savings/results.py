@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 import torch
 import transformers
 
-from .presets import Preset, Seeds
+from .presets import ModelSize, Preset, Seeds
 from .train import EvalPoint
 
 
 @dataclass
 class MethodResult:
-    """One large-model method: its curve (operator phase first for LiGO) and its fixed costs."""
+    """One large-model method: its curve (operator phase first for LiGO) and its fixed costs.
+
+    ``notes``: ``val_loss_grown`` (growth methods: the grown model before any training), ``val_loss_after_operator``
+    and ``operator_params`` (LiGO methods)."""
 
     method: str
     curve: list[EvalPoint]
@@ -33,6 +36,16 @@ class MethodResult:
     @property
     def final_loss(self) -> float:
         return self.curve[-1].val_loss
+
+    @property
+    def train_curve(self) -> list[EvalPoint]:
+        """The large model's training evaluations (step 0 first), without the operator phase."""
+        return [pt for pt in self.curve if pt.phase == "train"]
+
+    @property
+    def operator_steps(self) -> int:
+        """Operator steps run (0 for methods without an operator)."""
+        return max((pt.step for pt in self.curve if pt.phase == "operator"), default=0)
 
 
 @dataclass
@@ -51,7 +64,8 @@ class Result:
     small_wall_s: float
     methods: dict[str, MethodResult]
     flops: dict[str, float]  # per-step costs and per-token breakdowns
-    ligo_trace: dict[str, float]
+    operator_budget: dict = field(default_factory=dict)  # ligo_fast.budget.OperatorBudget as a dict
+    schedules: dict = field(default_factory=dict)  # 'large' (scratch) and 'grown': schedule.Schedule as dicts
     total_wall_s: float = 0.0
     meta: dict = field(default_factory=dict)  # date, machine, torch threads, load average, versions
 
@@ -60,8 +74,20 @@ class Result:
         """The validation loss scratch reaches at the end of its budget."""
         return self.methods["scratch"].final_loss
 
+    @property
+    def small_loss(self) -> float:
+        """The small model's validation loss after pretraining."""
+        return self.small_curve[-1].val_loss
+
+    @property
+    def base_seed(self) -> int:
+        """The seed the run was started with (``Seeds.from_base``; the split seed)."""
+        return self.seeds.split
+
     def summary(self) -> list[dict]:
-        """One row per method: cost to reach :attr:`target` (None if never reached) and savings vs scratch."""
+        """One row per method: cost to reach :attr:`target` (None if never reached) and savings vs scratch, plus the
+        operator steps, their share of scratch's FLOPs, the loss the large model's training starts from (step 0)
+        and, for growth methods, the grown model's loss before any training."""
         rows = []
         target = self.target
         for name, m in self.methods.items():
@@ -79,10 +105,15 @@ class Result:
                     "flops_with_small": None if f is None else f + (self.small_flops if extra else 0.0),
                     "wall_with_small": None if w is None else w + (self.small_wall_s if extra else 0.0),
                     "setup_flops": m.setup_flops,
+                    "operator_steps": m.operator_steps,
+                    "val_loss_grown": m.notes.get("val_loss_grown"),
+                    "val_loss_start": m.train_curve[0].val_loss,
                 }
             )
         base = next(r for r in rows if r["method"] == "scratch")
+        budget_flops = self.methods["scratch"].curve[-1].flops
         for r in rows:
+            r["operator_share"] = r["setup_flops"] / budget_flops
             for k in ("flops", "wall_s", "flops_with_small", "wall_with_small"):
                 r[k + "_saved"] = None if r[k] is None or not base[k] else 1.0 - r[k] / base[k]
         return rows
@@ -92,6 +123,22 @@ class Result:
         d["target"] = self.target
         d["summary"] = self.summary()
         return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Result:
+        """The inverse of :meth:`to_json` (the derived ``target`` and ``summary`` are recomputed, not read)."""
+        pre = dict(d["preset"])
+        pre["small"], pre["large"] = ModelSize(**pre["small"]), ModelSize(**pre["large"])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in fields}
+        kw["preset"] = Preset(**pre)
+        kw["seeds"] = Seeds(**d["seeds"])
+        kw["small_curve"] = [EvalPoint(**pt) for pt in d["small_curve"]]
+        kw["methods"] = {
+            name: MethodResult(**{**m, "curve": [EvalPoint(**pt) for pt in m["curve"]]})
+            for name, m in d["methods"].items()
+        }
+        return cls(**kw)
 
 
 def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops") -> float | None:

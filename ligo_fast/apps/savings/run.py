@@ -8,24 +8,21 @@ Pipeline (``run_experiment``):
    file). The validation set is a fixed, seeded set of whole *files*; a single file is split by bytes.
 2. **Small model.** A small causal LM (Llama-style by default) is pretrained on the training split.
    Sizes, budgets and seeds: :mod:`.presets`.
-3. **Large models**, three ways, all trained afterwards with the same AdamW, schedule, batches and token
-   budget:
-
-   * ``ligo``: :func:`ligo_fast.grow` (default operator options), the operator trained ``ligo_steps`` steps
-     on the LM loss, then :func:`ligo_fast.materialize`;
-   * ``stack``: ``grow(depth_init='stackbert', width_init='sel')`` materialised directly (StackBERT-style
-     stacking; new width neurons copy old ones), no operator steps;
-   * ``scratch``: the large model from random initialisation.
-
+3. **Large models**, one per method (:data:`.presets.METHODS`: ``ligo``, ``ligo_lossless``, ``lossless``,
+   ``stack``, ``scratch``), all trained afterwards with the same AdamW, batches and token budget; every grown model
+   under the same schedule (:func:`.schedule.grown_schedule`). The two LiGO methods first train their operator for
+   the budget :func:`ligo_fast.budget.operator_budget` derives from the large budget (same batches for both), then
+   :func:`ligo_fast.materialize`.
 4. **Accounting.** Training FLOPs are counted analytically (:mod:`.flops`); wall time is measured around the
    training steps (evaluation excluded). For each method: the FLOPs and wall time needed to reach the validation
    loss that ``scratch`` reaches at the end, with and without the small model's pretraining cost, and the % saved
    against ``scratch``.
-5. **Outputs.** :mod:`.report`: the markdown table, the verdict, the plot (validation loss vs FLOPs) and JSON.
+5. **Outputs.** :mod:`.report`: the markdown table, the verdict, the plot (validation loss vs FLOPs) and JSON;
+   several seeds and budgets: :mod:`.aggregate`.
 
 This module holds :func:`run_experiment` (the pipeline) only; it logs through :mod:`logging` and shows
 :class:`~ligo_fast.apps.progress.Progress`. It imports the other modules of this package, ``ligo_fast.apps``'
-``data`` and ``progress``, and ligo_fast's public ``grow``/``materialize``. The command line is
+``data`` and ``progress``, and ligo_fast's public ``grow``/``materialize`` and ``budget``. The command line is
 :mod:`ligo_fast.apps.demo` (``make demo``; ``benchmarks/growth_savings.py`` is the same command line).
 """
 
@@ -40,17 +37,46 @@ from collections.abc import Callable, Sequence
 import torch
 
 import ligo_fast
+from ligo_fast.budget import OperatorBudget, operator_budget
 
 from ..data import validation_windows
 from ..progress import Progress
 from .corpus import load_corpus
 from .flops import forward_flops_per_token, operator_step_flops, production_flops, train_step_flops
 from .models import make_config, model_class, new_model, param_count
-from .presets import METHODS, PRESETS, Preset, Seeds
+from .presets import METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
 from .results import MethodResult, Result, run_metadata
+from .schedule import grown_schedule, operator_schedule, run_schedule
 from .train import EvalPoint, evaluate, sync, train
 
 logger = logging.getLogger(__name__)
+
+
+def budget_of(p: Preset) -> OperatorBudget:
+    """The operator budget of ``p``: the rule of :func:`ligo_fast.budget.operator_budget` for ``p.large_steps`` and
+    ``p.lr``, or the preset's overrides (``ligo_steps``/``ligo_fraction``, ``ligo_lr``)."""
+    b = operator_budget(p.large_steps, p.lr, fraction=p.ligo_fraction, steps=p.ligo_steps)
+    return b if p.ligo_lr is None else dataclasses.replace(b, lr=p.ligo_lr)
+
+
+def grow_options(method: str, p: Preset) -> dict | None:
+    """The ``ligo_fast.grow`` init options of a growth method (None for ``scratch``)."""
+    lossless = {"depth_init": "lossless", "width_init": p.lossless_width}
+    return {
+        "ligo": {},  # the official defaults: stackbert_noisy depth, rand width
+        "ligo_lossless": lossless,
+        "lossless": lossless,
+        "stack": {"depth_init": "stackbert", "width_init": "sel"},
+        "scratch": None,
+    }[method]
+
+
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` in :data:`METHODS` order, with ``scratch`` added (it defines the target); unknown names raise."""
+    bad = sorted(set(methods) - set(METHODS))
+    if bad:
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
+    return [m for m in METHODS if m in set(methods) | {"scratch"}]
 
 
 def run_experiment(
@@ -74,34 +100,33 @@ def run_experiment(
         methods: subset of :data:`METHODS`; ``scratch`` is always run (it defines the target).
         family: ``llama``/``gpt2``; None: ``preset.family``.
         progress: show progress (a tqdm bar on a terminal, else a log line at each evaluation).
-        on_event: called with ``(name, data)`` at milestones (``small_done``, ``ligo_grown``,
-            ``ligo_operator_eval``, ``ligo_materialized``, ``method_eval``, ``method_done``) for live printing.
+        on_event: called with ``(name, data)`` at milestones for live printing: ``small_done``; per growth method
+            ``grown`` (loss before any training); per LiGO method ``operator_eval`` and ``materialized``; per method
+            ``method_eval`` and ``method_done``. ``data`` names the ``method``.
     """
     p = PRESETS[preset] if isinstance(preset, str) else preset
     seeds = seeds or Seeds()
-    methods = [m for m in METHODS if m in set(methods) | {"scratch"}]
+    methods = check_methods(methods)
     family = family or p.family
     dev = torch.device(device)
     emit = on_event or (lambda name, data: None)
     t_start = time.perf_counter()
     meta = run_metadata(device)
+    budget = budget_of(p)
+    large_sched = run_schedule(p, p.large_steps, p.lr)
+    grown_sched = grown_schedule(p)
 
     data = load_corpus(corpus, p.val_fraction, seeds.split, p.max_files)
     logger.info("corpus %s", data.describe())
     val = validation_windows(data.val, p.eval_batches * p.batch_size, p.seq_len + 1)
     small_cfg = make_config(p.small, p.seq_len, family)
     large_cfg = make_config(p.large, p.seq_len, family)
-    common = dict(
-        weight_decay=p.weight_decay,
-        warmup_frac=p.warmup_frac,
-        min_lr_frac=p.min_lr_frac,
-        batch_size=p.batch_size,
-        seq_len=p.seq_len,
-    )
+    common = dict(batch_size=p.batch_size, seq_len=p.seq_len)
 
     small_step = train_step_flops(small_cfg, p.batch_size, p.seq_len)
     large_step = train_step_flops(large_cfg, p.batch_size, p.seq_len)
-    total_steps = p.small_steps + len(methods) * p.large_steps + ("ligo" in methods) * p.ligo_steps
+    n_operator = sum(m in OPERATOR_METHODS for m in methods)
+    total_steps = p.small_steps + len(methods) * p.large_steps + n_operator * budget.steps
     pbar = Progress(total_steps, enabled=progress, log=logger)
 
     # 1. the small model
@@ -113,7 +138,8 @@ def run_experiment(
         data.train,
         val,
         steps=p.small_steps,
-        lr=p.small_lr,
+        schedule=run_schedule(p, p.small_steps, p.small_lr),
+        weight_decay=p.weight_decay,
         data_seed=seeds.data + 1000,
         flops_per_step=small_step,
         eval_every=p.eval_every,
@@ -131,52 +157,48 @@ def run_experiment(
     produce = production_flops(small, blank_large)
     del blank_large
     op_step = operator_step_flops(large_cfg, p.batch_size, p.seq_len, produce)
-    trace: dict[str, float] = {"small": small_curve[-1].val_loss}
     results: dict[str, MethodResult] = {}
 
     for name in methods:
         setup_flops, setup_wall, pre_curve, notes = 0.0, 0.0, [], {}
-        if name == "scratch":
-            pbar.set_description("scratch")
+        options = grow_options(name, p)
+        pbar.set_description(name)
+        sync(dev)
+        t0 = time.perf_counter()
+        if options is None:
             large = new_model(large_cfg, seeds.large_init, dev)
-        elif name == "stack":
-            pbar.set_description("stack")
-            sync(dev)
-            t0 = time.perf_counter()
-            grown = ligo_fast.grow(small, large_cfg, depth_init="stackbert", width_init="sel", seed=seeds.ligo)
-            large = ligo_fast.materialize(grown)
+        elif name not in OPERATOR_METHODS:
+            large = ligo_fast.materialize(ligo_fast.grow(small, large_cfg, seed=seeds.ligo, **options))
             sync(dev)
             setup_wall = time.perf_counter() - t0
-            del grown
             notes["val_loss_grown"] = evaluate(large, val, p.batch_size)
-        else:  # ligo
-            pbar.set_description("LiGO operator")
-            sync(dev)
-            t0 = time.perf_counter()
-            op_model = ligo_fast.grow(small, large_cfg, seed=seeds.ligo)
+            emit("grown", {"method": name, "val_loss": notes["val_loss_grown"]})
+        else:
+            op_model = ligo_fast.grow(small, large_cfg, seed=seeds.ligo, **options)
             sync(dev)
             grow_wall = time.perf_counter() - t0
             op_params = [q for q in op_model.parameters() if q.requires_grad]
-            notes["operator_params"] = sum(q.numel() for q in op_params)
-            before = evaluate(op_model, val, p.batch_size)
-            trace["grown_before_operator"] = before
-            emit("ligo_grown", {"val_loss": before, "operator_params": notes["operator_params"]})
+            op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
+            pbar.set_description(f"{name} operator")
             pre_curve = train(
                 op_model,
                 op_params,
                 data.train,
                 val,
-                steps=p.ligo_steps,
-                lr=p.ligo_lr,
-                **{**common, "weight_decay": 0.0},
+                steps=budget.steps,
+                schedule=operator_schedule(budget, p.min_lr_frac),
+                weight_decay=0.0,
                 data_seed=seeds.data + 2000,
                 flops_per_step=op_step,
                 eval_every=p.ligo_eval_every,
                 phase="operator",
                 wall_offset=grow_wall,
                 progress=pbar,
-                on_eval=lambda pt: emit("ligo_operator_eval", dataclasses.asdict(pt)),
+                on_eval=lambda pt, name=name: emit("operator_eval", {"method": name, **dataclasses.asdict(pt)}),
+                **common,
             )
+            notes["val_loss_grown"] = pre_curve[0].val_loss  # step 0: before any operator step
+            emit("grown", {"method": name, "val_loss": pre_curve[0].val_loss, "operator_params": op_params_n})
             sync(dev)
             t0 = time.perf_counter()
             large = ligo_fast.materialize(op_model).train()
@@ -184,15 +206,12 @@ def run_experiment(
             setup_wall = pre_curve[-1].wall_s + time.perf_counter() - t0
             setup_flops = pre_curve[-1].flops
             del op_model, op_params
-            after = evaluate(large, val, p.batch_size)
-            trace["after_operator_materialized"] = after
-            emit("ligo_materialized", {"val_loss": after, "flops": setup_flops, "wall_s": setup_wall})
-            pbar.set_description("LiGO train")
+            notes["val_loss_after_operator"] = evaluate(large, val, p.batch_size)
+            emit("materialized", {"method": name, "val_loss": notes["val_loss_after_operator"], "flops": setup_flops})
+        pbar.set_description(name)
 
         def on_eval(pt: EvalPoint, name=name) -> None:
             emit("method_eval", {"method": name, **dataclasses.asdict(pt)})
-            if name == "ligo":
-                trace[f"train_step_{pt.step}"] = pt.val_loss
 
         curve = train(
             large,
@@ -200,7 +219,8 @@ def run_experiment(
             data.train,
             val,
             steps=p.large_steps,
-            lr=p.lr,
+            schedule=large_sched if options is None else grown_sched,
+            weight_decay=p.weight_decay,
             data_seed=seeds.data,
             flops_per_step=large_step,
             eval_every=p.eval_every,
@@ -236,7 +256,8 @@ def run_experiment(
             "small_per_token": forward_flops_per_token(small_cfg, p.seq_len),
             "large_per_token": forward_flops_per_token(large_cfg, p.seq_len),
         },
-        ligo_trace=trace,
+        operator_budget=dataclasses.asdict(budget),
+        schedules={"large": dataclasses.asdict(large_sched), "grown": dataclasses.asdict(grown_sched)},
         total_wall_s=time.perf_counter() - t_start,
         meta=meta,
     )

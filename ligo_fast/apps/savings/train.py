@@ -1,8 +1,9 @@
-"""The experiment's training loop: AdamW with warm-up and cosine decay on random windows of a token stream,
+"""The experiment's training loop: AdamW under a :class:`~.schedule.Schedule` on random windows of a token stream,
 validation on fixed windows at step 0, every ``eval_every`` steps and at the end, wall time of the steps alone.
 
 Used for the small model, the LiGO operator and the large models alike. Imports torch and ``ligo_fast.apps``'
-``data`` (batches), ``progress`` and ``training.update`` (the clipped optimizer step the CLI uses too).
+``data`` (batches), ``progress`` and ``training.update`` (the clipped optimizer step the CLI uses too), and
+:mod:`.schedule`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from ..data import random_windows
 from ..progress import Progress
 from ..training import update
+from .schedule import Schedule
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +38,6 @@ class EvalPoint:
     flops: float
     wall_s: float
     val_loss: float
-
-
-def lr_at(step: int, total: int, peak: float, warmup_frac: float, min_frac: float) -> float:
-    """Linear warm-up over ``ceil(warmup_frac * total)`` steps, then cosine decay to ``min_frac * peak``."""
-    warm = max(1, math.ceil(warmup_frac * total))
-    if step < warm:
-        return peak * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return peak * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def lm_loss(model: nn.Module, windows: Tensor) -> Tensor:
@@ -92,10 +85,8 @@ def train(
     val: Tensor,
     *,
     steps: int,
-    lr: float,
+    schedule: Schedule,
     weight_decay: float,
-    warmup_frac: float,
-    min_lr_frac: float,
     batch_size: int,
     seq_len: int,
     data_seed: int,
@@ -107,7 +98,8 @@ def train(
     progress: Progress | None = None,
     on_eval: Callable[[EvalPoint], None] | None = None,
 ) -> list[EvalPoint]:
-    """Train ``params`` of ``model`` with AdamW on random windows of ``stream`` for ``steps`` steps.
+    """Train ``params`` of ``model`` with AdamW on random windows of ``stream`` for ``steps`` steps, the learning
+    rate of step ``k`` being ``schedule.lr(k)``.
 
     Batches (windows of ``seq_len + 1`` tokens: inputs and next-token targets) come from
     ``torch.Generator().manual_seed(data_seed)``, so runs with one seed see the same batches. Validation (on the
@@ -118,7 +110,7 @@ def train(
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=schedule.peak, betas=(0.9, 0.95), eps=1e-8)
     gen = torch.Generator().manual_seed(data_seed)
     tokens_per_step = batch_size * seq_len
     curve: list[EvalPoint] = []
@@ -147,7 +139,7 @@ def train(
         sync(device)
         t0 = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup_frac, min_lr_frac)
+            g["lr"] = schedule.lr(step)
         with _autocast(device):
             loss = lm_loss(model, batch)
         loss.backward()

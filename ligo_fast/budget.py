@@ -1,0 +1,130 @@
+"""How long to train the growth operator: its steps, learning rate and warm-up, derived from the large model's budget.
+
+The rule (:func:`operator_budget`), for a large model trained ``large_steps`` optimizer steps at peak learning
+rate ``large_lr``:
+
+* **steps** = ``clamp(round(OPERATOR_FRACTION * large_steps), MIN_OPERATOR_STEPS, MAX_OPERATOR_STEPS)``, i.e. 5% of
+  the large budget, at least 10 and at most 100 steps;
+* **lr** = ``large_lr``: the operator's peak learning rate is the large model's;
+* **warmup** = ``ceil(OPERATOR_WARMUP_SHARE * steps)``: a linear warm-up over the first tenth of the operator's
+  steps (the caller decays after it, as it decays the large model).
+
+Why (stated before any result of this rule was measured):
+
+* *The paper's regime.* LiGO (Wang et al., ICLR 2023) trains the operator for 100 steps, then BERT-Base for 400k
+  steps: the operator costs 0.025% of the run, so small that its step count never had to be traded against the
+  budget. The official code trains the operator with the configuration's learning rate, the same 2e-4 as the large
+  model (``configs/bert_wiki.txt``; its RoBERTa commands pass ``--learning_rate 2e-4`` to both runs). Copying the
+  absolute 100 steps into a budget of a few hundred steps turns a negligible cost into a quarter of the budget;
+  copying the 0.03% share gives less than one step. Neither transfers, so the rule keeps what made the paper's
+  choice sensible: a cost that stays small next to the saving, and enough steps for the optimizer to move.
+* *5% of the budget.* Growth is worth doing for the compute it saves: the published savings against training from
+  scratch are 33% to 57% (LiGO 44.7% on BERT-Base; bert2BERT about 45%; LEMON 33.2% on BERT and 56.7% on ViT). An
+  operator that costs an order of magnitude less than that, at most about 5%, cannot eat the saving it is meant to
+  buy, whatever it learns.
+* *At most 100 steps.* The paper's count, enough for its BERT-Base result; past it more operator steps are pure
+  cost. With the cap, the rule gives the paper's 100 steps for any budget of 2000 steps or more (0.025% at 400k).
+* *At least 10 steps.* Adam's first moment averages the last ``1 / (1 - beta1) = 10`` gradients; fewer steps than
+  that are a handful of sign-like updates on single batches rather than training. Below 200 large steps this floor
+  makes the share larger than 5%.
+* *The large model's learning rate.* The official code's choice (one learning rate for both phases), and one knob
+  less: the operator produces the large model's weights and is trained on the same loss.
+* *A tenth as warm-up.* The operator's optimizer starts fresh, and its first Adam steps have the full size of the
+  learning rate whatever the gradient's magnitude; a short ramp keeps those steps small while the moment estimates
+  settle, as the large model's own warm-up does (its schedule, not the operator's, is the caller's).
+
+Overrides: ``fraction`` (a share of ``large_steps``, used as given: no floor, no cap) or ``steps`` (an absolute
+count; 0 means no operator training); at most one of them. Results measured with this rule, and every variant tried,
+are in ``benchmarks/results/`` (``growth_savings_*``), not here.
+
+Pure: imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+OPERATOR_FRACTION = 0.05
+"""Default operator steps as a share of the large model's steps."""
+MIN_OPERATOR_STEPS = 10
+"""Floor of the default rule (Adam's first-moment horizon ``1 / (1 - 0.9)``)."""
+MAX_OPERATOR_STEPS = 100
+"""Cap of the default rule (the paper's operator steps)."""
+OPERATOR_WARMUP_SHARE = 0.1
+"""Linear warm-up of the operator, as a share of its steps (rounded up)."""
+
+
+@dataclass(frozen=True)
+class OperatorBudget:
+    """The operator's training budget.
+
+    Attributes:
+        steps: operator optimizer steps (0: none; the operator stays at its initialisation).
+        lr: peak learning rate of the operator.
+        warmup: linear warm-up steps of the operator (``<= steps``).
+        large_steps: the large model's steps this budget was derived from.
+        source: how ``steps`` was set: ``rule`` (the default rule), ``fraction`` or ``steps`` (an override).
+    """
+
+    steps: int
+    lr: float
+    warmup: int
+    large_steps: int
+    source: str
+
+    @property
+    def share(self) -> float:
+        """Operator steps per large-model step (an operator step costs about one large step, slightly more)."""
+        return self.steps / self.large_steps
+
+    def describe(self) -> str:
+        """One line, e.g. ``20 operator steps (5.0% of 400 large steps; rule), lr 0.002, warm-up 2``."""
+        return (
+            f"{self.steps} operator steps ({100 * self.share:.1f}% of {self.large_steps} large steps; {self.source}), "
+            f"lr {self.lr:g}, warm-up {self.warmup}"
+        )
+
+
+def _positive_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _finite_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def operator_budget(
+    large_steps: int, large_lr: float, *, fraction: float | None = None, steps: int | None = None
+) -> OperatorBudget:
+    """The operator's steps, learning rate and warm-up for a large model trained ``large_steps`` steps at peak
+    learning rate ``large_lr`` (the rule and its reasons: this module's docstring).
+
+    Args:
+        large_steps: optimizer steps of the large model's training (>= 1).
+        large_lr: its peak learning rate (> 0); the operator's peak learning rate.
+        fraction: override: operator steps = ``round(fraction * large_steps)`` (at least 1), ``0 < fraction <= 1``.
+        steps: override: this many operator steps (>= 0).
+
+    Raises:
+        ValueError: a bad value, or both ``fraction`` and ``steps``.
+    """
+    large_steps = _positive_int("large_steps", large_steps, 1)
+    lr = _finite_positive("large_lr", large_lr)
+    if fraction is not None and steps is not None:
+        raise ValueError("give the operator budget as fraction or as steps, not both")
+    if steps is not None:
+        n, source = _positive_int("steps", steps, 0), "steps"
+    elif fraction is not None:
+        f = _finite_positive("fraction", fraction)
+        if f > 1:
+            raise ValueError(f"fraction is a share of the large model's steps, at most 1, got {fraction!r}")
+        n, source = max(1, math.floor(f * large_steps + 0.5)), "fraction"
+    else:
+        n = math.floor(OPERATOR_FRACTION * large_steps + 0.5)
+        n, source = min(MAX_OPERATOR_STEPS, max(MIN_OPERATOR_STEPS, n)), "rule"
+    return OperatorBudget(n, lr, math.ceil(OPERATOR_WARMUP_SHARE * n), large_steps, source)

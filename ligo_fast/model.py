@@ -38,6 +38,7 @@ from .serialization import write_operator
 
 logger = logging.getLogger(__name__)
 
+
 class _Op(nn.Module):
     """Holds the operator's tensors by internal name (parameters or buffers)."""
 

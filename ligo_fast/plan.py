@@ -340,9 +340,7 @@ def build_plan(
             k = factor(head.inp)
             if not tied_weight or k == 1.0:
                 continue
-            norms = [
-                i for i, (m, lay, _) in enumerate(modules[:h]) if not lay and m.kind == NORM and m.out == head.inp
-            ]
+            norms = [i for i, (m, lay, _) in enumerate(modules[:h]) if not lay and m.kind == NORM and m.out == head.inp]
             if norms:
                 head_norm_scale[norms[-1]] = 1.0 / k
             else:

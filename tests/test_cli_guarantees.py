@@ -513,8 +513,16 @@ def test_14_3_warmup_is_linear_then_constant_and_recorded(fx, ref):
     assert [lr(k) for k in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert training.warmup_lr(0.5, 0)(1) == 0.5
     state = torch.load(ref / "checkpoint" / "step-00000004" / "trainer.pt", weights_only=True)
-    assert state["run"]["warmup"] == 0  # 5% of 4 steps, rounded up: 1 step, which is no warm-up
+    assert state["run"]["warmup"] == 0  # a tenth of 4 steps, rounded up: 1 step, which is no warm-up
     args = cli.build_parser().parse_args(grow_argv(fx, "x", steps=100))
     from ligo_fast.apps import commands
 
-    assert commands.schedule(args).warmup == 5
+    assert commands.schedule(args) == commands.Schedule(100, 1e-3, 10)  # ligo_fast.budget: a tenth as warm-up
+    no_steps = grow_argv(fx, "x")
+    i = no_steps.index("--steps")
+    del no_steps[i : i + 2]
+    args = cli.build_parser().parse_args(no_steps + ["--large-steps", "400"])
+    assert commands.schedule(args) == commands.Schedule(20, 1e-3, 2)  # the rule: 5% of the large budget
+    args = cli.build_parser().parse_args(no_steps + ["--large-steps", "100000"])
+    assert commands.schedule(args).steps == 100  # the rule's cap
+    assert commands.schedule(cli.build_parser().parse_args(no_steps)).steps == 100  # no large budget given: 100

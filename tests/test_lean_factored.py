@@ -127,8 +127,16 @@ def test_a_growth_that_cannot_fit_fails_before_allocating(monkeypatch):
     import transformers as T
 
     small_cfg, _ = configs("LlamaForCausalLM")
-    huge = T.LlamaConfig(**{**small_cfg.to_dict(), "hidden_size": 4096, "intermediate_size": 11008,
-                             "num_hidden_layers": 1000, "num_attention_heads": 32, "num_key_value_heads": 8})
+    huge = T.LlamaConfig(
+        **{
+            **small_cfg.to_dict(),
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 1000,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+        }
+    )
     small = build("LlamaForCausalLM", small_cfg)
     start = time.perf_counter()
     with pytest.raises(MemoryError, match=r"does not fit: .*eager .* GiB, lean .* GiB"):

@@ -184,3 +184,19 @@ def test_growth_callback_errors(tmp_path):
     tr.add_callback(GrowthCallback(tr, operator_steps=2))
     with pytest.raises(ValueError, match="leaves no step for the large model"):
         tr.train()
+
+
+def test_growth_callback_budget_follows_the_rule(tmp_path):
+    """Without overrides the operator's budget is ligo_fast.budget's rule of the run's max_steps and learning rate;
+    each override replaces one field and nothing else."""
+    small, large_cfg = _small()
+    tr = Trainer(model=GrowingModel(ligo_fast.grow(small, large_cfg, seed=0)), args=_args(tmp_path, max_steps=2))
+    b = GrowthCallback(tr).resolve(400, 2e-3)
+    assert (b.steps, b.lr, b.warmup, b.source) == (20, 2e-3, 2, "rule")
+    assert GrowthCallback(tr).resolve(10_000, 1e-4).steps == 100  # the cap: the paper's 100 steps
+    b = GrowthCallback(tr, operator_steps=7, operator_lr=3e-4).resolve(400, 2e-3)
+    assert (b.steps, b.lr, b.warmup, b.source) == (7, 3e-4, 1, "steps")
+    b = GrowthCallback(tr, operator_warmup_steps=0).resolve(400, 2e-3)
+    assert (b.steps, b.lr, b.warmup) == (20, 2e-3, 0)
+    with pytest.raises(ValueError, match="exceeds the 20 operator steps"):
+        GrowthCallback(tr, operator_warmup_steps=21).resolve(400, 2e-3)

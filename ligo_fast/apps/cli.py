@@ -9,7 +9,9 @@
 its ``config.json``; a ``*ForCausalLM``/``*LMHeadModel`` or ``*ForMaskedLM`` class), reads the large config from a
 JSON file (a full HF ``config.json``, or only the fields that change: the others are taken from the small config,
 except those the config class derives from other fields, such as Llama's ``head_dim``), trains the LiGO operator
-with AdamW (linear warm-up over ``--warmup`` steps, by default 5% of ``--steps``, then a constant learning rate),
+with AdamW for the budget of :func:`ligo_fast.budget.operator_budget` (``--steps``: 5% of ``--large-steps`` within
+[10, 100], or 100 when ``--large-steps`` is not given; a linear warm-up over a tenth of them, then a constant
+learning rate),
 and writes into ``--out`` the operator (``operator.safetensors`` + ``ligo_config.json``), the materialised large
 model (``config.json`` + ``model.safetensors``, and the small model's tokenizer when it has one) and, last,
 ``ligo_fast_outputs.json``, the manifest naming the step and the digest of every file.
@@ -72,14 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--large-config", required=True, help="JSON of the large config (fields not given: the small's)")
     g.add_argument("--data", required=True, nargs="+", metavar="PATH", help="text files or directories")
     g.add_argument("--out", required=True, help="output directory (also holds the resumable checkpoint)")
-    g.add_argument("--steps", type=int, default=100, help="operator training steps (default 100)")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate after the warm-up (default 1e-3)")
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="operator training steps (default: 5%% of --large-steps within [10, 100]; 100 without --large-steps)",
+    )
+    g.add_argument(
+        "--large-steps",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="the large model's planned training steps, from which the operator's budget follows (ligo_fast.budget)",
+    )
+    g.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="AdamW learning rate after the warm-up; the budget rule uses the large model's peak lr (default 1e-3)",
+    )
     g.add_argument(
         "--warmup",
         type=int,
         default=None,
         metavar="STEPS",
-        help="linear learning-rate warm-up steps (default: 5%% of --steps, rounded up)",
+        help="linear learning-rate warm-up steps (default: a tenth of --steps, rounded up)",
     )
     g.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     g.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")

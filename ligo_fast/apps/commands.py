@@ -22,7 +22,7 @@ import transformers
 from torch.utils import benchmark
 
 import ligo_fast
-from ligo_fast import backends, ops
+from ligo_fast import backends, budget, ops
 from ligo_fast.info import report
 
 from . import checkpoints, data, inputs, outputs, training
@@ -30,7 +30,6 @@ from .errors import Diverged, UserError, exit_code_for
 from .inputs import describe
 
 PROG = "ligo-fast"
-WARMUP_FRACTION = 0.05  # linear warm-up over this fraction of the steps by default (the savings experiment's too)
 SIZE_KEYS = (
     "hidden_size",
     "n_embd",
@@ -73,18 +72,25 @@ class Schedule:
 
 
 def schedule(args) -> Schedule:
-    """The operator-training schedule of ``grow``'s options.
+    """The operator-training schedule of ``grow``'s options: :func:`ligo_fast.budget.operator_budget`'s rule.
 
-    The operator-budget rule (``ligo_fast.budget``: steps and learning rate from the large model's training budget)
-    belongs here, when ``--steps``/``--lr`` are left to it; everything downstream takes the :class:`Schedule`.
+    ``--steps`` defaults to the rule's steps for ``--large-steps`` (5% of them within [10, 100]), or to its cap, the
+    paper's 100 steps (what the rule gives any large budget of 2000 steps or more), when the large budget is not
+    given; ``--warmup`` to the rule's tenth of the steps. Everything downstream takes the :class:`Schedule`.
     """
-    warmup = args.warmup if args.warmup is not None else math.ceil(WARMUP_FRACTION * args.steps)
-    return Schedule(args.steps, args.lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
+    steps = args.steps
+    if steps is None and args.large_steps is None:
+        steps = budget.MAX_OPERATOR_STEPS
+    b = budget.operator_budget(args.large_steps or steps, args.lr, steps=steps)
+    warmup = args.warmup if args.warmup is not None else b.warmup
+    return Schedule(b.steps, b.lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
 
 
 def _check_grow_args(args) -> None:
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
+    if args.large_steps is not None and args.large_steps < 1:
+        raise UserError("--large-steps must be at least 1")
     if args.batch_size < 1 or args.seq_len < 2:
         raise UserError("--batch-size must be at least 1 and --seq-len at least 2")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -176,25 +182,25 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         raise UserError(str(e)) from e
     if ckpt is None:
         if manifest is not None:
-            return _finished(out, args, run, manifest)
+            return _finished(out, args, run, manifest, sched)
         present = outputs.output_files(out)
         if present:
             raise UserError(
                 f"{out} holds {', '.join(present)} but no run record of ligo-fast ({outputs.MANIFEST}) and no "
                 f"checkpoint: another program's or an older version's files; use another --out or delete them"
             )
-    elif step >= args.steps:
+    elif step >= sched.steps:
         if (
             manifest is not None
             and manifest.get("step") == step
             and not checkpoints.run_differences(manifest.get("run", {}), run)
         ):
-            return _finished(out, args, run, manifest)
-        print(f"{out} already holds {step} finished steps (--steps {args.steps}); writing the outputs again")
+            return _finished(out, args, run, manifest, sched)
+        print(f"{out} already holds {step} finished steps (--steps {sched.steps}); writing the outputs again")
     else:
-        print(f"resuming from step {step} of {args.steps} ({ckpt}); steps 1..{step} are kept")
+        print(f"resuming from step {step} of {sched.steps} ({ckpt}); steps 1..{step} are kept")
 
-    stop_at = args.steps if args.max_steps_this_run is None else min(args.steps, step + args.max_steps_this_run)
+    stop_at = sched.steps if args.max_steps_this_run is None else min(sched.steps, step + args.max_steps_this_run)
     end = training.train_operator(
         model,
         optimizer,
@@ -202,7 +208,7 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         out=out,
         run=run,
         start=step,
-        steps=args.steps,
+        steps=sched.steps,
         stop_at=stop_at,
         seed=args.seed,
         max_grad_norm=args.max_grad_norm,
@@ -223,13 +229,15 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         return exit_code_for(end.signum)
     if end.status == "interrupted":
         print(
-            f"interrupted after step {end.step} of {args.steps}; saved {end.checkpoint}; "
+            f"interrupted after step {end.step} of {sched.steps}; saved {end.checkpoint}; "
             f"rerun the same command to resume",
             file=sys.stderr,
         )
         return exit_code_for(end.signum)
     if end.status == "stopped":
-        print(f"stopped after step {end.step} of {args.steps} (--max-steps-this-run); rerun the same command to resume")
+        print(
+            f"stopped after step {end.step} of {sched.steps} (--max-steps-this-run); rerun the same command to resume"
+        )
         return 0
     model.eval()
     write_outputs(out, model, tokenizer, {"command": "grow", "step": end.step, "run": run})
@@ -240,7 +248,7 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
     return 0
 
 
-def _finished(out: Path, args, run: dict, manifest: dict) -> int:
+def _finished(out: Path, args, run: dict, manifest: dict, sched: Schedule) -> int:
     """``out`` holds the complete outputs of a run and no newer checkpoint: nothing to do, or a clear refusal."""
     diffs = checkpoints.run_differences(manifest.get("run", {}), run)
     if diffs:
@@ -253,10 +261,10 @@ def _finished(out: Path, args, run: dict, manifest: dict) -> int:
         raise UserError(f"{e}; its checkpoint is gone, so write into another --out") from e
     outputs.clean(out)  # a staging directory left by a kill after the manifest was written
     done = manifest.get("step")
-    if not isinstance(done, int) or done < args.steps:
+    if not isinstance(done, int) or done < sched.steps:
         raise UserError(
             f"{out} holds this run's outputs after {done} steps but not its checkpoint (removed after a finished "
-            f"run unless --keep-checkpoints), so it cannot continue to {args.steps} steps; use another --out"
+            f"run unless --keep-checkpoints), so it cannot continue to {sched.steps} steps; use another --out"
         )
     if not args.keep_checkpoints:
         checkpoints.remove_checkpoints(out)

@@ -11,21 +11,6 @@ Not imported by ``ligo_fast`` itself: ``import ligo_fast.integrations``.
 """
 
 from .pretrained import from_pretrained
-from .trainer import (
-    DEFAULT_OPERATOR_LR,
-    DEFAULT_OPERATOR_STEPS,
-    GrowingModel,
-    GrowthCallback,
-    OperatorBudget,
-    operator_budget,
-)
+from .trainer import GrowingModel, GrowthCallback
 
-__all__ = [
-    "DEFAULT_OPERATOR_LR",
-    "DEFAULT_OPERATOR_STEPS",
-    "GrowingModel",
-    "GrowthCallback",
-    "OperatorBudget",
-    "from_pretrained",
-    "operator_budget",
-]
+__all__ = ["GrowingModel", "GrowthCallback", "from_pretrained"]

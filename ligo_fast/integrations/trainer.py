@@ -7,12 +7,15 @@ callback::
 
     model = GrowingModel(ligo_fast.grow(small, large_config))
     trainer = Trainer(model=model, args=TrainingArguments(output_dir="out", max_steps=10_000), train_dataset=ds)
-    trainer.add_callback(GrowthCallback(trainer))        # operator: 100 steps at 1e-3 (defaults below)
+    trainer.add_callback(GrowthCallback(trainer))        # operator budget: ligo_fast.budget's rule (100 steps here)
     trainer.train()                                      # steps 1-100 the operator, 101-10000 the large model
     trainer.model.model.save_pretrained("grown")         # the plain HF model
 
 The run's ``max_steps`` is the large model's whole budget and the operator's steps come out of it (the paper counts
-them against the budget the same way). At the growth step the callback materialises the operator, gives the Trainer
+them against the budget the same way). The operator's steps, learning rate and warm-up follow
+:func:`ligo_fast.budget.operator_budget` of ``max_steps`` and the ``TrainingArguments``' learning rate (5% of the
+steps within [10, 100], the same peak learning rate, a tenth of its steps as linear warm-up, then constant), unless
+overridden. At the growth step the callback materialises the operator, gives the Trainer
 a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
 rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
 Checkpoints taken in either phase resume: :class:`GrowingModel` records whether it grew, and the callback rebuilds
@@ -28,43 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import TrainerCallback, get_constant_schedule_with_warmup
 
+from ..budget import OperatorBudget, operator_budget
 from ..hf_surface import signed_forward
 from ..model import LiGOModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_OPERATOR_LR", "DEFAULT_OPERATOR_STEPS", "GrowingModel", "GrowthCallback", "OperatorBudget"]
-
-# The operator's defaults: the paper trains the operator for 100 steps; 1e-3 constant is the CLI's default
-# (`ligo-fast grow --lr`), which also trains the operator with AdamW and no weight decay.
-DEFAULT_OPERATOR_STEPS = 100
-DEFAULT_OPERATOR_LR = 1e-3
-
-
-@dataclass(frozen=True)
-class OperatorBudget:
-    """How the operator trains: ``steps`` optimizer steps at learning rate ``lr``, linear warm-up over
-    ``warmup_steps`` then constant, AdamW-style ``weight_decay``."""
-
-    steps: int = DEFAULT_OPERATOR_STEPS
-    lr: float = DEFAULT_OPERATOR_LR
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-
-
-def operator_budget(large_steps: int) -> OperatorBudget:
-    """The operator's budget for a run of ``large_steps`` Trainer steps.
-
-    The one place where the rule lives for the callback; until ``ligo_fast.budget.operator_budget(large_steps)``
-    exists this returns the fixed defaults above whatever ``large_steps`` is.
-    """
-    return OperatorBudget()
+__all__ = ["GrowingModel", "GrowthCallback"]
 
 
 class GrowingModel(nn.Module):
@@ -207,11 +185,13 @@ class GrowthCallback(TrainerCallback):
     Args:
         trainer: the ``Trainer`` (its model must be a :class:`GrowingModel`); the callback replaces its optimizer
             and scheduler at growth. Add it with ``trainer.add_callback(GrowthCallback(trainer))``.
-        operator_steps: operator steps (counted in the run's ``max_steps``); None: :func:`operator_budget`'s
-            (default 100).
-        operator_lr: the operator's learning rate; None: the budget's (default 1e-3).
-        operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's (0).
-        operator_weight_decay: the operator's weight decay; None: the budget's (0).
+        operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
+            :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
+        operator_lr: the operator's peak learning rate; None: the ``TrainingArguments``' ``learning_rate``.
+        operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's
+            (a tenth of its steps, rounded up).
+        operator_weight_decay: the operator's weight decay (default 0: the operator's coefficients are not weights
+            to shrink; the official code trains them without decay).
     """
 
     def __init__(
@@ -237,21 +217,21 @@ class GrowthCallback(TrainerCallback):
             if v is not None and not (isinstance(v, (int, float)) and 0 <= v < float("inf")):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         self.trainer = trainer
-        self.overrides = {
-            k: v
-            for k, v in (
-                ("steps", operator_steps),
-                ("lr", operator_lr),
-                ("warmup_steps", operator_warmup_steps),
-                ("weight_decay", operator_weight_decay),
-            )
-            if v is not None
-        }
+        self.steps, self.lr, self.warmup = operator_steps, operator_lr, operator_warmup_steps
+        self.weight_decay = float(operator_weight_decay or 0.0)
         self.budget: OperatorBudget | None = None
 
-    def resolve(self, large_steps: int) -> OperatorBudget:
-        """The operator budget of a run of ``large_steps`` steps: :func:`operator_budget` with the overrides."""
-        return dataclasses.replace(operator_budget(large_steps), **self.overrides)
+    def resolve(self, large_steps: int, large_lr: float) -> OperatorBudget:
+        """The operator budget of a run of ``large_steps`` steps at peak learning rate ``large_lr``:
+        :func:`ligo_fast.budget.operator_budget` with this callback's overrides."""
+        b = operator_budget(large_steps, large_lr, steps=self.steps)
+        if self.lr is not None:
+            b = dataclasses.replace(b, lr=float(self.lr))
+        if self.warmup is not None:
+            if self.warmup > b.steps:
+                raise ValueError(f"operator_warmup_steps={self.warmup} exceeds the {b.steps} operator steps")
+            b = dataclasses.replace(b, warmup=self.warmup)
+        return b
 
     # ----------------------------------------------------------------------- events
     def on_train_begin(self, args, state, control, **kwargs):
@@ -261,7 +241,7 @@ class GrowthCallback(TrainerCallback):
                 f"GrowthCallback runs in a single process; the Trainer wrapped the model in "
                 f"{type(tr.model_wrapped).__name__}. Train the operator and the large model in two Trainer runs."
             )
-        self.budget = b = self.resolve(state.max_steps)
+        self.budget = b = self.resolve(state.max_steps, args.learning_rate)
         if b.steps >= state.max_steps:
             raise ValueError(
                 f"the run has max_steps={state.max_steps}, which leaves no step for the large model after "
@@ -276,15 +256,10 @@ class GrowthCallback(TrainerCallback):
         if state.global_step == 0:  # a fresh run: the operator's learning rate and weight decay
             for g in tr.optimizer.param_groups:
                 g["lr"] = g["initial_lr"] = b.lr
-                g["weight_decay"] = b.weight_decay
+                g["weight_decay"] = self.weight_decay
         self._schedule(grown, state.max_steps, resumed=state.global_step > 0)
         if not grown:
-            logger.info(
-                "GrowthCallback: %d operator steps at lr %g, then %d large-model steps",
-                b.steps,
-                b.lr,
-                state.max_steps - b.steps,
-            )
+            logger.info("GrowthCallback: %s, then %d large-model steps", b.describe(), state.max_steps - b.steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         tr = self.trainer
@@ -321,7 +296,8 @@ class GrowthCallback(TrainerCallback):
         """After growth the ``TrainingArguments``' schedule over the remaining steps; before, the operator's."""
         tr, b = self.trainer, self.budget
         if not grown:
-            return get_constant_schedule_with_warmup(tr.optimizer, b.warmup_steps)
+            # HF's warm-up gives step 0 a zero learning rate: a 1-step warm-up would waste the step (as in the CLI)
+            return get_constant_schedule_with_warmup(tr.optimizer, b.warmup if b.warmup > 1 else 0)
         old = tr.lr_scheduler
         tr.lr_scheduler = None  # create_scheduler builds one only when there is none
         try:

@@ -61,8 +61,10 @@ class LiGOConfig:
             recorded and the eager step would not fit in the free memory of the device (an estimate:
             ``LiGOModel.memory_plan``).
         linear_mode: how block linear layers run: ``materialize`` (produce W, then x @ W^T), ``factored``
-            (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W; identity blocks as slices), or ``auto``
-            (a cost model picks per module kind from the shapes and the batch's token count).
+            (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W; identity blocks as slices), or ``auto``, the
+            default (a cost model, :mod:`ligo_fast.factored`, picks per module kind from the shapes, the batch's
+            token count and the device: factored where it needs fewer FLOPs/bytes, as for short batches, whose
+            weight production costs more than the layer itself). Under ``torch.compile`` every mode materialises.
     """
 
     depth_init: str = "stackbert_noisy"
@@ -77,7 +79,7 @@ class LiGOConfig:
     train_small: bool = False
     seed: int | None = None
     lean: bool | None = None
-    linear_mode: str = "materialize"
+    linear_mode: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

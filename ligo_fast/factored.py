@@ -142,8 +142,12 @@ def candidates(slots: Sequence[Slot]) -> list[int]:
 
 
 def choose(mode: str, slots: Sequence[Slot], L1: int, tokens: int, nbytes: int, device: torch.device) -> list[int]:
-    """The slots whose block linears run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``)."""
-    if mode == "materialize":
+    """The slots whose block linears run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``).
+
+    None under ``torch.compile``: the factored form replaces module forwards for one call (a Python side effect
+    that a full graph cannot hold), so a compiled step materialises, and the compiler fuses the production instead.
+    """
+    if mode == "materialize" or torch.compiler.is_compiling():
         return []
     cands = candidates(slots)
     if mode == "factored":

@@ -161,7 +161,10 @@ class LiGOModel(nn.Module):
         s = self.plan.slots
         T = factored.count_tokens(args, kwargs or {}, self.config)
         nbytes = self.tensor(s[0].w).element_size()
-        return factored.choose(self.ligo_config.linear_mode, s, self.L1, T, nbytes, self.device)
+        mode = self.ligo_config.linear_mode
+        if self.__dict__.get("_reentrant_checkpointing"):  # its recompute cannot see the factored forwards
+            mode = "materialize"
+        return factored.choose(mode, s, self.L1, T, nbytes, self.device)
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
         """The memory estimate of an operator-training step on this batch (the arguments of a forward call).
@@ -261,13 +264,15 @@ class LiGOModel(nn.Module):
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
         """Activation checkpointing of the large model's blocks (HF's ``activation_checkpointing_enable``, same
         arguments); the recompute in backward runs on the weights the forward produced (same loss and gradients).
-        Reentrant checkpointing (``use_reentrant=True``) needs ``linear_mode="materialize"``."""
+        Reentrant checkpointing (``use_reentrant=True``) cannot recompute factored layers: with it, ``auto`` runs
+        every layer materialised and ``factored`` is refused."""
         reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
-        if reentrant and self.ligo_config.linear_mode != "materialize":
+        if reentrant and self.ligo_config.linear_mode == "factored":
             raise ValueError(
-                f"reentrant activation checkpointing cannot recompute linear_mode={self.ligo_config.linear_mode!r} "
-                "layers; use use_reentrant=False (HF's default) or linear_mode='materialize'"
+                "reentrant activation checkpointing cannot recompute linear_mode='factored' layers; use "
+                "use_reentrant=False (HF's default) or linear_mode='materialize' or 'auto'"
             )
+        self.__dict__["_reentrant_checkpointing"] = bool(reentrant)
         enable = getattr(self.large, "activation_checkpointing_enable", None)
         if enable is not None:
             enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
@@ -281,6 +286,7 @@ class LiGOModel(nn.Module):
                 m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn, leaves)
 
     def activation_checkpointing_disable(self) -> None:
+        self.__dict__["_reentrant_checkpointing"] = False
         disable = getattr(self.large, "activation_checkpointing_disable", None)
         (disable or self.large.gradient_checkpointing_disable)()
 

@@ -73,11 +73,11 @@ def _step(model, x):
 @pytest.mark.parametrize(
     "options, ckpt",
     [
-        ({}, None),
+        ({"linear_mode": "materialize"}, None),
         ({"lean": True}, None),
         ({"linear_mode": "factored"}, None),
-        ({}, {"use_reentrant": True}),
-        ({"lean": True}, {"use_reentrant": True}),
+        ({"linear_mode": "materialize"}, {"use_reentrant": True}),
+        ({"lean": True, "linear_mode": "materialize"}, {"use_reentrant": True}),
     ],
     ids=["eager", "lean", "factored", "reentrant", "lean-reentrant"],
 )
@@ -134,6 +134,23 @@ def test_reentrant_checkpointing_refuses_factored_layers():
     model = _grown("LlamaForCausalLM", linear_mode="factored")
     with pytest.raises(ValueError, match="use_reentrant=False"):
         model.gradient_checkpointing_enable({"use_reentrant": True})
+
+
+def test_reentrant_checkpointing_runs_auto_mode_materialised():
+    """The default ``auto`` picks factored layers for a short batch; under reentrant checkpointing (whose recompute
+    cannot see them) it materialises every layer, with the same loss and gradients up to rounding."""
+    model = _grown("LlamaForCausalLM", depth_init="rand").train()
+    x = inputs("LlamaForCausalLM", batch=1, seq=3)
+    assert model.factored_plan((), x), "auto picks factored layers here (else this test checks nothing)"
+    ref_loss, ref = _step(model, x)
+    model.gradient_checkpointing_enable({"use_reentrant": True})
+    assert model.factored_plan((), x) == []
+    loss, grads = _step(model, x)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    for k in ref:
+        torch.testing.assert_close(grads[k], ref[k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    model.gradient_checkpointing_disable()
+    assert model.factored_plan((), x), "disabling restores the cost model's choice"
 
 
 def test_state_dict_entries_do_not_share_memory():

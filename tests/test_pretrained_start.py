@@ -1,5 +1,5 @@
 """Growing a *pretrained* small model: in its first steps with the library's operator defaults (AdamW at
-``DEFAULT_OPERATOR_LR``, no weight decay) the operator's loss must not rise above its step-0 value.
+``ligo-fast grow``'s ``--lr`` 1e-3, no weight decay) the operator's loss must not rise above its step-0 value.
 
 The test pretrains a tiny byte-level Llama on Python standard-library source (200 steps) and measures the grown
 model's loss on a fixed held-out batch before and after each of the first operator steps, for the official default
@@ -19,9 +19,9 @@ import torch
 import transformers as T
 
 import ligo_fast
-from ligo_fast.integrations import DEFAULT_OPERATOR_LR
 
 SEQ, BATCH, PRETRAIN_STEPS, PRETRAIN_LR, OP_STEPS, MARGIN = 32, 8, 200, 1e-2, 5, 0.01
+OPERATOR_LR = 1e-3  # ligo-fast grow --lr default
 _SHAPE = dict(vocab_size=256, max_position_embeddings=64)
 
 
@@ -79,7 +79,7 @@ def pretrained():
 def test_operator_loss_does_not_rise_in_the_first_steps(pretrained, depth_init, width_init):
     small, large_cfg, data, split, held_out, small_loss = pretrained
     model = ligo_fast.grow(small, large_cfg, depth_init=depth_init, width_init=width_init, seed=0)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=DEFAULT_OPERATOR_LR, weight_decay=0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=OPERATOR_LR, weight_decay=0)
     g = torch.Generator().manual_seed(2)
 
     def held_out_loss() -> float:

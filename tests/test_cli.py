@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import ligo_fast
 from ligo_fast.apps import cli, errors, inputs, training
+from ligo_fast.integrations import from_pretrained
 
 VOCAB = 260  # byte-level tokens need 256 ids; the masked LM's mask id is vocab_size - 1
 SMALL = {
@@ -128,6 +129,10 @@ def test_grow_writes_operator_and_model(files, grown, capsys):
     ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(large(input_ids=ids).logits, op(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    # the README's recipe: the operator back from the output directory and the small model's directory
+    again = from_pretrained(grown, str(files / "LlamaForCausalLM")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, op(input_ids=ids).logits, atol=0, rtol=0)
     # the operator moved away from its initialisation
     init = ligo_fast.grow(small, large.config, seed=0)
     assert any(not torch.equal(v, init.state_dict()[k]) for k, v in op.state_dict().items())

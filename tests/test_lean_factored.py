@@ -122,9 +122,13 @@ def test_lean_auto_decides_from_the_free_memory(monkeypatch):
 
 
 def test_a_growth_that_cannot_fit_fails_before_allocating(monkeypatch):
-    import time
-
     import transformers as T
+
+    from ligo_fast import model as model_module
+
+    built = []
+    monkeypatch.setattr(model_module, "empty_parameters", lambda *a, **k: built.append("large model") or 1 / 0)
+    monkeypatch.setattr(model_module, "_initial", lambda *a, **k: built.append("operator tensor") or 1 / 0)
 
     small_cfg, _ = configs("LlamaForCausalLM")
     huge = T.LlamaConfig(
@@ -138,10 +142,9 @@ def test_a_growth_that_cannot_fit_fails_before_allocating(monkeypatch):
         }
     )
     small = build("LlamaForCausalLM", small_cfg)
-    start = time.perf_counter()
     with pytest.raises(MemoryError, match=r"does not fit: .*eager .* GiB, lean .* GiB"):
         ligo_fast.grow(small, huge)
-    assert time.perf_counter() - start < 5  # no 1000-layer model was built (that takes minutes under load)
+    assert not built, f"allocated before failing: {built}"  # (its time: benchmarks/RESULTS.md)
 
 
 def test_old_configs_with_a_removed_option_still_load():

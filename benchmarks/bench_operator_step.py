@@ -156,7 +156,7 @@ def step_table(args, log, emit) -> None:
     tol = 1e-4 if args.dtype == "float32" else 2e-2
     for name in args.shapes:
         shape = SHAPES[name](args.quick, args.vocab)
-        provs = [p for p in PROVIDERS if supports(name, p)]
+        provs = [p for p in PROVIDERS if supports(name, p) and p in args.providers]
         b0, s0 = args.tokens[0]
         base = Spec(name, args.quick, args.vocab, "official", b0, s0, args.device, args.dtype)
         mem: dict[tuple, dict] = {}
@@ -287,6 +287,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory", action="store_true", help="skip the per-provider memory processes")
     ap.add_argument("--lean-layers", default=None, help="large depths of the lean table (default 100,200,400; '')")
     ap.add_argument("--lean-small-layers", type=int, default=4)
+    ap.add_argument(
+        "--providers",
+        default=",".join(PROVIDERS),
+        help="comma list (official, ours-default and plain-large always run)",
+    )
     ap.add_argument("--out", default=None, help="append the markdown tables to this file")
     args = ap.parse_args(argv)
     if args.check:
@@ -296,6 +301,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     args.dtype = args.dtype or ("bfloat16" if cuda else "float32")
     args.shapes = [s for s in args.shapes.split(",") if s]
+    args.providers = {p for p in args.providers.split(",") if p} | {"official", "plain-large", "ours-default"}
+    if args.providers - set(PROVIDERS):
+        ap.error(f"unknown provider(s) {sorted(args.providers - set(PROVIDERS))}; valid: {', '.join(PROVIDERS)}")
     bad = [s for s in args.shapes if s not in ("bert", "llama")]
     if bad:
         ap.error(f"unknown shape(s) {bad}; valid: bert, llama")

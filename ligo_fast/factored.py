@@ -186,28 +186,39 @@ def _per_layer(t: Tensor | None, n: int) -> Sequence[Tensor | None]:
     return [t] * n
 
 
+def layer_factors(
+    slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]
+) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+    """Per block linear of ``slots`` (by its module path): ``(Wmix, E_out, E_in, residual)`` of its layer, the
+    arguments of :func:`factored_linear` after ``x``. One depth mix per slot for all its layers."""
+    out = {}
+    for s in slots:
+        W = get(s.w)
+        ct = compute_dtype(W.dtype)
+        Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+        # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
+        # gradient of the whole (L2, ...) tensor
+        n = len(s.targets_w)
+        Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
+        for l, (target, w) in enumerate(zip(s.targets_w, Wmix.unbind(0), strict=True)):
+            out[target.rpartition(".")[0]] = (w, Eo[l], Ei[l], R[l])
+    return out
+
+
 @contextmanager
 def factored_modules(large: nn.Module, slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]):
     """Context: the block linears of ``slots`` in ``large`` compute :func:`factored_linear` instead of x @ W^T."""
     mods = []
     shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
     try:
-        for s in slots:
-            W = get(s.w)
-            ct = compute_dtype(W.dtype)
-            Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
-            # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
-            # gradient of the whole (L2, ...) tensor
-            n = len(s.targets_w)
-            Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-            for l, (target, w) in enumerate(zip(s.targets_w, Wmix.unbind(0), strict=True)):
-                mod = large.get_submodule(target.rpartition(".")[0])
+        for path, (w, eo, ei, r) in layer_factors(slots, get).items():
+            mod = large.get_submodule(path)
 
-                def fwd(x, _w=w, _eo=Eo[l], _ei=Ei[l], _r=R[l], _mod=mod):
-                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
+            def fwd(x, _w=w, _eo=eo, _ei=ei, _r=r, _mod=mod):
+                return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
 
-                mod.forward = fwd
-                mods.append(mod)
+            mod.forward = fwd
+            mods.append(mod)
         yield
     finally:
         for mod in mods:

@@ -473,3 +473,34 @@ def test_errors_name_the_valid_choices():
     for fn in (materialize_compat, ligo_fast.materialize):
         with pytest.raises(ValueError, match="no LiGO operator"):
             fn(small)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_factored_layers_match_materialised_ones(kind, monkeypatch):
+    """compat's batch runs the block linears the cost model picks factored (no weight produced); the loss and every
+    operator gradient equal those of the same operator with every layer materialised (float64)."""
+    from ligo_fast import factored
+
+    Cls, small, large_cfg = _tiny(kind)
+    model = create_ligo_from_model(Cls(large_cfg), ligo_args(), source_model=small).double().train()
+    ids, labels = _ids(large_cfg.vocab_size, shape=(1, 5)), _ids(large_cfg.vocab_size, seed=2, shape=(1, 5))
+    picked = []
+    real = factored.layer_factors
+    monkeypatch.setattr(factored, "layer_factors", lambda slots, get: picked.extend(slots) or real(slots, get))
+
+    def step():
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = step()
+    assert picked, "the cost model picks factored layers for a 5-token batch (else this test checks nothing)"
+    choose = factored.choose
+    monkeypatch.setattr(factored, "choose", lambda mode, *a: choose("materialize", *a))
+    ref_loss, ref = step()
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+    assert grads.keys() == ref.keys() and len(ref) > 50
+    for k in ref:
+        torch.testing.assert_close(grads[k], ref[k], rtol=1e-10, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")

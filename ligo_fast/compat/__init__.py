@@ -26,6 +26,7 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .. import factored
 from ..arch import EMBEDDING, LINEAR, NORM, Arch, supported_classes
 from ..arch.bert import BERT_MLM, ROBERTA_MLM
 from ..checkpoint import load_operator
@@ -36,6 +37,7 @@ from ..produce import produce
 from ..serialization import OFFICIAL
 from .modules import (
     BATCH,
+    FACTORS,
     FUSED,
     FusedDepthParams,
     FusedEmbedding,
@@ -156,20 +158,36 @@ def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tens
 
 
 def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
-    """Produce every module's tensors in one batch (one expand call per module kind) before the forward."""
-    model.__dict__[BATCH] = _produce_all(model)
+    """Produce every module's tensors in one batch (one expand call per module kind) before the forward; the block
+    linears that the cost model of ``linear_mode="auto"`` picks for this batch get their factors instead of a
+    produced weight (:mod:`ligo_fast.factored`; never under ``torch.compile``)."""
+    plan: Plan = model.__dict__[_PLAN]
+    get = _getter(model, plan)
+    ref = get(plan.slots[0].w)
+    tokens = factored.count_tokens(args, kwargs, model.config)
+    chosen = [
+        plan.slots[i] for i in factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device)
+    ]
+    batch = produce(plan.slots, get, skip_weights=frozenset(s.w for s in chosen))
+    batch.update({f"{path}.{FACTORS}": f for path, f in factored.layer_factors(chosen, get).items()})
+    batch[FACTORS] = {}  # x @ B_in shared by the factored layers that read the same input (q/k/v)
+    model.__dict__[BATCH] = batch
 
 
 def _batch_post_hook(model: nn.Module, args, kwargs, output) -> None:
     model.__dict__[BATCH] = None
 
 
+def _getter(model: nn.Module, plan: Plan):
+    named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    internal = from_official(plan.rules, named, plan.L2)
+    return lambda name: None if name is None else internal[name]
+
+
 def _produce_all(model: nn.Module) -> dict[str, Tensor]:
     """Every produced tensor of a wrapped model by HF parameter name, through the plan."""
     plan: Plan = model.__dict__[_PLAN]
-    named = {**dict(model.named_buffers()), **dict(model.named_parameters())}
-    internal = from_official(plan.rules, named, plan.L2)
-    return produce(plan.slots, lambda name: None if name is None else internal[name])
+    return produce(plan.slots, _getter(model, plan))
 
 
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:

@@ -14,10 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
+from ..factored import factored_linear
 from ..init import OFFICIAL_DEPTH_INITS, OFFICIAL_WIDTH_INITS, depth_init, width_init
 from ..plan import SM
 
 BATCH = "_ligo_batch"  # on the wrapped model's __dict__: the produced tensors of the forward that is running
+FACTORS = "factors"  # in a batch: "<path>.factors" of a linear that runs factored; "factors" the shared x @ B_in
 
 
 # ---------------------------------------------------------------------- coefficient modules
@@ -269,6 +271,10 @@ class FusedLinear(_Fused):
         return weight, None if b is None else self._produce(b, "bias", E_out, None)
 
     def forward(self, input: Tensor) -> Tensor:
+        f = self._batched(FACTORS)
+        if f is not None:  # the batch chose the factored form for this layer (no weight produced)
+            shared = self._ligo_source.__dict__[BATCH][FACTORS]
+            return factored_linear(input, *f, self._batched("bias"), shared)
         return F.linear(input, *self.get_params())
 
     def extra_repr(self) -> str:

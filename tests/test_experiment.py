@@ -347,7 +347,13 @@ def test_aggregate_means_wins_and_goal():
     assert rows[(200, "lossless")]["budget"] == 2.0
     wins = {(w["large_steps"], w["seed"]): w for w in aggregate.seed_wins(runs)}
     assert wins[(100, 1)]["winner"] == "ligo" and wins[(100, 1)]["lead"]["ligo"] == pytest.approx(0.1)
-    assert wins[(100, 2)]["lead"]["ligo"] is None  # stacking missed: no lead over 'the best other' to state
+    # stacking missed (saved less than nothing): the lead is over the best method that reached the target
+    assert wins[(100, 2)]["lead"]["ligo"] == pytest.approx(-0.05) and not wins[(100, 2)]["lead_is_bound"]
+    alone = aggregate.seed_wins([_fake_run(3, 100, {"ligo": 70, "lossless": None, "stack": None, "scratch": 100})])
+    assert alone[0]["winner"] == "ligo" and alone[0]["lead"]["ligo"] == pytest.approx(0.3) and alone[0]["lead_is_bound"]
+    assert ">=+30.0" in report.format_sweep(
+        [_fake_run(3, 100, {"ligo": 70, "lossless": None, "stack": None, "scratch": 100})], base_steps=100
+    )
     assert wins[(200, 2)]["winner"] == "lossless" and wins[(200, 2)]["lead"]["ligo"] == pytest.approx(-0.05)
     g = aggregate.goal(runs)
     assert g["ligo"] == "ligo" and [b["met"] for b in g["budgets"]] == [False, False]

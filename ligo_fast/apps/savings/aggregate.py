@@ -84,7 +84,8 @@ def sweep_rows(results: Sequence[Result], base_steps: int | None = None) -> list
 def seed_wins(results: Sequence[Result]) -> list[dict]:
     """One row per (budget, seed): ``saved`` per growth method, ``winner`` (the growth method saving most; a method
     that never reaches the target ranks last) and, per LiGO method present, its ``lead`` over the best non-LiGO
-    growth method (None when either did not reach the target)."""
+    growth method (None when the LiGO method did not reach the target; when no other method did, a lower bound,
+    ``lead_is_bound``)."""
     rows = []
     for steps, runs in by_budget(results).items():
         for r in runs:
@@ -93,13 +94,20 @@ def seed_wins(results: Sequence[Result]) -> list[dict]:
                 continue
             winner = max(saved, key=lambda m: -1e9 if saved[m] is None else saved[m])
             others = [v for m, v in saved.items() if m not in OPERATOR_METHODS]
-            best_other = None if not others or None in others else max(others)
+            reached = [v for v in others if v is not None]
+            # a method that never reached the target within the budget saved less than nothing: when none did, the
+            # lead over them is at least the LiGO method's own saving (a lower bound, marked)
+            best_other = max(reached) if reached else (0.0 if others else None)
             lead = {
                 m: (None if saved[m] is None or best_other is None else saved[m] - best_other)
                 for m in OPERATOR_METHODS
                 if m in saved
             }
-            rows.append({"large_steps": steps, "seed": r.base_seed, "saved": saved, "winner": winner, "lead": lead})
+            bound = bool(others) and not reached
+            rows.append(
+                {"large_steps": steps, "seed": r.base_seed, "saved": saved, "winner": winner, "lead": lead,
+                 "lead_is_bound": bound}
+            )  # fmt: skip
     return rows
 
 

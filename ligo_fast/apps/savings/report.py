@@ -307,7 +307,8 @@ def format_sweep(results: Sequence[Result], base_steps: int) -> str:
             "|---|---|---|" + "---|" * len(ligos),
         ]
         for w in wins:
-            leads = " | ".join("-" if w["lead"].get(m) is None else f"{100 * w['lead'][m]:+.1f}" for m in ligos)
+            ge = ">=" if w.get("lead_is_bound") else ""
+            leads = " | ".join("-" if w["lead"].get(m) is None else f"{ge}{100 * w['lead'][m]:+.1f}" for m in ligos)
             budget = w["large_steps"] / base_steps
             out.append(f"| {budget:g}x ({w['large_steps']}) | {w['seed']} | {SHORT_LABELS[w['winner']]} | {leads} |")
     starts = aggregate.start_losses(results)

@@ -23,7 +23,7 @@ import sys
 from functools import partial
 
 import torch
-from common import DTYPES, SHAPES, module_kinds, run_header, time_interleaved
+from common import DTYPES, SHAPES, append_markdown, module_kinds, run_header, time_interleaved
 
 from ligo_fast import ops
 from ligo_fast.factored import CPU, H200, break_even_tokens, costs, device_model, factored_linear
@@ -157,9 +157,7 @@ def main(argv=None) -> int:
         ]
     )
     print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    append_markdown(args.out, text)
     return 0
 
 

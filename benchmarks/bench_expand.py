@@ -30,7 +30,17 @@ import argparse
 import sys
 
 import torch
-from common import DTYPES, SHAPES, Kind, module_kinds, official_weight, run_check, run_header, time_interleaved
+from common import (
+    DTYPES,
+    SHAPES,
+    Kind,
+    append_markdown,
+    module_kinds,
+    official_weight,
+    run_check,
+    run_header,
+    time_interleaved,
+)
 
 from ligo_fast import ops
 
@@ -301,9 +311,7 @@ def main(argv=None) -> int:
         ]
     )
     print("\n" + text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text + "\n")
+    append_markdown(args.out, text)
     return 0
 
 

@@ -27,7 +27,7 @@ import argparse
 from dataclasses import dataclass
 
 import torch
-from common import bert_shape, official_weight, run_check, run_header, time_interleaved
+from common import append_markdown, bert_shape, official_weight, run_check, run_header, time_interleaved
 
 from ligo_fast import extension as ext
 from ligo_fast import ops
@@ -223,9 +223,7 @@ def main() -> None:
         ]
     text = "\n".join(md) + "\n"
     print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    append_markdown(args.out, text)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 
 import torch
 import transformers
-from common import bert_shape, run_header
+from common import append_markdown, bert_shape, run_header
 
 import ligo_fast
 
@@ -65,9 +65,7 @@ def main(argv=None) -> int:
     lines.append(f"- BERT 6L/512H -> 12L/768H, 8 x 128 tokens: `{model.memory_plan(input_ids=ids)}`")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + text)
+    append_markdown(args.out, text)
     return 0
 
 

@@ -39,6 +39,7 @@ from common import (
     DTYPES,
     SHAPES,
     MiB,
+    append_markdown,
     lean_llama_shape,
     load_average,
     measure_peak,
@@ -341,9 +342,7 @@ def main(argv=None) -> int:
         lean_table(args, log, emit)
         emit("")
     emit(f"(total {time.time() - t0:.0f} s; load average at the end: {load_average()})", "")
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + "\n".join(text))
+    append_markdown(args.out, "\n".join(text))
     return 0
 
 

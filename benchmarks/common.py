@@ -732,6 +732,13 @@ def load_average() -> str:
         return "n/a"
 
 
+def append_markdown(path: str | None, text: str) -> None:
+    """Append ``text`` (a benchmark's tables) to ``path`` after a blank line; nothing when ``path`` is None."""
+    if path:
+        with open(path, "a") as f:
+            f.write("\n" + text.rstrip("\n") + "\n")
+
+
 def run_header(title: str, device, script: str, argv: list[str] | None) -> list[str]:
     """Markdown lines: title with UTC date, machine, versions, load average, the command."""
     try:

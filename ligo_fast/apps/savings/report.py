@@ -249,12 +249,7 @@ def plot(result: Result, path: str | os.PathLike) -> Path:
         f"{result.family}: L{p.small.layers}/d{p.small.hidden} -> L{p.large.layers}/d{p.large.hidden}, "
         f"{p.large_steps} steps x {p.batch_size * p.seq_len} tokens ({p.name} preset, seed {result.base_seed})"
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_json(result: Result, path: str | os.PathLike) -> Path:
@@ -422,12 +417,7 @@ def plot_sweep(results: Sequence[Result], path: str | os.PathLike, base_steps: i
         f"{results[0].family}: L{p.small.layers}/d{p.small.hidden} -> L{p.large.layers}/d{p.large.hidden} "
         f"({p.name} preset), seeds {', '.join(map(str, seeds))}: mean ± sd, dots = seeds; a miss is not drawn"
     )
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_sweep_json(results: Sequence[Result], path: str | os.PathLike, base_steps: int) -> Path:
@@ -446,4 +436,16 @@ def write_sweep_json(results: Sequence[Result], path: str | os.PathLike, base_st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str))
+    return path
+
+
+def _save(fig, path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` (folders made), close it, return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
     return path

@@ -53,7 +53,7 @@ except ImportError:  # a source tree without an install: kernels/ is ligo_fast.k
     sys.path.insert(0, str(HERE.parent))
     from kernels import expand, tuning  # type: ignore[no-redef]
 
-from bench_expand import bert, llama  # noqa: E402
+from common import bert_shape, llama_xl_shape, module_kinds  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024  # max dynamic shared memory per block on H100/H200 (opt-in)
@@ -204,9 +204,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.quick:
-        shapes, dtypes, autotune = bert(quick=True), [torch.bfloat16, torch.float32], False
+        shapes, dtypes, autotune = module_kinds(bert_shape(quick=True)), [torch.bfloat16, torch.float32], False
     else:
-        shapes, dtypes, autotune = bert() + llama(), [torch.bfloat16, torch.float16, torch.float32], True
+        shapes = module_kinds(bert_shape()) + module_kinds(llama_xl_shape())
+        dtypes, autotune = [torch.bfloat16, torch.float16, torch.float32], True
     t0 = time.perf_counter()
     calls = record_launches(shapes, dtypes)
     jobs = variants(calls, autotune)

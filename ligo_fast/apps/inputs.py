@@ -42,11 +42,16 @@ def describe(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def read_json(path: Path, what: str):
+def read_json(path: Path, what: str) -> dict:
+    """The JSON object of config fields in ``path``; invalid JSON or anything but an object is a :class:`UserError`
+    naming ``what``."""
     try:
-        return json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{what}: not valid JSON ({describe(e)})") from e
+    if not isinstance(raw, dict):
+        raise UserError(f"{what}: expected a JSON object of config fields, got {type(raw).__name__}")
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------- small model
@@ -59,8 +64,6 @@ def load_small(path: str, dtype: torch.dtype = torch.float32):
     if not cfg_file.is_file():
         raise UserError(f"--small {path}: no config.json (expected a directory written by save_pretrained)")
     raw = read_json(cfg_file, f"--small {cfg_file}")
-    if not isinstance(raw, dict):
-        raise UserError(f"--small {cfg_file}: expected a JSON object of config fields, got {type(raw).__name__}")
     names = raw.get("architectures")
     if not names:
         raise UserError(f"--small {cfg_file}: names no architectures, so the model class is unknown")
@@ -109,8 +112,6 @@ def load_large_config(path: str, small_config):
     if not p.is_file():
         raise UserError(f"--large-config {path}: no such file")
     given = read_json(p, f"--large-config {path}")
-    if not isinstance(given, dict):
-        raise UserError(f"--large-config {path}: expected a JSON object of config fields, got {type(given).__name__}")
     mt = given.get("model_type")
     try:
         if mt is not None and mt != small_config.model_type:

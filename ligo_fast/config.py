@@ -60,8 +60,9 @@ class LiGOConfig:
             so about one layer's large weights are alive at a time. None (auto): on while gradients are
             recorded and the eager step would not fit in the free memory of the device (an estimate:
             ``LiGOModel.memory_plan``).
-        linear_mode: how block linear layers run: ``materialize`` (produce W, then x @ W^T), ``factored``
-            (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W; identity blocks as slices), or ``auto``, the
+        linear_mode: how linear layers and embedding tables run: ``materialize`` (produce W, then x @ W^T),
+            ``factored`` (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W, identity blocks as slices; an
+            embedding widens only the looked-up rows, a tied LM head uses the small table), or ``auto``, the
             default (a cost model, :mod:`ligo_fast.factored`, picks per module kind from the shapes, the batch's
             token count and the device: factored where it needs fewer FLOPs/bytes, as for short batches, whose
             weight production costs more than the layer itself). Under ``torch.compile`` every mode materialises.

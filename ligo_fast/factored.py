@@ -11,18 +11,24 @@ the factored form costs ``T·(i1(i2-i1) + o1·i1 + o1(o2-o1))`` and no productio
 a the factored form is always cheaper in FLOPs (2a-1 < a² per d²); with rectangular matrices (FFN in/out) it
 can cost more per token, so for large T materialising wins. The cost model below counts both in FLOPs and
 bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) and picks the cheaper one.
+
+Modules outside the blocks run factored the same way (depth: none, or the fixed scale of a function-preserving
+start): a vocabulary embedding ``W_large = W Bᵀ`` looks up its small rows and widens only those
+(``[u, u Eᵀ]``), and the LM head tied to it computes ``(x B) Wᵀ``: neither produces the (vocab x d2) table, and
+with a frozen small model no (vocab x d) weight gradient is formed either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arch import LINEAR
+from .arch import EMBEDDING, LINEAR
 from .plan import Slot
 from .reference import compute_dtype, depth_mix
 
@@ -68,6 +74,18 @@ def costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev:
     mat = 3 * prod + 3 * _gemm(T, o2, i2, nbytes, dev)  # backward ~ twice forward, for both
     fwd = _gemm(T, i1, i2 - i1, nbytes, dev) + _gemm(T, o1, i1, nbytes, dev) + _gemm(T, o2 - o1, o1, nbytes, dev)
     fact = 3 * mix + 3 * fwd
+    return mat, fact
+
+
+def embedding_costs(
+    T: int, rows: int, d1: int, d2: int, heads: int, nbytes: int, dev: DeviceModel
+) -> tuple[float, float]:
+    """(materialize, factored) modelled seconds of an embedding table ``(rows, d1) -> (rows, d2)`` and the ``heads``
+    linear layers tied to it (an LM head), one forward+backward: producing the table against widening the looked-up
+    rows and running each head as ``(x B) Wᵀ``."""
+    mat = 3 * _gemm(rows, d2 - d1, d1, nbytes, dev) + heads * 3 * _gemm(T, rows, d2, nbytes, dev)
+    fact = 3 * _gemm(T, d2 - d1, d1, nbytes, dev)
+    fact += heads * 3 * (_gemm(T, d1, d2 - d1, nbytes, dev) + _gemm(T, rows, d1, nbytes, dev))
     return mat, fact
 
 
@@ -126,38 +144,84 @@ def factored_linear(
     return y
 
 
+def factored_embedding(ids: Tensor, W: Tensor, E_in: Tensor | None, padding_idx: int | None = None) -> Tensor:
+    """``F.embedding(ids, W @ [I; E_in]^T, padding_idx)`` without forming the widened table.
+
+    ids: integer tensor; W: (rows, d1); E_in: (d2-d1, d1) or None. As with the produced table, the padding row
+    passes no gradient, to W nor to E_in.
+    """
+    u = F.embedding(ids, W, padding_idx)
+    if E_in is None:
+        return u
+    ext = u @ E_in.to(u.dtype).mT
+    if padding_idx is not None and ext.requires_grad:
+        ext = torch.where((ids == padding_idx).unsqueeze(-1), ext.detach(), ext)
+    return torch.cat([u, ext], dim=-1)
+
+
 # ---------------------------------------------------------------------------------------------- in a model
 def candidates(slots: Sequence[Slot]) -> list[int]:
-    """Indices of the slots that can run factored: plain 2-D block linears with one part."""
-    return [
-        i
-        for i, s in enumerate(slots)
-        if s.layered
-        and s.mod.kind == LINEAR
-        and not s.mod.transposed
-        and len(s.shape_w) == 2
-        and len(s.e_rows) == 1
-        and len(s.e_cols) == 1
-    ]
+    """Indices of the slots that can run factored: plain 2-D linears with one part (in the blocks or not), and
+    embedding tables outside the blocks whose rows do not grow and that have no residual."""
+    out = []
+    for i, s in enumerate(slots):
+        if len(s.shape_w) != 2 or len(s.e_rows) != 1 or len(s.e_cols) != 1 or s.tied_weight:
+            continue
+        if (s.mod.kind == LINEAR and not s.mod.transposed) or (
+            s.mod.kind == EMBEDDING and not s.layered and s.e_rows[0] is None and s.res_w is None
+        ):
+            out.append(i)
+    return out
 
 
-def choose(mode: str, slots: Sequence[Slot], L1: int, tokens: int, nbytes: int, device: torch.device) -> list[int]:
-    """The slots whose block linears run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``).
+def paths(slot: Slot, aliases: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Module paths that run a slot's factors: its layers' modules, then the modules tied to it (an LM head)."""
+    names = list(slot.targets_w)
+    if not slot.layered:
+        names += (aliases or {}).get(slot.targets_w[0], ())
+    return [n.rpartition(".")[0] for n in names]
 
+
+def module_ok(module: nn.Module) -> bool:
+    """Whether a module's forward can be replaced by its factored form (a plain nn.Linear / nn.Embedding)."""
+    if isinstance(module, nn.Embedding):
+        return module.max_norm is None and not module.scale_grad_by_freq and not module.sparse
+    return isinstance(module, nn.Linear)
+
+
+def choose(
+    mode: str,
+    slots: Sequence[Slot],
+    L1: int,
+    tokens: int,
+    nbytes: int,
+    device: torch.device,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    ok: Callable[[Slot], bool] | None = None,
+) -> list[int]:
+    """The slots that run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``).
+
+    ``aliases``: produced name -> tied names (a tied LM head runs with its embedding's factors); ``ok(slot)``:
+    whether the modules of a slot (and of its aliases) can run factored (default: all).
     None under ``torch.compile``: the factored form replaces module forwards for one call (a Python side effect
     that a full graph cannot hold), so a compiled step materialises, and the compiler fuses the production instead.
     """
     if mode == "materialize" or torch.compiler.is_compiling():
         return []
-    cands = candidates(slots)
+    cands = [i for i in candidates(slots) if ok is None or ok(slots[i])]
     if mode == "factored":
         return cands
     dev = device_model(device)
     plan = []
     for i in cands:
-        (o1, i1), (o2, i2) = slots[i].view_w, slots[i].shape_w
-        mat, fact = costs(tokens, o1, i1, o2, i2, L1, nbytes, dev)
-        if slots[i].res_w is None and fact < mat:  # a residual makes the factored form cost a full GEMM more
+        s = slots[i]
+        (o1, i1), (o2, i2) = s.view_w, s.shape_w
+        if s.mod.kind == EMBEDDING:
+            heads = len((aliases or {}).get(s.targets_w[0], ()))
+            mat, fact = embedding_costs(tokens, o1, i1, i2, heads, nbytes, dev)
+        else:
+            mat, fact = costs(tokens, o1, i1, o2, i2, L1 if s.layered else 1, nbytes, dev)
+        if s.res_w is None and fact < mat:  # a residual makes the factored form cost a full GEMM more
             plan.append(i)
     return plan
 
@@ -187,35 +251,56 @@ def _per_layer(t: Tensor | None, n: int) -> Sequence[Tensor | None]:
 
 
 def layer_factors(
-    slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]
+    slots: Sequence[Slot],
+    get: Callable[[str | None], Tensor | None],
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
-    """Per block linear of ``slots`` (by its module path): ``(Wmix, E_out, E_in, residual)`` of its layer, the
-    arguments of :func:`factored_linear` after ``x``. One depth mix per slot for all its layers."""
+    """Per module of ``slots`` (by its path, :func:`paths`): ``(Wmix, E_out, E_in, residual)``, the arguments of
+    :func:`factored_linear` after ``x`` (an embedding reads ``Wmix`` and ``E_in``). One depth mix per slot for all
+    its layers; outside the blocks ``Wmix`` is the small weight itself (times the fixed scale, if any)."""
     out = {}
     for s in slots:
         W = get(s.w)
         ct = compute_dtype(W.dtype)
-        Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+        if s.layered:
+            Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+        else:
+            scale = get(s.scale_w)
+            Wmix = (W if scale is None else depth_mix(W[None].to(ct), scale.to(ct))[0])[None]
         # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
         # gradient of the whole (L2, ...) tensor
         n = len(s.targets_w)
         Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-        for l, (target, w) in enumerate(zip(s.targets_w, Wmix.unbind(0), strict=True)):
-            out[target.rpartition(".")[0]] = (w, Eo[l], Ei[l], R[l])
+        layers = list(zip(Wmix.unbind(0), Eo, Ei, R, strict=True))
+        mods = paths(s, aliases)
+        for k, path in enumerate(mods):
+            out[path] = layers[min(k, n - 1)]  # a tied module (after the slot's own) shares the global factors
     return out
 
 
 @contextmanager
-def factored_modules(large: nn.Module, slots: Sequence[Slot], get: Callable[[str | None], Tensor | None]):
-    """Context: the block linears of ``slots`` in ``large`` compute :func:`factored_linear` instead of x @ W^T."""
+def factored_modules(
+    large: nn.Module,
+    slots: Sequence[Slot],
+    get: Callable[[str | None], Tensor | None],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+):
+    """Context: the modules of ``slots`` (and those tied to them) in ``large`` compute :func:`factored_linear` /
+    :func:`factored_embedding` instead of reading a produced weight."""
     mods = []
     shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
     try:
-        for path, (w, eo, ei, r) in layer_factors(slots, get).items():
+        for path, (w, eo, ei, r) in layer_factors(slots, get, aliases).items():
             mod = large.get_submodule(path)
+            if isinstance(mod, nn.Embedding):
 
-            def fwd(x, _w=w, _eo=eo, _ei=ei, _r=r, _mod=mod):
-                return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
+                def fwd(ids, _w=w, _ei=ei, _pad=mod.padding_idx):
+                    return factored_embedding(ids, _w, _ei, _pad)
+
+            else:
+
+                def fwd(x, _w=w, _eo=eo, _ei=ei, _r=r, _mod=mod):
+                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
 
             mod.forward = fwd
             mods.append(mod)

@@ -132,11 +132,13 @@ class LiGOModel(nn.Module):
         slots = self.plan.slots
         run_factored = [slots[i] for i in self.factored_plan(args, kwargs)]
         skip = frozenset(s.w for s in run_factored)
-        with factored.factored_modules(self.large, run_factored, self.tensor):
+        with factored.factored_modules(self.large, run_factored, self.tensor, self.plan.aliases):
             if not self.lean_now(args, kwargs):
                 params = produce(slots, self.tensor, skip_weights=skip, aliases=self.plan.aliases)
                 return functional_call(self.large, params, args, kwargs, tie_weights=False)
-            glob = produce([s for s in slots if not s.layered], self.tensor, aliases=self.plan.aliases)
+            glob = produce(
+                [s for s in slots if not s.layered], self.tensor, skip_weights=skip, aliases=self.plan.aliases
+            )
             layered = [s for s in slots if s.layered]
             blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
             # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
@@ -157,14 +159,19 @@ class LiGOModel(nn.Module):
                 return functional_call(self.large, glob, args, kwargs, tie_weights=False)
 
     def factored_plan(self, args=(), kwargs=None) -> list[int]:
-        """Indices (into ``plan.slots``) of the block linears that run factored in this forward."""
+        """Indices (into ``plan.slots``) of the module kinds that run factored in this forward (block linears,
+        embeddings and the heads tied to them, other linears outside the blocks: :mod:`ligo_fast.factored`)."""
         s = self.plan.slots
         T = factored.count_tokens(args, kwargs or {}, self.config)
         nbytes = self.tensor(s[0].w).element_size()
         mode = self.ligo_config.linear_mode
         if self.__dict__.get("_reentrant_checkpointing"):  # its recompute cannot see the factored forwards
             mode = "materialize"
-        return factored.choose(mode, s, self.L1, T, nbytes, self.device)
+        aliases = self.plan.aliases
+        return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable)
+
+    def _factorable(self, slot) -> bool:
+        return all(factored.module_ok(self.large.get_submodule(p)) for p in factored.paths(slot, self.plan.aliases))
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
         """The memory estimate of an operator-training step on this batch (the arguments of a forward call).

@@ -497,8 +497,11 @@ def test_factored_layers_match_materialised_ones(kind, monkeypatch):
 
     loss, grads = step()
     assert picked, "the cost model picks factored layers for a 5-token batch (else this test checks nothing)"
+    # the vocabulary table and the (untied, as in the official code) decoder run factored too
+    head = "cls.predictions.decoder" if kind == "bert" else "lm_head.decoder"
+    assert {s.mod.path for s in picked if not s.layered} >= {f"{kind}.embeddings.word_embeddings", head}
     choose = factored.choose
-    monkeypatch.setattr(factored, "choose", lambda mode, *a: choose("materialize", *a))
+    monkeypatch.setattr(factored, "choose", lambda mode, *a, **k: choose("materialize", *a, **k))
     ref_loss, ref = step()
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
     assert grads.keys() == ref.keys() and len(ref) > 50

@@ -184,10 +184,14 @@ def test_auto_mode_follows_the_cost_model():
     model = ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="auto")
     few = model.factored_plan((), {"input_ids": torch.ones(1, 2, dtype=torch.long)})
     many = model.factored_plan((), {"input_ids": torch.ones(512, 512, dtype=torch.long)})
-    assert len(few) == 6 and len(many) < len(few)  # the FFN-out rectangle materialises for many tokens
     slots = model.plan.slots
+    blocks = [i for i in few if slots[i].layered]
+    assert len(blocks) == 6 and len([i for i in many if slots[i].layered]) < 6  # FFN-out materialises for many
     paths = {slots[i].mod.path for i in few} - {slots[i].mod.path for i in many}
     assert "output.dense" in paths
+    # a 2-token batch widens its looked-up rows instead of producing the vocabulary table (and its tied head);
+    # 262k tokens of a 99-row vocabulary produce the table
+    assert "bert.embeddings.word_embeddings" in paths
     with pytest.raises(ValueError, match="unknown linear_mode"):
         ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="fast")
 
@@ -213,3 +217,58 @@ def test_factored_layers_reading_one_input_share_its_expansion(monkeypatch):
         factored.factored_linear(other, Wq, None, Ei, None, None, shared),
         factored.factored_linear(other, Wq, None, Ei, None, None),
     )
+
+
+def test_factored_embedding_matches_the_produced_table():
+    """Forward and gradients (to the small table and E) of the widened lookup equal those of the produced table,
+    padding row included (it passes no gradient in either form)."""
+    from ligo_fast.factored import factored_embedding
+
+    torch.manual_seed(2)
+    W = torch.randn(13, 5, dtype=torch.float64, requires_grad=True)
+    E = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([[0, 3, 12, 3], [7, 0, 0, 11]])
+    g = torch.randn(2, 4, 9, dtype=torch.float64)
+    for pad in (None, 0, 3):
+        table = torch.cat([torch.eye(5, dtype=torch.float64), E]) @ W.T  # (9, 13): B W^T
+        ref = torch.nn.functional.embedding(ids, table.T, pad)
+        ref_grads = torch.autograd.grad((ref * g).sum(), (W, E))
+        out = factored_embedding(ids, W, E, pad)
+        grads = torch.autograd.grad((out * g).sum(), (W, E))
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        for a, b in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        if pad is not None:
+            assert grads[0][pad].abs().max() == 0 and grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel"])
+def test_factored_vocabulary_and_tied_head_match_materialised(name):
+    """The vocabulary table and the LM head (tied in BERT and GPT-2, untied in Llama) run factored, the small model
+    trained too, with padding tokens in the batch: loss and every gradient equal the materialised run (float64)."""
+    torch.manual_seed(0)
+    small_cfg, large_cfg = configs(name)
+    small_cfg.pad_token_id = large_cfg.pad_token_id = 1
+    small = build(name, small_cfg).double()
+    ids = inputs(name)["input_ids"]
+    ids[:, 2] = 1
+
+    def run(mode):
+        model = ligo_fast.grow(small, large_cfg, seed=0, depth_init="rand", train_small=True, linear_mode=mode)
+        model.double().eval()  # the operator's own tensors too
+        picked = {model.plan.slots[i].mod.path for i in model.factored_plan((), {"input_ids": ids})}
+        out = main_output(model(input_ids=ids))
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+        return picked, out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    picked, out, grads = run("factored")
+    none, ref, ref_grads = run("materialize")
+    assert not none
+    vocab = {"BertForMaskedLM": "bert.embeddings.word_embeddings", "LlamaForCausalLM": "model.embed_tokens"}
+    assert vocab.get(name, "transformer.wte") in picked
+    if name.startswith("Llama"):
+        assert "lm_head" in picked  # untied: its own global linear
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-10, msg=lambda m, k=k: f"{k}: {m}")

@@ -158,20 +158,30 @@ def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tens
 
 
 def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
-    """Produce every module's tensors in one batch (one expand call per module kind) before the forward; the block
-    linears that the cost model of ``linear_mode="auto"`` picks for this batch get their factors instead of a
+    """Produce every module's tensors in one batch (one expand call per module kind) before the forward; the linears
+    and embeddings that the cost model of ``linear_mode="auto"`` picks for this batch get their factors instead of a
     produced weight (:mod:`ligo_fast.factored`; never under ``torch.compile``)."""
     plan: Plan = model.__dict__[_PLAN]
     get = _getter(model, plan)
     ref = get(plan.slots[0].w)
     tokens = factored.count_tokens(args, kwargs, model.config)
-    chosen = [
-        plan.slots[i] for i in factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device)
-    ]
+    picked = factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device, ok=_factorable(model))
+    chosen = [plan.slots[i] for i in picked]
     batch = produce(plan.slots, get, skip_weights=frozenset(s.w for s in chosen))
     batch.update({f"{path}.{FACTORS}": f for path, f in factored.layer_factors(chosen, get).items()})
     batch[FACTORS] = {}  # x @ B_in shared by the factored layers that read the same input (q/k/v)
     model.__dict__[BATCH] = batch
+
+
+def _factorable(model: nn.Module):
+    def ok(slot) -> bool:
+        for path in factored.paths(slot):
+            m = model.get_submodule(path)
+            if isinstance(m, FusedEmbedding) and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse):
+                return False
+        return True
+
+    return ok
 
 
 def _batch_post_hook(model: nn.Module, args, kwargs, output) -> None:

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..factored import factored_linear
+from ..factored import factored_embedding, factored_linear
 from ..init import OFFICIAL_DEPTH_INITS, OFFICIAL_WIDTH_INITS, depth_init, width_init
 from ..plan import SM
 
 BATCH = "_ligo_batch"  # on the wrapped model's __dict__: the produced tensors of the forward that is running
-FACTORS = "factors"  # in a batch: "<path>.factors" of a linear that runs factored; "factors" the shared x @ B_in
+FACTORS = "factors"  # in a batch: "<path>.factors" of a module that runs factored; "factors" the shared x @ B_in
 
 
 # ---------------------------------------------------------------------- coefficient modules
@@ -384,6 +384,9 @@ class FusedEmbedding(_Fused):
         return self._produce(self._small("weight"), "weight", None, self._width("out").coeffs_weight)
 
     def forward(self, input: Tensor) -> Tensor:
+        f = self._batched(FACTORS)
+        if f is not None:  # the batch chose the factored form: the looked-up rows widened, no table produced
+            return factored_embedding(input, f[0], f[2], self.padding_idx)
         w = self.get_params()
         return F.embedding(
             input, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse

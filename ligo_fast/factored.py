@@ -12,6 +12,11 @@ a the factored form is always cheaper in FLOPs (2a-1 < a² per d²); with rectan
 can cost more per token, so for large T materialising wins. The cost model below counts both in FLOPs and
 bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) and picks the cheaper one.
 
+Between the two, a linear whose both sides grow can produce one side only: ``out`` produces ``B_out · Wmix``
+(o2 x i1, once per step) and runs ``(x B_in) W'ᵀ``; ``in`` produces ``Wmix · B_inᵀ`` (o1 x i2) and runs
+``[v, v E_outᵀ]`` with ``v = x W'ᵀ``. For an FFN's rectangles at a few thousand tokens these cost less than both
+the full production and the fully factored form (the wide side's E product per token is the expensive one).
+
 Modules outside the blocks run factored the same way (depth: none, or the fixed scale of a function-preserving
 start): a vocabulary embedding ``W_large = W Bᵀ`` looks up its small rows and widens only those
 (``[u, u Eᵀ]``), and the LM head tied to it computes ``(x B) Wᵀ``: neither produces the (vocab x d2) table, and
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import ops
 from .arch import EMBEDDING, LINEAR
 from .plan import Slot
 from .reference import compute_dtype, depth_mix
@@ -75,6 +81,25 @@ def costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev:
     fwd = _gemm(T, i1, i2 - i1, nbytes, dev) + _gemm(T, o1, i1, nbytes, dev) + _gemm(T, o2 - o1, o1, nbytes, dev)
     fact = 3 * mix + 3 * fwd
     return mat, fact
+
+
+FORMS = ("factored", "out", "in")  # how a chosen linear runs (module docstring); "materialize" = not chosen
+
+
+def form_costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev: DeviceModel) -> dict[str, float]:
+    """Modelled seconds of one forward+backward of one large layer's linear in each form: ``materialize``,
+    ``factored`` and, where both sides grow, ``out`` and ``in`` (one side produced, the other per token)."""
+    mat, fact = costs(T, o1, i1, o2, i2, L1, nbytes, dev)
+    out = {"materialize": mat, "factored": fact}
+    if o2 > o1 and i2 > i1:
+        mix = _gemm(1, o1 * i1, L1, nbytes, dev)
+        out["out"] = 3 * (mix + _gemm(o2 - o1, i1, o1, nbytes, dev)) + 3 * (
+            _gemm(T, i1, i2 - i1, nbytes, dev) + _gemm(T, o2, i1, nbytes, dev)
+        )
+        out["in"] = 3 * (mix + _gemm(o1, i2 - i1, i1, nbytes, dev)) + 3 * (
+            _gemm(T, o1, i2, nbytes, dev) + _gemm(T, o2 - o1, o1, nbytes, dev)
+        )
+    return out
 
 
 def embedding_costs(
@@ -198,31 +223,40 @@ def choose(
     device: torch.device,
     aliases: Mapping[str, Sequence[str]] | None = None,
     ok: Callable[[Slot], bool] | None = None,
-) -> list[int]:
-    """The slots that run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``).
+    half: bool = True,
+) -> dict[int, str]:
+    """The slots that run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``), each with its form
+    (:data:`FORMS`): ``{slot index: form}``; the slots left out materialise.
 
     ``aliases``: produced name -> tied names (a tied LM head runs with its embedding's factors); ``ok(slot)``:
-    whether the modules of a slot (and of its aliases) can run factored (default: all).
-    None under ``torch.compile``: the factored form replaces module forwards for one call (a Python side effect
+    whether the modules of a slot (and of its aliases) can run factored (default: all); ``half``: whether the
+    one-side forms may be picked (not in memory-lean mode: they hold a partly produced weight for every layer).
+    Empty under ``torch.compile``: the factored form replaces module forwards for one call (a Python side effect
     that a full graph cannot hold), so a compiled step materialises, and the compiler fuses the production instead.
     """
     if mode == "materialize" or torch.compiler.is_compiling():
-        return []
+        return {}
     cands = [i for i in candidates(slots) if ok is None or ok(slots[i])]
     if mode == "factored":
-        return cands
+        return dict.fromkeys(cands, "factored")
     dev = device_model(device)
-    plan = []
+    plan = {}
     for i in cands:
         s = slots[i]
+        if s.res_w is not None:  # a residual makes every factored form cost a full GEMM more
+            continue
         (o1, i1), (o2, i2) = s.view_w, s.shape_w
         if s.mod.kind == EMBEDDING:
             heads = len((aliases or {}).get(s.targets_w[0], ()))
             mat, fact = embedding_costs(tokens, o1, i1, i2, heads, nbytes, dev)
+            c = {"materialize": mat, "factored": fact}
         else:
-            mat, fact = costs(tokens, o1, i1, o2, i2, L1 if s.layered else 1, nbytes, dev)
-        if s.res_w is None and fact < mat:  # a residual makes the factored form cost a full GEMM more
-            plan.append(i)
+            c = form_costs(tokens, o1, i1, o2, i2, L1 if s.layered else 1, nbytes, dev)
+            if not half:
+                c = {k: v for k, v in c.items() if k in ("materialize", "factored")}
+        best = min(c, key=c.get)
+        if best != "materialize":
+            plan[i] = best
     return plan
 
 
@@ -254,26 +288,40 @@ def layer_factors(
     slots: Sequence[Slot],
     get: Callable[[str | None], Tensor | None],
     aliases: Mapping[str, Sequence[str]] | None = None,
+    forms: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
-    """Per module of ``slots`` (by its path, :func:`paths`): ``(Wmix, E_out, E_in, residual)``, the arguments of
-    :func:`factored_linear` after ``x`` (an embedding reads ``Wmix`` and ``E_in``). One depth mix per slot for all
-    its layers; outside the blocks ``Wmix`` is the small weight itself (times the fixed scale, if any)."""
+    """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
+    :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
+
+    ``forms``: slot (by its small weight's name) -> form (:data:`FORMS`, default ``factored``). ``factored``: W is
+    the depth mix, one per slot for all its layers (outside the blocks the small weight itself, times the fixed
+    scale if any); ``out`` / ``in``: W is the weight produced on that side only (:func:`ligo_fast.ops.ligo_expand`),
+    and the factors keep the other side's E.
+    """
     out = {}
     for s in slots:
         W = get(s.w)
-        ct = compute_dtype(W.dtype)
-        if s.layered:
-            Wmix = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
-        else:
-            scale = get(s.scale_w)
-            Wmix = (W if scale is None else depth_mix(W[None].to(ct), scale.to(ct))[0])[None]
-        # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
-        # gradient of the whole (L2, ...) tensor
         n = len(s.targets_w)
         Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-        layers = list(zip(Wmix.unbind(0), Eo, Ei, R, strict=True))
-        mods = paths(s, aliases)
-        for k, path in enumerate(mods):
+        form = (forms or {}).get(s.w, "factored")
+        if form == "factored":
+            ct = compute_dtype(W.dtype)
+            if s.layered:
+                Wf = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
+            else:
+                scale = get(s.scale_w)
+                Wf = (W if scale is None else depth_mix(W[None].to(ct), scale.to(ct))[0])[None]
+        else:
+            depth = get(s.depth_w) if s.layered else get(s.scale_w)
+            depth = torch.ones(1, 1, device=W.device) if depth is None else depth
+            Wl = W if s.layered else W[None]
+            E_out, E_in = get(s.e_rows[0]), get(s.e_cols[0])
+            Wf = ops.ligo_expand(Wl, depth, E_out if form == "out" else None, E_in if form == "in" else None)
+            Eo, Ei = ([None] * n, Ei) if form == "out" else (Eo, [None] * n)
+        # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
+        # gradient of the whole (L2, ...) tensor
+        layers = list(zip(Wf.unbind(0), Eo, Ei, R, strict=True))
+        for k, path in enumerate(paths(s, aliases)):
             out[path] = layers[min(k, n - 1)]  # a tied module (after the slot's own) shares the global factors
     return out
 
@@ -284,13 +332,14 @@ def factored_modules(
     slots: Sequence[Slot],
     get: Callable[[str | None], Tensor | None],
     aliases: Mapping[str, Sequence[str]] | None = None,
+    forms: Mapping[str, str] | None = None,
 ):
     """Context: the modules of ``slots`` (and those tied to them) in ``large`` compute :func:`factored_linear` /
-    :func:`factored_embedding` instead of reading a produced weight."""
+    :func:`factored_embedding` (in the ``forms`` of :func:`layer_factors`) instead of reading a produced weight."""
     mods = []
     shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
     try:
-        for path, (w, eo, ei, r) in layer_factors(slots, get, aliases).items():
+        for path, (w, eo, ei, r) in layer_factors(slots, get, aliases, forms).items():
             mod = large.get_submodule(path)
             if isinstance(mod, nn.Embedding):
 

@@ -130,9 +130,10 @@ class LiGOModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         slots = self.plan.slots
-        run_factored = [slots[i] for i in self.factored_plan(args, kwargs)]
-        skip = frozenset(s.w for s in run_factored)
-        with factored.factored_modules(self.large, run_factored, self.tensor, self.plan.aliases):
+        chosen = self.factored_plan(args, kwargs)
+        forms = {slots[i].w: form for i, form in chosen.items()}
+        skip = frozenset(forms)
+        with factored.factored_modules(self.large, [slots[i] for i in chosen], self.tensor, self.plan.aliases, forms):
             if not self.lean_now(args, kwargs):
                 params = produce(slots, self.tensor, skip_weights=skip, aliases=self.plan.aliases)
                 return functional_call(self.large, params, args, kwargs, tie_weights=False)
@@ -158,9 +159,10 @@ class LiGOModel(nn.Module):
             with lean_layers(self.large, blocks, chunks, chunk, checkpointed):
                 return functional_call(self.large, glob, args, kwargs, tie_weights=False)
 
-    def factored_plan(self, args=(), kwargs=None) -> list[int]:
-        """Indices (into ``plan.slots``) of the module kinds that run factored in this forward (block linears,
-        embeddings and the heads tied to them, other linears outside the blocks: :mod:`ligo_fast.factored`)."""
+    def factored_plan(self, args=(), kwargs=None) -> dict[int, str]:
+        """``{index into plan.slots: form}`` of the module kinds that run factored in this forward (block linears,
+        embeddings and the heads tied to them, other linears outside the blocks; forms: :mod:`ligo_fast.factored`).
+        """
         s = self.plan.slots
         T = factored.count_tokens(args, kwargs or {}, self.config)
         nbytes = self.tensor(s[0].w).element_size()
@@ -168,7 +170,8 @@ class LiGOModel(nn.Module):
         if self.__dict__.get("_reentrant_checkpointing"):  # its recompute cannot see the factored forwards
             mode = "materialize"
         aliases = self.plan.aliases
-        return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable)
+        half = not self.lean_now(args, kwargs or {})  # lean keeps no layer's (partly) produced weight alive
+        return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
 
     def _factorable(self, slot) -> bool:
         return all(factored.module_ok(self.large.get_submodule(p)) for p in factored.paths(slot, self.plan.aliases))

@@ -486,7 +486,9 @@ def test_factored_layers_match_materialised_ones(kind, monkeypatch):
     ids, labels = _ids(large_cfg.vocab_size, shape=(1, 5)), _ids(large_cfg.vocab_size, seed=2, shape=(1, 5))
     picked = []
     real = factored.layer_factors
-    monkeypatch.setattr(factored, "layer_factors", lambda slots, get: picked.extend(slots) or real(slots, get))
+    monkeypatch.setattr(
+        factored, "layer_factors", lambda slots, get, **k: picked.extend(slots) or real(slots, get, **k)
+    )
 
     def step():
         model.zero_grad()

@@ -185,13 +185,15 @@ def test_auto_mode_follows_the_cost_model():
     few = model.factored_plan((), {"input_ids": torch.ones(1, 2, dtype=torch.long)})
     many = model.factored_plan((), {"input_ids": torch.ones(512, 512, dtype=torch.long)})
     slots = model.plan.slots
-    blocks = [i for i in few if slots[i].layered]
-    assert len(blocks) == 6 and len([i for i in many if slots[i].layered]) < 6  # FFN-out materialises for many
-    paths = {slots[i].mod.path for i in few} - {slots[i].mod.path for i in many}
-    assert "output.dense" in paths
+    forms = {slots[i].mod.path: f for i, f in few.items()}
+    assert [f for i, f in few.items() if slots[i].layered] == ["factored"] * 6  # 2 tokens: nothing produced
+    # many tokens: the FFN rectangles produce their narrow side only (cheaper per token than either extreme)
+    forms = {slots[i].mod.path: f for i, f in many.items()}
+    assert forms["intermediate.dense"] == "out" and forms["output.dense"] == "in"
     # a 2-token batch widens its looked-up rows instead of producing the vocabulary table (and its tied head);
     # 262k tokens of a 99-row vocabulary produce the table
-    assert "bert.embeddings.word_embeddings" in paths
+    assert "bert.embeddings.word_embeddings" in {slots[i].mod.path for i in few}
+    assert "bert.embeddings.word_embeddings" not in forms
     with pytest.raises(ValueError, match="unknown linear_mode"):
         ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, linear_mode="fast")
 
@@ -272,3 +274,50 @@ def test_factored_vocabulary_and_tied_head_match_materialised(name):
     assert grads.keys() == ref_grads.keys()
     for k in grads:
         torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-10, msg=lambda m, k=k: f"{k}: {m}")
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "LlamaForCausalLM"])
+@pytest.mark.parametrize("form", ["out", "in"])
+def test_one_side_produced_forms_match_materialised(name, form, monkeypatch):
+    """Every linear whose both sides grow runs in a one-side form (the other side per token): output and every
+    operator gradient equal the materialised run (float64)."""
+    from ligo_fast import factored
+
+    torch.manual_seed(0)
+    small_cfg, large_cfg = configs(name)
+    small = build(name, small_cfg).double()
+    ids = inputs(name)["input_ids"]
+
+    def run(mode):
+        model = ligo_fast.grow(small, large_cfg, seed=0, depth_init="rand", linear_mode="materialize")
+        model.double().eval()
+        out = main_output(model(input_ids=ids))
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    ref, ref_grads = run("materialize")
+
+    def forced(mode, slots, *a, **k):
+        both = [i for i in factored.candidates(slots) if slots[i].view_w[0] < slots[i].shape_w[0]]
+        both = [i for i in both if slots[i].view_w[1] < slots[i].shape_w[1]]
+        picked[:] = both
+        return dict.fromkeys(both, form)
+
+    picked: list[int] = []
+    monkeypatch.setattr(factored, "choose", forced)
+    out, grads = run("forced")
+    assert len(picked) >= 4  # the block linears (and the head's transform) ran one-side
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert grads.keys() == ref_grads.keys()
+    for k in grads:
+        torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-9, atol=1e-10, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_cost_model_picks_one_side_forms_for_ffn_rectangles_at_many_tokens():
+    from ligo_fast.factored import form_costs
+
+    # the BERT-Base FFN (512 -> 768 wide, 2048 -> 3072 inner) at 8 x 128 tokens on the CPU model
+    up = form_costs(1024, 2048, 512, 3072, 768, 6, 4, CPU)
+    down = form_costs(1024, 512, 2048, 768, 3072, 6, 4, CPU)
+    assert min(up, key=up.get) == "out" and min(down, key=down.get) == "in"
+    assert set(form_costs(1024, 512, 512, 512, 768, 6, 4, CPU)) == {"materialize", "factored"}  # one side grows

@@ -130,7 +130,9 @@ class Runner:
             batch = {"input_ids": self.ids}
             with torch.enable_grad():
                 lean = self.model.lean_now((), batch)
-            return f"lean {'on' if lean else 'off'}, {len(self.model.factored_plan((), batch))} factored"
+            forms = list(self.model.factored_plan((), batch).values())
+            split = ", ".join(f"{forms.count(f)} {f}" for f in ("factored", "out", "in") if f in forms)
+            return f"lean {'on' if lean else 'off'}, {len(forms)} factored" + (f" ({split})" if forms else "")
         return ""
 
 

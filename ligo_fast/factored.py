@@ -9,8 +9,8 @@ For a block linear with ``W = B_out · Wmix · B_inᵀ`` (``B = [I; E]``, ``Wmix
 Per step, materialising costs the production of W (once) plus ``T·o2·i2`` multiply-adds per token (T tokens);
 the factored form costs ``T·(i1(i2-i1) + o1·i1 + o1(o2-o1))`` and no production. With square growth by a factor
 a the factored form is always cheaper in FLOPs (2a-1 < a² per d²); with rectangular matrices (FFN in/out) it
-can cost more per token, so for large T materialising wins. The cost model below counts both in FLOPs and
-bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) and picks the cheaper one.
+can cost more per token, so for large T producing wins. The cost model below counts every form in FLOPs and
+bytes against a device's ceilings (roofline time per GEMM, plus a launch cost) and picks the cheapest.
 
 Between the two, a linear whose both sides grow can produce one side only: ``out`` produces ``B_out · Wmix``
 (o2 x i1, once per step) and runs ``(x B_in) W'ᵀ``; ``in`` produces ``Wmix · B_inᵀ`` (o1 x i2) and runs

@@ -23,7 +23,7 @@ def _imports() -> dict[str, set[str]]:
     modules = {
         ".".join(p.relative_to(pkg.parent).with_suffix("").parts).removesuffix(".__init__") for p in pkg.rglob("*.py")
     }
-    modules |= {"ligo_fast." + p.name.split(".")[0] for p in pkg.glob("*.so")}  # the compiled extension
+    modules |= {"ligo_fast._C"}  # the compiled extension, built or not (a clean checkout has no .so yet)
     for path in sorted(pkg.rglob("*.py")):
         rel = path.relative_to(pkg.parent).with_suffix("")
         parts = list(rel.parts)

@@ -207,10 +207,16 @@ def paths(slot: Slot, aliases: Mapping[str, Sequence[str]] | None = None) -> lis
     return [n.rpartition(".")[0] for n in names]
 
 
+def plain_lookup(embedding: nn.Module) -> bool:
+    """An embedding (``nn.Embedding`` or compat's ``FusedEmbedding``) without the options a widened lookup cannot
+    reproduce (max_norm renormalises the table in place; scale_grad_by_freq and sparse shape its gradient)."""
+    return embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
+
+
 def module_ok(module: nn.Module) -> bool:
     """Whether a module's forward can be replaced by its factored form (a plain nn.Linear / nn.Embedding)."""
     if isinstance(module, nn.Embedding):
-        return module.max_norm is None and not module.scale_grad_by_freq and not module.sparse
+        return plain_lookup(module)
     return isinstance(module, nn.Linear)
 
 

@@ -178,7 +178,7 @@ def _factorable(model: nn.Module):
     def ok(slot) -> bool:
         for path in factored.paths(slot):
             m = model.get_submodule(path)
-            if isinstance(m, FusedEmbedding) and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse):
+            if isinstance(m, FusedEmbedding) and not factored.plain_lookup(m):
                 return False
         return True
 

@@ -1,7 +1,9 @@
 """The C++/CUDA extension: loading, fake and autograd registrations, and the ``cpp`` backend object.
 
-Loading order: the prebuilt module ``ligo_fast._C`` (``pip install -e . --no-build-isolation``; trusted as
-installed), else a JIT build of ``csrc/`` with :func:`torch.utils.cpp_extension.load` (ninja), cached in
+Loading order: the prebuilt module ``ligo_fast._C`` (``pip install . --no-build-isolation``; trusted as installed,
+and in a source checkout only when it is newer than the sources), else a JIT build of the package's C++ sources
+(:data:`CSRC`: package data, in a checkout a link to the top-level ``csrc/``) with
+:func:`torch.utils.cpp_extension.load` (ninja), cached in
 ``$LIGO_FAST_CACHE`` (default ``~/.cache/ligo_fast``) per torch/Python/CUDA combination and rebuilt when the sources
 change. The cache must be the user's own (:mod:`ligo_fast.jit_cache`: a directory others can write is refused, a
 cached build is loaded only when its sha256 matches the one recorded when it was built, one build at a time with a
@@ -44,7 +46,8 @@ from .reference import compute_dtype
 
 logger = logging.getLogger(__name__)
 
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+PKG = Path(__file__).resolve().parent
+CSRC = PKG / "csrc"  # installed with the package (setup.py's package_data); a link to ../csrc in a checkout
 CPU_SOURCES = ("ligo_ops.cpp",)
 CUDA_SOURCES = ("cuda/ligo_ops_cuda.cpp", "cuda/multi_vec.cu")
 CFLAGS = ["-O3", "-fopenmp"]  # -fopenmp: at::parallel_for is inline OpenMP code, serial without it
@@ -145,8 +148,8 @@ def _check_prebuilt_fresh() -> None:
     spec = importlib.util.find_spec("ligo_fast._C")
     if spec is None or spec.origin is None:
         raise ImportError("no prebuilt ligo_fast._C")
-    if not CSRC.is_dir():
-        return
+    if not (PKG.parent / "setup.py").is_file() or not CSRC.is_dir():
+        return  # an installed package: its files' times are when pip wrote them, in no particular order
     sources = [p for p in CSRC.rglob("*") if p.suffix in {".cpp", ".cu", ".h"} and "emu" not in p.parts]  # emu: tests
     newest = max((p.stat().st_mtime for p in sources), default=0.0)
     if Path(spec.origin).stat().st_mtime < newest:

@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import sys
+import warnings
 
 import torch
 
@@ -48,8 +49,30 @@ def report() -> str:
     for dev in ("cpu", "cuda"):
         if dev == "cuda" and not torch.cuda.is_available():
             continue
-        lines.append(f"backend='auto' on {dev}: {backends.auto_choice(torch.device(dev))} preferred")
+        lines.append(f"backend='auto' on {dev}: {_used(torch.device(dev))}")
     return "\n".join(lines)
+
+
+def _used(device: torch.device) -> str:
+    """What a ``backend='auto'`` call on tensors on ``device`` runs in this process: the backend
+    :func:`backends.resolve` picks (after ``LIGO_FAST_BACKEND`` and the fallback to torch), why when it is not the
+    preferred one, and where the vector problems go."""
+    try:
+        with warnings.catch_warnings():  # the fallback's warning: said here in words
+            warnings.simplefilter("ignore", RuntimeWarning)
+            used = backends.resolve("auto", device)
+    except (ValueError, backends.BackendUnavailable) as e:
+        return f"none, every call raises: {e}"
+    preferred = backends.auto_choice(device)
+    if not backends.is_auto("auto"):
+        line = f"{used.name} (named by {backends.ENV_VAR})"
+    elif used.name == preferred:
+        line = used.name
+    else:
+        line = f"{used.name} ({preferred}, preferred here, is unavailable)"
+    if used.multi_vec_op(device.type) is None and backends.is_auto("auto") and backends.multi_vec_fallback(device):
+        line += "; vectors: the cpp backend's multi-tensor op"
+    return line
 
 
 def _env_line() -> str:

@@ -77,6 +77,35 @@ def test_info_report_shows_the_variable(fresh, monkeypatch):
     assert "LIGO_FAST_BACKEND: 'bogus' (INVALID; valid values: auto, torch, triton, cpp, or unset)" in info.report()
 
 
+def test_info_report_names_the_backend_auto_will_run(fresh, monkeypatch):
+    """Not the preferred backend but the one a call gets here: after the variable and the fallback."""
+
+    def line() -> str:
+        (out,) = [x for x in info.report().splitlines() if x.startswith("backend='auto' on cpu: ")]
+        return out.removeprefix("backend='auto' on cpu: ")
+
+    if _loads("cpp"):
+        assert line() == "cpp"
+    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    assert line() == "torch (named by LIGO_FAST_BACKEND)"
+    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    assert line().startswith("none, every call raises: LIGO_FAST_BACKEND='bogus' is not a backend")
+    monkeypatch.delenv(backends.ENV_VAR)
+
+    def broken():
+        raise RuntimeError("cannot build here")
+
+    monkeypatch.setitem(backends.LOADERS, "cpp", broken)
+    backends.clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the report says it in words, without the fallback's warning
+        report = info.report()
+    assert "backend='auto' on cpu: torch (cpp, preferred here, is unavailable)" in report
+    assert "extension: unavailable (RuntimeError: cannot build here)" in report
+    monkeypatch.setenv(backends.ENV_VAR, "cpp")
+    assert line() == "none, every call raises: backend 'cpp' is unavailable: RuntimeError: cannot build here"
+
+
 def test_auto_falls_back_with_one_warning_and_a_named_backend_raises(fresh, monkeypatch):
     def broken():
         raise RuntimeError("no such thing here")

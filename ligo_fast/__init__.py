@@ -1,58 +1,113 @@
 """ligo_fast: fast LiGO (Learning to Grow Pretrained Models) growth operators for PyTorch and Hugging Face.
 
-The public names below are imported on first use (PEP 562), so ``import ligo_fast`` (and the ``ligo-fast``
+The public API: the names in ``__all__`` and the public submodules ``ops`` (the functional ops), ``backends``,
+``info``, ``compat`` (the official LiGO API), ``integrations`` (Trainer, accelerate, ``from_pretrained``),
+``distributed``, ``budget``, ``serialization``, ``arch`` and ``config``. Every other module (``model``, ``plan``,
+``produce``, ``lean``, ``factored``, ``extension``, ``kernels``, ...) is internal: importable by its full name, but
+not part of the API and free to change. ``ligo_fast.apps`` holds the applications (the ``ligo-fast`` command line,
+the growth-savings experiment), which use the public API only.
+
+Public names and submodules are imported on first use (PEP 562), so ``import ligo_fast`` (and the ``ligo-fast``
 command line's ``--help``) does not import torch; ``from ligo_fast import grow`` imports what ``grow`` needs.
-Submodules (``ligo_fast.ops``, ``ligo_fast.backends``, ...) are reachable as attributes too.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
-_PUBLIC = {
-    "LiGOConfig": "config",
-    "LiGOModel": "model",
+_PUBLIC = {  # name -> the module that defines it
+    # grow, train, materialise, save and load
     "grow": "api",
     "materialize": "api",
+    "LiGOModel": "model",
+    "LiGOConfig": "config",
     "load_operator": "checkpoint",
+    # the valid values of LiGOConfig's options
+    "DEPTH_INITS": "init",
+    "WIDTH_INITS": "init",
+    "LINEAR_MODES": "config",
+    # Hugging Face configs read from files: the checks grow and load_operator apply
+    "check_model_config": "config",
+    "model_config_from_dict": "config",
+    "unknown_config_keys": "config",
+    # describing an architecture of your own
     "register_architecture": "arch",
     "supported_classes": "arch",
+    "Arch": "arch",
+    "Module": "arch",
+    "Width": "arch",
+    "LINEAR": "arch",
+    "NORM": "arch",
+    "EMBEDDING": "arch",
 }
 
-__all__ = [
-    "LiGOConfig",
-    "LiGOModel",
+__all__ = [  # the keys of _PUBLIC (a test checks), written out for linters and readers
     "grow",
     "materialize",
+    "LiGOModel",
+    "LiGOConfig",
     "load_operator",
+    "DEPTH_INITS",
+    "WIDTH_INITS",
+    "LINEAR_MODES",
+    "check_model_config",
+    "model_config_from_dict",
+    "unknown_config_keys",
     "register_architecture",
     "supported_classes",
+    "Arch",
+    "Module",
+    "Width",
+    "LINEAR",
+    "NORM",
+    "EMBEDDING",
 ]
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+# reachable as attributes (``ligo_fast.ops.ligo_expand`` after ``import ligo_fast``), imported on first use
+_PUBLIC_MODULES = (
+    "ops",
+    "backends",
+    "info",
+    "compat",
+    "integrations",
+    "distributed",
+    "budget",
+    "serialization",
+    "arch",
+    "config",
+)
+
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from . import (  # noqa: F401 - the public submodules
+        arch,
+        backends,
+        budget,
+        compat,
+        config,
+        distributed,
+        info,
+        integrations,
+        ops,
+        serialization,
+    )
     from .api import grow, materialize
-    from .arch import register_architecture, supported_classes
+    from .arch import EMBEDDING, LINEAR, NORM, Arch, Module, Width, register_architecture, supported_classes
     from .checkpoint import load_operator
-    from .config import LiGOConfig
+    from .config import LINEAR_MODES, LiGOConfig, check_model_config, model_config_from_dict, unknown_config_keys
+    from .init import DEPTH_INITS, WIDTH_INITS
     from .model import LiGOModel
 
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        value = getattr(_importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
         globals()[name] = value
         return value
-    if not name.startswith("__"):
-        try:  # a submodule: ligo_fast.ops, ligo_fast.backends, ...
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__name__}.{name}":
-                raise
+    if name in _PUBLIC_MODULES:
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted({*__all__, *_PUBLIC_MODULES, *(n for n in globals() if n.startswith("__"))})

@@ -130,7 +130,7 @@ def test_gpt2_fused_qkv_parts_grow_with_their_own_widths():
 
 
 def test_registering_a_custom_architecture():
-    from ligo_fast.arch import LINEAR, NORM, Arch, Module, Width, register_architecture
+    from ligo_fast import LINEAR, NORM, Arch, Module, Width, register_architecture  # the public API
     from ligo_fast.arch.llama import LLAMA_LM
 
     class MyLlama(T.LlamaForCausalLM):

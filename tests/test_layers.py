@@ -1,5 +1,6 @@
 """The floors of the package: the library core never imports the applications (``ligo_fast.apps``), and the
-applications use only the core's public names. Read from the source with ``ast`` (function-local imports count)."""
+applications use only the core's public API (``ligo_fast.__all__`` and its public submodules). Read from the source
+with ``ast`` (function-local imports count)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,22 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+def _public_api(mod: str, names: list[str]) -> bool:
+    """Whether ``from mod import names`` (or ``import mod``) takes only the public API: names of ``ligo_fast.__all__``
+    (and ``__version__``), or a public submodule (``ligo_fast._PUBLIC_MODULES``) and anything below it."""
+    parts = mod.split(".")
+    if len(parts) > 1:
+        return parts[1] in ligo_fast._PUBLIC_MODULES
+    return all(n in ligo_fast.__all__ or n in ligo_fast._PUBLIC_MODULES or n == "__version__" for n in names)
+
+
+def test_the_public_api_check_tells_internals_apart():
+    assert _public_api("ligo_fast", ["grow", "Arch", "ops", "__version__"])
+    assert _public_api("ligo_fast.integrations.accelerator", ["ddp_kwargs"])
+    assert not _public_api("ligo_fast", ["plan"]) and not _public_api("ligo_fast.factored", ["costs"])
+    assert not _public_api("ligo_fast.kernels", ["expand"])
+
+
 def test_applications_use_only_public_names_of_the_core():
     files = sorted(APPS.rglob("*.py"))
     assert len(files) >= 10
@@ -65,6 +82,8 @@ def test_applications_use_only_public_names_of_the_core():
                 continue
             if any(_private(part) for part in mod.split(".")) or any(_private(n) for n in names):
                 bad.append(f"{where}:{line} imports {mod} {names}")
+            elif not _public_api(mod, names):
+                bad.append(f"{where}:{line} imports {mod} {names}: not the public API")
             core_names |= set(names) if names else {mod.split(".")[0]}
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name):

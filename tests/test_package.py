@@ -1,5 +1,10 @@
-"""The package is one tree: ``ligo_fast.kernels`` comes from the same checkout as ``ligo_fast``."""
+"""The package is one tree: ``ligo_fast.kernels`` comes from the same checkout as ``ligo_fast``; imports go one way;
+the public surface is ``__all__`` and the public submodules, internal modules are not handed out as attributes."""
 
+import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import ligo_fast
@@ -74,3 +79,43 @@ def test_the_library_core_imports_no_application():
             continue
         bad = sorted(d for d in deps if d.startswith("ligo_fast.apps"))
         assert not bad, f"{mod} imports the application(s) {bad}"
+
+
+# ------------------------------------------------------------------------------------------ the public surface
+def test_the_public_names_are_the_ones_their_modules_define():
+    assert sorted(ligo_fast.__all__) == sorted(ligo_fast._PUBLIC)  # each name once, each with its module
+    assert not [n for n in ligo_fast.__all__ if n.startswith("_")]
+    for name in ligo_fast.__all__:
+        home = importlib.import_module(f"ligo_fast.{ligo_fast._PUBLIC[name]}")
+        assert getattr(ligo_fast, name) is getattr(home, name), name
+    for name in ligo_fast._PUBLIC_MODULES:
+        assert getattr(ligo_fast, name) is importlib.import_module(f"ligo_fast.{name}"), name
+    listed = set(dir(ligo_fast))
+    assert set(ligo_fast.__all__) | set(ligo_fast._PUBLIC_MODULES) <= listed
+    assert not [n for n in listed if n.startswith("_") and not n.startswith("__")], "private names in dir()"
+    # what register_architecture's argument is made of, and the option values, come from the top level
+    assert {"Arch", "Module", "Width", "LINEAR", "NORM", "EMBEDDING", "register_architecture"} <= set(ligo_fast.__all__)
+    assert "stackbert_noisy" in ligo_fast.DEPTH_INITS and "auto" in ligo_fast.LINEAR_MODES
+
+
+def test_internal_modules_are_not_handed_out_as_attributes():
+    """``ligo_fast.<internal>`` is not an attribute of a fresh ``import ligo_fast`` (a public submodule is, imported
+    on first use); an internal module is still importable by its full name."""
+    code = (
+        "import sys, ligo_fast\n"
+        "for name in ('plan', 'produce', 'lean', 'factored', 'extension', 'jit_cache', 'model', 'nope'):\n"
+        "    try:\n"
+        "        getattr(ligo_fast, name)\n"
+        "    except AttributeError as e:\n"
+        "        assert str(e) == f\"module 'ligo_fast' has no attribute {name!r}\", e\n"
+        "    else:\n"
+        "        raise SystemExit(f'ligo_fast.{name} was handed out')\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert ligo_fast.ops.ligo_expand and ligo_fast.integrations.__name__ == 'ligo_fast.integrations'\n"
+        "from ligo_fast import plan\n"
+        "import ligo_fast.lean\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stdout + p.stderr

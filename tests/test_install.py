@@ -83,6 +83,30 @@ def test_the_jit_build_reads_the_sources_inside_the_package():
     assert (ROOT / "ligo_fast" / "csrc").resolve() == (ROOT / "csrc").resolve()
 
 
+@pytest.mark.parametrize("checkout", [True, False])
+def test_a_stale_prebuilt_is_refused_in_a_checkout_only(tmp_path, monkeypatch, checkout):
+    """In a checkout, a ``_C`` older than the sources is rebuilt; an installed package's file times are when pip
+    wrote each file, in no particular order, so its ``_C`` is trusted."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ligo_fast._C")
+    if spec is None or spec.origin is None:
+        pytest.skip("no prebuilt ligo_fast._C here")
+    pkg = tmp_path / "site" / "ligo_fast"
+    shutil.copytree(ROOT / "csrc", pkg / "csrc")
+    later = Path(spec.origin).stat().st_mtime + 60
+    os.utime(pkg / "csrc" / "ligo_ops.cpp", (later, later))  # written after the module
+    if checkout:
+        (pkg.parent / "setup.py").write_text("")
+    monkeypatch.setattr(extension, "PKG", pkg)
+    monkeypatch.setattr(extension, "CSRC", pkg / "csrc")
+    if checkout:
+        with pytest.raises(ImportError, match="is older than the sources in"):
+            extension._check_prebuilt_fresh()
+    else:
+        extension._check_prebuilt_fresh()
+
+
 def test_the_sdist_carries_every_file_the_build_reads(tmp_path):
     src = _copy_tree(tmp_path / "src")
     (src / "ligo_fast" / "_C.fake.so").write_bytes(b"not a build product to ship")

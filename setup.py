@@ -25,7 +25,7 @@ from glob import glob
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
-CSRC = os.path.join("ligo_fast", "csrc")  # relative: setuptools wants source paths relative to this directory
+CSRC = os.path.join("ligo_fast", "csrc")  # setuptools wants source paths relative to setup.py's directory
 # What the JIT build needs (ligo_fast/extension.py): every source and header, not the CPU emulation of the CUDA
 # kernels (csrc/cuda/emu, for the tests) nor the check scripts.
 PACKAGE_DATA = ["csrc/*.cpp", "csrc/*.h", "csrc/cuda/*.cpp", "csrc/cuda/*.cu", "csrc/cuda/*.h"]
@@ -56,13 +56,18 @@ def _extension():
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError as e:
         return [Extension("ligo_fast._C", [])], {"build_ext": _no_torch_build_ext(str(e))}
-    sources = sorted(glob(os.path.join(CSRC, "*.cpp")))
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def found(pattern: str) -> list[str]:  # relative to here, whatever the working directory
+        return [os.path.relpath(p, here) for p in sorted(glob(os.path.join(here, CSRC, pattern)))]
+
+    sources = found("*.cpp")
     use_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (torch.version.cuda is not None and CUDA_HOME is not None)
     # -fopenmp: at::parallel_for is inline OpenMP code in the extension; without it the CPU ops run serially.
     args = {"cxx": ["-O3", "-fopenmp"]}
     kwargs = dict(extra_compile_args=args, extra_link_args=["-fopenmp"])
     if use_cuda:
-        sources += sorted(glob(os.path.join(CSRC, "cuda", "*.c*")))
+        sources += found(os.path.join("cuda", "*.c*"))
         args["nvcc"] = ["-O3"]
         ext = CUDAExtension("ligo_fast._C", sources, **kwargs)
     else:

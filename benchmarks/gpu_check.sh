@@ -44,6 +44,7 @@ SRC="$(mktemp -d "${TMPDIR:-/tmp}/ligo_src.XXXXXX")"
 trap 'rm -rf "$SRC"' EXIT
 tar -C "$REPO" --exclude=./.venv --exclude=./.git --exclude=./out -cf - . | tar -C "$SRC" -xf -
 [ -e "$SRC/ligo_fast/kernels" ] || ln -s ../kernels "$SRC/ligo_fast/kernels"
+[ -e "$SRC/ligo_fast/csrc" ] || ln -s ../csrc "$SRC/ligo_fast/csrc"
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 cd "$SRC"
 

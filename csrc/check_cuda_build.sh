@@ -35,6 +35,7 @@ trap 'rm -rf "$tmp"' EXIT
 tar -C "$here" --exclude=./.venv --exclude=./.git --exclude=./out --exclude='./ligo_fast/_C*' --exclude='*/__pycache__' \
   -cf - . | tar -C "$tmp" -xf -
 [ -e "$tmp/ligo_fast/kernels" ] || ln -s ../kernels "$tmp/ligo_fast/kernels"
+[ -e "$tmp/ligo_fast/csrc" ] || ln -s ../csrc "$tmp/ligo_fast/csrc"
 cd "$tmp"
 "$PYTHON" -c 'import torch; print(f"check_cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda})")'
 echo "check_cuda_build: CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"

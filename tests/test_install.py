@@ -186,6 +186,7 @@ def _run(cmd: list, env: dict, cwd: Path, timeout: int = 600) -> subprocess.Comp
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_the_sdist_installs_into_a_fresh_venv_with_its_extension_or_jit_builds_it(tmp_path):
     """``pip install ligo_fast-*.tar.gz --no-build-isolation`` into a new venv: ``ligo_fast._C`` is compiled and
     loads, the ops match the torch path, ``ligo_fast.info`` names it. Before that, the same sdist installed without

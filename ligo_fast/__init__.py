@@ -11,18 +11,29 @@ Public names and submodules are imported on first use (PEP 562), so ``import lig
 command line's ``--help``) does not import torch; ``from ligo_fast import grow`` imports what ``grow`` needs.
 """
 
-import importlib as _importlib
-import typing as _typing
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-_PUBLIC = {  # name -> the module that defines it
-    # grow, train, materialise, save and load
+# the public names, each with the module that defines it
+_PUBLIC = {
+    "LiGOConfig": "config",
+    "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
-    "LiGOModel": "model",
-    "LiGOConfig": "config",
     "load_operator": "checkpoint",
+    "register_architecture": "arch",
+    "supported_classes": "arch",
+    # what an architecture description (register_architecture's argument) is made of
+    "Arch": "arch",
+    "Module": "arch",
+    "Width": "arch",
+    "LINEAR": "arch",
+    "NORM": "arch",
+    "EMBEDDING": "arch",
     # the valid values of LiGOConfig's options
     "DEPTH_INITS": "init",
     "WIDTH_INITS": "init",
@@ -31,29 +42,15 @@ _PUBLIC = {  # name -> the module that defines it
     "check_model_config": "config",
     "model_config_from_dict": "config",
     "unknown_config_keys": "config",
-    # describing an architecture of your own
-    "register_architecture": "arch",
-    "supported_classes": "arch",
-    "Arch": "arch",
-    "Module": "arch",
-    "Width": "arch",
-    "LINEAR": "arch",
-    "NORM": "arch",
-    "EMBEDDING": "arch",
 }
 
-__all__ = [  # the keys of _PUBLIC (a test checks), written out for linters and readers
+# the keys of _PUBLIC (a test checks), written out for linters and readers
+__all__ = [
+    "LiGOConfig",
+    "LiGOModel",
     "grow",
     "materialize",
-    "LiGOModel",
-    "LiGOConfig",
     "load_operator",
-    "DEPTH_INITS",
-    "WIDTH_INITS",
-    "LINEAR_MODES",
-    "check_model_config",
-    "model_config_from_dict",
-    "unknown_config_keys",
     "register_architecture",
     "supported_classes",
     "Arch",
@@ -62,6 +59,12 @@ __all__ = [  # the keys of _PUBLIC (a test checks), written out for linters and 
     "LINEAR",
     "NORM",
     "EMBEDDING",
+    "DEPTH_INITS",
+    "WIDTH_INITS",
+    "LINEAR_MODES",
+    "check_model_config",
+    "model_config_from_dict",
+    "unknown_config_keys",
 ]
 
 # reachable as attributes (``ligo_fast.ops.ligo_expand`` after ``import ligo_fast``), imported on first use
@@ -78,7 +81,7 @@ _PUBLIC_MODULES = (
     "config",
 )
 
-if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from . import (  # noqa: F401 - the public submodules
         arch,
         backends,
@@ -101,13 +104,13 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__
 
 def __getattr__(name: str):
     if name in _PUBLIC:
-        value = getattr(_importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
         globals()[name] = value
         return value
     if name in _PUBLIC_MODULES:
-        return _importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
+def __dir__() -> list[str]:  # the public surface, not this module's helpers (importlib, TYPE_CHECKING, ...)
     return sorted({*__all__, *_PUBLIC_MODULES, *(n for n in globals() if n.startswith("__"))})

@@ -235,6 +235,8 @@ def _restart(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched:
         raise UserError(
             f"{out} holds {', '.join(outputs.output_files(out))} of another program; use another --out or delete them"
         )
+    if manifest is not None and manifest.get("command") != "grow":
+        raise UserError(f"{out} holds the outputs of a {manifest.get('command')} command; use another --out")
     n = len(checkpoints.checkpoints(out))
     checkpoints.remove_checkpoints(out)
     print(f"--restart: starting over from step 0 of {sched.steps} ({n} checkpoint(s) removed)")

@@ -175,7 +175,7 @@ def test_n6_an_interrupted_materialize_is_never_accepted_and_a_rerun_repairs(fx,
     """N6: a signal while materialize replaced an earlier output left A's operator with B's ligo_config.json and no
     manifest; materialize --operator accepted that mix and the same command rerun was refused. Now a stop signal
     waits until the moves are done (the outputs are B's, complete); a crash in the moves leaves the mark of an
-    interrupted write: --operator refuses it, and the same command run again repairs it."""
+    interrupted write and never files of both: --operator refuses it, and the same command run again repairs it."""
     other = tmp_path / "other"
     assert cli.main(grow_argv(fx, other, steps=2)) == 0
     m = tmp_path / "m"
@@ -211,6 +211,8 @@ def test_n6_an_interrupted_materialize_is_never_accepted_and_a_rerun_repairs(fx,
     monkeypatch.setattr(os, "replace", crashing_replace)
     assert cli.main([*mat(ref), "--device", "cpu"]) == 1
     monkeypatch.setattr(os, "replace", real_replace)
+    left = {p.name for p in m.iterdir()} - {".ligo-fast.lock", ".staging.tmp"}
+    assert left == {os.path.basename(a) for a in moves[:2]}  # A's first two files, nothing of B: no mix
     capsys.readouterr()
     rc = cli.main([*mat(m, tmp_path / "m2"), "--device", "cpu"])
     one_line_error(capsys, 2, rc, "incomplete outputs")

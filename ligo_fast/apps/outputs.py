@@ -10,10 +10,12 @@ Outputs (:func:`write_outputs`): the files are written into ``<out>/.staging.tmp
 outputs and their manifest stay as they were (a full disk changes nothing). Then, with the stop signals held back
 (``errors.DeferredInterrupt``), the previous manifest is removed, the files are moved into ``out`` and
 ``ligo_fast_outputs.json`` (the manifest: the step or source they belong to, the run record, each file's size and
-sha256) is written last, crash-safely; the staging directory goes only after it. So at any instant ``out`` holds
-a manifest whose files all match it, or no manifest and the staging directory, the mark of an interrupted write
-(only SIGKILL or a crash can cut those moves short): a reader (:func:`check_outputs`) tells complete outputs from
-incomplete or mixed ones (files of two runs) and refuses the latter, and the same command run again replaces them.
+sha256) is written last, crash-safely; the staging directory goes only after it. The previous manifest's files are
+removed before the first new one is moved in, so ``out`` never holds files of two writes at once. At any instant
+``out`` holds a manifest whose files all match it, or no manifest and the staging directory, the mark of an
+interrupted write (only SIGKILL or a crash can cut those moves short): a reader (:func:`check_outputs`) tells
+complete outputs from incomplete or mixed ones and refuses the latter, and the same command run again replaces
+them.
 
 Imports ``ligo_fast.serialization``'s crash-safe write helpers, ``.errors`` and the standard library.
 """
@@ -123,11 +125,19 @@ def file_sha256(path: Path) -> str:
 
 
 def clean(out: Path) -> None:
-    """Remove a staging directory a killed command left in ``out`` next to a valid manifest (call it while holding
-    the lock)."""
+    """Remove a staging directory a killed command left in ``out`` next to a valid manifest, and temporaries of a
+    killed manifest write (call it while holding the lock)."""
     staging = Path(out) / STAGING
     if staging.exists() and not staging.is_symlink():
         shutil.rmtree(staging, ignore_errors=True)
+    _remove_manifest_temps(Path(out))
+
+
+def _remove_manifest_temps(out: Path) -> None:
+    """The ``.ligo_fast_outputs.json.<pid>.tmp`` files a kill inside the manifest's crash-safe write leaves."""
+    for p in out.glob(f".{MANIFEST}.*.tmp"):
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
 
 
 def interrupted(out: Path) -> bool:
@@ -157,13 +167,15 @@ def write_outputs(out: Path, write: Callable[[Path], None], record: dict, *, nby
     """Write the outputs of a command into ``out``: ``write(staging)`` writes the files into an empty staging
     directory (flat), then they replace their namesakes in ``out`` and the manifest (``record`` plus each file's
     size and digest) is written last (see the module doc). Returns the manifest. A full disk raises
-    ``DiskFullError`` with nothing moved and the previous outputs and manifest as they were; files of a previous
-    manifest that this one lacks are removed. A stop signal received during the moves is delivered after them."""
+    ``DiskFullError`` with nothing moved and the previous outputs and manifest as they were; the previous manifest's
+    files are removed before the new ones move in. A stop signal received during the moves is delivered after
+    them."""
     out = Path(out)
     try:
         old = read_manifest(out)
     except OutputsError:
         old = None
+    _remove_manifest_temps(out)
     staging = _empty_staging(out)
     try:
         try:
@@ -191,12 +203,13 @@ def write_outputs(out: Path, write: Callable[[Path], None], record: dict, *, nby
     with DeferredInterrupt(strict=True) as stop:  # a signal now would leave the outputs mixed: it waits
         (out / MANIFEST).unlink(missing_ok=True)  # from here until the new manifest, out reads as incomplete
         fsync_dir(out)
+        for name in (old or {}).get("files", {}):  # the old files go first: out never holds files of both
+            if _plain_name(name):
+                (out / name).unlink(missing_ok=True)
+        fsync_dir(out)
         for p in entries:
             os.replace(p, out / p.name)
         fsync_dir(out)
-        for name in (old or {}).get("files", {}):
-            if name not in files and _plain_name(name):
-                (out / name).unlink(missing_ok=True)
         manifest = {"format": MANIFEST_FORMAT, **record, "files": files}
         write_json(out / MANIFEST, manifest)
         shutil.rmtree(staging, ignore_errors=True)

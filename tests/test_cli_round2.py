@@ -74,6 +74,18 @@ def test_n1_no_usable_checkpoint_is_refused_and_restart_starts_over(fx, ref6, tm
     assert not (out / "checkpoint").exists()
 
 
+def test_n1_keep_checkpoints_sets_how_many(fx, tmp_path):  # noqa: F811
+    """``--keep-checkpoints N`` keeps the newest N (and keeps them after the finished run); without N, the default 2."""
+    for given, expected in (
+        (["--keep-checkpoints", "3"], 3),
+        (["--keep-checkpoints"], 2),
+        (["--keep-checkpoints", "1"], 1),
+    ):
+        out = tmp_path / f"out{expected}"
+        assert cli.main(grow_argv(fx, out, *given, steps=6)) == 0
+        assert steps_of(out) == [f"step-{k:08d}" for k in (2, 4, 6)[3 - expected :]]
+
+
 # ---------------------------------------------------------------------------------------------- N2
 def test_n2_the_lock_is_never_followed_nor_shown(fx, tmp_path, capsys):  # noqa: F811
     """N2: a symbolic link at --out/.ligo-fast.lock was followed (its target truncated, its first 200 bytes

@@ -216,7 +216,7 @@ def test_ctrl_c_during_update_keeps_the_last_checkpoint(files, grown, tmp_path, 
     err = capsys.readouterr().err
     assert "interrupted during the update of step 5" in err and "step-00000004 is kept" in err
     assert (out / "checkpoint" / "latest").read_text() == "step-00000004"
-    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-00000004"]
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["latest", "step-00000002", "step-00000004"]
     assert cli.main(_grow(files, "LlamaForCausalLM", out)) == 0
     assert "resuming from step 4 of 6" in capsys.readouterr().out
     _same(_operator(out), _operator(grown))

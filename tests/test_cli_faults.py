@@ -119,8 +119,8 @@ def _run_child(argv: list[str], kill_at: int | None) -> tuple[bool, list[int], i
             _wrap(torch, "save", tick)
             save = training.save_checkpoint
 
-            def logged_save(out, model, optimizer, step, run):
-                path = save(out, model, optimizer, step, run)
+            def logged_save(out, model, optimizer, step, run, *rest):
+                path = save(out, model, optimizer, step, run, *rest)
                 os.write(w, f"saved {step}\n".encode())
                 return path
 

@@ -136,10 +136,10 @@ def test_f1_saving_a_step_again_never_removes_the_finished_one_first(fx, ref, tm
     with pytest.raises(OSError, match="injected"):
         checkpoints.save_checkpoint(out, model, opt, 4, run)
     monkeypatch.setattr(os, "replace", real_replace)
-    assert steps_of(out) == ["step-00000004"]  # the finished one, untouched; no temporary left
+    assert steps_of(out) == ["step-00000002", "step-00000004"]  # the finished ones, untouched; no temporary left
     same(load_file(str(out / "checkpoint/step-00000004/operator.safetensors")), operator(ref))
     again = checkpoints.save_checkpoint(out, model, opt, 4, run)  # a real re-save: a new name, then the swap
-    assert again.name == "step-00000004-1" and steps_of(out) == ["step-00000004-1"]
+    assert again.name == "step-00000004-1" and steps_of(out) == ["step-00000002", "step-00000004-1"]
 
 
 def test_f2_mixed_outputs_are_refused(fx, ref, tmp_path, capsys):
@@ -239,7 +239,7 @@ def test_f4_sigterm_saves_like_ctrl_c(fx, ref, tmp_path, capsys, monkeypatch):
         m.setattr(training, "forward_backward", patched)
         rc = cli.main(grow_argv(fx, out))
     assert rc == 143 and "interrupted after step 3 of 4" in capsys.readouterr().err
-    assert steps_of(out) == ["step-00000003"]
+    assert steps_of(out) == ["step-00000002", "step-00000003"]  # the newest two (--keep-checkpoints' default)
     assert cli.main(grow_argv(fx, out)) == 0
     assert "resuming from step 3 of 4" in capsys.readouterr().out
     same(operator(out), operator(ref))

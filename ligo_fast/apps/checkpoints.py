@@ -5,10 +5,15 @@ so it is also a directory ``ligo_fast.load_operator`` reads) and ``trainer.pt`` 
 the run record: the options that change the numbers).
 
 Writing (:func:`save_checkpoint`): everything goes into ``step-....tmp/`` (each file fsynced), which is renamed to
-its final name only when complete (then the directory is fsynced); only then are the older checkpoints removed,
-each first renamed to ``*.del.tmp`` (one atomic step) and then deleted. So at every instant the newest finished
-checkpoint exists under a plain name, and a plain name is always complete: a kill at any point loses nothing that
-had been saved. Leftover ``*.tmp`` entries of a killed run are removed by :func:`clean` (under the output lock).
+its final name only when complete (then the directory is fsynced); only then are the checkpoints it makes redundant
+removed (an older save of the same step, and older steps beyond the newest ``keep``; never one of a later step,
+which this run could not replace), each first renamed to ``*.del.tmp`` (one atomic step) and then deleted. So at
+every instant the newest finished checkpoints exist under plain names, and a plain name is always complete: a kill
+at any point loses nothing that had been saved, and an older checkpoint stays to fall back on when the newest
+cannot be read. Leftover ``*.tmp`` entries of a killed run are removed by :func:`clean` (under the output lock).
+
+``<out>/checkpoint`` itself may be a symbolic link to a directory (scratch storage on a cluster): it is followed
+for writing, reading and removing alike; a link to no directory is refused by :func:`root_problem`.
 
 Reading (:func:`checkpoints`): the complete checkpoints are found by listing the directory (names, no symlinks,
 ``trainer.pt`` present), newest first. ``latest`` (a file naming the newest, for people and scripts) is written
@@ -44,6 +49,9 @@ _NAME = re.compile(r"^step-(\d{8})(?:-(\d+))?$")
 _IGNORED = ("large_config._name_or_path", "large_config.transformers_version")
 _OLD_DEFAULTS = {"warmup": 0}
 _PATHS = ("small",)
+# content digests that records before them lack: not compared when the older record has none
+_OPTIONAL = ("data_sha256", "small_sha256")
+KEEP = 2  # checkpoints kept by default: the newest, and one to fall back on when it cannot be read
 
 
 class RunMismatch(ValueError):
@@ -52,6 +60,10 @@ class RunMismatch(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (damaged, missing files, another format)."""
+
+
+class NoUsableCheckpoint(CheckpointError):
+    """Checkpoints exist but none can be used: starting over would lose them, so only ``--restart`` does."""
 
 
 # ---------------------------------------------------------------------------------------------- run records
@@ -72,7 +84,7 @@ def _diff(old, new, prefix: str, out: list[str]) -> None:
     if isinstance(old, dict) and isinstance(new, dict):
         for k in dict.fromkeys([*old, *new]):
             name = f"{prefix}{k}"
-            if name in _IGNORED:
+            if name in _IGNORED or (name in _OPTIONAL and k not in old):
                 continue
             if k not in old or k not in new:
                 there = "absent" if k not in old else _short(old[k])
@@ -85,6 +97,9 @@ def _diff(old, new, prefix: str, out: list[str]) -> None:
     if name in _PATHS and isinstance(old, str) and isinstance(new, str) and _same_path(old, new):
         return
     if name == "data" and _same_files(old, new):
+        return
+    if name.startswith(_OPTIONAL) and isinstance(old, str) and isinstance(new, str) and old != new:
+        out.append(f"{name}: the content changed (sha256 {old[:12]}... there, {new[:12]}... now)")
         return
     if old != new:
         out.append(f"{name}: {_short(old)} there, {_short(new)} now")
@@ -121,10 +136,22 @@ def _key(d: Path) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2) or 0)
 
 
-def checkpoints(out: Path) -> list[Path]:
-    """The complete checkpoint directories under ``out/checkpoint``, newest first (by step, then by generation)."""
+def root_problem(out: Path) -> str | None:
+    """Why ``out/checkpoint`` cannot hold checkpoints (a symbolic link to no directory, or not a directory), or
+    None (absent, a directory, or a link to one)."""
     root = Path(out) / CKPT
-    if not root.is_dir() or root.is_symlink():
+    if root.is_symlink() and not root.is_dir():
+        return f"{root} is a symbolic link to {os.readlink(root)}, which is no directory"
+    if root.exists() and not root.is_dir():
+        return f"{root} exists and is not a directory"
+    return None
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The complete checkpoint directories under ``out/checkpoint`` (followed when a link to a directory), newest
+    first (by step, then by generation)."""
+    root = Path(out) / CKPT
+    if not root.is_dir():
         return []
     found = [
         d
@@ -144,7 +171,7 @@ def clean(out: Path) -> None:
     """Remove what a killed run left half-written or half-deleted (``*.tmp`` under ``out/checkpoint``). Call it
     only while holding the output directory's lock."""
     root = Path(out) / CKPT
-    if root.is_dir() and not root.is_symlink():
+    if root.is_dir():
         for d in root.iterdir():
             if d.name.endswith(".tmp"):
                 _delete(d)
@@ -165,26 +192,45 @@ def _remove(d: Path) -> None:
     _delete(trash)
 
 
-def remove_checkpoints(out: Path) -> None:
-    """Delete every checkpoint of ``out`` (after a run's outputs are complete), leaving no half-deleted one."""
+def remove_checkpoints(out: Path, upto: int | None = None) -> list[Path]:
+    """Delete the checkpoints of ``out`` (after a run's outputs are complete), leaving no half-deleted one; with
+    ``upto``, only those of steps up to it (a later one, which the run did not replace, stays). The directory goes
+    too when empty (a symbolic link ``checkpoint`` stays, its target emptied). Returns those kept."""
     root = Path(out) / CKPT
-    if not root.is_dir() or root.is_symlink():
-        return
+    if not root.is_dir():
+        return []
+    kept = []
     for d in checkpoints(out):
-        _remove(d)
+        if upto is not None and _key(d)[0] > upto:
+            kept.append(d)
+        else:
+            _remove(d)
     clean(out)
-    (root / LATEST).unlink(missing_ok=True)
-    try:
-        root.rmdir()
-    except OSError:
-        pass  # something else lives there; left alone
+    if not kept:
+        (root / LATEST).unlink(missing_ok=True)
+        if not root.is_symlink():
+            try:
+                root.rmdir()
+            except OSError:
+                pass  # something else lives there; left alone
+    return kept
+
+
+def redundant(found: list[Path], new: Path, keep: int) -> list[Path]:
+    """The checkpoints of ``found`` that saving ``new`` makes redundant when ``keep`` are kept: older saves of
+    ``new``'s step, and older steps beyond the newest ``keep - 1``. Those of later steps are never listed (the run
+    fell back past them: it did not replace them)."""
+    step = _key(new)[0]
+    older = sorted({_key(d)[0] for d in found if _key(d)[0] < step}, reverse=True)
+    kept_steps = set(older[: max(keep - 1, 0)])
+    return [d for d in found if d != new and _key(d)[0] <= step and _key(d)[0] not in kept_steps]
 
 
 # ---------------------------------------------------------------------------------------------- saving, loading
-def save_checkpoint(out: Path, model, optimizer, step: int, run: dict) -> Path:
+def save_checkpoint(out: Path, model, optimizer, step: int, run: dict, keep: int = KEEP) -> Path:
     """Write the checkpoint of ``step`` (see the module doc for the order of operations) and return its directory;
-    the older checkpoints are removed once it is complete. A full disk raises
-    ``ligo_fast.serialization.DiskFullError`` and leaves the previous checkpoint as it was."""
+    once it is complete, the checkpoints it makes redundant (:func:`redundant`: ``keep`` are kept) are removed. A
+    full disk raises ``ligo_fast.serialization.DiskFullError`` and leaves the previous checkpoints as they were."""
     root = Path(out) / CKPT
     root.mkdir(parents=True, exist_ok=True)
     base = f"step-{step:08d}"
@@ -206,9 +252,8 @@ def save_checkpoint(out: Path, model, optimizer, step: int, run: dict) -> Path:
         raise
     fsync_dir(root)
     atomic_write(root / LATEST, lambda p: p.write_text(name))
-    for old in checkpoints(out):
-        if old != final:
-            _remove(old)
+    for old in redundant(checkpoints(out), final, keep):
+        _remove(old)
     return final
 
 
@@ -240,7 +285,7 @@ def load_checkpoint(d: Path, model, optimizer, run: dict, small_model) -> int:
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
         raise RunMismatch(
             f"{d.parent.parent} holds a checkpoint of another run ({'; '.join(diffs[:3])}{more}); "
-            f"use another output directory or delete {d.parent}"
+            f"use another output directory, or --restart to start over"
         )
     try:  # through the public loader (checked: digest, finiteness, fit), then copied into the model being trained
         loaded = ligo_fast.load_operator(d, small_model, model.config).state_dict()

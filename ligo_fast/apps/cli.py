@@ -24,16 +24,21 @@ batches. Causal LMs: next-token loss (``labels = input_ids``). Masked LMs: 15% o
 batch) are replaced by the mask id (the tokenizer's, else the config's ``mask_token_id``, else ``vocab_size - 1``)
 and predicted (``labels`` -100 elsewhere).
 
-Resuming: every ``--save-every`` steps, on Ctrl-C/SIGTERM and at the end, the operator, the optimizer and the step
-count go to ``--out/checkpoint/`` (:mod:`.checkpoints`: crash-consistent at every instant). Rerunning the same
-command resumes after the last finished step. Options that change the result (data, learning rate, seeds, ...)
-must match; the message names the fields that differ. After a finished run the checkpoint is removed unless
-``--keep-checkpoints`` (which also lets a larger ``--steps`` continue a finished run). One command at a time
-writes into an output directory (a lock).
+Resuming: every ``--save-every`` steps, on a stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1) and at the
+end, the operator, the optimizer and the step count go to ``--out/checkpoint/`` (:mod:`.checkpoints`:
+crash-consistent at every instant; the newest ``--keep-checkpoints`` of them, default 2, are kept, so a newest one
+that cannot be read falls back to the previous one; a symbolic link ``checkpoint`` to a directory is followed).
+Rerunning the same command resumes after the last finished step. Options and inputs that change the result (data
+and small model by content digest, learning rate, seeds, ...) must match; the message names the fields that differ.
+When checkpoints exist but none can be used, or they belong to another run, the command refuses; ``--restart``
+starts over on purpose. After a finished run the checkpoints are removed unless ``--keep-checkpoints`` (which also
+lets a larger ``--steps`` continue a finished run). One command at a time writes into an output directory (a lock,
+never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
 
 Exit codes (:mod:`.errors`): 0 done; 1 a failure outside the input (a full disk: the path and the free space are
-named); 2 a user error; 3 diverged (a non-finite loss or gradient: the last finite checkpoint is kept); 130
-interrupted by Ctrl-C, 143 by SIGTERM (the checkpoint was saved). Every error is one line on stderr.
+named); 2 a user error; 3 diverged (a non-finite loss or gradient: the last finite checkpoint is kept); 128 + the
+signal's number when stopped by a signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the
+checkpoint was saved). Every error is one line on stderr.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -50,7 +55,16 @@ import threading
 
 from ligo_fast import __version__
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, Interrupted, UserError, exit_code_for
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    STOP_SIGNALS,
+    CommandError,
+    Interrupted,
+    UserError,
+    exit_code_for,
+    signal_word,
+)
 
 PROG = "ligo-fast"
 DEPTH_DEFAULT, WIDTH_DEFAULT = "stackbert_noisy", "rand"  # LiGOConfig's defaults, checked by LiGOConfig itself
@@ -122,8 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-every", type=_positive, default=10, help="checkpoint every N steps (default 10)")
     g.add_argument(
         "--keep-checkpoints",
+        type=_positive,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="keep the newest N checkpoints while training (default 2: the newest and one to fall back on) and keep "
+        "them after a finished run (without this option they are removed once the outputs are written)",
+    )
+    g.add_argument(
+        "--restart",
         action="store_true",
-        help="keep the resumable checkpoint after a finished run (default: removed once the outputs are written)",
+        help="start over from step 0 on purpose: remove the checkpoints of --out (also those of another run or "
+        "input); its previous outputs stay until the new ones replace them",
     )
     _common(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -179,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     on_main = threading.current_thread() is threading.main_thread()
-    old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # like Ctrl-C: cleanups run
+    # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once
+    caught = [s for s in STOP_SIGNALS if s != signal.SIGINT] if on_main else []
+    old_handlers = {s: signal.signal(s, _terminate) for s in caught}
     try:
         from ligo_fast import backends
 
@@ -203,12 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # outside the training loop (which saves a checkpoint first)
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        name = "terminated" if signum == signal.SIGTERM else "interrupted"
-        print(f"{PROG} {args.command}: {name}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {signal_word(signum)}", file=sys.stderr)
         return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for s, old in old_handlers.items():
+            signal.signal(s, old)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def cmd_grow(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {args.out}: exists and is not a directory")
+    _check_apart(out, args.data)
     device = _device(args.device)
     dtype = getattr(torch, args.dtype)
     files = inputs.text_files(args.data)
@@ -159,6 +160,21 @@ def cmd_grow(args) -> int:
         return _grow_into(out, args, model, optimizer, run, small, tokenizer, batch_at, sched)
 
 
+def _check_apart(out: Path, data_paths: list[str]) -> None:
+    """Refuse an ``--out`` inside a ``--data`` directory (the run's own files would join its data, and every rerun
+    would see other data) and ``--data`` inside ``--out``."""
+    o = out.resolve()
+    for s in data_paths:
+        d = Path(s).resolve()
+        if o == d or d in o.parents:
+            raise UserError(
+                f"--out {out} is inside --data {s}: the run's own files would become training data; "
+                f"use an --out outside it"
+            )
+        if o in d.parents:
+            raise UserError(f"--data {s} is inside --out {out}: keep the data outside the output directory")
+
+
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """The lock of ``out`` (:func:`outputs.locked`); a busy or unusable directory is a :class:`UserError`."""
@@ -174,11 +190,21 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_at, sched: Schedule) -> int:
     """The part of ``grow`` that reads and writes ``out`` (under its lock)."""
+    problem = checkpoints.root_problem(out)
+    if problem is not None:
+        raise UserError(f"{problem}; make it a directory or a link to one")
     checkpoints.clean(out)
     try:
         manifest = outputs.read_manifest(out)
+    except outputs.OutputsError as e:
+        raise UserError(str(e)) from e
+    if args.restart:
+        return _restart(out, args, model, optimizer, run, tokenizer, batch_at, sched, manifest)
+    try:
         step, ckpt = training.resume(out, model, optimizer, run, small)
-    except (outputs.OutputsError, checkpoints.RunMismatch) as e:
+    except checkpoints.NoUsableCheckpoint as e:
+        raise UserError(f"{e}; not starting over from step 0 silently: --restart does that on purpose") from e
+    except checkpoints.RunMismatch as e:
         raise UserError(str(e)) from e
     if ckpt is None:
         if manifest is not None:
@@ -199,7 +225,26 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         print(f"{out} already holds {step} finished steps (--steps {sched.steps}); writing the outputs again")
     else:
         print(f"resuming from step {step} of {sched.steps} ({ckpt}); steps 1..{step} are kept")
+    return _train(out, args, model, optimizer, run, tokenizer, batch_at, sched, step, ckpt)
 
+
+def _restart(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: Schedule, manifest) -> int:
+    """``--restart``: the checkpoints of ``out`` are removed and the run starts from step 0 (the previous outputs
+    stay until the new ones replace them; another program's files are still refused)."""
+    if manifest is None and outputs.output_files(out) and not outputs.interrupted(out):
+        raise UserError(
+            f"{out} holds {', '.join(outputs.output_files(out))} of another program; use another --out or delete them"
+        )
+    if manifest is not None and manifest.get("command") != "grow":
+        raise UserError(f"{out} holds the outputs of a {manifest.get('command')} command; use another --out")
+    n = len(checkpoints.checkpoints(out))
+    checkpoints.remove_checkpoints(out)
+    print(f"--restart: starting over from step 0 of {sched.steps} ({n} checkpoint(s) removed)")
+    return _train(out, args, model, optimizer, run, tokenizer, batch_at, sched, 0, None)
+
+
+def _train(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: Schedule, step: int, ckpt) -> int:
+    """Train from ``step`` (restored from checkpoint ``ckpt``, or the initial state) and write the outputs."""
     stop_at = sched.steps if args.max_steps_this_run is None else min(sched.steps, step + args.max_steps_this_run)
     end = training.train_operator(
         model,
@@ -217,6 +262,7 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         lr_at=training.warmup_lr(sched.lr, sched.warmup),
         saved=ckpt,
         progress=not args.no_progress,
+        keep=_keep(args),
     )
     kept = f"the checkpoint {end.checkpoint} is kept" if end.checkpoint else "no checkpoint was written"
     if end.status == "diverged":
@@ -241,8 +287,8 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         return 0
     model.eval()
     write_outputs(out, model, tokenizer, {"command": "grow", "step": end.step, "run": run})
-    if not args.keep_checkpoints:
-        checkpoints.remove_checkpoints(out)
+    if args.keep_checkpoints is None:
+        checkpoints.remove_checkpoints(out, upto=end.step)
     last = f"last loss {end.loss:.4f}" if math.isfinite(end.loss) else "no step trained in this call"
     print(f"done: {end.step} steps, {last}; operator and {model.hf_class.__name__} written to {out}")
     return 0
@@ -253,7 +299,8 @@ def _finished(out: Path, args, run: dict, manifest: dict, sched: Schedule) -> in
     diffs = checkpoints.run_differences(manifest.get("run", {}), run)
     if diffs:
         raise UserError(
-            f"{out} holds the outputs of another run ({'; '.join(diffs[:3])}); use another --out or delete it"
+            f"{out} holds the outputs of another run ({'; '.join(diffs[:3])}); use another --out, "
+            f"or --restart to start over"
         )
     try:
         outputs.check_outputs(out)
@@ -266,21 +313,36 @@ def _finished(out: Path, args, run: dict, manifest: dict, sched: Schedule) -> in
             f"{out} holds this run's outputs after {done} steps but not its checkpoint (removed after a finished "
             f"run unless --keep-checkpoints), so it cannot continue to {sched.steps} steps; use another --out"
         )
-    if not args.keep_checkpoints:
-        checkpoints.remove_checkpoints(out)
+    if args.keep_checkpoints is None:
+        checkpoints.remove_checkpoints(out, upto=done)
     print(f"{out} already holds the outputs of this run ({done} steps); nothing to do")
     return 0
 
 
+def _keep(args) -> int:
+    """The checkpoints a run keeps: ``--keep-checkpoints N``, or the default (also for the option without N)."""
+    return args.keep_checkpoints or checkpoints.KEEP
+
+
+def small_files(small_dir: str) -> list[Path]:
+    """The files of the small model's directory its digest covers: every regular file at its top (config, weights,
+    tokenizer), hidden files and Markdown (a model card) aside."""
+    d = Path(small_dir)
+    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".md")
+
+
 def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
-    """The options that change the numbers of a run (stored with each checkpoint and in the outputs' manifest; a
-    resumed run must repeat them). Paths are resolved; the large config without ``_name_or_path`` (the small
-    directory as typed)."""
+    """The options and inputs that change the numbers of a run (stored with each checkpoint and in the outputs'
+    manifest; a resumed run must repeat them). Paths are resolved; the large config without ``_name_or_path`` (the
+    small directory as typed); the content of the data files and of the small model's files by sha256 (computed
+    once per command), so a changed input is refused by name even at the same path and size."""
     cfg = {k: v for k, v in large_cfg.to_dict().items() if k != "_name_or_path"}
     return {
         "small": str(Path(args.small).resolve()),
+        "small_sha256": {p.name: outputs.file_sha256(p) for p in small_files(args.small)},
         "large_config": cfg | {"transformers_version": None},
         "data": [[str(f.resolve()), f.stat().st_size] for f in files],
+        "data_sha256": {str(f.resolve()): outputs.file_sha256(f) for f in files},
         "lr": sched.lr,
         "warmup": sched.warmup,
         **{k: getattr(args, k) for k in ("batch_size", "seq_len", "seed", "depth_init", "width_init")},
@@ -337,7 +399,8 @@ def cmd_materialize(args) -> int:
         if manifest is not None and manifest.get("command") != "materialize":
             raise UserError(f"--out {out} holds the outputs of a {manifest.get('command')} run; use another directory")
         present = outputs.output_files(out)
-        if manifest is None and present:
+        ours = outputs.interrupted(out) and not (out / checkpoints.CKPT).exists()  # a materialize cut short
+        if manifest is None and present and not ours:
             raise UserError(f"--out {out} holds {', '.join(present)} of another program; use another directory")
         record = {"command": "materialize", "operator": str(op.resolve()), "small": str(Path(args.small).resolve())}
         large = write_outputs(out, model, inputs.load_tokenizer(args.small), record)

@@ -4,14 +4,15 @@
 :func:`train_operator` runs the steps after it: batch ``k`` is ``batch_at(k)``, its learning rate ``lr_at(k)``
 (:func:`warmup_lr`), and dropout is seeded by ``data.step_seed(seed, k)``, so a resumed run ends exactly where an
 uninterrupted one does. It checkpoints every ``save_every`` steps and at the end (never twice the same state).
-Ctrl-C or SIGTERM finishes the current step, saves it and returns (a signal during an optimizer update keeps the
-last periodic checkpoint instead, as that update may be half applied). A non-finite loss or gradient stops the run
+Ctrl-C, SIGTERM, SIGHUP, SIGQUIT or SIGUSR1 (``errors.STOP_SIGNALS``) finishes the current step, saves it and
+returns (a signal during an optimizer update keeps the last periodic checkpoint instead, as that update may be half
+applied). A non-finite loss or gradient stops the run
 before the update (``diverged``), and a state with a non-finite parameter or optimizer value is never saved, so
 the last checkpoint stays the last finite one. One step is :func:`forward_backward` then :func:`update`: module
 functions the savings experiment shares (``update``) and tests patch to interrupt a run at a chosen point.
 
 Messages go through ``logging`` (the loss line every ``log_every`` steps at INFO); the bar is
-:class:`.progress.Progress`. Imports torch and this package's ``data``, ``checkpoints`` and ``progress``.
+:class:`.progress.Progress`. Imports torch and this package's ``data``, ``checkpoints``, ``errors`` and ``progress``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,23 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, checkpoints, is_finite_state, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    KEEP,
+    CheckpointError,
+    NoUsableCheckpoint,
+    checkpoints,
+    is_finite_state,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .data import step_seed
+from .errors import DeferredInterrupt
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -50,33 +59,6 @@ class Outcome:
     checkpoint: Path | None
     signum: int | None = None
     reason: str = ""
-
-
-class DeferredInterrupt:
-    """Defers SIGINT (Ctrl-C) and SIGTERM (what ``kill`` and job schedulers send) to the end of the current step; a
-    second signal raises KeyboardInterrupt at once. ``signum`` is the first signal received."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> DeferredInterrupt:
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
-
-    def __exit__(self, *exc) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
 
 
 def warmup_lr(lr: float, warmup: int) -> Callable[[int], float]:
@@ -111,13 +93,21 @@ def grad_norm(params: list) -> float:
 
 def resume(out: Path, model, optimizer, run: dict, small_model) -> tuple[int, Path | None]:
     """(step, checkpoint) of the newest usable checkpoint under ``out``, restored into ``model`` and ``optimizer``;
-    ``(0, None)`` when there is none. A damaged checkpoint is skipped with a warning (an older one is used).
+    ``(0, None)`` when there is none. A checkpoint that cannot be used is skipped with a one-line warning (an older
+    one is used); when none of them can, ``checkpoints.NoUsableCheckpoint`` (never a silent start from step 0).
     Raises ``checkpoints.RunMismatch`` for another run's checkpoint."""
-    for ckpt in checkpoints(out):
+    found = checkpoints(out)
+    problems = []
+    for ckpt in found:
         try:
             return load_checkpoint(ckpt, model, optimizer, run, small_model), ckpt
         except CheckpointError as e:
             logger.warning("skipping a damaged checkpoint: %s", e)
+            problems.append(str(e))
+    if found:
+        raise NoUsableCheckpoint(
+            f"none of the {len(found)} checkpoint(s) in {found[0].parent} can be used (the newest: {problems[0]})"
+        )
     return 0, None
 
 
@@ -138,13 +128,14 @@ def train_operator(
     lr_at: Callable[[int], float] | None = None,
     saved: Path | None = None,
     progress: bool = True,
+    keep: int = KEEP,
 ) -> Outcome:
     """Train steps ``start + 1 .. min(steps, stop_at)`` of ``model``'s operator and checkpoint into ``out``.
 
     ``batch_at(k)``: the inputs of step ``k`` (CPU tensors; moved to the model's device here). ``lr_at(k)``: its
     learning rate (None: the optimizer's own). ``run``: the run record stored with each checkpoint. ``saved``: the
-    checkpoint that already holds the state at ``start`` (a resumed run), so it is not written again. The
-    optimizer updates the parameters of its param groups.
+    checkpoint that already holds the state at ``start`` (a resumed run), so it is not written again. ``keep``: the
+    checkpoints kept (``checkpoints.redundant``). The optimizer updates the parameters of its param groups.
     """
     device = model.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -160,7 +151,7 @@ def train_operator(
             return last
         if not is_finite_state(model, optimizer):
             return None
-        last, last_step = save_checkpoint(out, model, optimizer, step, run), step
+        last, last_step = save_checkpoint(out, model, optimizer, step, run, keep), step
         return last
 
     def diverged(what: str) -> Outcome:

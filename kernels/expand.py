@@ -376,7 +376,10 @@ def _gemm(
     )  # fmt: skip
     flags = dict(HAS_D=D is not None, STRIP=strip, REDUCE_L=reduce_layers, DOT=code, PRECISION=precision)
     n_layers = 1 if reduce_layers else L
-    if tuning.autotune_enabled(C.device) and not INTERPRETED:
+    forced = tuning.forced_config()
+    if forced is not None:
+        cfg = tuning.config_kwargs(forced)
+    elif tuning.autotune_enabled(C.device) and not INTERPRETED:
         tuned, tuned_strip = _tuned_kernels()
         kernel = tuned_strip if strip else tuned
 
@@ -386,7 +389,8 @@ def _gemm(
 
         kernel[grid](*args, **flags)
         return
-    cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
+    else:
+        cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
     tiles_n = triton.cdiv(N, cfg["BLOCK_N"])
     grid = (tiles_n if strip else triton.cdiv(M, cfg["BLOCK_M"]) * tiles_n, n_layers)
     _ligo_gemm_kernel[grid](*args, **flags, **cfg)

@@ -7,16 +7,24 @@ Three regimes:
 * Hopper (compute capability 9.x) with autotuning on (the default; ``LIGO_FAST_AUTOTUNE=0`` turns it off):
   a short list of tile shapes, pruned by problem size, benchmarked once per problem shape.
 * Anything else: a size-based heuristic.
+
+:func:`force_config` overrides all three for the GEMM launches inside it (tests check every candidate against the
+oracle: ``tests/test_kernel_configs.py``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
 
 __all__ = [
+    "config_kwargs",
+    "force_config",
+    "forced_config",
     "interpreting",
     "autotune_enabled",
     "gemm_configs",
@@ -108,3 +116,27 @@ def gemm_heuristic(M: int, N: int, sixteen_bit: bool, interpreted: bool) -> dict
     if M >= 128 and N >= 128:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+
+
+_forced: list = []  # the config force_config set, innermost last
+
+
+@contextmanager
+def force_config(config) -> Iterator[None]:
+    """Every GEMM launch inside runs with ``config`` (a ``triton.Config`` of :func:`gemm_configs`): no autotuning,
+    no heuristic, no pruning. For tests: each candidate the autotuner may pick must compute the right numbers."""
+    _forced.append(config)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def forced_config():
+    """The config :func:`force_config` set, or None."""
+    return _forced[-1] if _forced else None
+
+
+def config_kwargs(config) -> dict:
+    """A ``triton.Config`` as launch keyword arguments (block sizes, warps, stages)."""
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)

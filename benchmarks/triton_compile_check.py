@@ -89,15 +89,20 @@ def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
         setattr(expand, name, _Recorder(name, calls))
     real_props = torch.cuda.get_device_properties
     torch.cuda.get_device_properties = lambda *_: SimpleNamespace(multi_processor_count=132)  # H200
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32, fp32_dot = torch.backends.cuda.matmul.allow_tf32, os.environ.pop("LIGO_FAST_FP32_DOT", None)
     try:
         for dtype in dtypes:
-            for allow_tf32 in [False, True] if dtype == torch.float32 else [False]:
-                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            # float32: tf32x3 (the default), tf32 (allow_tf32) and ieee (LIGO_FAST_FP32_DOT=ieee)
+            for allow_tf32, dot in [(False, ""), (True, ""), (False, "ieee")] if dtype == torch.float32 else [(0, "")]:
+                torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+                os.environ["LIGO_FAST_FP32_DOT"] = dot
                 for m in shapes:
                     _record_module(m, dtype)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+        os.environ.pop("LIGO_FAST_FP32_DOT", None)
+        if fp32_dot is not None:
+            os.environ["LIGO_FAST_FP32_DOT"] = fp32_dot
         torch.cuda.get_device_properties = real_props
         for name in KERNELS:
             setattr(expand, name, ORIGINAL[name])

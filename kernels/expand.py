@@ -25,8 +25,9 @@ Backward, ``G = dOut``, in a canonical orientation chosen to make the scratch sm
     dWm    = S[:, :i1] + S[:, i1:] @ E_in          written over X
     dW = depth^T @ dWm, d depth = dWm . W          ``_ligo_layer_grad_kernel``, one pass
 
-Accumulation is fp32 everywhere; dot operands are in W's dtype for 16-bit W (tensor cores), fp32 otherwise
-(``ieee``; ``tf32`` only when ``torch.backends.cuda.matmul.allow_tf32`` is set, as PyTorch's own matmul).
+Accumulation is fp32 everywhere; dot operands are in W's dtype for 16-bit W (tensor cores), fp32 otherwise: on
+the tensor cores as ``tf32x3`` (three TF32 products, near-fp32 accuracy), ``tf32`` when
+``torch.backends.cuda.matmul.allow_tf32`` is set (as PyTorch's own matmul); ``tuning.fp32_precision``.
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ def _tuned_kernels():
     """Autotuned wrappers (Hopper); the strip variant restores T, which it updates in place, between trials."""
     global _gemm_tuned, _gemm_tuned_strip
     if _gemm_tuned is None:
-        key = ["M", "N", "K", "NL", "HAS_D", "STRIP", "REDUCE_L", "DOT", "PRECISION"]
+        # the operands' layouts too: a transposed view (the mirrored orientation, E^T) tunes on its own
+        key = ["M", "N", "K", "NL", "s_am", "s_ak", "s_bk", "s_bn", "HAS_D", "STRIP", "REDUCE_L", "DOT", "PRECISION"]
         prune = {"early_config_prune": tuning.prune_gemm_configs}
         _gemm_tuned = triton.autotune(tuning.gemm_configs(), key=key, prune_configs_by=prune)(_ligo_gemm_kernel)
         _gemm_tuned_strip = triton.autotune(
@@ -308,8 +310,7 @@ def _dot_args(dtype: torch.dtype) -> tuple[int, str]:
     code = _DOT_CODE[dtype]
     if code != 0:  # 16-bit operands: Triton's default precision, as in its own fp16 matmul (wgmma on Hopper)
         return code, "tf32"
-    tf32 = not INTERPRETED and torch.backends.cuda.matmul.allow_tf32
-    return code, ("tf32" if tf32 else "ieee")
+    return code, tuning.fp32_precision(INTERPRETED)
 
 
 def _layered(E: Tensor | None, L: int) -> Tensor | None:
@@ -379,7 +380,7 @@ def _gemm(
     forced = tuning.forced_config()
     if forced is not None:
         cfg = tuning.config_kwargs(forced)
-    elif tuning.autotune_enabled(C.device) and not INTERPRETED:
+    elif tuning.autotune_enabled(C.device) and not INTERPRETED and tuning.worth_tuning(M, N, K):
         tuned, tuned_strip = _tuned_kernels()
         kernel = tuned_strip if strip else tuned
 

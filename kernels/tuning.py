@@ -25,12 +25,14 @@ __all__ = [
     "config_kwargs",
     "force_config",
     "forced_config",
+    "fp32_precision",
     "interpreting",
     "autotune_enabled",
     "gemm_configs",
     "gemm_heuristic",
     "max_acc_per_thread",
     "prune_gemm_configs",
+    "worth_tuning",
 ]
 
 
@@ -50,6 +52,23 @@ def autotune_enabled(device: torch.device) -> bool:
     if device.type != "cuda" or torch.version.hip is not None:
         return False
     return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def worth_tuning(M: int, N: int, K: int) -> bool:
+    """False for a degenerate product (a width-1 side, as in the vector backward): one config is as good as another
+    there, and benchmarking five of them per shape would cost more than the product."""
+    return min(M, N, K) > 1
+
+
+def fp32_precision(interpreted: bool) -> str:
+    """``input_precision`` of float32 dots: ``tf32`` when torch allows TF32 matmuls, else ``tf32x3`` (tensor cores,
+    near-fp32 accuracy); ``LIGO_FAST_FP32_DOT=ieee`` keeps them on the FMA units; the interpreter computes ``ieee``."""
+    forced = os.environ.get("LIGO_FAST_FP32_DOT", "").strip()
+    if interpreted:
+        return "ieee"
+    if forced in ("ieee", "tf32", "tf32x3"):
+        return forced
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def _cfg(bm, bn, bk, warps, stages, group=8):
@@ -84,6 +103,8 @@ def max_acc_per_thread(args: dict) -> int:
     """
     if args.get("DOT", 1) == 0 and args.get("PRECISION", "ieee") == "ieee":
         return 32
+    if args.get("PRECISION") == "tf32x3":  # each operand split in two TF32 halves: more live fragments
+        return 64
     return 64 if args.get("STRIP") or args.get("REDUCE_L") else 128
 
 

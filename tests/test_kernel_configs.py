@@ -83,3 +83,48 @@ def test_force_config_reaches_the_launch(monkeypatch):
     want = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps)
     assert seen and all(s == want for s in seen), seen
     assert tuning.forced_config() is None
+
+
+def test_degenerate_products_are_not_autotuned(monkeypatch):
+    """A product with a width-1 side (all of the vector backward's) runs the heuristic config; a matrix product
+    reaches the autotuner (the launchers as on a Hopper GPU, the kernels interpreted)."""
+    from types import SimpleNamespace
+
+    from ligo_fast.kernels import expand as K
+
+    class Reached(Exception):
+        pass
+
+    class Tuned:
+        def __getitem__(self, grid):
+            raise Reached
+
+    monkeypatch.setattr(K, "INTERPRETED", False)
+    monkeypatch.setattr(tuning, "autotune_enabled", lambda device: True)
+    monkeypatch.setattr(K, "_tuned_kernels", lambda: (Tuned(), Tuned()))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(multi_processor_count=2))
+    monkeypatch.setenv("LIGO_FAST_FP32_DOT", "ieee")  # what the interpreter computes
+    assert not tuning.worth_tuning(7, 1, 9) and not tuning.worth_tuning(1, 7, 9) and tuning.worth_tuning(2, 2, 2)
+    check_op(T.expand_vec_triton, oracle_expand_vec, vec_inputs(VEC, torch.float32))
+    with pytest.raises(Reached):
+        T.expand_triton(*expand_inputs(CASES["layer"], torch.float32))
+    # the operands' layout is part of the autotuning key (a transposed view tunes on its own)
+    monkeypatch.undo()
+    assert {"M", "N", "K", "s_am", "s_ak", "s_bk", "s_bn"} <= set(K._tuned_kernels()[0].keys)
+
+
+def test_fp32_dot_precision(monkeypatch):
+    """float32 dots: tf32x3 on the tensor cores by default, tf32 when torch allows it, ieee on request or when
+    interpreted."""
+    monkeypatch.delenv("LIGO_FAST_FP32_DOT", raising=False)
+    assert tuning.fp32_precision(True) == "ieee"
+    matmul, tf32 = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        assert tuning.fp32_precision(False) == "tf32x3"
+        matmul.allow_tf32 = True
+        assert tuning.fp32_precision(False) == "tf32"
+    finally:
+        matmul.allow_tf32 = tf32
+    monkeypatch.setenv("LIGO_FAST_FP32_DOT", "ieee")
+    assert tuning.fp32_precision(False) == "ieee"

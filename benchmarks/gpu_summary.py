@@ -38,11 +38,20 @@ def _f(v, fmt: str = ".2f", suffix: str = "") -> str:
 
 
 def test_lines(log: Path) -> list[str]:
-    """pytest's closing lines ('N passed, M skipped in Xs') and its FAILED/ERROR lines."""
+    """pytest's closing lines ('N passed, M skipped in Xs') and its FAILED/ERROR lines; for a run cut off before
+    its closing line, the count of the per-test outcomes that ``-v`` wrote."""
     if not log.exists():
         return []
+    text = log.read_text(errors="replace")
     pat = re.compile(r"^(=+ )?.*\b(passed|failed|error|errors|no tests ran)\b.* in [\d.]+s|^(FAILED|ERROR) ")
-    return [ln.strip("= ") for ln in log.read_text(errors="replace").splitlines() if pat.search(ln)]
+    out = [ln.strip("= ") for ln in text.splitlines() if pat.search(ln)]
+    runs = text.count("\n### ") or 1  # gpu_check.sh heads every section's log with '### '
+    closing = sum(1 for ln in out if re.search(r" in [\d.]+s", ln))
+    if closing < runs:
+        counts = {k: len(re.findall(rf"::\S+ {k}\b", text)) for k in ("PASSED", "FAILED", "ERROR", "SKIPPED")}
+        out.append("per-test lines (a run cut off before its closing line): "
+                   + ", ".join(f"{n} {k.lower()}" for k, n in counts.items()))  # fmt: skip
+    return out
 
 
 def summarize(rows: list[dict], bad: int, tests: list[str], title: str) -> str:

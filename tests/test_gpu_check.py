@@ -68,6 +68,13 @@ def test_summary_survives_failed_sections(tmp_path, bench_modules):
     assert "| triton | NO | 5.0e-01 |" in text
     assert "1 malformed line(s)" in text and "3 failed, 9 passed" in text and "FAILED tests/test_ops.py" in text
     assert "not measured" in text  # goals without rows
+    # a second tests section cut off before pytest's closing line: its -v outcome lines are counted
+    (tmp_path / "tests.log").write_text(
+        "\n### tests a\n1 passed in 1.0s\n\n### tests b\ntests/t.py::test_a PASSED [ 50%]\n"
+        "tests/t.py::test_b[x] FAILED [100%]\n"
+    )
+    gpu_summary.main([str(tmp_path)])
+    assert "1 passed, 1 failed, 0 error, 0 skipped" in (tmp_path / "summary.md").read_text()
 
 
 def test_agreement_catches_a_wrong_provider(monkeypatch, bench_modules):

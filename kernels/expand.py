@@ -2,7 +2,8 @@
 
 Math (see ``ligo_fast.reference``): ``out[l] = B_out[l] @ Wm[l] @ B_in[l]^T (+ residual[l])`` with
 ``Wm[l] = sum_j depth[l, j] W[j]``, ``B_out = [I; E_out]``, ``B_in = [I; E_in]``. Every launch covers all
-L2 layers of a module kind (a grid axis over layers, or a loop over layers for a shared-E gradient).
+L2 layers of a module kind (a grid axis over layers; for a shared-E gradient, runs of layers
+per program whose fp32 partials are summed after: split-K over layers, ``tuning.layer_split``).
 
 Forward, in the *canonical orientation* (the side expanded first is the columns; the mirrored case runs
 the same kernels on transposed views, so the layout costs nothing):
@@ -90,7 +91,7 @@ def _ligo_mix_kernel(
 @triton.jit
 def _ligo_gemm_kernel(
     A, B, C, D, T, R,
-    M, N, K, NL, MT,
+    M, N, K, NL, MT, LPER,
     s_al, s_am, s_ak,
     s_bl, s_bk, s_bn,
     s_cl, s_cm, s_cn,
@@ -103,7 +104,8 @@ def _ligo_gemm_kernel(
 ):  # fmt: skip
     """Batched ``C[l] = A[l] @ B[l] (+ D[l])`` over layers l (grid axis 1), fp32 accumulation.
 
-    REDUCE_L: one C, ``C = sum_l A[l] @ B[l]`` (a shared-E gradient); the grid's layer axis is 1.
+    REDUCE_L: ``C[s] = sum of A[l] @ B[l] over the s-th run of LPER layers`` (a shared-E gradient, split-K over
+    layers: grid axis 1 is s; one run of all NL layers when C is the gradient itself, else C holds fp32 partials).
     STRIP: each program owns a column strip of C (all M tiles) and, after them, adds R to the strip of T
     (``T[l][:MT, strip] += R[l][:MT, strip]``): the residual of the rows that B read, fused race-free.
     DOT: operand dtype, 0 fp32, 1 fp16, 2 bf16.
@@ -126,8 +128,8 @@ def _ligo_gemm_kernel(
         m_lo = pid_m
         m_hi = pid_m + 1
     if REDUCE_L:
-        l_lo = pid_l * 0
-        l_hi = NL
+        l_lo = pid_l * LPER
+        l_hi = tl.minimum(NL, l_lo + LPER)
     else:
         l_lo = pid_l
         l_hi = pid_l + 1
@@ -370,17 +372,23 @@ def _gemm(
         return
     strip = T is not None
     code, precision = dot
+    n_layers, per, out = L, 1, C
+    if reduce_layers:  # split-K over layers: fp32 partials, summed below, when the output has few tiles
+        sms = 2 if INTERPRETED else torch.cuda.get_device_properties(C.device).multi_processor_count
+        n_layers = tuning.layer_split(L, M, N, sms)
+        per = triton.cdiv(L, n_layers)
+        n_layers = triton.cdiv(L, per)
+        if n_layers > 1:
+            out = torch.empty((n_layers, M, N), dtype=torch.float32, device=C.device)
     args = (
-        A, B, C, C if D is None else D, C if T is None else T, C if R is None else R,
-        M, N, K, L, 0 if T is None else T.shape[1],
-        *_s3(A), *_s3(B), *_s3(C), *_s3(D), *_s3(T), *_s3(R),
+        A, B, out, out if D is None else D, out if T is None else T, out if R is None else R,
+        M, N, K, L, 0 if T is None else T.shape[1], per,
+        *_s3(A), *_s3(B), *_s3(out), *_s3(D), *_s3(T), *_s3(R),
     )  # fmt: skip
     flags = dict(HAS_D=D is not None, STRIP=strip, REDUCE_L=reduce_layers, DOT=code, PRECISION=precision)
-    n_layers = 1 if reduce_layers else L
     forced = tuning.forced_config()
-    if forced is not None:
-        cfg = tuning.config_kwargs(forced)
-    elif tuning.autotune_enabled(C.device) and not INTERPRETED and tuning.worth_tuning(M, N, K):
+    cfg = None if forced is None else tuning.config_kwargs(forced)
+    if forced is None and tuning.autotune_enabled(C.device) and not INTERPRETED and tuning.worth_tuning(M, N, K):
         tuned, tuned_strip = _tuned_kernels()
         kernel = tuned_strip if strip else tuned
 
@@ -389,12 +397,14 @@ def _gemm(
             return (tiles_n if strip else triton.cdiv(M, meta["BLOCK_M"]) * tiles_n, n_layers)
 
         kernel[grid](*args, **flags)
-        return
     else:
-        cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
-    tiles_n = triton.cdiv(N, cfg["BLOCK_N"])
-    grid = (tiles_n if strip else triton.cdiv(M, cfg["BLOCK_M"]) * tiles_n, n_layers)
-    _ligo_gemm_kernel[grid](*args, **flags, **cfg)
+        if forced is None:
+            cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
+        tiles_n = triton.cdiv(N, cfg["BLOCK_N"])
+        grid = (tiles_n if strip else triton.cdiv(M, cfg["BLOCK_M"]) * tiles_n, n_layers)
+        _ligo_gemm_kernel[grid](*args, **flags, **cfg)
+    if out is not C:
+        C.copy_(out.sum(0, keepdim=True))
 
 
 def _layer_grads(

@@ -27,6 +27,7 @@ __all__ = [
     "forced_config",
     "fp32_precision",
     "interpreting",
+    "layer_split",
     "autotune_enabled",
     "gemm_configs",
     "gemm_heuristic",
@@ -58,6 +59,17 @@ def worth_tuning(M: int, N: int, K: int) -> bool:
     """False for a degenerate product (a width-1 side, as in the vector backward): one config is as good as another
     there, and benchmarking five of them per shape would cost more than the product."""
     return min(M, N, K) > 1
+
+
+def layer_split(L: int, M: int, N: int, sms: int, tile: int = 128, max_bytes: int = 256 * 2**20) -> int:
+    """Runs of layers a shared-E gradient ``sum over L layers of (M x N) products`` is split into (split-K over
+    layers, fp32 partials summed afterwards): enough programs for about one per SM when the output has fewer
+    ``tile x tile`` tiles than SMs (a BERT-size E has 8-32), 1 when it fills the GPU; partials within ``max_bytes``."""
+    tiles = -(-M // tile) * -(-N // tile)
+    split = max(1, min(L, -(-sms // tiles)))
+    while split > 1 and split * M * N * 4 > max_bytes:
+        split //= 2
+    return split
 
 
 def fp32_precision(interpreted: bool) -> str:

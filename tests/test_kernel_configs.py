@@ -128,3 +128,18 @@ def test_fp32_dot_precision(monkeypatch):
         matmul.allow_tf32 = tf32
     monkeypatch.setenv("LIGO_FAST_FP32_DOT", "ieee")
     assert tuning.fp32_precision(False) == "ieee"
+
+
+def test_layer_split():
+    """Split-K over layers for a shared-E gradient: about one program per SM when the output has few tiles."""
+    assert tuning.layer_split(12, 256, 512, 132) == 12  # BERT's E_out gradient: 8 tiles, 12 layers -> 12 runs
+    assert tuning.layer_split(12, 1024, 2048, 132) == 2  # 128 tiles: two runs fill 132 SMs
+    assert tuning.layer_split(32, 4096, 4096, 132) == 1  # 1024 tiles fill the GPU
+    assert tuning.layer_split(1, 8, 8, 132) == 1
+    assert tuning.layer_split(32, 1024, 1024, 132) == 3  # 64 tiles
+    assert tuning.layer_split(32, 256, 512, 132, max_bytes=2**20) == 2  # 17 runs wanted, partials capped at 1 MiB
+
+
+def test_shared_gradient_split_unevenly(poison_empty):
+    """A shared E over 5 layers, split into runs of 2, 2 and 1 (interpreter: 2 'SMs'; GPU: 5 runs of one)."""
+    check_op(T.expand_triton, oracle_expand, expand_inputs((2, 5, 19, 13, 30, 27, "shared", True), torch.float32))

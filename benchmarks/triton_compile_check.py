@@ -57,7 +57,13 @@ from common import bert_shape, llama_xl_shape, module_kinds  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024  # max dynamic shared memory per block on H100/H200 (opt-in)
-KERNELS = ("_ligo_mix_kernel", "_ligo_gemm_kernel", "_ligo_layer_grad_kernel", "_ligo_vec_kernel")
+KERNELS = (
+    "_ligo_mix_kernel",
+    "_ligo_gemm_kernel",
+    "_ligo_layer_grad_kernel",
+    "_ligo_layer_grad_dot_kernel",
+    "_ligo_vec_kernel",
+)
 ORIGINAL = {name: getattr(expand, name) for name in KERNELS}
 
 
@@ -98,6 +104,14 @@ def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
                 os.environ["LIGO_FAST_FP32_DOT"] = dot
                 for m in shapes:
                     _record_module(m, dtype)
+        # the layer gradients' FMA pass (more layers than tuning.LAYER_DOT_MAX) on the same shapes
+        dot_max, tuning.LAYER_DOT_MAX = tuning.LAYER_DOT_MAX, 0
+        try:
+            for dtype in dtypes:
+                for m in shapes:
+                    _record_module(m, dtype)
+        finally:
+            tuning.LAYER_DOT_MAX = dot_max
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         os.environ.pop("LIGO_FAST_FP32_DOT", None)

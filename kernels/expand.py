@@ -24,7 +24,8 @@ Backward, ``G = dOut``, in a canonical orientation chosen to make the scratch sm
     S  = G[:o1, :] + E_out^T @ G[o1:, :]           = B_out^T G (scratch, Y's memory reused)
     dE_in  = S[:, i1:]^T @ X
     dWm    = S[:, :i1] + S[:, i1:] @ E_in          written over X
-    dW = depth^T @ dWm, d depth = dWm . W          ``_ligo_layer_grad_kernel``, one pass
+    dW = depth^T @ dWm, d depth = dWm . W          one pass: ``_ligo_layer_grad_dot_kernel`` (two tl.dot per
+                                                   tile) up to 64 layers each side, ``_ligo_layer_grad_kernel`` beyond
 
 Accumulation is fp32 everywhere; dot operands are in W's dtype for 16-bit W (tensor cores), fp32 otherwise: on
 the tensor cores as ``tf32x3`` (three TF32 products, near-fp32 accuracy), ``tf32`` when
@@ -232,6 +233,54 @@ def _ligo_layer_grad_kernel(
 
 
 @triton.jit
+def _ligo_layer_grad_dot_kernel(
+    G, W, Dp, DW, PD,
+    L1, L2, M, N, num_tiles,
+    s_gl, s_gm, s_gn,
+    s_wl, s_wm, s_wn,
+    s_d0, s_d1,
+    s_ol, s_om, s_on,
+    HAS_DW: tl.constexpr, HAS_PD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """``_ligo_layer_grad_kernel`` as two matrix products per tile, all L2 layers at once (L1, L2 <= BLOCK_J, BLOCK_L):
+
+    DW[:, tile] = Dp^T @ G[:, tile]  (BLOCK_J x BLOCK_L @ BLOCK_L x BLOCK_T),
+    PD[program] += G[:, tile] @ W[:, tile]^T  (BLOCK_L x BLOCK_T @ BLOCK_T x BLOCK_J),
+    float32 operands (``PRECISION``: tf32x3 on the tensor cores, ieee when interpreted), float32 accumulation.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rj = tl.arange(0, BLOCK_J)
+    jmask = rj < L1
+    rl = tl.arange(0, BLOCK_L)
+    lmask = rl < L2
+    rj64 = rj.to(tl.int64)
+    rl64 = rl.to(tl.int64)
+    d_t = tl.load(Dp + rl64[None, :] * s_d0 + rj64[:, None] * s_d1, mask=jmask[:, None] & lmask[None, :], other=0.0)
+    d_t = d_t.to(tl.float32)  # depth^T, read once
+    pd = tl.zeros((BLOCK_L, BLOCK_J), dtype=tl.float32)
+    for t in range(pid, num_tiles, nprog):
+        offs = t * BLOCK_T + tl.arange(0, BLOCK_T)  # within one layer: int32 is enough
+        om = offs // N
+        on = offs % N
+        tmask = om < M
+        g_ptrs = G + rl64[:, None] * s_gl + (om * s_gm + on * s_gn)[None, :]
+        g = tl.load(g_ptrs, mask=lmask[:, None] & tmask[None, :], other=0.0).to(tl.float32)
+        jt = jmask[:, None] & tmask[None, :]
+        if HAS_DW:
+            dw = tl.dot(d_t, g, input_precision=PRECISION)
+            o_ptrs = DW + rj64[:, None] * s_ol + (om * s_om + on * s_on)[None, :]
+            tl.store(o_ptrs, dw.to(DW.dtype.element_ty), mask=jt)
+        if HAS_PD:
+            w = tl.load(W + rj64[:, None] * s_wl + (om * s_wm + on * s_wn)[None, :], mask=jt, other=0.0)
+            pd = tl.dot(g, tl.trans(w.to(tl.float32)), pd, input_precision=PRECISION)
+    if HAS_PD:
+        p_ptrs = PD + pid.to(tl.int64) * BLOCK_L * BLOCK_J + rl[:, None] * BLOCK_J + rj[None, :]
+        tl.store(p_ptrs, pd)
+
+
+@triton.jit
 def _ligo_vec_kernel(
     Bv, Dp, E, O, R,
     L1, o1, o2,
@@ -420,23 +469,29 @@ def _layer_grads(
         if dW is not None:
             dW.zero_()
         return dW, (torch.zeros_like(depth) if need_depth else None)
-    bj = max(2, triton.next_power_of_2(L1))
-    bl = max(2, triton.next_power_of_2(L2))
+    # two matrix products per tile (tensor cores) while every layer fits one block; else one FMA pass per layer
+    dot = L1 <= tuning.LAYER_DOT_MAX and L2 <= tuning.LAYER_DOT_MAX
+    bj = max(16 if dot else 2, triton.next_power_of_2(L1))
+    bl = max(16 if dot else 2, triton.next_power_of_2(L2))
     if INTERPRETED:
-        bt, warps, nprog_cap = 256, 4, 4
+        bt, warps, nprog_cap = (64 if dot else 256), 4, 4
     else:
-        bt = max(32, min(1024, 4096 // bj))
+        bt = max(32, min(64, 1024 // bl)) if dot else max(32, min(1024, 4096 // bj))
         warps = 4
         nprog_cap = 4 * torch.cuda.get_device_properties(G.device).multi_processor_count
     num_tiles = triton.cdiv(M * N, bt)
     nprog = min(num_tiles, nprog_cap)
     pd = torch.empty((nprog, bl, bj), dtype=torch.float32, device=G.device) if need_depth else None
-    _ligo_layer_grad_kernel[(nprog,)](
+    args = (
         G, W, depth, W if dW is None else dW, depth if pd is None else pd,
         L1, L2, M, N, num_tiles,
         *_s3(G), *_s3(W), depth.stride(0), depth.stride(1), *_s3(dW),
-        HAS_DW=need_W, HAS_PD=need_depth, BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt, num_warps=warps,
     )  # fmt: skip
+    flags = dict(HAS_DW=need_W, HAS_PD=need_depth, BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt, num_warps=warps)
+    if dot:
+        _ligo_layer_grad_dot_kernel[(nprog,)](*args, PRECISION=tuning.fp32_precision(INTERPRETED), **flags)
+    else:
+        _ligo_layer_grad_kernel[(nprog,)](*args, **flags)
     ddepth = None
     if need_depth:  # a fresh (L2, L1) tensor with contiguous strides, also for size-1 dims (the op's fake says so)
         ddepth = torch.empty((L2, L1), dtype=depth.dtype, device=depth.device).copy_(pd.sum(0)[:L2, :L1])

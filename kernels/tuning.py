@@ -27,6 +27,7 @@ __all__ = [
     "forced_config",
     "fp32_precision",
     "interpreting",
+    "LAYER_DOT_MAX",
     "layer_split",
     "autotune_enabled",
     "gemm_configs",
@@ -150,6 +151,10 @@ def gemm_heuristic(M: int, N: int, sixteen_bit: bool, interpreted: bool) -> dict
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
 
+
+# up to this many small and large layers the layer gradients run as two matrix products per tile (the block holds
+# every layer); LIGO_FAST_LAYER_DOT_MAX=0 selects the one-FMA-pass-per-layer kernel everywhere (an A/B on a GPU)
+LAYER_DOT_MAX = int(os.environ.get("LIGO_FAST_LAYER_DOT_MAX", "64"))
 
 _forced: list = []  # the config force_config set, innermost last
 

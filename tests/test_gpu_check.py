@@ -34,13 +34,15 @@ def test_smoke_dry_run(tmp_path):
     proc = subprocess.run(
         ["bash", str(BENCH / "gpu_check.sh"), "--smoke"], capture_output=True, text=True, env=env, timeout=240
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
     assert len(list(out.iterdir())) <= 8  # all that comes back from a lent machine
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     sections = {r["name"]: r["status"] for r in rows if r["section"] == "gpu_check"}
-    for name in ("environment", "extension (build once)", "kernel tests (interpreter subset)", "total"):
-        assert sections.get(name) == "ok", sections
+    # a machine that cannot build the C++ extension fails that section only, and the rest runs without it
+    ext_ok = sections.get("extension (build once)") == "ok"
+    assert proc.returncode == (0 if ext_ok else 1), proc.stdout[-3000:] + proc.stderr[-2000:]
+    bad = {k: v for k, v in sections.items() if v != "ok" and k not in ("total", "extension (build once)")}
+    assert not bad and "environment" in sections and "kernel tests (interpreter subset)" in sections, sections
     assert any(k.startswith("operator step") and v == "ok" for k, v in sections.items()), sections
     assert any(k.startswith("expansion") and v == "ok" for k, v in sections.items()), sections
     checks = {r["provider"]: r["ok"] for r in rows if r.get("kind") == "check" and r["section"] == "expand"}

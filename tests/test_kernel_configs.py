@@ -143,3 +143,13 @@ def test_layer_split():
 def test_shared_gradient_split_unevenly(poison_empty):
     """A shared E over 5 layers, split into runs of 2, 2 and 1 (interpreter: 2 'SMs'; GPU: 5 runs of one)."""
     check_op(T.expand_triton, oracle_expand, expand_inputs((2, 5, 19, 13, 30, 27, "shared", True), torch.float32))
+
+
+@pytest.mark.parametrize("dot_max", [0, 64], ids=["fma-pass", "two-dots"])
+def test_layer_gradient_kernels(dot_max, monkeypatch, poison_empty):
+    """Both layer-gradient kernels (d W, d depth): two matrix products per tile up to LAYER_DOT_MAX layers, one FMA
+    pass per layer beyond."""
+    monkeypatch.setattr(tuning, "LAYER_DOT_MAX", dot_max)
+    for dtype in (torch.float32, torch.float16):
+        check_op(T.expand_triton, oracle_expand, expand_inputs((3, 5, 19, 13, 30, 27, "layer", True), dtype))
+        check_op(T.expand_vec_triton, oracle_expand_vec, vec_inputs(VEC, dtype))

@@ -45,7 +45,10 @@ def breakeven_table(names: list[str], quick: bool) -> list[str]:
     ]
     for name in names:
         for kind, o1, i1, o2, i2, L1 in linears(name, quick):
-            be = [break_even_tokens(o1, i1, o2, i2, L1, nb, dev) for dev, nb in ((CPU, 4), (H200, 2), (H200, 4))]
+            be = [
+                break_even_tokens(o1, i1, o2, i2, L1, nb, dev)
+                for dev, nb in ((CPU, 4), (H200, 2), (H200.for_itemsize(4), 4))
+            ]
             m, f = costs(256 * 128, o1, i1, o2, i2, L1, 2, H200)
             bes = ["never" if b is None else str(b) for b in be]
             pick = "factored" if f < m else "materialize"
@@ -76,7 +79,7 @@ def linear_step(mode: str, x, W, depth, Eo, Ei, gy) -> None:
 def check(name: str, args) -> tuple[list[str], int]:
     """Rows of the check and the number of wrong picks."""
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    dev, nbytes = device_model(device), dtype.itemsize
+    dev, nbytes = device_model(device, dtype.itemsize), dtype.itemsize
     gen = torch.Generator().manual_seed(2)
 
     def rnd(*shape, scale=1.0):

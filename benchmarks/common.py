@@ -602,15 +602,20 @@ def time_interleaved(
     warmup: int = 1,
     min_sample_s: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    calibrate: bool = True,
 ) -> dict[str, Stats]:
     """Time every function in ``fns`` side by side: ``warmup + rounds`` rounds, one sample of each per round.
 
     The order rotates every round (no function always runs first or after the same one). One calibration call
-    each (also a warm-up) sets how many calls a sample averages so that it lasts at least ``min_sample_s``.
+    each (also a warm-up) sets how many calls a sample averages so that it lasts at least ``min_sample_s``;
+    ``calibrate=False`` skips it (one call per sample: a dry run's plumbing, where every call is slow).
     """
     clock = Clock(device)
     reps = {}
     for name, fn in fns.items():
+        if not calibrate:
+            reps[name] = 1
+            continue
         t = clock(fn)
         reps[name] = max(1, math.ceil(min_sample_s / max(t, 1e-9))) if min_sample_s > 0 else 1
     times: dict[str, list[float]] = {name: [] for name in fns}

@@ -57,7 +57,13 @@ from common import bert_shape, llama_xl_shape, module_kinds  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024  # max dynamic shared memory per block on H100/H200 (opt-in)
-KERNELS = ("_ligo_mix_kernel", "_ligo_gemm_kernel", "_ligo_layer_grad_kernel", "_ligo_vec_kernel")
+KERNELS = (
+    "_ligo_mix_kernel",
+    "_ligo_gemm_kernel",
+    "_ligo_layer_grad_kernel",
+    "_ligo_layer_grad_dot_kernel",
+    "_ligo_vec_kernel",
+)
 ORIGINAL = {name: getattr(expand, name) for name in KERNELS}
 
 
@@ -89,15 +95,28 @@ def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
         setattr(expand, name, _Recorder(name, calls))
     real_props = torch.cuda.get_device_properties
     torch.cuda.get_device_properties = lambda *_: SimpleNamespace(multi_processor_count=132)  # H200
-    tf32 = torch.backends.cuda.matmul.allow_tf32
+    tf32, fp32_dot = torch.backends.cuda.matmul.allow_tf32, os.environ.pop("LIGO_FAST_FP32_DOT", None)
     try:
         for dtype in dtypes:
-            for allow_tf32 in [False, True] if dtype == torch.float32 else [False]:
-                torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+            # float32: tf32x3 (the default), tf32 (allow_tf32) and ieee (LIGO_FAST_FP32_DOT=ieee)
+            for allow_tf32, dot in [(False, ""), (True, ""), (False, "ieee")] if dtype == torch.float32 else [(0, "")]:
+                torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+                os.environ["LIGO_FAST_FP32_DOT"] = dot
                 for m in shapes:
                     _record_module(m, dtype)
+        # the layer gradients' FMA pass (more layers than tuning.LAYER_DOT_MAX) on the same shapes
+        dot_max, tuning.LAYER_DOT_MAX = tuning.LAYER_DOT_MAX, 0
+        try:
+            for dtype in dtypes:
+                for m in shapes:
+                    _record_module(m, dtype)
+        finally:
+            tuning.LAYER_DOT_MAX = dot_max
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+        os.environ.pop("LIGO_FAST_FP32_DOT", None)
+        if fp32_dot is not None:
+            os.environ["LIGO_FAST_FP32_DOT"] = fp32_dot
         torch.cuda.get_device_properties = real_props
         for name in KERNELS:
             setattr(expand, name, ORIGINAL[name])

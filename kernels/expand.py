@@ -2,7 +2,8 @@
 
 Math (see ``ligo_fast.reference``): ``out[l] = B_out[l] @ Wm[l] @ B_in[l]^T (+ residual[l])`` with
 ``Wm[l] = sum_j depth[l, j] W[j]``, ``B_out = [I; E_out]``, ``B_in = [I; E_in]``. Every launch covers all
-L2 layers of a module kind (a grid axis over layers, or a loop over layers for a shared-E gradient).
+L2 layers of a module kind (a grid axis over layers; for a shared-E gradient, runs of layers
+per program whose fp32 partials are summed after: split-K over layers, ``tuning.layer_split``).
 
 Forward, in the *canonical orientation* (the side expanded first is the columns; the mirrored case runs
 the same kernels on transposed views, so the layout costs nothing):
@@ -23,10 +24,12 @@ Backward, ``G = dOut``, in a canonical orientation chosen to make the scratch sm
     S  = G[:o1, :] + E_out^T @ G[o1:, :]           = B_out^T G (scratch, Y's memory reused)
     dE_in  = S[:, i1:]^T @ X
     dWm    = S[:, :i1] + S[:, i1:] @ E_in          written over X
-    dW = depth^T @ dWm, d depth = dWm . W          ``_ligo_layer_grad_kernel``, one pass
+    dW = depth^T @ dWm, d depth = dWm . W          one pass: ``_ligo_layer_grad_dot_kernel`` (two tl.dot per
+                                                   tile) up to 64 layers each side, ``_ligo_layer_grad_kernel`` beyond
 
-Accumulation is fp32 everywhere; dot operands are in W's dtype for 16-bit W (tensor cores), fp32 otherwise
-(``ieee``; ``tf32`` only when ``torch.backends.cuda.matmul.allow_tf32`` is set, as PyTorch's own matmul).
+Accumulation is fp32 everywhere; dot operands are in W's dtype for 16-bit W (tensor cores), fp32 otherwise: on
+the tensor cores as ``tf32x3`` (three TF32 products, near-fp32 accuracy), ``tf32`` when
+``torch.backends.cuda.matmul.allow_tf32`` is set (as PyTorch's own matmul); ``tuning.fp32_precision``.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def _ligo_mix_kernel(
 @triton.jit
 def _ligo_gemm_kernel(
     A, B, C, D, T, R,
-    M, N, K, NL, MT,
+    M, N, K, NL, MT, LPER,
     s_al, s_am, s_ak,
     s_bl, s_bk, s_bn,
     s_cl, s_cm, s_cn,
@@ -102,7 +105,8 @@ def _ligo_gemm_kernel(
 ):  # fmt: skip
     """Batched ``C[l] = A[l] @ B[l] (+ D[l])`` over layers l (grid axis 1), fp32 accumulation.
 
-    REDUCE_L: one C, ``C = sum_l A[l] @ B[l]`` (a shared-E gradient); the grid's layer axis is 1.
+    REDUCE_L: ``C[s] = sum of A[l] @ B[l] over the s-th run of LPER layers`` (a shared-E gradient, split-K over
+    layers: grid axis 1 is s; one run of all NL layers when C is the gradient itself, else C holds fp32 partials).
     STRIP: each program owns a column strip of C (all M tiles) and, after them, adds R to the strip of T
     (``T[l][:MT, strip] += R[l][:MT, strip]``): the residual of the rows that B read, fused race-free.
     DOT: operand dtype, 0 fp32, 1 fp16, 2 bf16.
@@ -125,8 +129,8 @@ def _ligo_gemm_kernel(
         m_lo = pid_m
         m_hi = pid_m + 1
     if REDUCE_L:
-        l_lo = pid_l * 0
-        l_hi = NL
+        l_lo = pid_l * LPER
+        l_hi = tl.minimum(NL, l_lo + LPER)
     else:
         l_lo = pid_l
         l_hi = pid_l + 1
@@ -229,6 +233,54 @@ def _ligo_layer_grad_kernel(
 
 
 @triton.jit
+def _ligo_layer_grad_dot_kernel(
+    G, W, Dp, DW, PD,
+    L1, L2, M, N, num_tiles,
+    s_gl, s_gm, s_gn,
+    s_wl, s_wm, s_wn,
+    s_d0, s_d1,
+    s_ol, s_om, s_on,
+    HAS_DW: tl.constexpr, HAS_PD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """``_ligo_layer_grad_kernel`` as two matrix products per tile, all L2 layers at once (L1, L2 <= BLOCK_J, BLOCK_L):
+
+    DW[:, tile] = Dp^T @ G[:, tile]  (BLOCK_J x BLOCK_L @ BLOCK_L x BLOCK_T),
+    PD[program] += G[:, tile] @ W[:, tile]^T  (BLOCK_L x BLOCK_T @ BLOCK_T x BLOCK_J),
+    float32 operands (``PRECISION``: tf32x3 on the tensor cores, ieee when interpreted), float32 accumulation.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rj = tl.arange(0, BLOCK_J)
+    jmask = rj < L1
+    rl = tl.arange(0, BLOCK_L)
+    lmask = rl < L2
+    rj64 = rj.to(tl.int64)
+    rl64 = rl.to(tl.int64)
+    d_t = tl.load(Dp + rl64[None, :] * s_d0 + rj64[:, None] * s_d1, mask=jmask[:, None] & lmask[None, :], other=0.0)
+    d_t = d_t.to(tl.float32)  # depth^T, read once
+    pd = tl.zeros((BLOCK_L, BLOCK_J), dtype=tl.float32)
+    for t in range(pid, num_tiles, nprog):
+        offs = t * BLOCK_T + tl.arange(0, BLOCK_T)  # within one layer: int32 is enough
+        om = offs // N
+        on = offs % N
+        tmask = om < M
+        g_ptrs = G + rl64[:, None] * s_gl + (om * s_gm + on * s_gn)[None, :]
+        g = tl.load(g_ptrs, mask=lmask[:, None] & tmask[None, :], other=0.0).to(tl.float32)
+        jt = jmask[:, None] & tmask[None, :]
+        if HAS_DW:
+            dw = tl.dot(d_t, g, input_precision=PRECISION)
+            o_ptrs = DW + rj64[:, None] * s_ol + (om * s_om + on * s_on)[None, :]
+            tl.store(o_ptrs, dw.to(DW.dtype.element_ty), mask=jt)
+        if HAS_PD:
+            w = tl.load(W + rj64[:, None] * s_wl + (om * s_wm + on * s_wn)[None, :], mask=jt, other=0.0)
+            pd = tl.dot(g, tl.trans(w.to(tl.float32)), pd, input_precision=PRECISION)
+    if HAS_PD:
+        p_ptrs = PD + pid.to(tl.int64) * BLOCK_L * BLOCK_J + rl[:, None] * BLOCK_J + rj[None, :]
+        tl.store(p_ptrs, pd)
+
+
+@triton.jit
 def _ligo_vec_kernel(
     Bv, Dp, E, O, R,
     L1, o1, o2,
@@ -287,7 +339,8 @@ def _tuned_kernels():
     """Autotuned wrappers (Hopper); the strip variant restores T, which it updates in place, between trials."""
     global _gemm_tuned, _gemm_tuned_strip
     if _gemm_tuned is None:
-        key = ["M", "N", "K", "NL", "HAS_D", "STRIP", "REDUCE_L", "DOT", "PRECISION"]
+        # the operands' layouts too: a transposed view (the mirrored orientation, E^T) tunes on its own
+        key = ["M", "N", "K", "NL", "s_am", "s_ak", "s_bk", "s_bn", "HAS_D", "STRIP", "REDUCE_L", "DOT", "PRECISION"]
         prune = {"early_config_prune": tuning.prune_gemm_configs}
         _gemm_tuned = triton.autotune(tuning.gemm_configs(), key=key, prune_configs_by=prune)(_ligo_gemm_kernel)
         _gemm_tuned_strip = triton.autotune(
@@ -308,8 +361,7 @@ def _dot_args(dtype: torch.dtype) -> tuple[int, str]:
     code = _DOT_CODE[dtype]
     if code != 0:  # 16-bit operands: Triton's default precision, as in its own fp16 matmul (wgmma on Hopper)
         return code, "tf32"
-    tf32 = not INTERPRETED and torch.backends.cuda.matmul.allow_tf32
-    return code, ("tf32" if tf32 else "ieee")
+    return code, tuning.fp32_precision(INTERPRETED)
 
 
 def _layered(E: Tensor | None, L: int) -> Tensor | None:
@@ -369,14 +421,23 @@ def _gemm(
         return
     strip = T is not None
     code, precision = dot
+    n_layers, per, out = L, 1, C
+    if reduce_layers:  # split-K over layers: fp32 partials, summed below, when the output has few tiles
+        sms = 2 if INTERPRETED else torch.cuda.get_device_properties(C.device).multi_processor_count
+        n_layers = tuning.layer_split(L, M, N, sms)
+        per = triton.cdiv(L, n_layers)
+        n_layers = triton.cdiv(L, per)
+        if n_layers > 1:
+            out = torch.empty((n_layers, M, N), dtype=torch.float32, device=C.device)
     args = (
-        A, B, C, C if D is None else D, C if T is None else T, C if R is None else R,
-        M, N, K, L, 0 if T is None else T.shape[1],
-        *_s3(A), *_s3(B), *_s3(C), *_s3(D), *_s3(T), *_s3(R),
+        A, B, out, out if D is None else D, out if T is None else T, out if R is None else R,
+        M, N, K, L, 0 if T is None else T.shape[1], per,
+        *_s3(A), *_s3(B), *_s3(out), *_s3(D), *_s3(T), *_s3(R),
     )  # fmt: skip
     flags = dict(HAS_D=D is not None, STRIP=strip, REDUCE_L=reduce_layers, DOT=code, PRECISION=precision)
-    n_layers = 1 if reduce_layers else L
-    if tuning.autotune_enabled(C.device) and not INTERPRETED:
+    forced = tuning.forced_config()
+    cfg = None if forced is None else tuning.config_kwargs(forced)
+    if forced is None and tuning.autotune_enabled(C.device) and not INTERPRETED and tuning.worth_tuning(M, N, K):
         tuned, tuned_strip = _tuned_kernels()
         kernel = tuned_strip if strip else tuned
 
@@ -385,11 +446,14 @@ def _gemm(
             return (tiles_n if strip else triton.cdiv(M, meta["BLOCK_M"]) * tiles_n, n_layers)
 
         kernel[grid](*args, **flags)
-        return
-    cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
-    tiles_n = triton.cdiv(N, cfg["BLOCK_N"])
-    grid = (tiles_n if strip else triton.cdiv(M, cfg["BLOCK_M"]) * tiles_n, n_layers)
-    _ligo_gemm_kernel[grid](*args, **flags, **cfg)
+    else:
+        if forced is None:
+            cfg = tuning.gemm_heuristic(M, N, code != 0, INTERPRETED)
+        tiles_n = triton.cdiv(N, cfg["BLOCK_N"])
+        grid = (tiles_n if strip else triton.cdiv(M, cfg["BLOCK_M"]) * tiles_n, n_layers)
+        _ligo_gemm_kernel[grid](*args, **flags, **cfg)
+    if out is not C:
+        C.copy_(out.sum(0, keepdim=True))
 
 
 def _layer_grads(
@@ -405,23 +469,29 @@ def _layer_grads(
         if dW is not None:
             dW.zero_()
         return dW, (torch.zeros_like(depth) if need_depth else None)
-    bj = max(2, triton.next_power_of_2(L1))
-    bl = max(2, triton.next_power_of_2(L2))
+    # two matrix products per tile (tensor cores) while every layer fits one block; else one FMA pass per layer
+    dot = L1 <= tuning.LAYER_DOT_MAX and L2 <= tuning.LAYER_DOT_MAX
+    bj = max(16 if dot else 2, triton.next_power_of_2(L1))
+    bl = max(16 if dot else 2, triton.next_power_of_2(L2))
     if INTERPRETED:
-        bt, warps, nprog_cap = 256, 4, 4
+        bt, warps, nprog_cap = (64 if dot else 256), 4, 4
     else:
-        bt = max(32, min(1024, 4096 // bj))
+        bt = max(32, min(64, 1024 // bl)) if dot else max(32, min(1024, 4096 // bj))
         warps = 4
         nprog_cap = 4 * torch.cuda.get_device_properties(G.device).multi_processor_count
     num_tiles = triton.cdiv(M * N, bt)
     nprog = min(num_tiles, nprog_cap)
     pd = torch.empty((nprog, bl, bj), dtype=torch.float32, device=G.device) if need_depth else None
-    _ligo_layer_grad_kernel[(nprog,)](
+    args = (
         G, W, depth, W if dW is None else dW, depth if pd is None else pd,
         L1, L2, M, N, num_tiles,
         *_s3(G), *_s3(W), depth.stride(0), depth.stride(1), *_s3(dW),
-        HAS_DW=need_W, HAS_PD=need_depth, BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt, num_warps=warps,
     )  # fmt: skip
+    flags = dict(HAS_DW=need_W, HAS_PD=need_depth, BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt, num_warps=warps)
+    if dot:
+        _ligo_layer_grad_dot_kernel[(nprog,)](*args, PRECISION=tuning.fp32_precision(INTERPRETED), **flags)
+    else:
+        _ligo_layer_grad_kernel[(nprog,)](*args, **flags)
     ddepth = None
     if need_depth:  # a fresh (L2, L1) tensor with contiguous strides, also for size-1 dims (the op's fake says so)
         ddepth = torch.empty((L2, L1), dtype=depth.dtype, device=depth.device).copy_(pd.sum(0)[:L2, :L1])

@@ -7,22 +7,34 @@ Three regimes:
 * Hopper (compute capability 9.x) with autotuning on (the default; ``LIGO_FAST_AUTOTUNE=0`` turns it off):
   a short list of tile shapes, pruned by problem size, benchmarked once per problem shape.
 * Anything else: a size-based heuristic.
+
+:func:`force_config` overrides all three for the GEMM launches inside it (tests check every candidate against the
+oracle: ``tests/test_kernel_configs.py``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import triton
 
 __all__ = [
+    "config_kwargs",
+    "force_config",
+    "forced_config",
+    "fp32_precision",
     "interpreting",
+    "LAYER_DOT_MAX",
+    "layer_split",
     "autotune_enabled",
     "gemm_configs",
     "gemm_heuristic",
     "max_acc_per_thread",
     "prune_gemm_configs",
+    "worth_tuning",
 ]
 
 
@@ -42,6 +54,34 @@ def autotune_enabled(device: torch.device) -> bool:
     if device.type != "cuda" or torch.version.hip is not None:
         return False
     return torch.cuda.get_device_capability(device)[0] == 9
+
+
+def worth_tuning(M: int, N: int, K: int) -> bool:
+    """False for a degenerate product (a width-1 side, as in the vector backward): one config is as good as another
+    there, and benchmarking five of them per shape would cost more than the product."""
+    return min(M, N, K) > 1
+
+
+def layer_split(L: int, M: int, N: int, sms: int, tile: int = 128, max_bytes: int = 256 * 2**20) -> int:
+    """Runs of layers a shared-E gradient ``sum over L layers of (M x N) products`` is split into (split-K over
+    layers, fp32 partials summed afterwards): enough programs for about one per SM when the output has fewer
+    ``tile x tile`` tiles than SMs (a BERT-size E has 8-32), 1 when it fills the GPU; partials within ``max_bytes``."""
+    tiles = -(-M // tile) * -(-N // tile)
+    split = max(1, min(L, -(-sms // tiles)))
+    while split > 1 and split * M * N * 4 > max_bytes:
+        split //= 2
+    return split
+
+
+def fp32_precision(interpreted: bool) -> str:
+    """``input_precision`` of float32 dots: ``tf32`` when torch allows TF32 matmuls, else ``tf32x3`` (tensor cores,
+    near-fp32 accuracy); ``LIGO_FAST_FP32_DOT=ieee`` keeps them on the FMA units; the interpreter computes ``ieee``."""
+    forced = os.environ.get("LIGO_FAST_FP32_DOT", "").strip()
+    if interpreted:
+        return "ieee"
+    if forced in ("ieee", "tf32", "tf32x3"):
+        return forced
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def _cfg(bm, bn, bk, warps, stages, group=8):
@@ -76,6 +116,8 @@ def max_acc_per_thread(args: dict) -> int:
     """
     if args.get("DOT", 1) == 0 and args.get("PRECISION", "ieee") == "ieee":
         return 32
+    if args.get("PRECISION") == "tf32x3":  # each operand split in two TF32 halves: more live fragments
+        return 64
     return 64 if args.get("STRIP") or args.get("REDUCE_L") else 128
 
 
@@ -108,3 +150,31 @@ def gemm_heuristic(M: int, N: int, sixteen_bit: bool, interpreted: bool) -> dict
     if M >= 128 and N >= 128:
         return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
     return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3)
+
+
+# up to this many small and large layers the layer gradients run as two matrix products per tile (the block holds
+# every layer); LIGO_FAST_LAYER_DOT_MAX=0 selects the one-FMA-pass-per-layer kernel everywhere (an A/B on a GPU)
+LAYER_DOT_MAX = int(os.environ.get("LIGO_FAST_LAYER_DOT_MAX", "64"))
+
+_forced: list = []  # the config force_config set, innermost last
+
+
+@contextmanager
+def force_config(config) -> Iterator[None]:
+    """Every GEMM launch inside runs with ``config`` (a ``triton.Config`` of :func:`gemm_configs`): no autotuning,
+    no heuristic, no pruning. For tests: each candidate the autotuner may pick must compute the right numbers."""
+    _forced.append(config)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def forced_config():
+    """The config :func:`force_config` set, or None."""
+    return _forced[-1] if _forced else None
+
+
+def config_kwargs(config) -> dict:
+    """A ``triton.Config`` as launch keyword arguments (block sizes, warps, stages)."""
+    return dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -41,25 +41,48 @@ from .reference import compute_dtype, depth_mix
 
 @dataclass(frozen=True)
 class DeviceModel:
-    """Ceilings of a device for the cost model: FLOP/s, bytes/s, seconds per kernel launch."""
+    """Ceilings of a device for the cost model: FLOP/s of its 16-bit matrix units (``flops``), bytes/s, seconds per
+    kernel launch, and the FLOP/s of float32 matrix products on TF32 tensor cores (``tf32``, used when torch allows
+    TF32 matmuls) and on the FMA units (``fp32``); 0 = ``flops`` for every dtype (a CPU model)."""
 
     flops: float
     bandwidth: float
     launch: float
+    tf32: float = 0.0
+    fp32: float = 0.0
+
+    def for_itemsize(self, itemsize: int) -> DeviceModel:
+        """The model for products of ``itemsize``-byte elements: 16-bit at ``flops``, float32 at ``tf32`` or
+        ``fp32`` (``torch.backends.cuda.matmul.allow_tf32``), float64 at half the float32 FMA rate."""
+        if itemsize <= 2 or not self.fp32:
+            return self
+        if itemsize == 4:
+            rate = self.tf32 if (self.tf32 and torch.backends.cuda.matmul.allow_tf32) else self.fp32
+        else:
+            rate = self.fp32 / 2
+        return replace(self, flops=rate)
 
 
-# Leads, not measurements: the H200's ~790 TFLOP/s bf16 and ~4.3 TB/s were measured on this workplace's cards
-# (device notes); the CPU numbers are a 2-core machine's order of magnitude.
-H200 = DeviceModel(flops=7.9e14, bandwidth=4.3e12, launch=4e-6)
-GPU = DeviceModel(flops=3e14, bandwidth=2e12, launch=5e-6)
+# Leads, not measurements. H200: ~790 TFLOP/s bf16 and ~4.3 TB/s were measured on this workplace's cards (device
+# notes), 80% and 90% of its data sheet's 989 TFLOP/s (dense) and 4.8 TB/s. H100 SXM: the same die and clocks, so the
+# same rates; its data sheet's 3.35 TB/s HBM3 at the same 90%. float32 from the H100 SXM data sheet at the same 80%:
+# TF32 tensor cores 494 TFLOP/s dense (989 with sparsity), FMA units 67 TFLOP/s. (NVIDIA H100 Tensor Core GPU and H200
+# data sheets; benchmarks/RESULTS.md, issue 23.) The CPU numbers are a 2-core machine's order of magnitude.
+H200 = DeviceModel(flops=7.9e14, bandwidth=4.3e12, launch=4e-6, tf32=3.95e14, fp32=5.4e13)
+H100 = DeviceModel(flops=7.9e14, bandwidth=3.0e12, launch=4e-6, tf32=3.95e14, fp32=5.4e13)
+GPU = DeviceModel(flops=3e14, bandwidth=2e12, launch=5e-6, tf32=1.5e14, fp32=2e13)
 CPU = DeviceModel(flops=1e11, bandwidth=2e10, launch=2e-6)
 
 
-def device_model(device: torch.device) -> DeviceModel:
+def device_model(device: torch.device, itemsize: int = 2) -> DeviceModel:
+    """The cost model's ceilings for ``device`` (H200, H100 by name; another GPU; the CPU) and ``itemsize``-byte
+    operands (:meth:`DeviceModel.for_itemsize`)."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        return H200 if ("H200" in name or "H100" in name) else GPU
-    return CPU
+        dev = H200 if "H200" in name else H100 if "H100" in name else GPU
+    else:
+        dev = CPU
+    return dev.for_itemsize(itemsize)
 
 
 def _gemm(m: int, n: int, k: int, nbytes: int, dev: DeviceModel) -> float:
@@ -245,7 +268,7 @@ def choose(
     cands = [i for i in candidates(slots) if ok is None or ok(slots[i])]
     if mode == "factored":
         return dict.fromkeys(cands, "factored")
-    dev = device_model(device)
+    dev = device_model(device, nbytes)
     plan = {}
     for i in cands:
         s = slots[i]

@@ -110,6 +110,7 @@ def _opcheck(op, args):
     )
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 @pytest.mark.parametrize("case", list(MATRIX_CASES), ids=list(MATRIX_CASES))
 def test_opcheck_expand(case):  # every case: size-1 dims are where real and fake strides can disagree
     args = _leaves(_expand_args(MATRIX_CASES[case]), torch.float32)
@@ -119,6 +120,7 @@ def test_opcheck_expand(case):  # every case: size-1 dims are where real and fak
     _opcheck(LIB.expand_cpp_backward.default, (torch.randn(depth.shape[0], o2, i2), W, depth, E_out, E_in))
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 @pytest.mark.parametrize("case", list(VEC_CASES), ids=list(VEC_CASES))
 def test_opcheck_vec_single(case):
     b, d, E, r = _leaves(_vec_args(VEC_CASES[case]), torch.float32)
@@ -127,6 +129,7 @@ def test_opcheck_vec_single(case):
     _opcheck(LIB.expand_vec_cpp_backward.default, (grad, b.detach(), d.detach(), None if E is None else E.detach()))
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 def test_opcheck_vec():
     problems = _ragged_problems(torch.float32)
     bs, ds = [p[0] for p in problems], [p[1] for p in problems]
@@ -184,6 +187,7 @@ def test_error_shapes():
         LIB.multi_expand_vec([b, b], [d], [], [], [-1, -1], [-1, -1])
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 def test_nvcc_compile_check():
     if shutil.which(os.environ.get("NVCC", "nvcc")) is None:
         pytest.skip("nvcc not installed")

@@ -175,6 +175,31 @@ def test_cost_model_break_even():
     assert break_even_tokens(64, 256, 96, 384, 2, 4, CPU) is not None
 
 
+def test_cost_model_per_device_and_dtype(monkeypatch):
+    """An H100 is costed with its own bandwidth (not the H200's), float32 products with a float32 rate (TF32 only
+    when torch allows TF32 matmuls), not the 16-bit one; and the rate moves the break-even."""
+    from ligo_fast.factored import H100, device_model
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
+    assert device_model(cuda) is H100 and H100.bandwidth < H200.bandwidth
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
+    assert device_model(cuda) is H200 and device_model(cuda, 2) is H200
+    matmul, tf32 = torch.backends.cuda.matmul, torch.backends.cuda.matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False
+        fp32 = device_model(cuda, 4)
+        assert fp32.flops == H200.fp32 and fp32.bandwidth == H200.bandwidth and H200.flops / fp32.flops > 10
+        assert device_model(cuda, 8).flops == H200.fp32 / 2
+        matmul.allow_tf32 = True
+        assert device_model(cuda, 4).flops == H200.tf32
+    finally:
+        matmul.allow_tf32 = tf32
+    assert device_model(torch.device("cpu"), 4) is CPU
+    shape = (512, 2048, 768, 3072, 6, 4)
+    assert break_even_tokens(*shape, device_model(cuda, 4)) != break_even_tokens(*shape, H200)
+
+
 def test_auto_mode_follows_the_cost_model():
     import transformers as T
 

@@ -48,12 +48,16 @@ def test_compile_every_launch_variant_for_sm90(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out.read_text())
-    assert {r[0].split()[0] for r in rows} == {"mix", "gemm", "layer_grad", "vec"}
-    for label, _n, units, regs, _spill, smem, status in rows:
+    assert {r[0].split()[0] for r in rows} == {"mix", "gemm", "layer_grad", "layer_grad_dot", "vec"}
+    for label, _n, units, regs, spill, smem, status in rows:
         assert status == "ok", label
         assert 0 < int(regs) <= 255 and float(smem) <= 227, label
-        if label.startswith("gemm") and ("bfloat16" in label or "PRECISION=tf32" in label):
-            assert units == "wgmma", label  # tensor cores: Hopper's warpgroup MMA
+        tensor_cores = "bfloat16" in label or "PRECISION=tf32" in label  # tf32x3 included
+        if label.startswith("gemm") and tensor_cores:
+            assert units == "wgmma", label  # Hopper's warpgroup MMA
+        if label.startswith("layer_grad_dot") and tensor_cores:
+            assert units in ("wgmma", "mma.sync"), label  # 16-row tiles: warp-level MMA
+            assert int(spill) == 0, label
         if label.startswith("gemm float32") and "PRECISION=ieee" in label:
             assert units == "fma", label  # exact fp32 stays off the tensor cores
 

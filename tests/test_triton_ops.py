@@ -106,6 +106,7 @@ def _req(args):
     return [None if a is None else a.detach().clone().requires_grad_(True) for a in args]
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 def test_opcheck_expand():
     for layout, res in (("layer", True), ("shared", False)):
         args = _req(make_inputs(2, 3, 9, 11, 15, 17, layout, res))
@@ -114,6 +115,7 @@ def test_opcheck_expand():
     torch.library.opcheck(torch.ops.ligo_fast.expand_triton.default, tuple(args))
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 def test_opcheck_expand_backward():
     W, depth, Eo, Ei, _ = make_inputs(2, 3, 9, 11, 15, 17, "shared", False)
     g = torch.randn(3, 15, 17)
@@ -121,6 +123,7 @@ def test_opcheck_expand_backward():
         torch.library.opcheck(torch.ops.ligo_fast.expand_triton_backward.default, (g, W, depth, Eo, Ei, *need))
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 def test_opcheck_expand_vec():
     args = _req(make_vec_inputs(2, 3, 9, 15, "layer", True))
     torch.library.opcheck(torch.ops.ligo_fast.expand_vec_triton.default, tuple(args))
@@ -134,6 +137,7 @@ def test_opcheck_expand_vec():
 EDGE_CASES = [(1, 3, 5, 4, 7, 4), (2, 1, 3, 6, 3, 9), (1, 1, 1, 1, 2, 3), (3, 2, 1, 5, 4, 5)]
 
 
+@pytest.mark.cpu_only  # opcheck / nvcc: nothing a GPU adds; gpu_check.sh deselects it
 @pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_opcheck_edge_shapes(case):
     L1, L2, o1, i1, o2, i2 = case

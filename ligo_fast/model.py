@@ -32,7 +32,7 @@ from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
-from .plan import OpTensor, Plan, build_plan, check_family
+from .plan import Attention, OpTensor, Plan, build_plan, check_family
 from .produce import produce
 from .serialization import write_operator
 
@@ -93,11 +93,12 @@ class LiGOModel(nn.Module):
         )  # fmt: skip
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
             large = hf_class(large_config)
-        kinds = (getattr(small_model.config, "layer_types", None), getattr(large_config, "layer_types", None))
         plan = build_plan(
             arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
-            L1, L2, config, kinds,
+            L1, L2, config, (Attention.of(small_model.config), Attention.of(large_config)),
         )  # fmt: skip
+        if plan.notes:
+            logger.warning("this growth's start is not function-preserving: %s", "; ".join(plan.notes))
         self.plan: Plan = plan
         self.arch: Arch = arch
         self.ligo_config = config

@@ -194,6 +194,59 @@ def residual_width(arch: Arch) -> str:
     return "emb"
 
 
+# ---------------------------------------------------------------------------------------------- what configs say
+@dataclass(frozen=True)
+class Attention:
+    """What a model's config says about its attention that its state-dict shapes do not.
+
+    Attributes:
+        head_size: features per head (``config.head_dim``, else ``hidden_size / num_attention_heads``).
+        layer_types: per-layer kinds (``config.layer_types``: ``sliding_attention`` / ``full_attention``), if any.
+    """
+
+    head_size: int | None = None
+    layer_types: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, config) -> Attention:
+        head = getattr(config, "head_dim", None)
+        heads = getattr(config, "num_attention_heads", None)
+        if not head and heads:
+            head = config.hidden_size // heads
+        types = getattr(config, "layer_types", None)
+        return cls(head, tuple(types) if types is not None else None)
+
+
+def attention_notes(arch: Arch, attention: tuple[Attention, Attention], L1: int, L2: int, cfg: LiGOConfig) -> list[str]:
+    """Why a function-preserving start is not exact, where the configs (not the shapes) show it."""
+    small, large = attention
+    notes = []
+    if is_lossless(cfg.width_init) and small.head_size and large.head_size and small.head_size != large.head_size:
+        rope = " and the rotary frequencies of each dimension change with the head size" if arch.rotary else ""
+        notes.append(
+            f"the head size changes ({small.head_size} -> {large.head_size}): LiGO's B = [I; E] keeps the small "
+            f"model's features in place, so a large head holds parts of several small heads and attends with their "
+            f"summed scores{rope}; attention is not the small model's. Keep the head size and grow the head count "
+            "(head_dim unchanged) for an exact start"
+        )
+    if is_lossless(cfg.depth_init) and L2 > L1 and not arch.pre_norm:
+        notes.append(
+            "an added block of a post-norm model applies its copied LayerNorms to h even with zeroed outputs "
+            "(LN(LN(h)), not h): depth growth is close, not exact"
+        )
+    if is_lossless(cfg.depth_init) and small.layer_types is not None and large.layer_types is not None:
+        src, added = lossless_layers(L2, L1)
+        for l in range(L2):
+            j = int(src[l])
+            if not added[l] and large.layer_types[l] != small.layer_types[j]:
+                notes.append(
+                    f"large layer {l} copies small layer {j} but its attention kind is {large.layer_types[l]!r}, "
+                    f"not {small.layer_types[j]!r}: set the large config's layer_types to follow the copies "
+                    "(ligo_fast.init.grown_layer_types)"
+                )
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------- the planner
 def build_plan(
     arch: Arch,
@@ -203,7 +256,7 @@ def build_plan(
     L1: int,
     L2: int,
     cfg: LiGOConfig,
-    layer_types: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
+    attention: tuple[Attention, Attention] = (Attention(), Attention()),
 ) -> Plan:
     """Plan the growth of a model with state-dict shapes ``small_shapes`` into one with ``large_shapes``.
 
@@ -215,8 +268,8 @@ def build_plan(
             separately (the official code does).
         L1, L2: layer counts.
         cfg: the operator options (tying, residual, init schemes, what trains).
-        layer_types: the small and the large config's per-layer attention kinds (``config.layer_types``: sliding
-            window or full), if they have them: a function-preserving start needs each copied layer to keep its kind.
+        attention: what the small and the large config say about attention (:class:`Attention`): where a
+            function-preserving start cannot be exact for a reason the shapes do not show, ``notes`` say so.
 
     Raises ValueError (nothing is built) when a width shrinks, two sides of one width disagree, an axis that
     never grows differs, a bias exists in only one model, or the layer count shrinks.
@@ -308,16 +361,7 @@ def build_plan(
                     f"width {w!r} grows {small} -> {big}, not by an integer factor: neurons are copied unevenly, "
                     "so norms and the input split are not exact"
                 )
-    if is_lossless(cfg.depth_init) and all(t is not None for t in layer_types):
-        small_types, large_types = layer_types
-        src, added = lossless_layers(L2, L1)
-        for l in range(L2):
-            if not added[l] and large_types[l] != small_types[src[l]]:
-                notes.append(
-                    f"large layer {l} copies small layer {int(src[l])} but its attention kind is {large_types[l]!r}, "
-                    f"not {small_types[src[l]]!r}: set the large config's layer_types to follow the copies "
-                    "(ligo_fast.init.grown_layer_types)"
-                )
+    notes += attention_notes(arch, attention, L1, L2, cfg)
 
     # 4. width matrices
     def width_tensor(name: str, official: str, width: str, layers: int | None) -> OpTensor:

@@ -144,8 +144,6 @@ def test_registering_a_custom_architecture():
     class MyLlama(T.LlamaForCausalLM):
         pass
 
-    with pytest.raises(ValueError, match="MyLlama is not supported"):
-        ligo_fast.grow(MyLlama(configs("LlamaForCausalLM")[0]), configs("LlamaForCausalLM")[1])
     block = (
         Module("mlp.gate_proj", LINEAR, out="ffn", inp="emb"),
         Module("mlp.up_proj", LINEAR, out="ffn", inp="emb"),
@@ -165,10 +163,55 @@ def test_registering_a_custom_architecture():
     with pytest.raises(ValueError, match="uses width 'query' but the description has no width of that name"):
         Arch(widths={"emb": Width("model.fuse_width_emb"), "ffn": Width("x.{l}", per_layer=True)}, **spec)
     arch = Arch(widths=dict(LLAMA_LM.widths), **spec)
-    register_architecture(arch)
     small_cfg, large_cfg = configs("LlamaForCausalLM", kv=(4, 4))
+    assert ligo_fast.grow(MyLlama(small_cfg), large_cfg).arch.family == "llama"  # a subclass grows as its base
+    register_architecture(arch)
     model = ligo_fast.grow(MyLlama(small_cfg), large_cfg)
+    assert model.arch.family == "mine"  # a description of the class itself comes first
     assert type(ligo_fast.materialize(model)) is MyLlama
+
+
+class _SubLlama(T.LlamaForCausalLM):
+    """A user's subclass of a supported class (found through its base classes)."""
+
+
+class _OwnDecoder(T.LlamaPreTrainedModel, T.GenerationMixin):
+    """A user's own causal LM of Llama's layout, not derived from any supported class (found by config.model_type)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = T.LlamaModel(config)
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, **kwargs):
+        return T.modeling_outputs.CausalLMOutput(logits=self.lm_head(self.model(input_ids=input_ids).last_hidden_state))
+
+
+@pytest.mark.parametrize("cls", [_SubLlama, _OwnDecoder])
+def test_subclasses_and_own_classes_of_a_family_grow(cls):
+    small_cfg = configs("LlamaForCausalLM")[0]  # 4 heads of 8 -> 8 heads of 8 (a kept head size: exact under RoPE)
+    large_cfg = T.LlamaConfig(
+        **{**small_cfg.to_dict(), "hidden_size": 64, "intermediate_size": 80, "num_attention_heads": 8,
+           "num_key_value_heads": 4, "num_hidden_layers": 3}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    small = cls(small_cfg).eval()
+    small.load_state_dict(build("LlamaForCausalLM", small_cfg).state_dict())  # off HF's init
+    model = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert model.arch.family == "llama" and "lm_head" in {m.path for m in model.arch.modules}
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, small(**x).logits, rtol=1e-5, atol=1e-5)
+        big = ligo_fast.materialize(model)
+        assert type(big) is cls
+        torch.testing.assert_close(big(**x).logits, small(**x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_type_without_the_family_layout_is_refused():
+    # BERT's model_type, but a token-classification head that no BERT description names
+    with pytest.raises(ValueError, match="BertForTokenClassification is not supported.*subclasses"):
+        ligo_fast.grow(T.BertForTokenClassification(configs("BertModel")[0]), configs("BertModel")[1])
 
 
 def test_gemma_norms_grow_their_effective_scale():

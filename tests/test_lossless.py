@@ -5,6 +5,8 @@ Width grows by integer factors with the head size unchanged (more heads); pre-no
 grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is not (measured).
 """
 
+import logging
+
 import pytest
 import torch
 import transformers as T
@@ -182,3 +184,38 @@ def test_saved_lossless_operator_round_trips_with_its_scales(tmp_path):
     x = inputs("GPT2LMHeadModel")
     with torch.no_grad():
         torch.testing.assert_close(_output(back.eval(), x), _output(grown.eval(), x), rtol=0, atol=0)
+
+
+def _head_size_growth(name: str):
+    """Small 4 heads of 8 -> large 4 heads of 16 (width 32 -> 64): the head size grows, the head count stays."""
+    small_cfg, large_cfg = _configs(name, 2, 2)
+    heads = {"n_head": 4} if name.startswith("GPT2") else {"num_attention_heads": 4}
+    if name in LLAMA:
+        heads |= {"num_key_value_heads": 2, "head_dim": 16}
+    return small_cfg, type(large_cfg)(**{**large_cfg.to_dict(), **heads})
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "GPT2LMHeadModel", "LlamaForCausalLM"])
+def test_a_growing_head_size_is_not_exact_and_grow_says_so(name, caplog):
+    # B = [I; E] keeps the small features in place: the first large head holds two small heads and attends with their
+    # summed scores, whatever the position encoding (RoPE adds changed frequencies); grow() warns with the reason
+    small_cfg, large_cfg = _head_size_growth(name)
+    small = build(name, small_cfg, seed=3)
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert any("head size changes (8 -> 16)" in m for m in caplog.messages), caplog.messages
+    assert ("rotary" in grown.plan.notes[0]) == (name in LLAMA)
+    x = inputs(name)
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() > 1e-3
+
+
+def test_an_exact_growth_warns_nothing_and_post_norm_depth_is_noted(caplog):
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        small_cfg, large_cfg = _configs("Gemma3ForCausalLM", 2, 3)
+        ligo_fast.grow(build("Gemma3ForCausalLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+        assert caplog.messages == []
+        small_cfg, large_cfg = _configs("BertForMaskedLM", 2, 3)
+        ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+    assert len(caplog.messages) == 1 and "post-norm" in caplog.messages[0]

@@ -53,6 +53,7 @@ GEMMA3_LM = Arch(
     ),
     check_config=check_heads,
     resolve=resolve_gqa,
+    rotary=True,
 )
 GEMMA3_BASE = GEMMA3_LM.base_model("model", ("Gemma3TextModel",))
 

@@ -71,6 +71,7 @@ LLAMA_LM = Arch(
     ),
     check_config=check_heads,
     resolve=resolve_gqa,
+    rotary=True,
 )
 LLAMA_BASE = LLAMA_LM.base_model("model", ("LlamaModel", "MistralModel", "Qwen2Model"))
 

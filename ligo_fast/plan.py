@@ -225,9 +225,9 @@ def attention_notes(arch: Arch, attention: tuple[Attention, Attention], L1: int,
         rope = " and the rotary frequencies of each dimension change with the head size" if arch.rotary else ""
         notes.append(
             f"the head size changes ({small.head_size} -> {large.head_size}): LiGO's B = [I; E] keeps the small "
-            f"model's features in place, so a large head holds parts of several small heads and attends with their "
-            f"summed scores{rope}; attention is not the small model's. Keep the head size and grow the head count "
-            "(head_dim unchanged) for an exact start"
+            "model's features in place, so the large heads do not line up with the small ones (a large head attends "
+            f"with several small heads' summed scores, or a small head is split){rope}; attention is not the small "
+            "model's. Keep the head size and grow the head count (head_dim unchanged) for an exact start"
         )
     if is_lossless(cfg.depth_init) and L2 > L1 and not arch.pre_norm:
         notes.append(

@@ -53,8 +53,8 @@ def produce(
     if not slots:
         return out
     vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
-    vec_targets: list[tuple[tuple[str, ...], int, float, torch.dtype]] = []  # (names, parts to concatenate, offset,
-    # the dtype to store)
+    # (names, number of parts to concatenate, offset, the dtype to store)
+    vec_targets: list[tuple[tuple[str, ...], int, float, torch.dtype]] = []
 
     def add_vec(v, depth, es, res, names: tuple[str, ...], offset: float = 0.0) -> None:
         n = len(es)

@@ -1,8 +1,9 @@
 """The function-preserving ("lossless") init: before any operator step the grown model computes the small model's
 function.
 
-Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, GPT-2, ViT) also
-grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is not (measured).
+Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, Qwen3, Gemma 3,
+GPT-2, ViT) also grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is
+not (measured). A changed head size is never exact, and grow() says so.
 """
 
 import logging

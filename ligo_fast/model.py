@@ -32,7 +32,7 @@ from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
-from .plan import Attention, OpTensor, Plan, build_plan, check_family
+from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
 from .produce import produce
 from .serialization import write_operator
 
@@ -95,7 +95,7 @@ class LiGOModel(nn.Module):
             large = hf_class(large_config)
         plan = build_plan(
             arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
-            L1, L2, config, (Attention.of(small_model.config), Attention.of(large_config)),
+            L1, L2, config, (ConfigFacts.of(small_model.config), ConfigFacts.of(large_config)),
         )  # fmt: skip
         if plan.notes:
             logger.warning("this growth's start is not function-preserving: %s", "; ".join(plan.notes))

@@ -195,32 +195,48 @@ def residual_width(arch: Arch) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- what configs say
+# config fields that shape the function and do not grow: a function-preserving start needs them unchanged
+SAME_FUNCTION_FIELDS = (
+    "hidden_act", "hidden_activation", "activation_function", "layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps",
+    "position_embedding_type", "rope_parameters", "rope_theta", "sliding_window", "query_pre_attn_scalar",
+    "attn_logit_softcapping", "final_logit_softcapping",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
-class Attention:
-    """What a model's config says about its attention that its state-dict shapes do not.
+class ConfigFacts:
+    """What a model's config says about its function that its state-dict shapes do not.
 
     Attributes:
         head_size: features per head (``config.head_dim``, else ``hidden_size / num_attention_heads``).
-        layer_types: per-layer kinds (``config.layer_types``: ``sliding_attention`` / ``full_attention``), if any.
+        layer_types: per-layer attention kinds (``config.layer_types``: ``sliding_attention`` / ``full_attention``).
+        settings: ``(field, value)`` of the :data:`SAME_FUNCTION_FIELDS` the config has.
     """
 
     head_size: int | None = None
     layer_types: tuple[str, ...] | None = None
+    settings: tuple[tuple[str, object], ...] = ()
 
     @classmethod
-    def of(cls, config) -> Attention:
+    def of(cls, config) -> ConfigFacts:
         head = getattr(config, "head_dim", None)
         heads = getattr(config, "num_attention_heads", None)
         if not head and heads:
             head = config.hidden_size // heads
         types = getattr(config, "layer_types", None)
-        return cls(head, tuple(types) if types is not None else None)
+        settings = tuple((f, getattr(config, f)) for f in SAME_FUNCTION_FIELDS if hasattr(config, f))
+        return cls(head, tuple(types) if types is not None else None, settings)
 
 
-def attention_notes(arch: Arch, attention: tuple[Attention, Attention], L1: int, L2: int, cfg: LiGOConfig) -> list[str]:
+def config_notes(arch: Arch, facts: tuple[ConfigFacts, ConfigFacts], L1: int, L2: int, cfg: LiGOConfig) -> list[str]:
     """Why a function-preserving start is not exact, where the configs (not the shapes) show it."""
-    small, large = attention
+    small, large = facts
     notes = []
+    if is_lossless(cfg.width_init) or is_lossless(cfg.depth_init):
+        theirs = dict(large.settings)
+        for name, value in small.settings:
+            if name in theirs and theirs[name] != value:
+                notes.append(f"the large config's {name} is {theirs[name]!r}, the small one's {value!r}")
     if is_lossless(cfg.width_init) and small.head_size and large.head_size and small.head_size != large.head_size:
         rope = " and the rotary frequencies of each dimension change with the head size" if arch.rotary else ""
         notes.append(
@@ -256,7 +272,7 @@ def build_plan(
     L1: int,
     L2: int,
     cfg: LiGOConfig,
-    attention: tuple[Attention, Attention] = (Attention(), Attention()),
+    facts: tuple[ConfigFacts, ConfigFacts] = (ConfigFacts(), ConfigFacts()),
 ) -> Plan:
     """Plan the growth of a model with state-dict shapes ``small_shapes`` into one with ``large_shapes``.
 
@@ -268,8 +284,8 @@ def build_plan(
             separately (the official code does).
         L1, L2: layer counts.
         cfg: the operator options (tying, residual, init schemes, what trains).
-        attention: what the small and the large config say about attention (:class:`Attention`): where a
-            function-preserving start cannot be exact for a reason the shapes do not show, ``notes`` say so.
+        facts: what the small and the large config say that the shapes do not (:class:`ConfigFacts`): where a
+            function-preserving start cannot be exact for such a reason, ``notes`` say so.
 
     Raises ValueError (nothing is built) when a width shrinks, two sides of one width disagree, an axis that
     never grows differs, a bias exists in only one model, or the layer count shrinks.
@@ -361,7 +377,7 @@ def build_plan(
                     f"width {w!r} grows {small} -> {big}, not by an integer factor: neurons are copied unevenly, "
                     "so norms and the input split are not exact"
                 )
-    notes += attention_notes(arch, attention, L1, L2, cfg)
+    notes += config_notes(arch, facts, L1, L2, cfg)
 
     # 4. width matrices
     def width_tensor(name: str, official: str, width: str, layers: int | None) -> OpTensor:

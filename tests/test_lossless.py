@@ -220,3 +220,21 @@ def test_an_exact_growth_warns_nothing_and_post_norm_depth_is_noted(caplog):
         small_cfg, large_cfg = _configs("BertForMaskedLM", 2, 3)
         ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
     assert len(caplog.messages) == 1 and "post-norm" in caplog.messages[0]
+
+
+@pytest.mark.parametrize(
+    "name, field, value",
+    [("Gemma3ForCausalLM", "sliding_window", 3), ("Gemma3ForCausalLM", "query_pre_attn_scalar", 16),
+     ("LlamaForCausalLM", "rms_norm_eps", 1e-2), ("GPT2LMHeadModel", "activation_function", "relu")],
+)  # fmt: skip
+def test_a_changed_setting_is_noted_and_changes_the_function(name, field, value, caplog):
+    small_cfg, large_cfg = _configs(name, 2, 3)
+    setattr(large_cfg, field, value)
+    small = build(name, small_cfg, seed=3)
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert any(f"the large config's {field} is {value!r}" in m for m in caplog.messages), caplog.messages
+    x = inputs(name)
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() > 1e-4  # the note is not a false alarm

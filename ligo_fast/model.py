@@ -32,7 +32,7 @@ from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
-from .plan import OpTensor, Plan, build_plan, check_family
+from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
 from .produce import produce
 from .serialization import write_operator
 
@@ -95,8 +95,10 @@ class LiGOModel(nn.Module):
             large = hf_class(large_config)
         plan = build_plan(
             arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
-            L1, L2, config,
+            L1, L2, config, (ConfigFacts.of(small_model.config), ConfigFacts.of(large_config)),
         )  # fmt: skip
+        if plan.notes:
+            logger.warning("this growth's start is not function-preserving: %s", "; ".join(plan.notes))
         self.plan: Plan = plan
         self.arch: Arch = arch
         self.ligo_config = config
@@ -174,7 +176,9 @@ class LiGOModel(nn.Module):
         return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
 
     def _factorable(self, slot) -> bool:
-        return all(factored.module_ok(self.large.get_submodule(p)) for p in factored.paths(slot, self.plan.aliases))
+        scaled = slot.mod.output_scale is not None
+        paths = factored.paths(slot, self.plan.aliases)
+        return all(factored.module_ok(self.large.get_submodule(p), scaled) for p in paths)
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
         """The memory estimate of an operator-training step on this batch (the arguments of a forward call).

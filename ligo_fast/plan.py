@@ -24,7 +24,7 @@ from functools import cached_property
 
 from .arch import EMBEDDING, LINEAR, NORM, Arch, Module
 from .config import LiGOConfig
-from .init import is_lossless
+from .init import is_lossless, lossless_layers
 
 SM = "__sm_"  # the official prefix of the small model's tensors
 
@@ -194,6 +194,75 @@ def residual_width(arch: Arch) -> str:
     return "emb"
 
 
+# ---------------------------------------------------------------------------------------------- what configs say
+# config fields that shape the function and do not grow: a function-preserving start needs them unchanged
+SAME_FUNCTION_FIELDS = (
+    "hidden_act", "hidden_activation", "activation_function", "layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps",
+    "position_embedding_type", "rope_parameters", "rope_theta", "sliding_window", "query_pre_attn_scalar",
+    "attn_logit_softcapping", "final_logit_softcapping",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What a model's config says about its function that its state-dict shapes do not.
+
+    Attributes:
+        head_size: features per head (``config.head_dim``, else ``hidden_size / num_attention_heads``).
+        layer_types: per-layer attention kinds (``config.layer_types``: ``sliding_attention`` / ``full_attention``).
+        settings: ``(field, value)`` of the :data:`SAME_FUNCTION_FIELDS` the config has.
+    """
+
+    head_size: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    settings: tuple[tuple[str, object], ...] = ()
+
+    @classmethod
+    def of(cls, config) -> ConfigFacts:
+        head = getattr(config, "head_dim", None)
+        heads = getattr(config, "num_attention_heads", None)
+        if not head and heads:
+            head = config.hidden_size // heads
+        types = getattr(config, "layer_types", None)
+        settings = tuple((f, getattr(config, f)) for f in SAME_FUNCTION_FIELDS if hasattr(config, f))
+        return cls(head, tuple(types) if types is not None else None, settings)
+
+
+def config_notes(arch: Arch, facts: tuple[ConfigFacts, ConfigFacts], L1: int, L2: int, cfg: LiGOConfig) -> list[str]:
+    """Why a function-preserving start is not exact, where the configs (not the shapes) show it."""
+    small, large = facts
+    notes = []
+    if is_lossless(cfg.width_init) or is_lossless(cfg.depth_init):
+        theirs = dict(large.settings)
+        for name, value in small.settings:
+            if name in theirs and theirs[name] != value:
+                notes.append(f"the large config's {name} is {theirs[name]!r}, the small one's {value!r}")
+    if is_lossless(cfg.width_init) and small.head_size and large.head_size and small.head_size != large.head_size:
+        rope = " and the rotary frequencies of each dimension change with the head size" if arch.rotary else ""
+        notes.append(
+            f"the head size changes ({small.head_size} -> {large.head_size}): LiGO's B = [I; E] keeps the small "
+            "model's features in place, so the large heads do not line up with the small ones (a large head attends "
+            f"with several small heads' summed scores, or a small head is split){rope}; attention is not the small "
+            "model's. Keep the head size and grow the head count (head_dim unchanged) for an exact start"
+        )
+    if is_lossless(cfg.depth_init) and L2 > L1 and not arch.pre_norm:
+        notes.append(
+            "an added block of a post-norm model applies its copied LayerNorms to h even with zeroed outputs "
+            "(LN(LN(h)), not h): depth growth is close, not exact"
+        )
+    if is_lossless(cfg.depth_init) and small.layer_types is not None and large.layer_types is not None:
+        src, added = lossless_layers(L2, L1)
+        for l in range(L2):
+            j = int(src[l])
+            if not added[l] and large.layer_types[l] != small.layer_types[j]:
+                notes.append(
+                    f"large layer {l} copies small layer {j} but its attention kind is {large.layer_types[l]!r}, "
+                    f"not {small.layer_types[j]!r}: set the large config's layer_types to follow the copies "
+                    "(ligo_fast.init.grown_layer_types)"
+                )
+    return notes
+
+
 # ---------------------------------------------------------------------------------------------- the planner
 def build_plan(
     arch: Arch,
@@ -203,6 +272,7 @@ def build_plan(
     L1: int,
     L2: int,
     cfg: LiGOConfig,
+    facts: tuple[ConfigFacts, ConfigFacts] = (ConfigFacts(), ConfigFacts()),
 ) -> Plan:
     """Plan the growth of a model with state-dict shapes ``small_shapes`` into one with ``large_shapes``.
 
@@ -214,6 +284,8 @@ def build_plan(
             separately (the official code does).
         L1, L2: layer counts.
         cfg: the operator options (tying, residual, init schemes, what trains).
+        facts: what the small and the large config say that the shapes do not (:class:`ConfigFacts`): where a
+            function-preserving start cannot be exact for such a reason, ``notes`` say so.
 
     Raises ValueError (nothing is built) when a width shrinks, two sides of one width disagree, an axis that
     never grows differs, a bias exists in only one model, or the layer count shrinks.
@@ -240,7 +312,8 @@ def build_plan(
     # 2. which modules this model has; a module whose large weight is tied to one produced earlier (lm_head and the
     #    token embedding) keeps only its bias here: the weight is an alias of the produced tensor
     modules: list[tuple[Module, bool, bool]] = []  # (module, layered, weight tied to an earlier module's)
-    seen_groups: set[int] = set()
+    first_of_group: dict[int, int] = {}  # tie group -> index into modules of the module that produces its weight
+    tied_to: dict[int, int] = {}  # index of a module with a tied weight -> index of the one that produces it
     for mod, layered in [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]:
         key = f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
         if key not in small_shapes and key not in large_shapes and not layered:
@@ -249,9 +322,11 @@ def build_plan(
             if key not in sd:
                 raise ValueError(f"the {where} has no tensor {key!r}, which the {arch.family} description names")
         g = group_of.get(key)
-        modules.append((mod, layered, g is not None and g in seen_groups))
-        if g is not None:
-            seen_groups.add(g)
+        if g is not None and g in first_of_group:
+            tied_to[len(modules)] = first_of_group[g]
+        elif g is not None:
+            first_of_group[g] = len(modules)
+        modules.append((mod, layered, len(modules) in tied_to))
 
     def weight_key(mod: Module, layered: bool) -> str:
         return f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
@@ -302,6 +377,7 @@ def build_plan(
                     f"width {w!r} grows {small} -> {big}, not by an integer factor: neurons are copied unevenly, "
                     "so norms and the input split are not exact"
                 )
+    notes += config_notes(arch, facts, L1, L2, cfg)
 
     # 4. width matrices
     def width_tensor(name: str, official: str, width: str, layers: int | None) -> OpTensor:
@@ -334,10 +410,17 @@ def build_plan(
     # 5. one slot per module kind
     stream = residual_width(arch)
     head_norm_scale: dict[int, float] = {}  # index into modules -> fixed scale folded into that norm
+    emb_scale: dict[int, float] = {}  # index into modules -> fixed scale of an embedding the model multiplies
     if lossless_width:
-        # a tied head reads the embedding's columns, B_emb^T (not B_emb^T / k): fold 1/k into the norm before it
+        # the model multiplies the rows by output_scale(width) (Gemma: sqrt(hidden)): undo its change in the table
+        for i, (m, _, tied_weight) in enumerate(modules):
+            if m.kind == EMBEDDING and m.output_scale is not None and grows(m.out) and not tied_weight:
+                small, big = sizes[m.out][:2]
+                emb_scale[i] = m.output_scale(small) / m.output_scale(big)
+        # a tied head reads the embedding's columns, B_emb^T (not B_emb^T / k), times that embedding's fixed scale:
+        # fold the inverse into the norm before it
         for h, (head, _, tied_weight) in enumerate(modules):
-            k = factor(head.inp)
+            k = factor(head.inp) * emb_scale.get(tied_to.get(h, -1), 1.0)
             if not tied_weight or k == 1.0:
                 continue
             norms = [i for i, (m, lay, _) in enumerate(modules[:h]) if not lay and m.kind == NORM and m.out == head.inp]
@@ -403,7 +486,7 @@ def build_plan(
                 rule = "split" if layered else "plain"
                 tensors.append(OpTensor(name, f"{full}.residual_{what}", rule, "residual", True, shape))
         scale_w = scale_b = None
-        fixed = head_norm_scale.get(index, 1.0 / k_in if not layered else 1.0)
+        fixed = head_norm_scale.get(index, emb_scale.get(index, 1.0 / k_in if not layered else 1.0))
         if fixed != 1.0:
             scale_w = f"scale__{sid}__weight"
             tensors.append(OpTensor(scale_w, f"{full}.fuse_scale.coeffs_weight", "plain", "scale", False, (1, 1),

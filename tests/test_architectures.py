@@ -19,6 +19,10 @@ CLASSES = [
     "LlamaModel",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3Model",
+    "Gemma3ForCausalLM",
+    "Gemma3TextModel",
     "ViTModel",
     "ViTForImageClassification",
 ]
@@ -56,7 +60,9 @@ def test_identity_growth_reproduces_the_small_model_exactly(name):
         assert torch.equal(main_output(ligo_fast.materialize(model)(**x)), main_output(small(**x)))
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "BertModel"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "BertModel", "Gemma3ForCausalLM"]
+)
 def test_save_pretrained_round_trip(name, tmp_path):
     small_cfg, large_cfg = configs(name)
     big = ligo_fast.materialize(ligo_fast.grow(build(name, small_cfg), large_cfg, depth_init="rand")).eval()
@@ -105,7 +111,9 @@ def test_tied_and_untied_embeddings(name, tie):
         torch.testing.assert_close(produced["lm_head.weight"][:, 32:], small.lm_head.weight @ E.T)
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"]
+)
 def test_generate_on_a_grown_causal_lm(name):
     small_cfg, large_cfg = configs(name)
     model = ligo_fast.grow(build(name, small_cfg), large_cfg).eval()
@@ -136,8 +144,6 @@ def test_registering_a_custom_architecture():
     class MyLlama(T.LlamaForCausalLM):
         pass
 
-    with pytest.raises(ValueError, match="MyLlama is not supported"):
-        ligo_fast.grow(MyLlama(configs("LlamaForCausalLM")[0]), configs("LlamaForCausalLM")[1])
     block = (
         Module("mlp.gate_proj", LINEAR, out="ffn", inp="emb"),
         Module("mlp.up_proj", LINEAR, out="ffn", inp="emb"),
@@ -157,7 +163,92 @@ def test_registering_a_custom_architecture():
     with pytest.raises(ValueError, match="uses width 'query' but the description has no width of that name"):
         Arch(widths={"emb": Width("model.fuse_width_emb"), "ffn": Width("x.{l}", per_layer=True)}, **spec)
     arch = Arch(widths=dict(LLAMA_LM.widths), **spec)
-    register_architecture(arch)
     small_cfg, large_cfg = configs("LlamaForCausalLM", kv=(4, 4))
+    assert ligo_fast.grow(MyLlama(small_cfg), large_cfg).arch.family == "llama"  # a subclass grows as its base
+    register_architecture(arch)
     model = ligo_fast.grow(MyLlama(small_cfg), large_cfg)
+    assert model.arch.family == "mine"  # a description of the class itself comes first
     assert type(ligo_fast.materialize(model)) is MyLlama
+
+
+class _SubLlama(T.LlamaForCausalLM):
+    """A user's subclass of a supported class (found through its base classes)."""
+
+
+class _OwnDecoder(T.LlamaPreTrainedModel, T.GenerationMixin):
+    """A user's own causal LM of Llama's layout, not derived from any supported class (found by config.model_type)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = T.LlamaModel(config)
+        self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, **kwargs):
+        return T.modeling_outputs.CausalLMOutput(logits=self.lm_head(self.model(input_ids=input_ids).last_hidden_state))
+
+
+@pytest.mark.parametrize("cls", [_SubLlama, _OwnDecoder])
+def test_subclasses_and_own_classes_of_a_family_grow(cls):
+    small_cfg = configs("LlamaForCausalLM")[0]  # 4 heads of 8 -> 8 heads of 8 (a kept head size: exact under RoPE)
+    large_cfg = T.LlamaConfig(
+        **{**small_cfg.to_dict(), "hidden_size": 64, "intermediate_size": 80, "num_attention_heads": 8,
+           "num_key_value_heads": 4, "num_hidden_layers": 3}
+    )  # fmt: skip
+    torch.manual_seed(0)
+    small = cls(small_cfg).eval()
+    small.load_state_dict(build("LlamaForCausalLM", small_cfg).state_dict())  # off HF's init
+    model = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert model.arch.family == "llama" and "lm_head" in {m.path for m in model.arch.modules}
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**x).logits, small(**x).logits, rtol=1e-5, atol=1e-5)
+        big = ligo_fast.materialize(model)
+        assert type(big) is cls
+        torch.testing.assert_close(big(**x).logits, small(**x).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_type_without_the_family_layout_is_refused():
+    # BERT's model_type, but a token-classification head that no BERT description names
+    with pytest.raises(ValueError, match="BertForTokenClassification is not supported.*subclasses"):
+        ligo_fast.grow(T.BertForTokenClassification(configs("BertModel")[0]), configs("BertModel")[1])
+
+
+def test_gemma_norms_grow_their_effective_scale():
+    # Gemma's RMSNorm scales by 1 + w: a new feature's scale is E (1 + w), stored as E (1 + w) - 1 (which is not E w
+    # where a row of E does not sum to 1, as sel_noisy's); the head size grows 12 -> 16, so q_norm grows too
+    small_cfg, large_cfg = configs("Gemma3ForCausalLM")
+    small = build("Gemma3ForCausalLM", small_cfg)
+    model = ligo_fast.grow(small, large_cfg, width_init="sel_noisy", width_noise=0.05, seed=1)
+    produced = model.produce()
+    E = model.op.width__emb
+    assert not torch.allclose(E.sum(-1), torch.ones(E.shape[0]))
+    w = small.model.norm.weight
+    torch.testing.assert_close(produced["model.norm.weight"], torch.cat([w, E @ (1 + w) - 1]))
+    Eh, D = model.op.width__head[1], model.op.depth__self_attn__q_norm__weight[1]
+    q = D @ torch.stack([layer.self_attn.q_norm.weight for layer in small.model.layers])  # large layer 1's mix
+    torch.testing.assert_close(produced["model.layers.1.self_attn.q_norm.weight"], torch.cat([q, Eh @ (1 + q) - 1]))
+
+
+def test_gemma_norms_keep_their_bits_in_bfloat16():
+    # the offset is added in float32: 1 + w in bfloat16 would round a small w (0.05 -> 0.046875)
+    small_cfg, _ = configs("Gemma3ForCausalLM")
+    small = build("Gemma3ForCausalLM", small_cfg).to(torch.bfloat16)
+    produced = ligo_fast.grow(small, small_cfg, depth_init="stackbert", residual=False).produce()
+    for k, v in small.state_dict().items():
+        if k.endswith("norm.weight"):
+            assert torch.equal(produced[k], v), k
+
+
+def test_gemma_layer_kinds_that_do_not_follow_the_copies_are_noted():
+    small_cfg, large_cfg = configs("Gemma3ForCausalLM")  # layer kinds: small [sliding, full], large grown from them
+    small = build("Gemma3ForCausalLM", small_cfg)
+    lossless = dict(depth_init="lossless", width_init="lossless")
+
+    def kind_notes():
+        return [n for n in ligo_fast.grow(small, large_cfg, **lossless).plan.notes if "attention kind" in n]
+
+    assert kind_notes() == []
+    large_cfg.layer_types = ["full_attention"] * large_cfg.num_hidden_layers
+    notes = kind_notes()
+    assert len(notes) == 1 and "large layer 0 copies small layer 0" in notes[0], notes

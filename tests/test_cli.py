@@ -310,6 +310,16 @@ def test_large_config_inherits_and_derives():
     assert "head_dim" not in kept and kept["vocab_size"] == VOCAB and kept["num_key_value_heads"] == 2
 
 
+def test_large_config_grows_the_layer_kinds():
+    # Gemma 3's sliding-window/full layers: each large layer takes the kind of the small layer it grows from
+    small = T.Gemma3TextConfig(num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"])
+    large = {"num_hidden_layers": 6}
+    kept = inputs.inherited_fields(small, large)
+    assert kept["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]  # large layers 1, 4 are added
+    assert T.Gemma3TextConfig(**{**kept, **large}).layer_types == kept["layer_types"]
+    assert "layer_types" not in inputs.inherited_fields(small, {**large, "layer_types": ["full_attention"] * 6})
+
+
 def _bad(files, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

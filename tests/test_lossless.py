@@ -1,26 +1,34 @@
 """The function-preserving ("lossless") init: before any operator step the grown model computes the small model's
 function.
 
-Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, GPT-2, ViT) also
-grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is not (measured).
+Width grows by integer factors with the head size unchanged (more heads); pre-norm families (Llama, Qwen3, Gemma 3,
+GPT-2, ViT) also grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: width is exact, depth is
+not (measured). A changed head size is never exact, and grow() says so.
 """
+
+import logging
 
 import pytest
 import torch
 import transformers as T
-from _models import VOCAB, build, inputs
+from _models import VOCAB, build, inputs, qk_norm_configs
 
 import ligo_fast
 from ligo_fast.init import depth_init, lossless_layers, width_init
 
 LLAMA = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "LlamaModel")
-PRE_NORM = LLAMA + ("GPT2LMHeadModel", "GPT2Model", "ViTForImageClassification", "ViTModel")
+QK_NORM = ("Gemma3ForCausalLM", "Gemma3TextModel", "Qwen3ForCausalLM", "Qwen3Model")
+PRE_NORM = LLAMA + QK_NORM + ("GPT2LMHeadModel", "GPT2Model", "ViTForImageClassification", "ViTModel")
 POST_NORM = ("BertForMaskedLM", "RobertaForMaskedLM", "BertForSequenceClassification", "BertModel", "RobertaModel")
 
 
 def _configs(name: str, k: int, layers: int, *, tie: bool = False):
-    """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs."""
+    """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs.
+
+    Gemma 3 and Qwen3 as the real Gemma 3 270M is shaped: heads of 12 (not 32 / 4), one KV head, grown by heads."""
     d, h, f = 32, 4, 40
+    if name in QK_NORM:
+        return qk_norm_configs(name, d=d, heads=(h, h * k), kv=(1, k), layers=(2, layers), ffn=(f, f * k), tie=tie)
     if name in LLAMA:
         C = (
             T.MistralConfig
@@ -100,7 +108,9 @@ def test_pre_norm_depth_and_width_growth_is_exact(name, k, layers):
     assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM", "Gemma3ForCausalLM"]
+)
 @pytest.mark.parametrize("k", [2, 3])
 def test_tied_embeddings_stay_exact(name, k):
     # the head reads the embedding's columns: 1/k folds into the norm before it; BERT's tied decoder keeps its bias
@@ -175,3 +185,56 @@ def test_saved_lossless_operator_round_trips_with_its_scales(tmp_path):
     x = inputs("GPT2LMHeadModel")
     with torch.no_grad():
         torch.testing.assert_close(_output(back.eval(), x), _output(grown.eval(), x), rtol=0, atol=0)
+
+
+def _head_size_growth(name: str):
+    """Small 4 heads of 8 -> large 4 heads of 16 (width 32 -> 64): the head size grows, the head count stays."""
+    small_cfg, large_cfg = _configs(name, 2, 2)
+    heads = {"n_head": 4} if name.startswith("GPT2") else {"num_attention_heads": 4}
+    if name in LLAMA:
+        heads |= {"num_key_value_heads": 2, "head_dim": 16}
+    return small_cfg, type(large_cfg)(**{**large_cfg.to_dict(), **heads})
+
+
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "GPT2LMHeadModel", "LlamaForCausalLM"])
+def test_a_growing_head_size_is_not_exact_and_grow_says_so(name, caplog):
+    # B = [I; E] keeps the small features in place: the first large head holds two small heads and attends with their
+    # summed scores, whatever the position encoding (RoPE adds changed frequencies); grow() warns with the reason
+    small_cfg, large_cfg = _head_size_growth(name)
+    small = build(name, small_cfg, seed=3)
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert any("head size changes (8 -> 16)" in m for m in caplog.messages), caplog.messages
+    assert ("rotary" in grown.plan.notes[0]) == (name in LLAMA)
+    x = inputs(name)
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() > 1e-3
+
+
+def test_an_exact_growth_warns_nothing_and_post_norm_depth_is_noted(caplog):
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        small_cfg, large_cfg = _configs("Gemma3ForCausalLM", 2, 3)
+        ligo_fast.grow(build("Gemma3ForCausalLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+        assert caplog.messages == []
+        small_cfg, large_cfg = _configs("BertForMaskedLM", 2, 3)
+        ligo_fast.grow(build("BertForMaskedLM", small_cfg), large_cfg, depth_init="lossless", width_init="lossless")
+    assert len(caplog.messages) == 1 and "post-norm" in caplog.messages[0]
+
+
+@pytest.mark.parametrize(
+    "name, field, value",
+    [("Gemma3ForCausalLM", "sliding_window", 3), ("Gemma3ForCausalLM", "query_pre_attn_scalar", 16),
+     ("LlamaForCausalLM", "rms_norm_eps", 1e-2), ("GPT2LMHeadModel", "activation_function", "relu")],
+)  # fmt: skip
+def test_a_changed_setting_is_noted_and_changes_the_function(name, field, value, caplog):
+    small_cfg, large_cfg = _configs(name, 2, 3)
+    setattr(large_cfg, field, value)
+    small = build(name, small_cfg, seed=3)
+    with caplog.at_level(logging.WARNING, logger="ligo_fast.model"):
+        grown = ligo_fast.grow(small, large_cfg, depth_init="lossless", width_init="lossless").eval()
+    assert any(f"the large config's {field} is {value!r}" in m for m in caplog.messages), caplog.messages
+    x = inputs(name)
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() > 1e-4  # the note is not a false alarm

@@ -6,12 +6,13 @@ the training text. Every problem is a :class:`UserError` with one line naming th
   present, of the config's shapes; a damaged or truncated file refused);
 - :func:`load_large_config`: a JSON object of config fields, the rest inherited from the small config; fields the
   config class does not know are refused (a misspelt ``hiden_size`` would otherwise grow nothing), unless the
-  small model's own ``config.json`` has them too;
+  small model's own ``config.json`` has them too; per-layer attention kinds (``layer_types``, Gemma 3's sliding
+  window or full) follow the layers they grow from unless given;
 - :func:`text_files`: the ``--data`` files; binary files are refused when named, skipped with a warning when
   found in a directory.
 
-Imports torch, transformers, ligo_fast's public API (``supported_classes``, ``config``'s checks), ``.data`` and
-``.errors``.
+Imports torch, transformers, ligo_fast's public API (``supported_classes``, ``config``'s checks,
+``init.grown_layer_types``), ``.data`` and ``.errors``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import transformers
 
 import ligo_fast
 from ligo_fast.config import model_config_from_dict, unknown_config_keys
+from ligo_fast.init import grown_layer_types
 
 from . import data
 from .errors import UserError
@@ -135,6 +137,8 @@ def inherited_fields(small_config, given: dict) -> dict:
 
     A field is dropped when building the config without it gives the same value (a default, or derived from other
     fields like ``head_dim = hidden_size // num_attention_heads``), so it is derived again from the large sizes.
+    ``layer_types`` is not copied but grown: each large layer takes the kind of the small layer it grows from
+    (:func:`ligo_fast.init.grown_layer_types`), which a function-preserving start needs.
     """
     base = small_config.to_dict()
     cls = type(small_config)
@@ -153,6 +157,9 @@ def inherited_fields(small_config, given: dict) -> dict:
                 keep[k] = v
     finally:
         transformers.logging.set_verbosity(verbosity)
+    if getattr(small_config, "layer_types", None) is not None and "layer_types" not in given:
+        layers = given.get("num_hidden_layers", small_config.num_hidden_layers)
+        keep["layer_types"] = grown_layer_types(small_config.layer_types, layers)
     return keep
 
 

@@ -49,6 +49,12 @@ class Module:
         transposed: the weight is stored (in, out), like GPT-2's ``Conv1D``.
         weight: attribute name of the weight tensor (``cls_token`` for a bare parameter).
         bias: attribute name of the bias; used when the small model has it (Llama's ``attention_bias``...).
+        offset: ``norm``: the model scales by ``offset + weight`` (Gemma's RMSNorm: ``1 + w``). The operator
+            expands the effective scale ``offset + weight`` and stores it back minus ``offset``, so a grown norm
+            computes what a plain norm of the same effective scale would: a copied feature gets its source's
+            scale, and a mixing row that sums to 1 gives ``offset + E w``.
+        output_scale: ``embedding``: the model multiplies the looked-up rows by ``output_scale(width)`` (Gemma:
+            ``sqrt(hidden_size)``); function-preserving growth divides the table by the change of that factor.
 
     A linear weight of more than two dimensions (a Conv2d patch projection) grows on dim 0 only, viewed as
     (out, rest); an embedding-like tensor of more than two dimensions grows on its last dim, viewed as
@@ -62,6 +68,8 @@ class Module:
     transposed: bool = False
     weight: str = "weight"
     bias: str | None = "bias"
+    offset: float = 0.0
+    output_scale: Callable[[int], float] | None = None
 
     def key(self, what: str) -> str:
         return f"{self.path}.{what}" if self.path else what
@@ -81,6 +89,10 @@ class Arch:
         modules: modules outside the blocks (paths from the root).
         num_layers: reads the layer count from a config.
         check_config: raises ValueError when a (small, large) pair of configs cannot be grown (head counts...).
+        resolve: adapts the description to a pair of configs (GQA's own o_proj input width).
+        pre_norm: blocks normalise their input (an added block with zeroed outputs is the identity); False for
+            post-norm BERT/RoBERTa.
+        rotary: attention applies rotary position embeddings (frequencies per head dimension).
     """
 
     family: str
@@ -93,11 +105,15 @@ class Arch:
     num_layers: Callable = field(default=lambda c: c.num_hidden_layers)
     check_config: Callable | None = None
     resolve: Callable | None = None
+    pre_norm: bool = True
+    rotary: bool = False
 
     def __post_init__(self) -> None:
         for m in self.layer_modules + self.modules:
             if m.kind not in (LINEAR, NORM, EMBEDDING):
                 raise ValueError(f"{self.family}: module {m.path!r} has unknown kind {m.kind!r}")
+            if (m.offset and m.kind != NORM) or (m.output_scale is not None and m.kind != EMBEDDING):
+                raise ValueError(f"{self.family}: module {m.path!r}: offset is for norms, output_scale for embeddings")
             for w in _names(m.out) + _names(m.inp):
                 if w not in self.widths:
                     raise ValueError(
@@ -163,11 +179,35 @@ def supported_classes() -> list[str]:
 
 
 def arch_for(model) -> Arch:
-    """The description for ``model``'s class, or a ValueError listing the supported classes."""
-    name = type(model).__name__
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"{name} is not supported by ligo_fast; supported classes: {', '.join(supported_classes())}. "
-            "Describe it with ligo_fast.arch.Arch and call ligo_fast.register_architecture."
-        )
-    return _REGISTRY[name]
+    """The description for ``model``, or a ValueError listing the supported classes.
+
+    Looked up by the class's name, then by its base classes' (a subclass of ``LlamaForCausalLM`` grows as one), then
+    by ``config.model_type``: among the descriptions of that family, the one whose every module the model has (a
+    custom class that is not derived from a HF one but has a supported family's layout and config).
+    """
+    for cls in type(model).__mro__:
+        if cls.__name__ in _REGISTRY:
+            return _REGISTRY[cls.__name__]
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    fits = [a for a in _by_model_type(model_type) if _has_modules(a, model)]
+    if fits:
+        return max(fits, key=lambda a: len(a.modules))  # the most complete fit: a model with a head over its base
+    raise ValueError(
+        f"{type(model).__name__} is not supported by ligo_fast; supported classes: {', '.join(supported_classes())} "
+        f"(and their subclasses, or a model of a supported config.model_type with the family's module layout). "
+        "Describe it with ligo_fast.arch.Arch and call ligo_fast.register_architecture."
+    )
+
+
+def _by_model_type(model_type: str | None) -> list[Arch]:
+    archs = {id(a): a for a in _REGISTRY.values() if model_type in a.model_types}
+    return list(archs.values())
+
+
+def _has_modules(arch: Arch, model) -> bool:
+    """Whether ``model`` has every tensor ``arch`` names (block modules in its first block)."""
+    keys = set(model.state_dict())
+    block = f"{arch.layer_path(0)}."
+    return all(block + m.key(m.weight) in keys for m in arch.layer_modules) and all(
+        m.key(m.weight) in keys for m in arch.modules
+    )

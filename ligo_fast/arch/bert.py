@@ -53,6 +53,7 @@ def _family(base: str, head: tuple[Module, ...], classes: tuple[str, ...], cls_k
         layer_modules=BLOCK,
         modules=emb + head,
         check_config=check_heads,
+        pre_norm=False,
     )
 
 

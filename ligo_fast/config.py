@@ -60,6 +60,11 @@ class LiGOConfig:
             so about one layer's large weights are alive at a time. None (auto): on while gradients are
             recorded and the eager step would not fit in the free memory of the device (an estimate:
             ``LiGOModel.memory_plan``).
+        memory_budget: bytes of memory the operator step may plan with (the auto memory-lean choice, its chunk
+            size and the refusal of a growth that cannot fit compare against 90% of it). None: the environment
+            variable ``LIGO_FAST_MEMORY_BUDGET`` (e.g. ``16GiB``), else the memory free when the model is built
+            (``MemAvailable`` and the cgroup limit on CPU). Read once per model and device, never again, so a run
+            decides the same way however busy the machine gets (``LiGOModel.memory_budget`` holds the number).
         linear_mode: how linear layers and embedding tables run: ``materialize`` (produce W, then x @ W^T),
             ``factored`` (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W, identity blocks as slices; an
             embedding widens only the looked-up rows, a tied LM head uses the small table), or ``auto``, the
@@ -81,6 +86,7 @@ class LiGOConfig:
     seed: int | None = None
     lean: bool | None = None
     linear_mode: str = "auto"
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -138,6 +144,9 @@ def _check_field(name: str, v) -> None:
         isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
     ):
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if name == "memory_budget" and v is not None:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or not 1 <= v <= 2**63:
+            raise ValueError(f"LiGOConfig.memory_budget must be a number of bytes >= 1 or None (auto), got {v!r}")
     if name == "seed" and v is not None:
         if not isinstance(v, numbers.Integral) or isinstance(v, bool):
             raise ValueError(f"LiGOConfig.seed must be an integer or None, got {v!r}")

@@ -221,7 +221,7 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
                 raise TypeError
             for alias, target in aliases.items():
                 sd[alias] = sd[target]
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, RecursionError) as e:
             raise ValueError(f"{path}: damaged alias table in its header") from e
     if "sha256" in header and state_digest(sd) != header["sha256"]:
         raise ValueError(f"{path}: contents do not match the digest in its header (damaged or partly written)")
@@ -238,6 +238,8 @@ def read_meta(path: Path) -> dict | None:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta_file}: not valid JSON ({_first_line(e)})") from e
+    except RecursionError as e:  # arrays or objects nested thousands deep
+        raise ValueError(f"{meta_file}: not an operator's config (JSON nested too deeply)") from e
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
     return meta

@@ -32,8 +32,11 @@ must match; the message names the fields that differ. After a finished run the c
 writes into an output directory (a lock).
 
 Exit codes (:mod:`.errors`): 0 done; 1 a failure outside the input (a full disk: the path and the free space are
-named); 2 a user error; 3 diverged (a non-finite loss or gradient: the last finite checkpoint is kept); 130
-interrupted by Ctrl-C, 143 by SIGTERM (the checkpoint was saved). Every error is one line on stderr.
+named; out of memory, including a growth refused before allocating because it cannot fit the memory budget; an
+unexpected error, whose traceback ``--verbose`` shows); 2 a user error; 3 diverged (a non-finite loss or gradient:
+the last finite checkpoint is kept); 130 interrupted by Ctrl-C, 143 by SIGTERM (the checkpoint was saved; more
+Ctrl-C while it exits are ignored); 141 the reader of stdout went away (``| head -1``: the command stops quietly,
+as other command-line tools do). Every error is one line on stderr.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -44,13 +47,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 
 from ligo_fast import __version__
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, CommandError, Interrupted, UserError, exit_code_for
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    CommandError,
+    Interrupted,
+    UserError,
+    exit_code_for,
+    one_line,
+    out_of_memory,
+)
 
 PROG = "ligo-fast"
 DEPTH_DEFAULT, WIDTH_DEFAULT = "stackbert_noisy", "rand"  # LiGOConfig's defaults, checked by LiGOConfig itself
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     on_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # like Ctrl-C: cleanups run
+    old_int = signal.getsignal(signal.SIGINT) if on_main else None
     try:
         from ligo_fast import backends
 
@@ -198,17 +212,47 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # stdout's reader is gone (| head): stop quietly, as other command-line tools do
+        _stdout_to_devnull()
+        return exit_code_for(signal.SIGPIPE)
     except OSError as e:  # a full disk (DiskFullError names the path and the free space), permissions, I/O
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # outside the training loop (which saves a checkpoint first)
+        _ignore_signals(on_main)  # more Ctrl-C while exiting: no traceback from the middle of the exit path
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         name = "terminated" if signum == signal.SIGTERM else "interrupted"
         print(f"{PROG} {args.command}: {name}", file=sys.stderr)
         return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
+    except Exception as e:
+        if out_of_memory(e):  # torch's allocator, CUDA, or the refusal of a growth that cannot fit the budget
+            print(f"{PROG} {args.command}: error: out of memory: {one_line(e)}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.verbose:
+            raise
+        where = "(--verbose shows where)"
+        print(f"{PROG} {args.command}: error: {type(e).__name__}: {one_line(e)} {where}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if old_int is not None:
+            signal.signal(signal.SIGINT, old_int)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured in tests): nothing to flush
+        pass
+
+
+def _ignore_signals(on_main: bool) -> None:
+    if on_main:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def read_json(path: Path, what: str) -> dict:
         raw = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{what}: not valid JSON ({describe(e)})") from e
+    except RecursionError as e:  # arrays or objects nested thousands deep
+        raise UserError(f"{what}: not a config (JSON nested too deeply)") from e
     if not isinstance(raw, dict):
         raise UserError(f"{what}: expected a JSON object of config fields, got {type(raw).__name__}")
     return raw

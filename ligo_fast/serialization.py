@@ -177,22 +177,24 @@ def write_operator(path, state: dict[str, Tensor], meta: dict) -> None:
     write_json(path / META, {"format": FORMAT, **meta})
 
 
-def read_tensors(path: Path) -> dict[str, Tensor]:
+def read_tensors(path: Path, *, require_digest: bool = False) -> dict[str, Tensor]:
     """Tensors of a directory (ours or official), a ``.safetensors`` file or a ``pytorch_model.bin``.
 
-    Our safetensors files are checked (their digest, aliases restored); an unreadable file raises ``ValueError``
-    naming it, a missing one ``FileNotFoundError``. ``.bin`` files load with ``weights_only=True`` (no code runs).
+    Our safetensors files are checked (their digest, aliases restored); a format-2 file, or any safetensors file
+    when ``require_digest`` (its ``ligo_config.json`` says format 2), must carry its digest. An unreadable file
+    raises ``ValueError`` naming it, a missing one ``FileNotFoundError``. ``.bin`` files load with
+    ``weights_only=True`` (no code runs).
     """
     path = Path(path)
     if path.is_dir():
         for name in (WEIGHTS, OFFICIAL):
             if (path / name).exists():
-                return read_tensors(path / name)
+                return read_tensors(path / name, require_digest=require_digest)
         raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor {OFFICIAL}")
     if not path.exists():
         raise FileNotFoundError(f"no operator checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, require_digest)
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: pickle errors, zip errors, refused globals
@@ -202,7 +204,7 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return sd
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def _read_safetensors(path: Path, require_digest: bool = False) -> dict[str, Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -223,6 +225,8 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
                 sd[alias] = sd[target]
         except (TypeError, ValueError, KeyError, RecursionError) as e:
             raise ValueError(f"{path}: damaged alias table in its header") from e
+    if (require_digest or tag == f"{_TAG}{FORMAT}") and "sha256" not in header:  # format 2 always writes one
+        raise ValueError(f"{path}: format-{FORMAT} operator file without its digest (edited or damaged); refusing it")
     if "sha256" in header and state_digest(sd) != header["sha256"]:
         raise ValueError(f"{path}: contents do not match the digest in its header (damaged or partly written)")
     return sd

@@ -40,22 +40,25 @@ def is_text(path: Path) -> bool:
         return b"\0" not in f.read(4096)
 
 
-TEXT_SAMPLE = 1 << 20  # bytes text_problem reads
+TEXT_CHUNK = 1 << 20  # bytes text_problem reads at a time
 CONTROL_FRACTION = 0.01  # more control bytes than this (tab, newlines, form feed, escape aside): binary
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\b\x1b") + b"\x7f"
 
 
 def text_problem(path: Path) -> str | None:
-    """None when the first MiB of ``path`` looks like text; else why not (a NUL byte, or more than 1% control
-    bytes: executables, archives, random bytes). Any 8-bit encoding passes; UTF-16 (NUL bytes) does not."""
+    """None when all of ``path`` looks like text; else why not (a NUL byte, or more than 1% control bytes:
+    executables, archives, random bytes). The whole file is read (in chunks), so a text prefix cannot hide a binary
+    behind it. Any 8-bit encoding passes; UTF-16 (NUL bytes) does not."""
+    size = control = 0
     with open(path, "rb") as f:
-        head = f.read(TEXT_SAMPLE)
-    nul = head.find(b"\0")
-    if nul >= 0:
-        return f"a NUL byte at offset {nul}"
-    control = len(head) - len(head.translate(None, _CONTROL))
-    if head and control > CONTROL_FRACTION * len(head):
-        return f"{control / len(head):.0%} control bytes"
+        while chunk := f.read(TEXT_CHUNK):
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return f"a NUL byte at offset {size + nul}"
+            control += len(chunk) - len(chunk.translate(None, _CONTROL))
+            size += len(chunk)
+    if size and control > CONTROL_FRACTION * size:
+        return f"{control / size:.0%} control bytes"
     return None
 
 

@@ -31,6 +31,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+try:
+    import resource
+except ImportError:  # Windows: no file-size limits to report
+    resource = None
+
 WEIGHTS = "operator.safetensors"
 META = "ligo_config.json"
 OFFICIAL = "pytorch_model.bin"
@@ -108,6 +113,24 @@ def disk_full_error(exc: BaseException, path, nbytes: int | None = None) -> Disk
     return DiskFullError(errno.ENOSPC, f"no space left on device writing {path} ({left} free{need})")
 
 
+def file_too_large_error(exc: BaseException, path) -> OSError | None:
+    """An ``OSError`` (errno EFBIG) naming ``path`` and the limit when ``exc`` came from the process's file-size limit
+    (``ulimit -f``, RLIMIT_FSIZE), else None. Writers report it differently: ``OSError`` EFBIG, safetensors' "os error
+    27", torch.save's "unexpected pos" (only counted when a limit is set)."""
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (AttributeError, OSError, ValueError):  # no resource module (Windows)
+        limit = None
+    limited = limit is not None and limit != getattr(resource, "RLIM_INFINITY", None)
+    text = str(exc)
+    efbig = isinstance(exc, OSError) and exc.errno == errno.EFBIG
+    efbig = efbig or f"os error {errno.EFBIG}" in text or (limited and "unexpected pos" in text)
+    if not efbig:
+        return None
+    where = f": the file-size limit (ulimit -f) is {human_bytes(limit)}" if limited else ""
+    return OSError(errno.EFBIG, f"file too large writing {path}{where}")
+
+
 def atomic_write(path, write: Callable[[Path], None], *, nbytes: int | None = None) -> None:
     """Write file ``path`` crash-safely: ``write(tmp)`` writes a temporary next to it, which is fsynced and renamed
     over ``path`` (then the directory is fsynced). On any failure the temporary is removed and ``path`` is left as
@@ -123,7 +146,7 @@ def atomic_write(path, write: Callable[[Path], None], *, nbytes: int | None = No
             tmp.unlink()
         except FileNotFoundError:
             pass
-        full = disk_full_error(e, path, nbytes) if isinstance(e, Exception) else None
+        full = (disk_full_error(e, path, nbytes) or file_too_large_error(e, path)) if isinstance(e, Exception) else None
         if full is not None and full is not e:
             raise full from e
         raise

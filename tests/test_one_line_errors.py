@@ -3,6 +3,7 @@ a ValueError naming the field (API). Oracles: the exit codes of ligo_fast.apps.e
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -178,3 +179,39 @@ def test_a_closed_stdout_stops_quietly(files, tmp_path):
     p.stdout.close()  # what head -1 does after its line
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 128 + signal.SIGPIPE and err == "", err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_the_file_size_limit_is_one_line(files, tmp_path, capsys):
+    """RLIMIT_FSIZE (ulimit -f): safetensors' SafetensorError 'os error 27' was a traceback."""
+    import resource
+
+    small = build("LlamaForCausalLM", configs("LlamaForCausalLM")[0])
+    model = ligo_fast.grow(small, configs("LlamaForCausalLM")[1])
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8192, old[1]))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        with pytest.raises(OSError, match=r"file too large writing .*operator.safetensors: the file-size limit") as e:
+            model.save_operator(tmp_path / "op")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+    assert e.value.errno == errno.EFBIG
+    assert not [p.name for p in (tmp_path / "op").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_named_backend_that_cannot_load_fails_at_start_up(files, tmp_path, capsys, monkeypatch):
+    """LIGO_FAST_BACKEND=triton on a machine where Triton cannot run was a 48-line traceback at the first forward."""
+    from ligo_fast import backends
+
+    def no_triton():
+        raise RuntimeError("Triton is installed but there is no CUDA device")
+
+    backends.clear_cache()
+    monkeypatch.setitem(backends.LOADERS, "triton", no_triton)
+    monkeypatch.setenv("LIGO_FAST_BACKEND", "triton")
+    try:
+        rc = cli.main(_argv(files, tmp_path / "a"))
+    finally:
+        backends.clear_cache()
+    _one_line(capsys, errors.EXIT_USAGE, rc, "LIGO_FAST_BACKEND=triton: backend 'triton' is unavailable", "no CUDA")
+    assert not (tmp_path / "a").exists()  # refused before anything was written

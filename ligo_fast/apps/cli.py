@@ -202,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command != "info":  # info reports a bad LIGO_FAST_BACKEND instead of refusing it
             try:
-                backends.check_env()
+                named = backends.check_env()
+                if named != "auto":  # a backend the user names must load here, not fail at the first forward
+                    backends.load(named)
             except ValueError as e:
                 raise UserError(str(e)) from e
+            except backends.BackendUnavailable as e:
+                raise UserError(f"{backends.ENV_VAR}={named}: {one_line(e)}") from e
 
         commands.quiet_transformers(args.verbose)
         with console_logging():  # the step lines of grow (ligo_fast.apps loggers) on stdout, warnings on stderr

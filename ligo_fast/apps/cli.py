@@ -259,5 +259,13 @@ def _ignore_signals(on_main: bool) -> None:
             signal.signal(s, signal.SIG_IGN)
 
 
+def entry() -> None:
+    """The ``ligo-fast`` program: :func:`main`, then exit with its code. A Ctrl-C pressed after main returned (the
+    user pressing repeatedly) is ignored: it used to interrupt the interpreter's shutdown with a traceback."""
+    code = main()
+    _ignore_signals(threading.current_thread() is threading.main_thread())
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -127,3 +127,22 @@ def test_unreadable_weights_say_permission_denied(grown, tmp_path, monkeypatch):
     _unreadable(monkeypatch, "model.safetensors")
     with pytest.raises(errors.UserError, match=r"cannot read model.safetensors \(.*Permission denied"):
         inputs.load_small(str(tmp_path))
+
+
+def test_unreadable_data_found_late_is_a_data_error(tmp_path, monkeypatch):
+    """A file that became unreadable between the checks and the encoding (or a directory that cannot be listed)."""
+    (tmp_path / "a.txt").write_text("text")
+    monkeypatch.setattr(
+        torch, "from_file", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+    )
+    with pytest.raises(data.DataError, match=r"a.txt: cannot read it \(Permission denied\)"):
+        data.encode_files([tmp_path / "a.txt"])
+    monkeypatch.undo()
+
+    def unlistable(self, pattern):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(tmp_path), "rglob", unlistable)
+    with pytest.raises(errors.UserError, match="cannot read it .*Permission denied") as e:
+        inputs.text_files([str(tmp_path)])
+    assert e.value.exit_code == errors.EXIT_USAGE

@@ -9,8 +9,9 @@
   or masked LM; batch ``k`` depends on ``(seed, k)`` alone, so a resumed run sees the same batches),
   :func:`validation_windows` (a fixed, evenly spaced set).
 
-Imports only torch (a tokenizer is passed in). Bad input raises :class:`DataError` (a ``ValueError``) or
-``FileNotFoundError`` with a one-line message that names no command-line option; callers add their context.
+Imports only torch (a tokenizer is passed in). Bad input (unreadable files too) raises :class:`DataError` (a
+``ValueError``) or ``FileNotFoundError`` with a one-line message that names no command-line option; callers add
+their context.
 """
 
 from __future__ import annotations
@@ -145,11 +146,14 @@ def encode_files(
     sep = None if separator is None else torch.tensor([separator], dtype=dtype)
     parts: list[Tensor] = []
     for f in files:
-        if tokenizer is None:
-            ids = _file_bytes(Path(f)).to(dtype)
-        else:
-            text = Path(f).read_text(encoding="utf-8", errors="replace")
-            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=dtype)
+        try:
+            if tokenizer is None:
+                ids = _file_bytes(Path(f)).to(dtype)
+            else:
+                text = Path(f).read_text(encoding="utf-8", errors="replace")
+                ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=dtype)
+        except OSError as e:
+            raise DataError(f"{f}: cannot read it ({e.strerror or e})") from e
         if not ids.numel():
             continue
         parts.append(ids)

@@ -193,6 +193,8 @@ def text_files(paths: list[str]) -> list[Path]:
             found = data.collect_files([s])
         except (FileNotFoundError, data.DataError) as e:
             raise UserError(f"--data {e}") from e
+        except OSError as e:  # an unreadable directory: the user's input, exit 2
+            raise UserError(f"--data {s}: cannot read it ({describe(e)})") from e
         for f in found:
             try:
                 problem = data.text_problem(f)

@@ -196,10 +196,11 @@ class LiGOModel(nn.Module):
 
     def _budget(self) -> tuple[int, str]:
         dev = self.device
-        if str(dev) not in self._budgets:  # moved to another device: its memory, read once
-            self._budgets[str(dev)] = memory_budget(dev, self.ligo_config.memory_budget)
-            logger.info("memory budget on %s: %d bytes (%s)", dev, *self._budgets[str(dev)])
-        return self._budgets[str(dev)]
+        budgets = self.__dict__.setdefault("_budgets", {})  # a model pickled by an older version has none
+        if str(dev) not in budgets:  # moved to another device: its memory, read once
+            budgets[str(dev)] = memory_budget(dev, self.ligo_config.memory_budget)
+            logger.info("memory budget on %s: %d bytes (%s)", dev, *budgets[str(dev)])
+        return budgets[str(dev)]
 
     def _memory_plan(self, tokens: int, seq_len: int) -> MemoryPlan:
         leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())

@@ -198,7 +198,7 @@ class LiGOModel(nn.Module):
         dev = self.device
         budgets = self.__dict__.setdefault("_budgets", {})  # a model pickled by an older version has none
         if str(dev) not in budgets:  # moved to another device: its memory, read once
-            budgets[str(dev)] = memory_budget(dev, self.ligo_config.memory_budget)
+            budgets[str(dev)] = memory_budget(dev, getattr(self.ligo_config, "memory_budget", None))
             logger.info("memory budget on %s: %d bytes (%s)", dev, *budgets[str(dev)])
         return budgets[str(dev)]
 

@@ -141,7 +141,7 @@ def memory_budget(device: torch.device, explicit: int | None = None) -> tuple[in
     env = os.environ.get(BUDGET_ENV, "").strip()
     if env:
         return parse_bytes(env), BUDGET_ENV
-    return available_bytes(device), f"free memory on {device} at grow time"
+    return available_bytes(device), f"free memory on {device}, read once"
 
 
 def _numel(shape) -> int:

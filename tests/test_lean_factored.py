@@ -388,3 +388,12 @@ def test_cost_model_picks_one_side_forms_for_ffn_rectangles_at_many_tokens():
     down = form_costs(1024, 512, 2048, 768, 3072, 6, 4, CPU)
     assert min(up, key=up.get) == "out" and min(down, key=down.get) == "in"
     assert set(form_costs(1024, 512, 512, 512, 768, 6, 4, CPU)) == {"materialize", "factored"}  # one side grows
+
+
+def test_info_reports_the_memory_budget(monkeypatch):
+    from ligo_fast import info, memory
+
+    monkeypatch.setenv(memory.BUDGET_ENV, "3GiB")
+    assert "memory budget on cpu: 3.0 GiB (LIGO_FAST_MEMORY_BUDGET" in info._budget_line()
+    monkeypatch.setenv(memory.BUDGET_ENV, "lots")
+    assert "memory budget on cpu: INVALID (LIGO_FAST_MEMORY_BUDGET must be" in info._budget_line()

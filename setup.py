@@ -87,7 +87,7 @@ setup(
     install_requires=["torch>=2.5", "transformers>=5.0", "safetensors", "tqdm", "numpy"],
     # hf: accelerate, for ligo_fast.integrations.accelerator and transformers' Trainer (ligo_fast.integrations.trainer)
     extras_require={"triton": ["triton"], "hf": ["accelerate>=1.0"], "test": ["pytest", "accelerate>=1.0"]},
-    entry_points={"console_scripts": ["ligo-fast=ligo_fast.apps.cli:main"]},
+    entry_points={"console_scripts": ["ligo-fast=ligo_fast.apps.cli:entry"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -8,14 +8,18 @@ and types, its format version, the small model's class, and that every tensor is
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from .config import LiGOConfig, model_config_from_dict
+from .layout import keys_of
 from .model import LiGOModel
-from .serialization import FORMATS, META, read_meta, read_tensors
+from .serialization import FORMAT, FORMATS, META, read_meta, read_tensors
+
+logger = logging.getLogger(__name__)
 
 _META_KEYS = ("format", "ligo_config", "small_class", "large_config")
 
@@ -71,18 +75,21 @@ def load_operator(path, small_model, large_config=None) -> LiGOModel:
     Args:
         path: a directory written by ``save_operator``, a ``.safetensors`` file, or an official
             ``pytorch_model.bin`` (or a directory holding one).
-        small_model: the small HF model the operator grows.
+        small_model: the small HF model the operator grows. The operator file holds its own copy of the small
+            weights, and that copy is used; where it differs from ``small_model``'s weights (another checkpoint of
+            the same architecture, or ``train_small``), a warning names the first differing tensor.
         large_config: the large HF config; optional when ``path`` has our JSON.
 
     Raises:
         FileNotFoundError: no operator at ``path``.
-        ValueError: a file that cannot be used (damaged or truncated, a digest that does not match, an unknown
-            format, fields of the wrong type or unknown, another small model class, NaN/Inf values, tensors that
-            do not fit the model), with the file and the reason.
+        ValueError: a file that cannot be used (damaged or truncated, a digest that does not match or is missing
+            from a format-2 file, an unknown format, fields of the wrong type or unknown, another small model class,
+            NaN/Inf values, integer tensors where the operator has floating ones, tensors that do not fit the
+            model), with the file and the reason.
     """
     path = Path(os.fspath(path))
-    sd = read_tensors(path)
     meta = read_meta(path)
+    sd = read_tensors(path, require_digest=meta is not None and meta.get("format") == FORMAT)
     where = (path if path.is_dir() else path.parent) / META
     if meta is not None:
         cfg, large_config = _config_from_meta(meta, where, small_model, large_config)
@@ -92,5 +99,26 @@ def load_operator(path, small_model, large_config=None) -> LiGOModel:
             raise ValueError(f"{path} has no {META}: pass large_config")
     _check_finite(sd, path)
     model = LiGOModel(small_model, large_config, cfg)
+    given = model.state_dict()  # the given small model's weights in the operator's small tensors
+    for k, v in sd.items():
+        if k in given and given[k].is_floating_point() and not v.is_floating_point():
+            raise ValueError(f"{path}: operator tensor {k} is {v.dtype}, expected floating point")
+    _warn_if_other_small(model, given, sd, path, type(small_model).__name__)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+def _warn_if_other_small(model: LiGOModel, given: dict, sd: dict, path: Path, small_name: str) -> None:
+    """A warning when the operator file's copy of the small weights differs from the given small model's: the
+    file's are used (they are what the operator was trained with, and trained themselves under ``train_small``)."""
+    small = {t.name for t in model.plan.tensors if t.role == "small"}
+    for name, official, rule in model.plan.rules:
+        if name not in small:
+            continue
+        for k in keys_of(official, rule, model.L2):
+            if k in sd and k in given and not torch.equal(sd[k].to(given[k].dtype), given[k].detach().cpu()):
+                logger.warning(
+                    "%s: the operator's copy of the small weights differs from the given %s's (first: %s); "
+                    "using the operator's copy", path, small_name, k,
+                )  # fmt: skip
+                return

@@ -1,7 +1,8 @@
 """Options of the LiGO growth operator (:class:`LiGOConfig`), and checks of the Hugging Face configs it grows
 between (:func:`unknown_config_keys`, :func:`check_model_config`).
 
-Imports: ``init`` (the scheme names) and the standard library; HF configs are duck-typed (no transformers import).
+Imports: ``init`` (the scheme names), the standard library, and from transformers only the names it knows (its
+activation functions, its rope parameters) to check configs against; HF configs themselves are duck-typed.
 """
 
 from __future__ import annotations
@@ -9,10 +10,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import numbers
 from dataclasses import dataclass
 
+from transformers.activations import ACT2FN
+
 from .init import DEPTH_INITS, WIDTH_INITS
+
+try:
+    from transformers.modeling_rope_utils import RopeParameters
+
+    ROPE_KEYS: frozenset[str] | None = frozenset(RopeParameters.__annotations__)
+except ImportError:  # a transformers without the typed rope parameters: their keys are not checked
+    ROPE_KEYS = None
 
 LINEAR_MODES = ("materialize", "factored", "auto")
 REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-lean mode now decides from memory
@@ -60,6 +71,11 @@ class LiGOConfig:
             so about one layer's large weights are alive at a time. None (auto): on while gradients are
             recorded and the eager step would not fit in the free memory of the device (an estimate:
             ``LiGOModel.memory_plan``).
+        memory_budget: bytes of memory the operator step may plan with (the auto memory-lean choice, its chunk
+            size and the refusal of a growth that cannot fit compare against 90% of it). None: the environment
+            variable ``LIGO_FAST_MEMORY_BUDGET`` (e.g. ``16GiB``), else the memory free when the model is built
+            (``MemAvailable`` and the cgroup limit on CPU). Read once per model and device, never again, so a run
+            decides the same way however busy the machine gets (``LiGOModel.memory_budget`` holds the number).
         linear_mode: how linear layers and embedding tables run: ``materialize`` (produce W, then x @ W^T),
             ``factored`` (``((x @ B_in) @ Wmix^T) @ B_out^T`` without producing W, identity blocks as slices; an
             embedding widens only the looked-up rows, a tied LM head uses the small table), or ``auto``, the
@@ -81,6 +97,7 @@ class LiGOConfig:
     seed: int | None = None
     lean: bool | None = None
     linear_mode: str = "auto"
+    memory_budget: int | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -138,6 +155,9 @@ def _check_field(name: str, v) -> None:
         isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0 and v == v and v != float("inf")
     ):
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if name == "memory_budget" and v is not None:
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or not 1 <= v <= 2**63:
+            raise ValueError(f"LiGOConfig.memory_budget must be a number of bytes >= 1 or None (auto), got {v!r}")
     if name == "seed" and v is not None:
         if not isinstance(v, numbers.Integral) or isinstance(v, bool):
             raise ValueError(f"LiGOConfig.seed must be an integer or None, got {v!r}")
@@ -164,6 +184,9 @@ SIZE_FIELDS = (
     "patch_size",
     "num_channels",
 )  # the sizes check_model_config requires to be positive integers (None: derived by the config class)
+MAX_SIZE = 2**31 - 1  # no real model has a dimension near this; larger ones overflowed in torch (a C++ traceback)
+ACTIVATION_FIELDS = ("hidden_act", "hidden_activation", "activation_function")  # names of ACT2FN functions
+ROPE_FIELDS = ("rope_parameters", "rope_scaling")
 
 
 def known_config_keys(config_class) -> set[str]:
@@ -221,8 +244,11 @@ def model_config_from_dict(config_class, d: dict):
 
 def check_model_config(config, what: str = "") -> None:
     """ValueError (one line, naming the field, after ``what: `` when given) when an HF config's size fields
-    (:data:`SIZE_FIELDS`, those it has and sets) are not positive integers, or ``architectures`` is not a list
-    of class names."""
+    (:data:`SIZE_FIELDS`, those it has and sets) are not integers in ``1 .. MAX_SIZE``, a number is NaN or
+    infinite (``rms_norm_eps: NaN`` would train to a NaN loss, read as divergence), an activation
+    (:data:`ACTIVATION_FIELDS`) is not one transformers has, the rope parameters hold a key transformers does not
+    know (a misspelt ``rope_thta`` is silently ignored by it; the closest name is suggested), or ``architectures``
+    is not a list of class names."""
     pre = f"{what}: " if what else ""
     for name in SIZE_FIELDS:
         v = getattr(config, name, None)
@@ -230,8 +256,37 @@ def check_model_config(config, what: str = "") -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise ValueError(f"{pre}{name} must be a positive integer, got {v!r}")
-        if v < 1:
-            raise ValueError(f"{pre}{name} must be a positive integer, got {v}")
+        if not 1 <= v <= MAX_SIZE:
+            raise ValueError(f"{pre}{name} must be a positive integer of at most {MAX_SIZE}, got {v}")
+    given = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
+    for name, v in given.items():
+        for key, x in v.items() if isinstance(v, dict) else [(None, v)]:
+            if isinstance(x, float) and not math.isfinite(x):
+                where = name if key is None else f"{name}.{key}"
+                raise ValueError(f"{pre}{where} must be a finite number, got {x}")
+    for name in ACTIVATION_FIELDS:
+        v = getattr(config, name, None)
+        if isinstance(v, str) and v not in ACT2FN:
+            raise ValueError(f"{pre}{name} {v!r} is not an activation transformers has{_closest(v, list(ACT2FN))}")
+    for name in ROPE_FIELDS:
+        _check_rope(getattr(config, name, None), f"{pre}{name}")
     arch = getattr(config, "architectures", None)
     if arch is not None and not (isinstance(arch, list) and all(isinstance(a, str) for a in arch)):
         raise ValueError(f"{pre}architectures must be a list of class names, got {arch!r}")
+
+
+def _closest(name: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {near[0]!r}?)" if near else f"; valid: {', '.join(sorted(valid))}"
+
+
+def _check_rope(params, what: str) -> None:
+    """Unknown keys of rope parameters (a dict, or a dict of them per attention type) are a ValueError."""
+    if ROPE_KEYS is None or not isinstance(params, dict):
+        return
+    groups = params.items() if params and all(isinstance(v, dict) for v in params.values()) else [(None, params)]
+    for group, d in groups:
+        for k in d:
+            if k not in ROPE_KEYS:
+                where = what if group is None else f"{what}.{group}"
+                raise ValueError(f"{where}: unknown key {k!r}{_closest(str(k), sorted(ROPE_KEYS))}")

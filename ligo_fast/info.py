@@ -10,7 +10,8 @@ import warnings
 
 import torch
 
-from . import backends, extension
+from . import backends, extension, memory
+from .serialization import human_bytes
 
 
 def report() -> str:
@@ -50,7 +51,19 @@ def report() -> str:
         if dev == "cuda" and not torch.cuda.is_available():
             continue
         lines.append(f"backend='auto' on {dev}: {_used(torch.device(dev))}")
+    lines.append(_budget_line())
     return "\n".join(lines)
+
+
+def _budget_line() -> str:
+    """The memory budget a model built now on CPU would plan with, and where it comes from."""
+    group = memory.cgroup_available()
+    limit = f"; cgroup limit leaves {human_bytes(group)}" if group is not None else "; no cgroup limit"
+    try:
+        n, source = memory.memory_budget(torch.device("cpu"))
+    except ValueError as e:  # a bad LIGO_FAST_MEMORY_BUDGET
+        return f"memory budget on cpu: INVALID ({e})"
+    return f"memory budget on cpu: {human_bytes(n)} ({source}{limit})"
 
 
 def _used(device: torch.device) -> str:

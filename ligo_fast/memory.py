@@ -12,7 +12,12 @@ An estimate, not a measurement, from the growth plan and the large config (all i
   scores of an unfused attention; Korthikanti et al. 2022 count 34 h + 5 a s bytes for 16-bit BERT-like layers)
   plus the logits and their gradient.
 
-Memory-lean mode turns itself on only when the eager step would not fit in ``margin`` of the free memory. A growth
+The memory a run plans with, its budget (:func:`memory_budget`), is read once when the model is built: an explicit
+``LiGOConfig.memory_budget``, else the environment variable ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at that
+moment (``MemAvailable`` and the cgroup/container limit on CPU). Every later decision is a function of it, so the
+same run makes the same choices (and roundings) however busy the machine gets.
+
+Memory-lean mode turns itself on only when the eager step would not fit in ``margin`` of the budget. A growth
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
 is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
 it needs at least its weights.
@@ -22,6 +27,7 @@ Imports: ``plan`` (for shapes) only.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -33,24 +39,109 @@ MARGIN = 0.9  # use at most this share of the free memory: the estimate is appro
 GIB = 2**30
 
 
+BUDGET_ENV = "LIGO_FAST_MEMORY_BUDGET"  # bytes (``16GiB``, ``512MiB`` and ``8e9`` too) that a run may plan with
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
+          "gb": 10**9, "tb": 10**12}  # fmt: skip
+_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
+
+
 def available_bytes(device: torch.device) -> int:
-    """Memory free for this process on ``device``: CUDA free + reserved-but-unused; CPU ``MemAvailable``."""
+    """Memory free for this process on ``device`` now: CUDA free + reserved-but-unused; CPU the smaller of
+    ``MemAvailable`` and what the process's cgroup (container) limit leaves (:func:`cgroup_available`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return sys.maxsize
+        free = _meminfo_available()
+        group = cgroup_available()
+        return free if group is None else min(free, group)
     return sys.maxsize  # a device we cannot ask: no limit
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return sys.maxsize
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_available(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's cgroups still allow (limit - usage), the smallest over its memory cgroup and the parents
+    visible under ``root`` (v2: ``memory.max``/``memory.current``; v1: ``memory/memory.limit_in_bytes``/
+    ``memory.usage_in_bytes``); None when none sets a limit. A container's limit is invisible to ``MemAvailable``:
+    without this a run planned with the host's memory and was killed by the OOM killer, without a message."""
+    try:
+        with open(proc) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    places = []  # (directory, limit file, usage file)
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == "":
+            places.append((root, rel, "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):
+            places.append((os.path.join(root, "memory"), rel, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    best = None
+    for base, rel, limit_file, usage_file in places:
+        parts = [p for p in rel.split("/") if p and p != ".."]
+        for k in range(len(parts), -1, -1):  # the cgroup, its parents, the root visible in this namespace
+            d = os.path.join(base, *parts[:k])
+            limit = _read_int(os.path.join(d, limit_file))
+            if limit is None or limit >= _NO_LIMIT:
+                continue
+            left = max(limit - (_read_int(os.path.join(d, usage_file)) or 0), 0)
+            best = left if best is None else min(best, left)
+    return best
+
+
+def parse_bytes(text: str, what: str = BUDGET_ENV) -> int:
+    """Bytes of ``"17179869184"``, ``"16GiB"``, ``"512 MiB"``, ``"8e9"`` (ValueError naming ``what`` otherwise)."""
+    m = re.fullmatch(r"\s*([0-9][0-9.eE+]*)\s*([A-Za-z]*)\s*", str(text))
+    try:
+        number = m.group(1)
+        value = int(number) if number.isdigit() else float(number)
+        n = value * _UNITS[m.group(2).lower()]
+    except (AttributeError, ValueError, KeyError):
+        n = 0
+    if not 1 <= n <= 2**63:  # also NaN and inf
+        raise ValueError(f"{what} must be a number of bytes >= 1 (e.g. 17179869184, 16GiB, 512MiB), got {text!r}")
+    return int(n)
+
+
+def memory_budget(device: torch.device, explicit: int | None = None) -> tuple[int, str]:
+    """``(bytes, source)``: the memory a run on ``device`` plans with, and where that number came from.
+
+    ``explicit`` (``LiGOConfig.memory_budget``) first, then the environment variable :data:`BUDGET_ENV`, then the
+    memory free now (:func:`available_bytes`). The caller reads it once and keeps it: every memory decision of the
+    run (eager or memory-lean, the chunk size, hence the factored forms) is then a function of the model, the batch
+    shape and this number, so it does not change with what other processes use in the meantime.
+    """
+    if explicit is not None:
+        return int(explicit), "LiGOConfig.memory_budget"
+    env = os.environ.get(BUDGET_ENV, "").strip()
+    if env:
+        return parse_bytes(env), BUDGET_ENV
+    return available_bytes(device), f"free memory on {device}, read once"
 
 
 def _numel(shape) -> int:
@@ -75,6 +166,7 @@ class MemoryPlan:
     tokens: int
     chunk: int = 1  # layers per chunk of memory-lean mode
     margin: float = MARGIN
+    source: str = "free memory now"  # where ``available`` came from (:func:`memory_budget`)
 
     @property
     def eager(self) -> int:
@@ -111,7 +203,7 @@ class MemoryPlan:
             f"(operator and leftovers {g(self.resident)}, optimizer {g(self.optimizer)}, produced weights "
             f"{g(self.produced)} of which one layer {g(self.produced_layer)}, lean chunks of {self.chunk} layers, "
             f"activations {g(self.activations)}); "
-            f"{g(self.available)} free, using at most {self.margin:.0%}: {verdict}"
+            f"budget {g(self.available)} ({self.source}), using at most {self.margin:.0%}: {verdict}"
         )
 
 
@@ -126,9 +218,11 @@ def estimate(
     device: torch.device,
     chunk: int = 1,
     available: int | None = None,
+    source: str = "free memory now",
 ) -> MemoryPlan:
     """The memory plan of one step of ``tokens`` tokens in sequences of ``seq_len`` (``elem`` bytes per element);
-    memory-lean mode in chunks of ``chunk`` layers."""
+    memory-lean mode in chunks of ``chunk`` layers; ``available``: the budget (bytes, from ``source``; default:
+    the memory free now)."""
     resident = leftover_bytes
     optimizer = 0
     for t in plan.tensors:
@@ -158,6 +252,7 @@ def estimate(
         activations=activation_bytes(config, plan, tokens, seq_len, elem),
         tokens=tokens,
         chunk=chunk,
+        source=source,
     )
 
 

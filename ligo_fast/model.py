@@ -31,7 +31,7 @@ from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layer
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
-from .memory import MemoryPlan, ensure_fits, estimate
+from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
 from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
 from .produce import produce
 from .serialization import write_operator
@@ -84,11 +84,13 @@ class LiGOModel(nn.Module):
         hf_class = type(small_model)
         small_shapes = {k: tuple(v.shape) for k, v in small_sd.items()}
         L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
+        # the memory budget, read once per device (the first here): every memory decision is a function of it
+        budgets = {str(ref.device): memory_budget(ref.device, config.memory_budget)}
         # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
         early = build_plan(arch, small_shapes, _shapes_for_layers(hf_class, large_config, arch, L2), [], L1, L2, config)
         ensure_fits(
             estimate(early, large_config, tokens=0, seq_len=0, elem=ref.element_size(), leftover_bytes=0,
-                     device=ref.device),
+                     device=ref.device, available=budgets[str(ref.device)][0], source=budgets[str(ref.device)][1]),
             f"growing {hf_class.__name__} to {L2} layers",
         )  # fmt: skip
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
@@ -116,7 +118,8 @@ class LiGOModel(nn.Module):
         for p in large.parameters():
             p.requires_grad_(False)
         self.large = large
-        self._lean_choice: dict[tuple[int, int], tuple[bool, int]] = {}  # (tokens, seq_len) -> (lean, chunk)
+        self._budgets: dict[str, tuple[int, str]] = budgets  # device -> (bytes, source)
+        self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
         self.__dict__["forward"] = hf_surface.signed_forward(self, large)  # HF-like surface, below
@@ -183,17 +186,33 @@ class LiGOModel(nn.Module):
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
         """The memory estimate of an operator-training step on this batch (the arguments of a forward call).
 
-        ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the free memory and the choice between
+        ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the memory budget and the choice between
         the eager and the memory-lean path (:mod:`ligo_fast.memory`).
         """
         return self._memory_plan(*_batch_key(args, kwargs, self.config))
 
+    @property
+    def memory_budget(self) -> int:
+        """Bytes the memory decisions on this model's device plan with (:func:`ligo_fast.memory.memory_budget`):
+        ``LiGOConfig.memory_budget``, ``LIGO_FAST_MEMORY_BUDGET`` or the memory free when the model was built (or
+        first used on this device), read once and kept."""
+        return self._budget()[0]
+
+    def _budget(self) -> tuple[int, str]:
+        dev = self.device
+        budgets = self.__dict__.setdefault("_budgets", {})  # a model pickled by an older version has none
+        if str(dev) not in budgets:  # moved to another device: its memory, read once
+            budgets[str(dev)] = memory_budget(dev, getattr(self.ligo_config, "memory_budget", None))
+            logger.info("memory budget on %s: %d bytes (%s)", dev, *budgets[str(dev)])
+        return budgets[str(dev)]
+
     def _memory_plan(self, tokens: int, seq_len: int) -> MemoryPlan:
         leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
         elem = self.tensor(self.plan.slots[0].w).element_size()
+        budget, source = self._budget()
         mp = estimate(
             self.plan, self.config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=leftovers,
-            device=self.device, chunk=default_chunk(self.L2),
+            device=self.device, chunk=default_chunk(self.L2), available=budget, source=source,
         )  # fmt: skip
         while mp.use_lean and not mp.fits and mp.chunk > 1:  # smaller chunks until the lean step fits
             mp = dataclasses.replace(mp, chunk=mp.chunk // 2)
@@ -206,8 +225,9 @@ class LiGOModel(nn.Module):
     def lean_now(self, args=(), kwargs=None) -> bool:
         """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
 
-        Auto: on while gradients are recorded and the eager step would not fit in the free memory
-        (:meth:`memory_plan`); decided once per batch shape, so a run does not switch paths as memory fluctuates.
+        Auto: on while gradients are recorded and the eager step would not fit in the memory budget
+        (:attr:`memory_budget`, read once; :meth:`memory_plan`): a function of the batch shape and that number,
+        so a run does not switch paths as the machine's free memory changes.
         """
         lean = self.ligo_config.lean
         if lean is not None:
@@ -219,8 +239,8 @@ class LiGOModel(nn.Module):
     @torch.compiler.assume_constant_result
     def _decide(self, tokens: int, seq_len: int) -> tuple[bool, int]:
         """(lean on, layers per chunk) for a batch shape, decided once (under torch.compile: at trace time, outside
-        the graph, since it reads the free memory)."""
-        key = (tokens, seq_len)
+        the graph, since it reads the memory budget, on a model's first use of a device)."""
+        key = (str(self.device), tokens, seq_len)
         if key not in self._lean_choice:
             mp = self._memory_plan(tokens, seq_len)
             self._lean_choice[key] = (mp.use_lean, mp.chunk)

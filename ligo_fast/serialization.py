@@ -31,6 +31,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+try:
+    import resource
+except ImportError:  # Windows: no file-size limits to report
+    resource = None
+
 WEIGHTS = "operator.safetensors"
 META = "ligo_config.json"
 OFFICIAL = "pytorch_model.bin"
@@ -108,6 +113,24 @@ def disk_full_error(exc: BaseException, path, nbytes: int | None = None) -> Disk
     return DiskFullError(errno.ENOSPC, f"no space left on device writing {path} ({left} free{need})")
 
 
+def file_too_large_error(exc: BaseException, path) -> OSError | None:
+    """An ``OSError`` (errno EFBIG) naming ``path`` and the limit when ``exc`` came from the process's file-size limit
+    (``ulimit -f``, RLIMIT_FSIZE), else None. Writers report it differently: ``OSError`` EFBIG, safetensors' "os error
+    27", torch.save's "unexpected pos" (only counted when a limit is set)."""
+    try:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (AttributeError, OSError, ValueError):  # no resource module (Windows)
+        limit = None
+    limited = limit is not None and limit != getattr(resource, "RLIM_INFINITY", None)
+    text = str(exc)
+    efbig = isinstance(exc, OSError) and exc.errno == errno.EFBIG
+    efbig = efbig or f"os error {errno.EFBIG}" in text or (limited and "unexpected pos" in text)
+    if not efbig:
+        return None
+    where = f": the file-size limit (ulimit -f) is {human_bytes(limit)}" if limited else ""
+    return OSError(errno.EFBIG, f"file too large writing {path}{where}")
+
+
 def atomic_write(path, write: Callable[[Path], None], *, nbytes: int | None = None) -> None:
     """Write file ``path`` crash-safely: ``write(tmp)`` writes a temporary next to it, which is fsynced and renamed
     over ``path`` (then the directory is fsynced). On any failure the temporary is removed and ``path`` is left as
@@ -123,7 +146,7 @@ def atomic_write(path, write: Callable[[Path], None], *, nbytes: int | None = No
             tmp.unlink()
         except FileNotFoundError:
             pass
-        full = disk_full_error(e, path, nbytes) if isinstance(e, Exception) else None
+        full = (disk_full_error(e, path, nbytes) or file_too_large_error(e, path)) if isinstance(e, Exception) else None
         if full is not None and full is not e:
             raise full from e
         raise
@@ -177,22 +200,24 @@ def write_operator(path, state: dict[str, Tensor], meta: dict) -> None:
     write_json(path / META, {"format": FORMAT, **meta})
 
 
-def read_tensors(path: Path) -> dict[str, Tensor]:
+def read_tensors(path: Path, *, require_digest: bool = False) -> dict[str, Tensor]:
     """Tensors of a directory (ours or official), a ``.safetensors`` file or a ``pytorch_model.bin``.
 
-    Our safetensors files are checked (their digest, aliases restored); an unreadable file raises ``ValueError``
-    naming it, a missing one ``FileNotFoundError``. ``.bin`` files load with ``weights_only=True`` (no code runs).
+    Our safetensors files are checked (their digest, aliases restored); a format-2 file, or any safetensors file
+    when ``require_digest`` (its ``ligo_config.json`` says format 2), must carry its digest. An unreadable file
+    raises ``ValueError`` naming it, a missing one ``FileNotFoundError``. ``.bin`` files load with
+    ``weights_only=True`` (no code runs).
     """
     path = Path(path)
     if path.is_dir():
         for name in (WEIGHTS, OFFICIAL):
             if (path / name).exists():
-                return read_tensors(path / name)
+                return read_tensors(path / name, require_digest=require_digest)
         raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor {OFFICIAL}")
     if not path.exists():
         raise FileNotFoundError(f"no operator checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path)
+        return _read_safetensors(path, require_digest)
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: pickle errors, zip errors, refused globals
@@ -202,7 +227,7 @@ def read_tensors(path: Path) -> dict[str, Tensor]:
     return sd
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
+def _read_safetensors(path: Path, require_digest: bool = False) -> dict[str, Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -221,8 +246,10 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
                 raise TypeError
             for alias, target in aliases.items():
                 sd[alias] = sd[target]
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, KeyError, RecursionError) as e:
             raise ValueError(f"{path}: damaged alias table in its header") from e
+    if (require_digest or tag == f"{_TAG}{FORMAT}") and "sha256" not in header:  # format 2 always writes one
+        raise ValueError(f"{path}: format-{FORMAT} operator file without its digest (edited or damaged); refusing it")
     if "sha256" in header and state_digest(sd) != header["sha256"]:
         raise ValueError(f"{path}: contents do not match the digest in its header (damaged or partly written)")
     return sd
@@ -238,6 +265,8 @@ def read_meta(path: Path) -> dict | None:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{meta_file}: not valid JSON ({_first_line(e)})") from e
+    except RecursionError as e:  # arrays or objects nested thousands deep
+        raise ValueError(f"{meta_file}: not an operator's config (JSON nested too deeply)") from e
     if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
     return meta

@@ -14,6 +14,12 @@ if not torch.cuda.is_available():
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Every memory decision (eager or memory-lean, hence the factored forms) compares against the run's memory budget:
+# the tests pin it, so they decide the same way on an idle machine and on one whose other processes use most of the
+# memory (the CLI tests' subprocesses inherit it). Tests of the automatic reading remove it.
+TEST_MEMORY_BUDGET = 64 * 2**30
+os.environ["LIGO_FAST_MEMORY_BUDGET"] = str(TEST_MEMORY_BUDGET)
+
 # The tests use tiny tensors: one thread is as fast, and on a shared 2-core machine two spinning OpenMP threads
 # per process made a tiny expand ~1000x slower (35 us -> 25-60 ms, seen here with other jobs running).
 torch.set_num_threads(1)

@@ -81,7 +81,7 @@ def test_byte_encoding_is_the_files_bytes_with_separators(tree):
     files = [tree / "a.txt", tree / "empty.txt", tree / "b" / "c.txt"]
     raw = [f.read_bytes() for f in files]
     stream = data.encode_files(files)
-    assert stream.dtype == torch.int64
+    assert stream.dtype == torch.uint8  # one byte a token: a corpus costs its size in memory, not 8x
     assert stream.tolist() == list(raw[0]) + [10] + list(raw[2]) + [10]  # the empty file adds nothing
     small = data.encode_files(files, separator=257, dtype=torch.int16)
     assert small.dtype == torch.int16 and small.tolist() == list(raw[0]) + [257] + list(raw[2]) + [257]
@@ -98,7 +98,26 @@ def test_tokenizer_encoding_uses_its_ids_and_its_separator(tree):
     expected = [tok.convert_tokens_to_ids(w) for w in ("alpha", "beta", "gamma")] + [sep]
     expected += [tok.convert_tokens_to_ids(w) for w in ("delta", "epsilon")] + [tok.unk_token_id, sep]
     assert stream.tolist() == expected
+    assert stream.dtype == torch.uint8  # 8 ids
     assert data.encode_files(files, tok, separator=99).tolist().count(99) == 2
+
+
+COMPACT = [(2, torch.uint8), (256, torch.uint8), (257, torch.int16), (2**15, torch.int16), (2**15 + 1, torch.int32)]
+
+
+@pytest.mark.parametrize("n_ids, dtype", [*COMPACT, (151_000, torch.int32)])
+def test_streams_are_stored_in_the_smallest_dtype_and_batch_alike(n_ids, dtype):
+    """N11: the stream's dtype follows the vocabulary size; batches (int64) are the same as from an int64 stream,
+    so a run resumed from a checkpoint of the int64 days sees the same batches."""
+    assert data.compact_dtype(n_ids) == dtype
+    wide = torch.randint(0, n_ids, (1001,), generator=torch.Generator().manual_seed(n_ids))
+    wide[7] = n_ids - 1
+    narrow = wide.to(dtype)
+    assert torch.equal(narrow.long(), wide) and int(narrow.max()) == n_ids - 1
+    for mask_id in (None, n_ids - 1):
+        a, b = data.make_batch(wide, 4, 3, 6, 33, mask_id), data.make_batch(narrow, 4, 3, 6, 33, mask_id)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and b[k].dtype == torch.int64 for k in a)
+    assert torch.equal(data.validation_windows(wide, 5, 9), data.validation_windows(narrow, 5, 9))
 
 
 def test_mask_token_id_sources():

@@ -200,3 +200,34 @@ def test_growth_callback_budget_follows_the_rule(tmp_path):
     assert (b.steps, b.lr, b.warmup) == (20, 2e-3, 0)
     with pytest.raises(ValueError, match="exceeds the 20 operator steps"):
         GrowthCallback(tr, operator_warmup_steps=21).resolve(400, 2e-3)
+
+
+def test_resume_skips_a_checkpoint_torn_by_a_kill(tmp_path):
+    """Issue 22 N10: a kill inside Trainer's save leaves checkpoint-N without trainer_state.json (written last);
+    ``resume_from_checkpoint=True`` fails on it, ``latest_complete_checkpoint`` resumes from the one before and
+    ends where the uninterrupted run ends."""
+    from ligo_fast.integrations import latest_complete_checkpoint
+
+    small, large_cfg = _small()
+    data = _data(12)
+    first = ligo_fast.grow(small, large_cfg, seed=0)
+    Trainer(model=first, args=_args(tmp_path / "a", max_steps=4, save_steps=2), train_dataset=data).train()
+    for step in (2, 4):
+        shutil.copytree(tmp_path / "a" / f"checkpoint-{step}", tmp_path / "b" / f"checkpoint-{step}")
+    (tmp_path / "b" / "checkpoint-4" / "trainer_state.json").unlink()  # the save of step 4 was killed
+    (tmp_path / "b" / "checkpoint-6").mkdir()  # one killed before any file
+    (tmp_path / "b" / "checkpoint-8").mkdir()
+    (tmp_path / "b" / "checkpoint-8" / "trainer_state.json").write_text('{"global_step": 8, "log_hist')  # torn
+    (tmp_path / "b" / "checkpoint-9").write_text("a file, not a checkpoint")
+
+    def run(resume):
+        model = ligo_fast.grow(small, large_cfg, seed=1)
+        b = Trainer(model=model, args=_args(tmp_path / "b", max_steps=4, save_steps=2), train_dataset=data)
+        b.train(resume_from_checkpoint=resume)
+        return model
+
+    with pytest.raises(Exception):  # noqa: B017 - transformers' own error for the torn directory
+        run(True)
+    assert latest_complete_checkpoint(tmp_path / "b") == str(tmp_path / "b" / "checkpoint-2")
+    _equal(_state(run(latest_complete_checkpoint(tmp_path / "b"))), _state(first), "resumed past a torn checkpoint")
+    assert latest_complete_checkpoint(tmp_path / "nothing") is None

@@ -36,9 +36,12 @@ lets a larger ``--steps`` continue a finished run). One command at a time writes
 never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
 
 Exit codes (:mod:`.errors`): 0 done; 1 a failure outside the input (a full disk: the path and the free space are
-named); 2 a user error; 3 diverged (a non-finite loss or gradient: the last finite checkpoint is kept); 128 + the
-signal's number when stopped by a signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the
-checkpoint was saved). Every error is one line on stderr.
+named; out of memory, including a growth refused before allocating because it cannot fit the memory budget; an
+unexpected error, whose traceback ``--verbose`` shows); 2 a user error; 3 diverged (a non-finite loss or gradient:
+the last finite checkpoint is kept); 128 + the signal's number when stopped by a signal (130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the checkpoint was saved; more signals while it exits are ignored); 141 the
+reader of stdout went away (``| head -1``: the command stops quietly, as other command-line tools do). Every error
+is one line on stderr.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -63,6 +67,8 @@ from .errors import (
     Interrupted,
     UserError,
     exit_code_for,
+    one_line,
+    out_of_memory,
     signal_word,
 )
 
@@ -207,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once
     caught = [s for s in STOP_SIGNALS if s != signal.SIGINT] if on_main else []
     old_handlers = {s: signal.signal(s, _terminate) for s in caught}
+    if on_main:  # restored too: a KeyboardInterrupt path may set it to ignored
+        old_handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     try:
         from ligo_fast import backends
 
@@ -215,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command != "info":  # info reports a bad LIGO_FAST_BACKEND instead of refusing it
             try:
-                backends.check_env()
+                named = backends.check_env()
+                if named != "auto":  # a backend the user names must load here, not fail at the first forward
+                    backends.load(named)
             except ValueError as e:
                 raise UserError(str(e)) from e
+            except backends.BackendUnavailable as e:
+                raise UserError(f"{backends.ENV_VAR}={named}: {one_line(e)}") from e
 
         commands.quiet_transformers(args.verbose)
         with console_logging():  # the step lines of grow (ligo_fast.apps loggers) on stdout, warnings on stderr
@@ -225,17 +237,53 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # stdout's reader is gone (| head): stop quietly, as other command-line tools do
+        _stdout_to_devnull()
+        return exit_code_for(signal.SIGPIPE)
     except OSError as e:  # a full disk (DiskFullError names the path and the free space), permissions, I/O
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # outside the training loop (which saves a checkpoint first)
+        _ignore_signals(on_main)  # more Ctrl-C while exiting: no traceback from the middle of the exit path
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"{PROG} {args.command}: {signal_word(signum)}", file=sys.stderr)
         return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
+    except Exception as e:
+        if out_of_memory(e):  # torch's allocator, CUDA, or the refusal of a growth that cannot fit the budget
+            print(f"{PROG} {args.command}: error: out of memory: {one_line(e)}", file=sys.stderr)
+            return EXIT_FAILED
+        if args.verbose:
+            raise
+        where = "(--verbose shows where)"
+        print(f"{PROG} {args.command}: error: {type(e).__name__}: {one_line(e)} {where}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         for s, old in old_handlers.items():
             signal.signal(s, old)
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (captured in tests): nothing to flush
+        pass
+
+
+def _ignore_signals(on_main: bool) -> None:
+    if on_main:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+
+
+def entry() -> None:
+    """The ``ligo-fast`` program: :func:`main`, then exit with its code. A Ctrl-C pressed after main returned (the
+    user pressing repeatedly) is ignored: it used to interrupt the interpreter's shutdown with a traceback."""
+    code = main()
+    _ignore_signals(threading.current_thread() is threading.main_thread())
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

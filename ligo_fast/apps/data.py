@@ -9,8 +9,9 @@
   or masked LM; batch ``k`` depends on ``(seed, k)`` alone, so a resumed run sees the same batches),
   :func:`validation_windows` (a fixed, evenly spaced set).
 
-Imports only torch (a tokenizer is passed in). Bad input raises :class:`DataError` (a ``ValueError``) or
-``FileNotFoundError`` with a one-line message that names no command-line option; callers add their context.
+Imports only torch (a tokenizer is passed in). Bad input (unreadable files too) raises :class:`DataError` (a
+``ValueError``) or ``FileNotFoundError`` with a one-line message that names no command-line option; callers add
+their context.
 """
 
 from __future__ import annotations
@@ -40,22 +41,25 @@ def is_text(path: Path) -> bool:
         return b"\0" not in f.read(4096)
 
 
-TEXT_SAMPLE = 1 << 20  # bytes text_problem reads
+TEXT_CHUNK = 1 << 20  # bytes text_problem reads at a time
 CONTROL_FRACTION = 0.01  # more control bytes than this (tab, newlines, form feed, escape aside): binary
 _CONTROL = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\b\x1b") + b"\x7f"
 
 
 def text_problem(path: Path) -> str | None:
-    """None when the first MiB of ``path`` looks like text; else why not (a NUL byte, or more than 1% control
-    bytes: executables, archives, random bytes). Any 8-bit encoding passes; UTF-16 (NUL bytes) does not."""
+    """None when all of ``path`` looks like text; else why not (a NUL byte, or more than 1% control bytes:
+    executables, archives, random bytes). The whole file is read (in chunks), so a text prefix cannot hide a binary
+    behind it. Any 8-bit encoding passes; UTF-16 (NUL bytes) does not."""
+    size = control = 0
     with open(path, "rb") as f:
-        head = f.read(TEXT_SAMPLE)
-    nul = head.find(b"\0")
-    if nul >= 0:
-        return f"a NUL byte at offset {nul}"
-    control = len(head) - len(head.translate(None, _CONTROL))
-    if head and control > CONTROL_FRACTION * len(head):
-        return f"{control / len(head):.0%} control bytes"
+        while chunk := f.read(TEXT_CHUNK):
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                return f"a NUL byte at offset {size + nul}"
+            control += len(chunk) - len(chunk.translate(None, _CONTROL))
+            size += len(chunk)
+    if size and control > CONTROL_FRACTION * size:
+        return f"{control / size:.0%} control bytes"
     return None
 
 
@@ -103,34 +107,55 @@ def split_files(files: Sequence[Path], val_fraction: float, seed: int) -> tuple[
 
 
 # ---------------------------------------------------------------------------------------------- tokens
+def compact_dtype(n_ids: int) -> torch.dtype:
+    """The smallest integer dtype that holds ids ``0 .. n_ids - 1`` and supports what batches do with a stream
+    (indexing, ``max``, ``repeat``): uint8, int16 or int32 (torch's uint16 has no ``max``)."""
+    if n_ids <= 2**8:
+        return torch.uint8
+    return torch.int16 if n_ids <= 2**15 else torch.int32
+
+
+def _file_bytes(f: Path) -> Tensor:
+    """The bytes of file ``f`` as a uint8 tensor mapped from the file (private mapping: pages stay in the page
+    cache, so concatenating holds one copy of the corpus, not two)."""
+    n = f.stat().st_size
+    if not n:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.from_file(str(f), shared=False, size=n, dtype=torch.uint8)
+
+
 def encode_files(
-    files: Sequence[Path], tokenizer=None, *, separator: int | None = None, dtype: torch.dtype = torch.int64
+    files: Sequence[Path], tokenizer=None, *, separator: int | None = None, dtype: torch.dtype | None = None
 ) -> Tensor:
     """One token stream (n_tokens,) of ``dtype``: the files in order, each non-empty one followed by ``separator``.
 
     Tokens are the tokenizer's ids (text read as UTF-8, undecodable bytes replaced; no special tokens added) or,
-    without a tokenizer, the file's bytes 0..255. ``separator`` None: the tokenizer's EOS id (else its SEP id,
-    else nothing), or the newline byte for bytes. ``dtype`` must hold every id (int16 halves the memory of a
-    byte-level corpus).
+    without a tokenizer, the file's bytes 0..255 (read through a memory map). ``separator`` None: the tokenizer's
+    EOS id (else its SEP id, else nothing), or the newline byte for bytes. ``dtype`` must hold every id; None: the
+    smallest that holds the vocabulary (:func:`compact_dtype`: bytes as uint8, so a 300 MB text file is a 300 MB
+    stream, not 2.4 GB of int64). Batches are int64 whatever the stream's dtype.
     """
     if separator is None:
         if tokenizer is None:
             separator = NEWLINE
         else:
             separator = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if dtype is None:
+        n_ids = 256 if tokenizer is None else len(tokenizer)
+        dtype = compact_dtype(max(n_ids, (separator or 0) + 1))
     sep = None if separator is None else torch.tensor([separator], dtype=dtype)
     parts: list[Tensor] = []
     for f in files:
-        if tokenizer is None:
-            data = Path(f).read_bytes()
-            if not data:
-                continue
-            ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dtype)
-        else:
-            text = Path(f).read_text(encoding="utf-8", errors="replace")
-            ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=dtype)
-            if not ids.numel():
-                continue
+        try:
+            if tokenizer is None:
+                ids = _file_bytes(Path(f)).to(dtype)
+            else:
+                text = Path(f).read_text(encoding="utf-8", errors="replace")
+                ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=dtype)
+        except OSError as e:
+            raise DataError(f"{f}: cannot read it ({e.strerror or e})") from e
+        if not ids.numel():
+            continue
         parts.append(ids)
         if sep is not None:
             parts.append(sep)

@@ -1,13 +1,14 @@
 """The outcomes of a ``ligo-fast`` command that are not success: the exceptions the commands raise for them and the
 exit codes they map to. Standard library only (the command line imports it before torch).
 
-Exit codes: 0 done; 1 the command failed for a reason outside the user's input (a full disk, an I/O error), one
-line on stderr; 2 a user error (bad arguments or input files, an output directory in use or holding another
-run's files), one line; 3 operator training diverged (a non-finite loss, gradient or state; the last finite
-checkpoint is kept); 128 + the signal number (as shells report it) when stopped by one of :data:`STOP_SIGNALS`:
-130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (the terminal closed, an SSH connection dropped), 131 SIGQUIT, 138
-SIGUSR1 (on Linux). :class:`DeferredInterrupt` holds those signals back until the caller's current unit of work
-(a training step, the final moves of the outputs) is done.
+Exit codes: 0 done; 1 the command failed for a reason outside the user's input (a full disk, an I/O error, out of
+memory: :func:`out_of_memory`), one line on stderr; 2 a user error (bad arguments or input files, an output directory in
+use or holding another run's files), one line; 3 operator training diverged (a non-finite loss, gradient or state; the
+last finite checkpoint is kept); 128 + the signal number (as shells report it) when stopped by one of
+:data:`STOP_SIGNALS`: 130 SIGINT (Ctrl-C), 143 SIGTERM, 129 SIGHUP (the terminal closed, an SSH connection dropped), 131
+SIGQUIT, 138 SIGUSR1 (on Linux); 141 stdout's reader went away (SIGPIPE's code; the command stops quietly).
+:class:`DeferredInterrupt` holds those signals back until the caller's current unit of work (a training step, the final
+moves of the outputs) is done.
 """
 
 from __future__ import annotations
@@ -96,3 +97,22 @@ class DeferredInterrupt:
     def __exit__(self, *exc) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+
+
+_OOM_TEXT = ("DefaultCPUAllocator", "out of memory", "Cannot allocate memory", "can't allocate memory")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says the process ran out of memory: ``MemoryError`` (also ligo_fast's refusal of a growth that
+    cannot fit), ``torch.OutOfMemoryError`` (CUDA), or the ``RuntimeError`` of torch's CPU allocator."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in _OOM_TEXT)
+
+
+def one_line(e: BaseException, limit: int = 1000) -> str:
+    """An exception's message as one line (its lines joined; torch's C++ frames dropped), at most ``limit`` chars."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    lines = [x for x in lines if not x.startswith(("frame #", "Exception raised from"))]
+    text = " ".join(lines) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -51,6 +51,8 @@ def read_json(path: Path, what: str) -> dict:
         raw = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{what}: not valid JSON ({describe(e)})") from e
+    except RecursionError as e:  # arrays or objects nested thousands deep
+        raise UserError(f"{what}: not a config (JSON nested too deeply)") from e
     if not isinstance(raw, dict):
         raise UserError(f"{what}: expected a JSON object of config fields, got {type(raw).__name__}")
     return raw
@@ -83,6 +85,7 @@ def load_small(path: str, dtype: torch.dtype = torch.float32):
     for key, near in unknown_config_keys(config):
         hint = f" (did you mean {near!r}?)" if near else ""
         logger.warning("--small %s: %s is not a %s field and is ignored%s", cfg_file, key, type(config).__name__, hint)
+    _check_readable(d, path)
     try:
         model, info = cls.from_pretrained(
             str(d), config=config, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
@@ -92,6 +95,19 @@ def load_small(path: str, dtype: torch.dtype = torch.float32):
     _check_loading(info, path, name)
     task = "causal" if name.endswith(CAUSAL_SUFFIXES) else "masked" if name.endswith(MASKED_SUFFIXES) else "other"
     return model, task
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")  # weights, shards and their index
+
+
+def _check_readable(d: Path, path: str) -> None:
+    """Every weight file of ``d`` can be opened: transformers reports an unreadable one as missing."""
+    for f in sorted(d.iterdir()):
+        if f.suffix in WEIGHT_SUFFIXES and f.is_file():
+            try:
+                open(f, "rb").close()
+            except OSError as e:
+                raise UserError(f"--small {path}: cannot read {f.name} ({describe(e)})") from e
 
 
 def _check_loading(info: dict, path: str, name: str) -> None:
@@ -184,8 +200,13 @@ def text_files(paths: list[str]) -> list[Path]:
             found = data.collect_files([s])
         except (FileNotFoundError, data.DataError) as e:
             raise UserError(f"--data {e}") from e
+        except OSError as e:  # an unreadable directory: the user's input, exit 2
+            raise UserError(f"--data {s}: cannot read it ({describe(e)})") from e
         for f in found:
-            problem = data.text_problem(f)
+            try:
+                problem = data.text_problem(f)
+            except OSError as e:  # unreadable (permissions, I/O): the user's input, exit 2
+                raise UserError(f"--data {f}: cannot read it ({describe(e)})") from e
             if problem is None:
                 files.append(f)
             elif Path(s).is_file():

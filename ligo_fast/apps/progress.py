@@ -85,11 +85,15 @@ class Progress:
 
 
 class _ConsoleHandler(logging.Handler):
-    """Plain messages: below WARNING to stdout, WARNING and above to stderr (the streams of the moment)."""
+    """Plain messages: below WARNING to stdout, WARNING and above to stderr (the streams of the moment). A closed
+    pipe (``| head -1``) raises BrokenPipeError to the caller, which stops the command quietly (a logging error
+    report per line was hundreds of lines of tracebacks)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
+        except BrokenPipeError:
+            raise
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
             self.handleError(record)
 

@@ -34,8 +34,9 @@ def from_pretrained(path, small_model: nn.Module | str | os.PathLike, large_conf
         meta = read_meta(Path(os.fspath(path)))
         if meta is None or "small_class" not in meta:
             raise ValueError(f"{path} has no {META} naming the small model's class: pass the small model itself")
-        cls = getattr(transformers, meta["small_class"], None)
-        if cls is None:
-            raise ValueError(f"transformers has no class {meta['small_class']!r} (named in {path}/{META})")
+        name = meta["small_class"]
+        cls = getattr(transformers, name, None) if isinstance(name, str) else None
+        if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+            raise ValueError(f"transformers has no model class {name!r} (small_class in {path}/{META})")
         small_model = cls.from_pretrained(small_model, **small_kwargs)
     return load_operator(path, small_model, large_config)

@@ -30,7 +30,11 @@ Imports: the model (below) and transformers.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,7 +46,39 @@ from ..model import LiGOModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GrowingModel", "GrowthCallback"]
+__all__ = ["GrowingModel", "GrowthCallback", "latest_complete_checkpoint"]
+
+TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` directory of a ``Trainer`` output directory that its save finished, for
+    ``trainer.train(resume_from_checkpoint=latest_complete_checkpoint(out))``; None when there is none.
+
+    ``Trainer`` writes a checkpoint's files in place, one after the other, and ``trainer_state.json`` last (then it
+    rotates older checkpoints out). A run killed while saving leaves ``checkpoint-N`` without it (or with it torn),
+    and ``resume_from_checkpoint=True`` picks that directory and fails until it is deleted by hand. Complete here
+    means: ``trainer_state.json`` is a JSON object whose ``global_step`` is ``N``. Torn directories are skipped with
+    a warning, never deleted.
+    """
+    out = Path(os.fspath(output_dir))
+    if not out.is_dir():
+        return None
+    found = sorted(
+        ((int(m.group(1)), d) for d in out.iterdir() if (m := _CHECKPOINT.fullmatch(d.name)) and d.is_dir()),
+        reverse=True,
+    )
+    for step, d in found:
+        try:
+            state = json.loads((d / TRAINER_STATE).read_text())
+            complete = isinstance(state, dict) and state.get("global_step") == step
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            complete = False
+        if complete:
+            return str(d)
+        logger.warning("%s: an incomplete checkpoint (no readable %s of step %d); skipping it", d, TRAINER_STATE, step)
+    return None
 
 
 class GrowingModel(nn.Module):

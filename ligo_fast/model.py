@@ -15,10 +15,11 @@ Imports: the layers below (arch, config, init, plan, layout, produce, lean, fact
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -27,14 +28,15 @@ from torch.func import functional_call
 from . import backends, factored, hf_surface
 from .arch import Arch, arch_for
 from .config import LiGOConfig
-from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
+from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate
 from .plan import OpTensor, Plan, build_plan, check_family
-from .produce import produce
+from .produce import parts, produce, produce_part
 from .serialization import write_operator
+from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -332,25 +334,86 @@ class LiGOModel(nn.Module):
         self.__dict__["forward"] = hf_surface.signed_forward(self, self.large)
 
     @torch.no_grad()
-    def materialize(self) -> nn.Module:
-        """A fresh plain HF model of the large config holding the produced weights (copies, no references).
+    def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """A fresh plain HF model of the large config holding the produced weights (no references to this model).
 
-        The result has the small model's class, is in this model's train/eval mode and on its device, ready for
-        ``save_pretrained``.
+        The large model is built with its parameters on meta and each module kind's weights are produced (all large
+        layers in one call, as in the forward) and assigned, one kind after the other: no random init is thrown
+        away and no second copy of the state is made, so the peak is about the large model plus one module kind.
+
+        Args:
+            dtype: the floating dtype of the result's parameters and buffers (as ``model.to(dtype)`` would give);
+                None: the operator's. The values are those the forward uses, cast once.
+
+        Returns:
+            A model of the small model's class, on this model's device and in its train/eval mode, ready for
+            ``save_pretrained`` (or save without building it: :meth:`save_materialized`).
         """
-        produced = self.produce()
-        large = self.hf_class(copy.deepcopy(self.config))
-        state = {k: v.detach().clone() for k, v in self.large.state_dict().items()}
-        state.update({k: v.detach().clone() for k, v in produced.items()})
-        dtype = next(iter(produced.values())).dtype
-        large.to(device=self.device, dtype=dtype)
-        missing, unexpected = large.load_state_dict(state, strict=False)
-        if unexpected or missing:
-            raise RuntimeError(
-                f"materialize: the large model did not take the produced weights "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
+        avoid = storage_keys([*self.op.state_dict().values(), *self.large.state_dict().values()])
+        large = fill(empty_model(self.hf_class, self.config), self._state_parts(), device=self.device, dtype=dtype,
+                     avoid=avoid)  # fmt: skip
         return large.train(self.training)
+
+    @torch.no_grad()
+    def save_materialized(
+        self, save_directory, dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE
+    ) -> list[str]:
+        """Write what ``materialize(dtype).save_pretrained(save_directory)`` would, without building the large model.
+
+        One module kind is produced at a time (all its large layers), cast layer by layer to ``dtype`` and appended
+        to its safetensors shard, then dropped: the peak is about the largest module kind, not the model. The
+        directory gets ``config.json``, ``generation_config.json`` (models that generate), and ``model.safetensors``
+        or shards of at most ``max_shard_size`` with ``model.safetensors.index.json``, as transformers names them;
+        tied weights are written once. It loads with ``AutoModel*.from_pretrained`` and equals
+        ``materialize(dtype)`` bit for bit. Crash-safe: written into a temporary directory, fsynced and renamed,
+        the index (or the single weights file) last (:mod:`ligo_fast.shards`).
+
+        Returns:
+            The names of the files written.
+        """
+        dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
+        meta = empty_model(self.hf_class, self.config)
+        state = meta.state_dict(keep_vars=True)
+        canonical, seen = {}, set()  # tied names: the first one only, as save_pretrained writes them
+        for k, v in state.items():
+            if id(v) not in seen:
+                seen.add(id(v))
+                canonical[k] = v
+        order = [
+            *self.large.state_dict(),
+            *(n for part in parts(self.plan.slots, self.plan.aliases) for n in part.names),
+        ]
+        entries, done = [], set()
+        for name in order:
+            if name in canonical and name not in done:
+                v = canonical[name]
+                done.add(name)
+                entries.append(Entry(name, tuple(v.shape), dtype if v.is_floating_point() else v.dtype))
+        if len(done) != len(canonical):
+            missing = [k for k in canonical if k not in done]
+            raise RuntimeError(f"save_materialized: nothing produces {missing[:3]}")
+        config = meta.config
+        config.dtype = str(dtype).split(".")[1]
+        config.architectures = [self.hf_class.__name__]
+        generation = meta.generation_config if meta.can_generate() else None
+
+        def extra(d: Path) -> None:
+            config.save_pretrained(d)
+            if generation is not None:
+                generation.save_pretrained(d)
+
+        return write_checkpoint(
+            save_directory, entries, self._state_parts(), max_shard_size=max_shard_size, extra=extra,
+            total_parameters=meta.num_parameters(),
+        )  # fmt: skip
+
+    def _state_parts(self) -> Iterator[dict[str, Tensor]]:
+        """The large model's state by name, in parts: the leftovers, then the produced tensors one
+        :class:`ligo_fast.produce.Part` at a time (the same calls as the forward's production, so the same values)."""
+        yield self.large.state_dict()
+        for part in parts(self.plan.slots, self.plan.aliases):
+            yield produce_part(part, self.tensor, aliases=self.plan.aliases)
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""

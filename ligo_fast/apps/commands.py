@@ -291,20 +291,20 @@ def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
     }
 
 
-def write_outputs(out: Path, model, tokenizer, record: dict):
+def write_outputs(out: Path, model, tokenizer, record: dict) -> None:
     """The operator, the materialised large model and the tokenizer (if any) into ``out``, crash-consistently
-    (:func:`outputs.write_outputs`); returns the large model."""
-    large = model.materialize()
+    (:func:`outputs.write_outputs`). The large model is streamed to its safetensors files module kind by module kind
+    (``LiGOModel.save_materialized``): it is never held whole in memory."""
 
     def write(d: Path) -> None:
         model.save_operator(d)
-        large.save_pretrained(str(d))
+        model.save_materialized(d)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(d))
 
-    nbytes = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *large.state_dict().values()])
+    elem = next(model.parameters()).element_size()
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + model.num_parameters() * elem
     outputs.write_outputs(out, write, record, nbytes=nbytes)
-    return large
 
 
 # ---------------------------------------------------------------------------------------------- materialize
@@ -340,9 +340,8 @@ def cmd_materialize(args) -> int:
         if manifest is None and present:
             raise UserError(f"--out {out} holds {', '.join(present)} of another program; use another directory")
         record = {"command": "materialize", "operator": str(op.resolve()), "small": str(Path(args.small).resolve())}
-        large = write_outputs(out, model, inputs.load_tokenizer(args.small), record)
-    n = sum(p.numel() for p in large.parameters())
-    print(f"wrote {type(large).__name__} ({n / 1e6:.2f}M parameters) to {args.out}")
+        write_outputs(out, model, inputs.load_tokenizer(args.small), record)
+    print(f"wrote {model.hf_class.__name__} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.out}")
     return 0
 
 

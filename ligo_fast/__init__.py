@@ -17,6 +17,7 @@ _PUBLIC = {
     "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
+    "plan_growth": "model",
     "load_operator": "checkpoint",
     "register_architecture": "arch",
     "supported_classes": "arch",
@@ -27,6 +28,7 @@ __all__ = [
     "LiGOModel",
     "grow",
     "materialize",
+    "plan_growth",
     "load_operator",
     "register_architecture",
     "supported_classes",
@@ -37,7 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .arch import register_architecture, supported_classes
     from .checkpoint import load_operator
     from .config import LiGOConfig
-    from .model import LiGOModel
+    from .model import LiGOModel, plan_growth
 
 
 def __getattr__(name: str):

@@ -87,12 +87,8 @@ class LiGOModel(nn.Module):
         small_shapes = {k: tuple(v.shape) for k, v in small_sd.items()}
         L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
         # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
-        early = build_plan(arch, small_shapes, _shapes_for_layers(hf_class, large_config, arch, L2), [], L1, L2, config)
-        ensure_fits(
-            estimate(early, large_config, tokens=0, seq_len=0, elem=ref.element_size(), leftover_bytes=0,
-                     device=ref.device),
-            f"growing {hf_class.__name__} to {L2} layers",
-        )  # fmt: skip
+        early = plan_growth(small_model, large_config, config, device=ref.device, chunk=1)
+        ensure_fits(early, f"growing {hf_class.__name__} to {L2} layers")
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
             large = hf_class(large_config)
         plan = build_plan(
@@ -446,6 +442,42 @@ class LiGOModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.arch.family}: {self.L1} -> {self.L2} layers, {len(self.plan.slots)} module kinds"
+
+
+def plan_growth(
+    small_model: nn.Module,
+    large_config,
+    config: LiGOConfig | None = None,
+    *,
+    tokens: int = 0,
+    seq_len: int = 0,
+    device: torch.device | str = "cpu",
+    chunk: int | None = None,
+) -> MemoryPlan:
+    """The memory estimate of growing ``small_model`` to ``large_config`` without building either model's weights.
+
+    Only shapes are read: ``small_model`` may live on meta (``with torch.device("meta"): cls(small_config)``), and
+    the large shapes come from a one-layer model on meta, so an 8B-class growth is planned in well under a second.
+    The plan's tied weights are not known here (a tied head counts as its own weight: an upper bound).
+
+    Args:
+        tokens, seq_len: the batch of the operator step (0: no step, the other parts only).
+        device: whose free memory :class:`MemoryPlan` compares with; ``chunk``: lean mode's layers per chunk
+            (None: about sqrt(L2)).
+    """
+    config = config or LiGOConfig()
+    arch = arch_for(small_model)
+    check_family(arch, large_config)
+    arch = arch.for_configs(small_model.config, large_config)
+    small_shapes = {k: tuple(v.shape) for k, v in small_model.state_dict().items()}
+    L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
+    large_shapes = _shapes_for_layers(type(small_model), large_config, arch, L2)
+    plan = build_plan(arch, small_shapes, large_shapes, [], L1, L2, config)
+    elem = next(small_model.parameters()).element_size()
+    return estimate(
+        plan, large_config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=0, device=torch.device(device),
+        chunk=default_chunk(L2) if chunk is None else chunk,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- helpers

@@ -199,3 +199,30 @@ def test_shard_sizes_and_errors():
             shards.parse_size(bad)
     e = [shards.Entry(str(i), (n,), torch.float32) for i, n in enumerate([3, 3, 10, 1, 1])]
     assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
+
+
+@pytest.mark.parametrize(("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False)])
+def test_memory_estimate_of_materialising_and_saving(name, tie):
+    small_cfg, large_cfg = configs(name, tie=tie)
+    model = _grown(name, tie)
+    mp = model.memory_plan(**inputs(name))
+    # the largest part, and all parts together, measured on the tensors production returns
+    sizes = [
+        sum(
+            t.numel() * t.element_size()
+            for t in {id(t): t for t in model_module.produce_part(p, model.tensor).values()}.values()
+        )
+        for p in model_module.parts(model.plan.slots, model.plan.aliases)
+    ]
+    assert mp.produced_largest == max(sizes) and mp.produced == sum(sizes)
+    assert mp.materialize() == mp.produced + max(sizes) and mp.streamed_save() == max(sizes)
+    assert mp.materialize(2) == mp.produced // 2 + max(sizes)
+    # planned from shapes only: the small model on meta
+    with torch.device("meta"):
+        meta_small = getattr(T, name)(small_cfg)
+    planned = ligo_fast.plan_growth(meta_small, large_cfg, tokens=mp.tokens, seq_len=7)
+    assert (planned.produced, planned.produced_largest, planned.activations) == (
+        mp.produced,
+        mp.produced_largest,
+        mp.activations,
+    )

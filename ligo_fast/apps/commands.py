@@ -24,6 +24,7 @@ from torch.utils import benchmark
 import ligo_fast
 from ligo_fast import backends, budget, ops
 from ligo_fast.info import report
+from ligo_fast.shards import parse_size
 
 from . import checkpoints, data, inputs, outputs, training
 from .errors import Diverged, UserError, exit_code_for
@@ -291,14 +292,14 @@ def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
     }
 
 
-def write_outputs(out: Path, model, tokenizer, record: dict) -> None:
+def write_outputs(out: Path, model, tokenizer, record: dict, max_shard_size: str | None = None) -> None:
     """The operator, the materialised large model and the tokenizer (if any) into ``out``, crash-consistently
     (:func:`outputs.write_outputs`). The large model is streamed to its safetensors files module kind by module kind
     (``LiGOModel.save_materialized``): it is never held whole in memory."""
 
     def write(d: Path) -> None:
         model.save_operator(d)
-        model.save_materialized(d)
+        model.save_materialized(d, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(d))
 
@@ -317,6 +318,10 @@ def cmd_materialize(args) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory")
     if op.is_dir() and out.exists() and os.path.samefile(op, out):
         raise UserError("--out must be another directory than --operator")
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as e:
+        raise UserError(f"--max-shard-size: {e}") from e
     if op.is_dir():
         try:
             outputs.check_outputs(op, interrupted_hint="rerun the grow command that writes them")
@@ -340,7 +345,7 @@ def cmd_materialize(args) -> int:
         if manifest is None and present:
             raise UserError(f"--out {out} holds {', '.join(present)} of another program; use another directory")
         record = {"command": "materialize", "operator": str(op.resolve()), "small": str(Path(args.small).resolve())}
-        write_outputs(out, model, inputs.load_tokenizer(args.small), record)
+        write_outputs(out, model, inputs.load_tokenizer(args.small), record, args.max_shard_size)
     print(f"wrote {model.hf_class.__name__} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.out}")
     return 0
 

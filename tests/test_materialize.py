@@ -226,3 +226,18 @@ def test_memory_estimate_of_materialising_and_saving(name, tie):
         mp.produced_largest,
         mp.activations,
     )
+
+
+def test_grow_checks_finiteness_with_an_overflowing_sum():
+    """grow's finiteness check sums first (issue 20's profile of grow): an overflowing sum of finite weights is not
+    mistaken for a NaN/Inf, and NaN/Inf are still refused."""
+    small_cfg, large_cfg = configs("LlamaForCausalLM")
+    small = build("LlamaForCausalLM", small_cfg)
+    with torch.no_grad():
+        small.model.norm.weight.fill_(3e38)  # finite, its sum is not
+    ligo_fast.grow(small, large_cfg)
+    for bad, kind in ((float("nan"), "NaN"), (float("inf"), "Inf")):
+        with torch.no_grad():
+            small.model.norm.weight[3] = bad
+        with pytest.raises(ValueError, match=f"model.norm.weight contains {kind}"):
+            ligo_fast.grow(small, large_cfg)

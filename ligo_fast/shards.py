@@ -11,7 +11,8 @@ its own), as transformers does.
 Crash safety: everything is written into a temporary directory inside the target and fsynced; then the other
 files (``config.json``, ...) and the shards are renamed into place and the index, or the single weights file, goes
 last, so a directory that holds it holds every shard it names; shards of an earlier save that the new index does
-not name are removed. Imports: ``serialization``'s crash-safe helpers.
+not name are removed, and so are the temporary directories of saves that were killed. Imports: ``serialization``'s
+crash-safe helpers.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def write_checkpoint(
         raise ValueError("write_checkpoint: no tensors to write")
     names = [WEIGHTS] if len(shards) == 1 else [SHARD.format(i + 1, len(shards)) for i in range(len(shards))]
     directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale(directory)
     tmp = directory / f".materialize-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -165,6 +167,20 @@ def write_checkpoint(
         return files
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(directory: Path) -> None:
+    """Remove the temporary directories that killed saves (their process is gone) left in ``directory``."""
+    for p in directory.glob(".materialize-*.tmp"):
+        pid = p.name[len(".materialize-") : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process): not ours to remove
 
 
 def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks: Iterable[Mapping[str, Tensor]]):

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +244,39 @@ def test_grow_checks_finiteness_with_an_overflowing_sum():
             small.model.norm.weight[3] = bad
         with pytest.raises(ValueError, match=f"model.norm.weight contains {kind}"):
             ligo_fast.grow(small, large_cfg)
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_materialize import _grown
+from ligo_fast import model as model_module
+model = _grown("LlamaForCausalLM", False)
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(1.0)
+real, calls = model_module.produce_part, [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+model_module.produce_part = dying
+model.save_materialized({out!r}, max_shard_size=3000)
+"""
+
+
+def test_save_materialized_killed_leaves_the_previous_save(tmp_path):
+    model = _grown("LlamaForCausalLM", False)
+    model.save_materialized(tmp_path / "out", max_shard_size=3000)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    code = _KILLED_SAVE.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == -9, res.stderr[-2000:]
+    left = {p.name: p for p in (tmp_path / "out").iterdir()}
+    stale = [n for n in left if n.startswith(".materialize-")]
+    assert len(stale) == 1 and any((left[stale[0]]).iterdir())  # killed while writing its shards
+    assert {n: p.read_bytes() for n, p in left.items() if n not in stale} == before
+    model.save_materialized(tmp_path / "out", max_shard_size=3000)  # the next save clears what the killed one left
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

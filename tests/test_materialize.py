@@ -116,6 +116,7 @@ def test_compat_materialise_equals_the_copying_path():
             state[k] = v.detach().clone()
     ref.load_state_dict(state, strict=True)
     _assert_same(_everything(materialize_compat(wrapped)), _everything(ref))
+    _assert_same(_everything(ligo_fast.materialize(wrapped, torch.bfloat16)), _everything(ref.to(torch.bfloat16)))
 
 
 @pytest.mark.parametrize(

@@ -347,7 +347,7 @@ def _produced_parts(model: nn.Module) -> Iterable[dict[str, Tensor]]:
 
 
 @torch.no_grad()
-def materialize_compat(model: nn.Module) -> nn.Module:
+def materialize_compat(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A fresh plain model of ``model``'s class and config holding the produced weights (copies).
 
     Built as :meth:`ligo_fast.LiGOModel.materialize` builds its result (:func:`ligo_fast.hf.fill`: parameters on
@@ -355,6 +355,7 @@ def materialize_compat(model: nn.Module) -> nn.Module:
 
     Args:
         model: what :func:`create_ligo_from_model` returned.
+        dtype: the result's floating dtype (None: the operator's).
 
     Returns:
         A model without Fused modules or ``__sm_`` tensors, on ``model``'s device, in its train/eval mode.
@@ -375,7 +376,8 @@ def materialize_compat(model: nn.Module) -> nn.Module:
     expected = large.state_dict(keep_vars=True)
     own = {k: v for k, v in model.state_dict().items() if k in expected and not k.startswith(SM)}
     # the produced parts first; then the model's own tensors fill what the operator does not produce
-    fill(large, itertools.chain(produced, [own]), device=ref.device, dtype=ref.dtype, avoid=storage_keys(own.values()))
+    fill(large, itertools.chain(produced, [own]), device=ref.device, dtype=dtype or ref.dtype,
+         avoid=storage_keys(own.values()))  # fmt: skip
     return large.train(model.training)
 
 

@@ -528,9 +528,13 @@ def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Pl
         return small_sd[t.sources[0]].detach().clone()
     if t.role == "width":
         n_new, small = t.shape[-2:]
-        if t.rule == "split":
-            draws = [width_init(n_new, small, cfg.width_init, cfg.width_noise, gen) for _ in range(t.shape[0])]
-            return torch.stack(draws)
+        if t.rule == "split":  # one layer's draw at a time into the result: no list of draws beside it
+            out = None
+            for l in range(t.shape[0]):
+                draw = width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
+                out = torch.empty((t.shape[0], *draw.shape), dtype=draw.dtype) if out is None else out
+                out[l] = draw
+            return out
         return width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
     if t.role == "depth":
         d = depth_init(plan.L2, plan.L1, cfg.depth_init, cfg.depth_noise, gen, block_output=t.block_output)

@@ -152,6 +152,7 @@ def fill(
                 model.get_submodule(parent)._buffers[leaf] = _own(t, device, dtype, avoid)
             else:
                 raise RuntimeError(f"{type(model).__name__} has no parameter or buffer {name!r}")
+        part = t = None  # before the next part is produced: this one's (copied) tensors can go
     left = [n for n, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
     if left:
         raise RuntimeError(f"{type(model).__name__}: no value for {len(left)} parameters ({', '.join(left[:3])}, ...)")

@@ -18,8 +18,10 @@ Beyond the step (what grow builds and what turning the operator into a plain mod
 * ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus one module kind
   (all its large layers, ``produced_largest``) in the operator's dtype, produced before it is split into one tensor
   per layer (:func:`ligo_fast.hf.fill`);
-* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): one module kind plus one
-  of its layers cast to the output dtype (the shards are written from the tensors' own memory).
+* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): one module kind while it
+  is produced, counted twice (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as
+  large as its output), plus one of its layers cast to the output dtype (the shards are written from the tensors'
+  own memory). ``materialize`` needs no such term: the last kinds are produced where the model is not complete yet.
 
 Memory-lean mode turns itself on only when the eager step would not fit in ``margin`` of the free memory. A growth
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
@@ -109,9 +111,10 @@ class MemoryPlan:
         return out + self.produced_largest
 
     def streamed_save(self, out_elem: int | None = None) -> int:
-        """What ``save_materialized`` allocates besides the operator: one module kind, one layer of it cast."""
+        """What ``save_materialized`` allocates besides the operator: one module kind being produced (output and
+        intermediates), one layer of it cast."""
         cast = 0 if out_elem in (None, self.elem) else self.produced_largest * out_elem // (self.elem * self.layers)
-        return self.produced_largest + cast
+        return 2 * self.produced_largest + cast
 
     @property
     def use_lean(self) -> bool:

@@ -202,6 +202,7 @@ def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks
                     current = i
                 f.write(_raw(t.to(e.dtype)))
                 pos += 1
+            chunk = t = None  # before the next chunk is produced: this one can go
         if pos != len(order):
             raise RuntimeError(f"write_checkpoint: no value for {order[pos][1].name!r} (or it came out of order)")
     finally:

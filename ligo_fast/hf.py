@@ -92,7 +92,13 @@ def empty_model(hf_class: type, config) -> nn.Module:
 
 def storage_keys(tensors: Iterable[Tensor]) -> frozenset[int]:
     """The storages (data pointers) of ``tensors``: what :func:`fill` must not let the result reference."""
-    return frozenset(t.untyped_storage().data_ptr() for t in tensors if t.device.type != "meta")
+    keys = set()
+    for t in tensors:
+        try:
+            keys.add(t.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # meta, a freed shard (FSDP2), a tensor without plain storage
+            pass
+    return frozenset(keys)
 
 
 def _own(t: Tensor, device: torch.device, dtype: torch.dtype | None, avoid: frozenset[int]) -> Tensor:
@@ -101,8 +107,12 @@ def _own(t: Tensor, device: torch.device, dtype: torch.dtype | None, avoid: froz
     t = t.detach()
     out = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
     if out is t:
-        storage = t.untyped_storage()
-        if storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in avoid:
+        try:
+            storage = t.untyped_storage()
+            shared = storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in avoid
+        except (RuntimeError, NotImplementedError):  # no plain storage (a DTensor, ...): copy to be safe
+            shared = True
+        if shared:
             out = t.clone()
     return out
 

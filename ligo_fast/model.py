@@ -348,7 +348,9 @@ class LiGOModel(nn.Module):
             ``save_pretrained`` (or save without building it: :meth:`save_materialized`).
         """
         dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
-        avoid = storage_keys([*self.op.state_dict().values(), *self.large.state_dict().values()])
+        # parameters() and buffers(), not state_dict(): FSDP2's state-dict hooks would swap in the sharded tensors
+        mine = [*self.op.parameters(), *self.op.buffers(), *self.large.parameters(), *self.large.buffers()]
+        avoid = storage_keys(mine)
         large = fill(empty_model(self.hf_class, self.config), self._state_parts(), device=self.device, dtype=dtype,
                      avoid=avoid)  # fmt: skip
         return large.train(self.training)
@@ -378,10 +380,8 @@ class LiGOModel(nn.Module):
             if id(v) not in seen:
                 seen.add(id(v))
                 canonical[k] = v
-        order = [
-            *self.large.state_dict(),
-            *(n for part in parts(self.plan.slots, self.plan.aliases) for n in part.names),
-        ]
+        # the produced names, then the leftovers (the last part of _state_parts), in the meta model's order
+        order = [*(n for part in parts(self.plan.slots, self.plan.aliases) for n in part.names), *canonical]
         entries, done = [], set()
         for name in order:
             if name in canonical and name not in done:
@@ -407,11 +407,11 @@ class LiGOModel(nn.Module):
         )  # fmt: skip
 
     def _state_parts(self) -> Iterator[dict[str, Tensor]]:
-        """The large model's state by name, in parts: the leftovers, then the produced tensors one
-        :class:`ligo_fast.produce.Part` at a time (the same calls as the forward's production, so the same values)."""
-        yield self.large.state_dict()
+        """The large model's state by name, in parts: the produced tensors one :class:`ligo_fast.produce.Part` at a
+        time (the same calls as the forward's production, so the same values), then the leftovers."""
         for part in parts(self.plan.slots, self.plan.aliases):
             yield produce_part(part, self.tensor, aliases=self.plan.aliases)
+        yield self.large.state_dict()
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""

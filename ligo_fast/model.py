@@ -380,17 +380,14 @@ class LiGOModel(nn.Module):
             if id(v) not in seen:
                 seen.add(id(v))
                 canonical[k] = v
-        # the produced names, then the leftovers (the last part of _state_parts), in the meta model's order
+        # the produced names, then the leftovers (the last part of _state_parts), in the meta model's order; a name
+        # that no part holds fails the writer before anything is moved into place
         order = [*(n for part in parts(self.plan.slots, self.plan.aliases) for n in part.names), *canonical]
-        entries, done = [], set()
-        for name in order:
-            if name in canonical and name not in done:
-                v = canonical[name]
-                done.add(name)
-                entries.append(Entry(name, tuple(v.shape), dtype if v.is_floating_point() else v.dtype))
-        if len(done) != len(canonical):
-            missing = [k for k in canonical if k not in done]
-            raise RuntimeError(f"save_materialized: nothing produces {missing[:3]}")
+        entries = [
+            Entry(n, tuple(canonical[n].shape), dtype if canonical[n].is_floating_point() else canonical[n].dtype)
+            for n in dict.fromkeys(order)
+            if n in canonical
+        ]
         config = meta.config
         config.dtype = str(dtype).split(".")[1]
         config.architectures = [self.hf_class.__name__]

@@ -24,6 +24,7 @@ _PUBLIC = {
     "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
+    "plan_growth": "model",
     "load_operator": "checkpoint",
     "register_architecture": "arch",
     "supported_classes": "arch",
@@ -50,6 +51,7 @@ __all__ = [
     "LiGOModel",
     "grow",
     "materialize",
+    "plan_growth",
     "load_operator",
     "register_architecture",
     "supported_classes",
@@ -99,7 +101,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .checkpoint import load_operator
     from .config import LINEAR_MODES, LiGOConfig, check_model_config, model_config_from_dict, unknown_config_keys
     from .init import DEPTH_INITS, WIDTH_INITS
-    from .model import LiGOModel
+    from .model import LiGOModel, plan_growth
 
 
 def __getattr__(name: str):

@@ -40,12 +40,13 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
 
 
 @torch.no_grad()
-def materialize(model) -> nn.Module:
+def materialize(model, dtype: torch.dtype | None = None) -> nn.Module:
     """A fresh plain HF model of the large config holding the produced weights (copies, no references).
 
     Accepts a :class:`LiGOModel` or what :func:`ligo_fast.compat.create_ligo_from_model` returns. The result
-    is in the same train/eval mode as ``model``, on its device, ready for ``save_pretrained``.
+    is in the same train/eval mode as ``model``, on its device, in ``dtype`` (None: the operator's), ready for
+    ``save_pretrained``.
     """
     if isinstance(model, LiGOModel):
-        return model.materialize()
-    return materialize_compat(model)
+        return model.materialize(dtype)
+    return materialize_compat(model, dtype)

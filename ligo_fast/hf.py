@@ -3,7 +3,9 @@
 ``empty_parameters()`` constructs a model whose parameters live on the ``meta`` device (no memory, no random
 init) while its buffers (position ids, rotary frequencies) are real: LiGOModel deletes the parameters the operator
 produces and materialises only the few that remain (:func:`materialize_leftovers`). ``with_layers`` gives a copy of
-a config with another layer count, for estimates that must not build every layer.
+a config with another layer count, for estimates that must not build every layer. ``empty_model`` and
+``fill`` build a plain model from produced tensors without a throw-away init or a second copy: the model is built
+with its parameters on meta and each tensor is assigned (not copied) as it arrives.
 Imports: torch and the HF config/model objects it is given; nothing of ligo_fast.
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -80,3 +82,88 @@ def materialize_leftovers(large: nn.Module, small_sd: dict[str, Tensor], device:
                 module._parameters[leaf].copy_(src)
             names.append(n)
     return names
+
+
+def empty_model(hf_class: type, config) -> nn.Module:
+    """``hf_class(config)`` (a copy of it) with every parameter on meta and real buffers (rotary frequencies, ...)."""
+    with empty_parameters():
+        return hf_class(copy.deepcopy(config))
+
+
+def storage_keys(tensors: Iterable[Tensor]) -> frozenset[int]:
+    """The storages (data pointers) of ``tensors``: what :func:`fill` must not let the result reference."""
+    keys = set()
+    for t in tensors:
+        try:
+            keys.add(t.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # meta, a freed shard (FSDP2), a tensor without plain storage
+            pass
+    return frozenset(keys)
+
+
+def _own(t: Tensor, device: torch.device, dtype: torch.dtype | None, avoid: frozenset[int]) -> Tensor:
+    """``t`` on ``device`` in ``dtype`` (floating tensors only) in a storage of its own, copied only where needed:
+    ``t`` is a view into a larger tensor (one layer of a module kind) or lives in a storage of ``avoid``."""
+    t = t.detach()
+    out = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
+    if out is t:
+        try:
+            storage = t.untyped_storage()
+            shared = storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in avoid
+        except (RuntimeError, NotImplementedError):  # no plain storage (a DTensor, ...): copy to be safe
+            shared = True
+        if shared:
+            out = t.clone()
+    return out
+
+
+@torch.no_grad()
+def fill(
+    model: nn.Module,
+    parts: Iterable[Mapping[str, Tensor]],
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    avoid: frozenset[int] = frozenset(),
+) -> nn.Module:
+    """Give ``model`` (from :func:`empty_model`) its tensors, part by part, and return it.
+
+    Each part maps state-dict names to tensors; names tied in ``model`` (one meta parameter) get one Parameter,
+    from the first of them to arrive (tied weights stay tied). Every tensor is taken as it is where it owns its
+    storage and is in ``dtype`` on ``device`` (else converted or copied, see :func:`_own`), so a caller that drops
+    a part after this call holds each produced value once. The model's own buffers move to ``device`` (floating
+    ones to ``dtype``, as ``model.to`` would). RuntimeError names a parameter left on meta or a name the model
+    does not have.
+    """
+    for module in model.modules():
+        for leaf, b in module._buffers.items():
+            if b is not None:
+                module._buffers[leaf] = _own(b, device, dtype, frozenset())
+    params = {n: n.rpartition(".") for n, _ in model.named_parameters(remove_duplicate=False)}
+    buffers = {n: n.rpartition(".") for n, _ in model.named_buffers(remove_duplicate=False)}
+    made: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id of a meta parameter -> (it, its replacement)
+    for part in parts:
+        for name, t in part.items():
+            if name in params:
+                parent, _, leaf = params[name]
+                module = model.get_submodule(parent)
+                old = module._parameters[leaf]
+                if old.device.type != "meta":  # a tie whose other name came first: the same parameter
+                    continue
+                if tuple(old.shape) != tuple(t.shape):
+                    raise RuntimeError(
+                        f"{name}: a tensor of shape {tuple(t.shape)} for a parameter of {tuple(old.shape)}"
+                    )
+                if id(old) not in made:  # names tied in the model share the meta parameter: one replacement
+                    made[id(old)] = (old, nn.Parameter(_own(t, device, dtype, avoid), requires_grad=old.requires_grad))
+                module._parameters[leaf] = made[id(old)][1]
+            elif name in buffers:
+                parent, _, leaf = buffers[name]
+                model.get_submodule(parent)._buffers[leaf] = _own(t, device, dtype, avoid)
+            else:
+                raise RuntimeError(f"{type(model).__name__} has no parameter or buffer {name!r}")
+        part = t = None  # before the next part is produced: this one's (copied) tensors can go
+    left = [n for n, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"{type(model).__name__}: no value for {len(left)} parameters ({', '.join(left[:3])}, ...)")
+    return model

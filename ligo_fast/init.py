@@ -39,7 +39,7 @@ def _uniform(shape, generator: Generator) -> Tensor:
 
 def _normalised(rows: int, cols: int, generator: Generator, **_) -> Tensor:
     u = _uniform((rows, cols), generator)
-    return u / u.sum(-1, keepdim=True)
+    return u.div_(u.sum(-1, keepdim=True))  # in place: one (rows, cols) allocation, the same values
 
 
 def _softmax(rows: int, cols: int, generator: Generator, **_) -> Tensor:

@@ -12,6 +12,17 @@ An estimate, not a measurement, from the growth plan and the large config (all i
   scores of an unfused attention; Korthikanti et al. 2022 count 34 h + 5 a s bytes for 16-bit BERT-like layers)
   plus the logits and their gradient.
 
+Beyond the step (what grow builds and what turning the operator into a plain model needs):
+
+* ``growth`` (:func:`ligo_fast.grow`): ``resident``; the large model's produced weights are never allocated;
+* ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus one module kind
+  (all its large layers, ``produced_largest``) in the operator's dtype, produced before it is split into one tensor
+  per layer (:func:`ligo_fast.hf.fill`);
+* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): one module kind while it
+  is produced, counted twice (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as
+  large as its output), plus one of its layers cast to the output dtype (the shards are written from the tensors'
+  own memory). ``materialize`` needs no such term: the last kinds are produced where the model is not complete yet.
+
 The memory a run plans with, its budget (:func:`memory_budget`), is read once when the model is built: an explicit
 ``LiGOConfig.memory_budget``, else the environment variable ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at that
 moment (``MemAvailable`` and the cgroup/container limit on CPU). Every later decision is a function of it, so the
@@ -167,6 +178,9 @@ class MemoryPlan:
     chunk: int = 1  # layers per chunk of memory-lean mode
     margin: float = MARGIN
     source: str = "free memory now"  # where ``available`` came from (:func:`memory_budget`)
+    elem: int = 4  # bytes per element of the operator (and of the produced weights)
+    produced_largest: int = 0  # the largest module kind, all large layers (or all vectors together)
+    layers: int = 1  # large layers (L2)
 
     @property
     def eager(self) -> int:
@@ -176,6 +190,23 @@ class MemoryPlan:
     def lean(self) -> int:
         layers = 3 * self.chunk * self.produced_layer
         return self.resident + self.optimizer + 2 * self.produced_global + layers + self.activations
+
+    @property
+    def growth(self) -> int:
+        """What :func:`ligo_fast.grow` allocates: the operator's tensors and the large model's leftovers."""
+        return self.resident
+
+    def materialize(self, out_elem: int | None = None) -> int:
+        """What ``materialize`` allocates besides the operator: the large model in ``out_elem`` bytes per element
+        (None: the operator's) plus one module kind being produced."""
+        out = self.produced if out_elem is None else self.produced * out_elem // self.elem
+        return out + self.produced_largest
+
+    def streamed_save(self, out_elem: int | None = None) -> int:
+        """What ``save_materialized`` allocates besides the operator: one module kind being produced (output and
+        intermediates), one layer of it cast."""
+        cast = 0 if out_elem in (None, self.elem) else self.produced_largest * out_elem // (self.elem * self.layers)
+        return 2 * self.produced_largest + cast
 
     @property
     def use_lean(self) -> bool:
@@ -232,14 +263,21 @@ def estimate(
             optimizer += 3 * n
     produced = produced_global = 0
     per_layer = 0
+    vectors = largest = 0  # the production's parts (ligo_fast.produce.parts): all vectors, one part per matrix
     for s in plan.slots:
         w = 0 if s.tied_weight else _numel(s.shape_w)
-        b = _numel(s.shape_w[:1]) if s.b is not None else 0  # a bias has the output size
+        b = (s.shape_w[-1] if s.mod.transposed else s.shape_w[0]) if s.b is not None else 0  # the output size
+        n = plan.L2 if s.layered else 1
         if s.layered:
             per_layer += (w + b) * elem
             produced += (w + b) * elem * plan.L2
         else:
             produced_global += (w + b) * elem
+        if len(s.shape_w) == 1:
+            vectors += (w + b) * elem * n
+        else:
+            vectors += b * elem * n
+            largest = max(largest, w * elem * n)
     produced += produced_global
     return MemoryPlan(
         device=str(device),
@@ -253,6 +291,9 @@ def estimate(
         tokens=tokens,
         chunk=chunk,
         source=source,
+        elem=elem,
+        produced_largest=max(largest, vectors),
+        layers=plan.L2,
     )
 
 

@@ -5,7 +5,9 @@ The data flow: :func:`ligo_fast.grow` -> :func:`ligo_fast.plan.build_plan` (whic
 ``(L1, out, in)``, depth coefficients ``(L2, L1)``, per-layer width matrices ``(L2, ...)``) -> every forward
 produces the large weights (:mod:`ligo_fast.produce`: one expand call per module kind, one multi-vector call)
 and runs the large HF model on them with :func:`torch.func.functional_call` -> ``materialize()`` returns a plain
-HF model. The large model's own copies of the produced parameters are deleted, so they cost no memory.
+HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or ``save_materialized()`` streams it to
+disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced parameters are deleted, so they cost
+no memory.
 ``state_dict()`` is the official checkpoint layout (:mod:`ligo_fast.layout`), so official operator checkpoints
 load strictly and ours load into the official code. Memory-lean and factored execution: :mod:`ligo_fast.lean`,
 :mod:`ligo_fast.factored`.
@@ -15,10 +17,11 @@ Imports: the layers below (arch, config, init, plan, layout, produce, lean, fact
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -27,14 +30,15 @@ from torch.func import functional_call
 from . import backends, factored, hf_surface
 from .arch import Arch, arch_for
 from .config import LiGOConfig
-from .hf import empty_parameters, materialize_leftovers, meta_shapes, with_layers
+from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
 from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
-from .produce import produce
+from .produce import parts, produce, produce_part
 from .serialization import write_operator
+from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +91,9 @@ class LiGOModel(nn.Module):
         # the memory budget, read once per device (the first here): every memory decision is a function of it
         budgets = {str(ref.device): memory_budget(ref.device, config.memory_budget)}
         # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
-        early = build_plan(arch, small_shapes, _shapes_for_layers(hf_class, large_config, arch, L2), [], L1, L2, config)
-        ensure_fits(
-            estimate(early, large_config, tokens=0, seq_len=0, elem=ref.element_size(), leftover_bytes=0,
-                     device=ref.device, available=budgets[str(ref.device)][0], source=budgets[str(ref.device)][1]),
-            f"growing {hf_class.__name__} to {L2} layers",
-        )  # fmt: skip
+        budget = budgets[str(ref.device)]
+        early = plan_growth(small_model, large_config, config, device=ref.device, chunk=1, budget=budget)
+        ensure_fits(early, f"growing {hf_class.__name__} to {L2} layers")
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
             large = hf_class(large_config)
         plan = build_plan(
@@ -356,25 +357,83 @@ class LiGOModel(nn.Module):
         self.__dict__["forward"] = hf_surface.signed_forward(self, self.large)
 
     @torch.no_grad()
-    def materialize(self) -> nn.Module:
-        """A fresh plain HF model of the large config holding the produced weights (copies, no references).
+    def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """A fresh plain HF model of the large config holding the produced weights (no references to this model).
 
-        The result has the small model's class, is in this model's train/eval mode and on its device, ready for
-        ``save_pretrained``.
+        The large model is built with its parameters on meta and each module kind's weights are produced (all large
+        layers in one call, as in the forward) and assigned, one kind after the other: no random init is thrown
+        away and no second copy of the state is made, so the peak is about the large model plus one module kind.
+
+        Args:
+            dtype: the floating dtype of the result's parameters and buffers (as ``model.to(dtype)`` would give);
+                None: the operator's. The values are those the forward uses, cast once.
+
+        Returns:
+            A model of the small model's class, on this model's device and in its train/eval mode, ready for
+            ``save_pretrained`` (or save without building it: :meth:`save_materialized`).
         """
-        produced = self.produce()
-        large = self.hf_class(copy.deepcopy(self.config))
-        state = {k: v.detach().clone() for k, v in self.large.state_dict().items()}
-        state.update({k: v.detach().clone() for k, v in produced.items()})
-        dtype = next(iter(produced.values())).dtype
-        large.to(device=self.device, dtype=dtype)
-        missing, unexpected = large.load_state_dict(state, strict=False)
-        if unexpected or missing:
-            raise RuntimeError(
-                f"materialize: the large model did not take the produced weights "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
+        # parameters() and buffers(), not state_dict(): FSDP2's state-dict hooks would swap in the sharded tensors
+        mine = [*self.op.parameters(), *self.op.buffers(), *self.large.parameters(), *self.large.buffers()]
+        avoid = storage_keys(mine)
+        large = fill(empty_model(self.hf_class, self.config), self._state_parts(), device=self.device, dtype=dtype,
+                     avoid=avoid)  # fmt: skip
         return large.train(self.training)
+
+    @torch.no_grad()
+    def save_materialized(
+        self, save_directory, dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE
+    ) -> list[str]:
+        """Write what ``materialize(dtype).save_pretrained(save_directory)`` would, without building the large model.
+
+        One module kind is produced at a time (all its large layers), cast layer by layer to ``dtype`` and appended
+        to its safetensors shard, then dropped: the peak is about the largest module kind, not the model. The
+        directory gets ``config.json``, ``generation_config.json`` (models that generate), and ``model.safetensors``
+        or shards of at most ``max_shard_size`` with ``model.safetensors.index.json``, as transformers names them;
+        tied weights are written once. It loads with ``AutoModel*.from_pretrained`` and equals
+        ``materialize(dtype)`` bit for bit. Crash-safe: written into a temporary directory, fsynced and renamed,
+        the index (or the single weights file) last (:mod:`ligo_fast.shards`).
+
+        Returns:
+            The names of the files written.
+        """
+        dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
+        meta = empty_model(self.hf_class, self.config)
+        state = meta.state_dict(keep_vars=True)
+        canonical, seen = {}, set()  # tied names: the first one only, as save_pretrained writes them
+        for k, v in state.items():
+            if id(v) not in seen:
+                seen.add(id(v))
+                canonical[k] = v
+        # the produced names, then the leftovers (the last part of _state_parts), in the meta model's order; a name
+        # that no part holds fails the writer before anything is moved into place
+        order = [*(n for part in parts(self.plan.slots, self.plan.aliases) for n in part.names), *canonical]
+        entries = [
+            Entry(n, tuple(canonical[n].shape), dtype if canonical[n].is_floating_point() else canonical[n].dtype)
+            for n in dict.fromkeys(order)
+            if n in canonical
+        ]
+        config = meta.config
+        config.dtype = str(dtype).split(".")[1]
+        config.architectures = [self.hf_class.__name__]
+        generation = meta.generation_config if meta.can_generate() else None
+
+        def extra(d: Path) -> None:
+            config.save_pretrained(d)
+            if generation is not None:
+                generation.save_pretrained(d)
+
+        return write_checkpoint(
+            save_directory, entries, self._state_parts(), max_shard_size=max_shard_size, extra=extra,
+            total_parameters=meta.num_parameters(),
+        )  # fmt: skip
+
+    def _state_parts(self) -> Iterator[dict[str, Tensor]]:
+        """The large model's state by name, in parts: the produced tensors one :class:`ligo_fast.produce.Part` at a
+        time (the same calls as the forward's production, so the same values), then the leftovers."""
+        for part in parts(self.plan.slots, self.plan.aliases):
+            yield produce_part(part, self.tensor, aliases=self.plan.aliases)
+        yield self.large.state_dict()
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""
@@ -407,6 +466,47 @@ class LiGOModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.arch.family}: {self.L1} -> {self.L2} layers, {len(self.plan.slots)} module kinds"
+
+
+def plan_growth(
+    small_model: nn.Module,
+    large_config,
+    config: LiGOConfig | None = None,
+    *,
+    tokens: int = 0,
+    seq_len: int = 0,
+    device: torch.device | str = "cpu",
+    chunk: int | None = None,
+    budget: tuple[int, str] | None = None,
+) -> MemoryPlan:
+    """The memory estimate of growing ``small_model`` to ``large_config`` without building either model's weights.
+
+    Only shapes are read: ``small_model`` may live on meta (``with torch.device("meta"): cls(small_config)``), and
+    the large shapes come from a one-layer model on meta, so an 8B-class growth is planned in well under a second.
+    The plan's tied weights are not known here (a tied head counts as its own weight: an upper bound).
+
+    Args:
+        tokens, seq_len: the batch of the operator step (0: no step, the other parts only).
+        device: whose memory budget :class:`MemoryPlan` compares with; ``chunk``: lean mode's layers per chunk
+            (None: about sqrt(L2)).
+        budget: (bytes, source) to compare with; None: :func:`ligo_fast.memory.memory_budget` of ``device`` now
+            (``config.memory_budget``, else ``LIGO_FAST_MEMORY_BUDGET``, else the free memory).
+    """
+    config = config or LiGOConfig()
+    arch = arch_for(small_model)
+    check_family(arch, large_config)
+    arch = arch.for_configs(small_model.config, large_config)
+    small_shapes = {k: tuple(v.shape) for k, v in small_model.state_dict().items()}
+    L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
+    large_shapes = _shapes_for_layers(type(small_model), large_config, arch, L2)
+    plan = build_plan(arch, small_shapes, large_shapes, [], L1, L2, config)
+    elem = next(small_model.parameters()).element_size()
+    device = torch.device(device)
+    available, source = budget if budget is not None else memory_budget(device, config.memory_budget)
+    return estimate(
+        plan, large_config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=0, device=device,
+        chunk=default_chunk(L2) if chunk is None else chunk, available=available, source=source,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- helpers
@@ -455,9 +555,13 @@ def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Pl
         return small_sd[t.sources[0]].detach().clone()
     if t.role == "width":
         n_new, small = t.shape[-2:]
-        if t.rule == "split":
-            draws = [width_init(n_new, small, cfg.width_init, cfg.width_noise, gen) for _ in range(t.shape[0])]
-            return torch.stack(draws)
+        if t.rule == "split":  # one layer's draw at a time into the result: no list of draws beside it
+            out = None
+            for l in range(t.shape[0]):
+                draw = width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
+                out = torch.empty((t.shape[0], *draw.shape), dtype=draw.dtype) if out is None else out
+                out[l] = draw
+            return out
         return width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
     if t.role == "depth":
         d = depth_init(plan.L2, plan.L1, cfg.depth_init, cfg.depth_noise, gen, block_output=t.block_output)
@@ -471,7 +575,9 @@ def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Pl
 
 def _check_finite(sd: dict[str, Tensor]) -> None:
     for k, v in sd.items():
-        if v.is_floating_point() and not torch.isfinite(v).all():
+        # a sum is one pass without a mask the size of the tensor; a NaN or Inf always makes it non-finite, and an
+        # overflowing sum of finite values is told apart by the full check
+        if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all():
             kind = "NaN" if torch.isnan(v).any() else "Inf"
             raise ValueError(f"the small model's {k} contains {kind}; refusing to grow from it")
 

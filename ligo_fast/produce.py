@@ -11,12 +11,17 @@ To produce some large layers only (memory-lean mode), pass ``layers`` and a ``ge
 rows ``(len(layers), ...)`` of every per-layer tensor (rule ``split``): the caller slices once per forward
 (``unbind``), because slicing a parameter per chunk of layers would make every chunk's backward write a zero
 gradient of the whole tensor.
+For materialising and saving (:meth:`ligo_fast.LiGOModel.materialize`, ``save_materialized``), :func:`parts`
+splits the production into one part holding every vector and one part per module kind with a weight matrix
+(all its large layers): the same op calls, with the same inputs, as :func:`produce` of every slot at once, so the
+values are bit for bit those of the forward, while at most one module kind's weights are alive at a time.
 Imports: ``ops``, ``plan`` and ``reference`` (the accumulation dtype).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -37,6 +42,8 @@ def produce(
     backend: str = "auto",
     skip_weights: frozenset[str] = frozenset(),
     aliases: Mapping[str, Iterable[str]] | None = None,
+    vectors: bool = True,
+    matrices: bool = True,
 ) -> dict[str, Tensor]:
     """Produced large-model tensors by parameter name (views into one tensor per module kind).
 
@@ -47,6 +54,7 @@ def produce(
         backend: the ops' backend.
         skip_weights: slots (by their small weight's name) whose weight is not produced (factored mode).
         aliases: produced name -> other names tied to it (filled with the same tensor).
+        vectors, matrices: produce the vectors (norm weights, biases) / the weight matrices (see :func:`parts`).
     """
     slots = list(slots)
     out: dict[str, Tensor] = {}
@@ -73,7 +81,8 @@ def produce(
         res = _lift(get(s.res_w), L)
         targets_w = s.targets_w if (layers is None or not L) else s.targets_w[layers.start : layers.stop]
         Wl = W if L else W[None]
-        if s.tied_weight or s.w in skip_weights:
+        kind = weight_kind(s)
+        if kind is None or s.w in skip_weights or not (vectors if kind == "vector" else matrices):
             pass
         elif s.mod.kind == NORM:
             add_vec(Wl, depth, s.e_rows, res, targets_w, s.mod.offset)
@@ -98,7 +107,7 @@ def produce(
                 big = big + res.reshape(big.shape).to(big.dtype)
             for name, t in zip(targets_w, big.unbind(0), strict=True):
                 out[name] = t.reshape(s.shape_w)
-        if s.b is not None:
+        if s.b is not None and vectors:
             depth_b = get(s.depth_b) if L else (get(s.scale_b) if s.scale_b else one)
             bl = get(s.b) if L else get(s.b)[None]
             targets_b = s.targets_b if (layers is None or not L) else s.targets_b[layers.start : layers.stop]
@@ -125,3 +134,47 @@ def _residual_2d(s: Slot, res: Tensor | None) -> Tensor | None:
 
 def _lift(t: Tensor | None, layered: bool) -> Tensor | None:
     return t if (t is None or layered) else t[None]
+
+
+def weight_kind(s: Slot) -> str | None:
+    """How slot ``s``'s weight is produced: ``"vector"`` (a norm's), ``"matrix"``, or None (a tied head's alias)."""
+    if s.tied_weight:
+        return None
+    return "vector" if s.mod.kind == NORM else "matrix"
+
+
+@dataclass(frozen=True)
+class Part:
+    """A share of the production: every vector of every slot (``vectors``), or one slot's weight matrix.
+
+    ``names``: the large-model names it produces (aliases of tied weights included), in production order.
+    """
+
+    slots: tuple[Slot, ...]
+    vectors: bool
+    names: tuple[str, ...]
+
+
+def parts(slots: Iterable[Slot], aliases: Mapping[str, Iterable[str]] | None = None) -> list[Part]:
+    """The production split into the vectors (first, one multi-vector call as in :func:`produce`) and one part per
+    module kind with a weight matrix (one expand call each, over all large layers)."""
+    slots = tuple(slots)
+    aliases = aliases or {}
+
+    def with_aliases(names: Iterable[str]) -> tuple[str, ...]:
+        return tuple(n for name in names for n in (name, *aliases.get(name, ())))
+
+    vec_names = []
+    for s in slots:
+        if weight_kind(s) == "vector":
+            vec_names += s.targets_w
+        if s.b is not None:
+            vec_names += s.targets_b
+    out = [Part(slots, True, with_aliases(vec_names))] if vec_names else []
+    out += [Part((s,), False, with_aliases(s.targets_w)) for s in slots if weight_kind(s) == "matrix"]
+    return out
+
+
+def produce_part(part: Part, get: Getter, *, backend: str = "auto", aliases=None) -> dict[str, Tensor]:
+    """The tensors of one :class:`Part` by large-model name (``part.names``)."""
+    return produce(part.slots, get, backend=backend, aliases=aliases, vectors=part.vectors, matrices=not part.vectors)

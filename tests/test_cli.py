@@ -289,6 +289,23 @@ def test_materialize_reproduces_grown(files, grown, tmp_path, capsys):
     _same(load_file(str(out / "model.safetensors")), load_file(str(grown / "model.safetensors")))
 
 
+def test_materialize_sharded(files, grown, tmp_path, capsys):
+    out = tmp_path / "hf"
+    base = ["materialize", "--small", str(files / "LlamaForCausalLM"), "--operator", str(grown), "--out", str(out)]
+    assert cli.main([*base, "--max-shard-size", "4 parsecs"]) == 2
+    assert "--max-shard-size" in capsys.readouterr().err and not out.exists()
+    assert cli.main([*base, "--max-shard-size", "20KiB", "--device", "cpu"]) == 0
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (out / "model.safetensors").exists()
+    manifest = json.loads((out / "ligo_fast_outputs.json").read_text())
+    assert set(shards) | {"model.safetensors.index.json", "config.json"} <= set(manifest["files"])
+    merged = {k: v for f in shards for k, v in load_file(str(out / f)).items()}
+    _same(merged, load_file(str(grown / "model.safetensors")))
+    large = T.AutoModelForCausalLM.from_pretrained(out)
+    _same(large.state_dict(), T.AutoModelForCausalLM.from_pretrained(grown).state_dict())
+
+
 def test_info(capsys):
     assert cli.main(["info"]) == 0
     text = capsys.readouterr().out

@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--operator", required=True, help="directory (or .safetensors/.bin file) of the operator")
     m.add_argument("--large-config", default=None, help="JSON of the large config (default: the operator's)")
     m.add_argument("--out", required=True, help="output directory of the HF model")
+    m.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        help="largest safetensors shard, e.g. 5GB or 500MiB (default 5GB; larger models get shards and an index)",
+    )
     _common(m)
 
     sub.add_parser("info", help="versions, devices, backends (with the reason when one is unavailable)")

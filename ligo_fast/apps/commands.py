@@ -24,6 +24,7 @@ from torch.utils import benchmark
 import ligo_fast
 from ligo_fast import backends, budget, ops
 from ligo_fast.info import report
+from ligo_fast.shards import parse_size
 
 from . import checkpoints, data, inputs, outputs, training
 from .errors import Diverged, UserError, exit_code_for
@@ -353,20 +354,20 @@ def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
     }
 
 
-def write_outputs(out: Path, model, tokenizer, record: dict):
+def write_outputs(out: Path, model, tokenizer, record: dict, max_shard_size: str | None = None) -> None:
     """The operator, the materialised large model and the tokenizer (if any) into ``out``, crash-consistently
-    (:func:`outputs.write_outputs`); returns the large model."""
-    large = model.materialize()
+    (:func:`outputs.write_outputs`). The large model is streamed to its safetensors files module kind by module kind
+    (``LiGOModel.save_materialized``): it is never held whole in memory."""
 
     def write(d: Path) -> None:
         model.save_operator(d)
-        large.save_pretrained(str(d))
+        model.save_materialized(d, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(d))
 
-    nbytes = sum(t.numel() * t.element_size() for t in [*model.state_dict().values(), *large.state_dict().values()])
+    elem = next(model.parameters()).element_size()
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + model.num_parameters() * elem
     outputs.write_outputs(out, write, record, nbytes=nbytes)
-    return large
 
 
 # ---------------------------------------------------------------------------------------------- materialize
@@ -379,6 +380,10 @@ def cmd_materialize(args) -> int:
         raise UserError(f"--out {args.out}: exists and is not a directory")
     if op.is_dir() and out.exists() and os.path.samefile(op, out):
         raise UserError("--out must be another directory than --operator")
+    try:
+        parse_size(args.max_shard_size)
+    except ValueError as e:
+        raise UserError(f"--max-shard-size: {e}") from e
     if op.is_dir():
         try:
             outputs.check_outputs(op, interrupted_hint="rerun the grow command that writes them")
@@ -403,9 +408,8 @@ def cmd_materialize(args) -> int:
         if manifest is None and present and not ours:
             raise UserError(f"--out {out} holds {', '.join(present)} of another program; use another directory")
         record = {"command": "materialize", "operator": str(op.resolve()), "small": str(Path(args.small).resolve())}
-        large = write_outputs(out, model, inputs.load_tokenizer(args.small), record)
-    n = sum(p.numel() for p in large.parameters())
-    print(f"wrote {type(large).__name__} ({n / 1e6:.2f}M parameters) to {args.out}")
+        write_outputs(out, model, inputs.load_tokenizer(args.small), record, args.max_shard_size)
+    print(f"wrote {model.hf_class.__name__} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.out}")
     return 0
 
 

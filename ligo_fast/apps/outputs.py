@@ -49,7 +49,13 @@ STAGING = ".staging.tmp"
 MANIFEST_FORMAT = 1
 # files of a grow/materialize output; one of them in a directory without a manifest is another run's (or an
 # interrupted one's) output, which a command neither overwrites nor reads as complete
-OUTPUT_FILES = ("operator.safetensors", "ligo_config.json", "model.safetensors", "config.json")
+OUTPUT_FILES = (
+    "operator.safetensors",
+    "ligo_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+)
 _HOLDER = re.compile(r"pid \d+ on [\w.\-]{1,100}")  # what locked() writes into the lock file, all it ever shows
 
 

@@ -19,9 +19,10 @@ For new code prefer :func:`ligo_fast.grow`: it produces all large layers of a mo
 from __future__ import annotations
 
 import argparse
-import copy
+import itertools
 import logging
 import os
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +32,10 @@ from ..arch import EMBEDDING, LINEAR, NORM, Arch, supported_classes
 from ..arch.bert import BERT_MLM, ROBERTA_MLM
 from ..checkpoint import load_operator
 from ..config import LiGOConfig
+from ..hf import empty_model, fill, storage_keys
 from ..layout import from_official
 from ..plan import SM, Plan, build_plan
-from ..produce import produce
+from ..produce import parts, produce, produce_part
 from ..serialization import OFFICIAL
 from .modules import (
     BATCH,
@@ -195,12 +197,6 @@ def _getter(model: nn.Module, plan: Plan):
     return lambda name: None if name is None else internal[name]
 
 
-def _produce_all(model: nn.Module) -> dict[str, Tensor]:
-    """Every produced tensor of a wrapped model by HF parameter name, through the plan."""
-    plan: Plan = model.__dict__[_PLAN]
-    return produce(plan.slots, _getter(model, plan))
-
-
 def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, leaf = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, leaf, module)
@@ -327,9 +323,17 @@ def _expect(module: nn.Module, cls: type, path: str) -> None:
 
 # ---------------------------------------------------------------------- materialising
 def _produced(model: nn.Module) -> dict[str, Tensor]:
-    """Every produced tensor of a compat-wrapped model by HF parameter name (in one batch when it has a plan)."""
-    if model.__dict__.get(_PLAN) is not None:
-        return _produce_all(model)
+    """Every produced tensor of a compat-wrapped model by HF parameter name."""
+    return {k: v for part in _produced_parts(model) for k, v in part.items()}
+
+
+def _produced_parts(model: nn.Module) -> Iterable[dict[str, Tensor]]:
+    """The produced tensors of a compat-wrapped model by HF parameter name, in parts: one module kind at a time
+    through the plan (:func:`ligo_fast.produce.parts`, lazily), else module by module in one part."""
+    plan = model.__dict__.get(_PLAN)
+    if plan is not None:
+        get = _getter(model, plan)
+        return (produce_part(part, get) for part in parts(plan.slots))
     out: dict[str, Tensor] = {}
     for name, m in model.named_modules():
         if isinstance(m, FusedEmbedding):
@@ -339,35 +343,41 @@ def _produced(model: nn.Module) -> dict[str, Tensor]:
             out[f"{name}.weight"] = w
             if b is not None:
                 out[f"{name}.bias"] = b
-    return out
+    return [out] if out else []
 
 
 @torch.no_grad()
-def materialize_compat(model: nn.Module) -> nn.Module:
+def materialize_compat(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A fresh plain model of ``model``'s class and config holding the produced weights (copies).
+
+    Built as :meth:`ligo_fast.LiGOModel.materialize` builds its result (:func:`ligo_fast.hf.fill`: parameters on
+    meta, each module kind's weights assigned as produced), with the same values as producing them all at once.
 
     Args:
         model: what :func:`create_ligo_from_model` returned.
+        dtype: the result's floating dtype (None: the operator's).
 
     Returns:
         A model without Fused modules or ``__sm_`` tensors, on ``model``'s device, in its train/eval mode.
         Parameters the operator does not produce (e.g. BERT's unused ``cls.predictions.bias``) are copied.
     """
-    produced = _produced(model)
-    if not produced:
+    plan = model.__dict__.get(_PLAN)
+    produced = _produced_parts(model)
+    if plan is not None:
+        ref = _getter(model, plan)(plan.slots[0].w)
+    elif produced:
+        ref = next(iter(produced[0].values()))
+    else:
         raise ValueError(
             f"materialize: {type(model).__name__} holds no LiGO operator; pass a ligo_fast.LiGOModel or what "
             "ligo_fast.compat.create_ligo_from_model returned"
         )
-    large = type(model)(copy.deepcopy(model.config))
-    ref = next(iter(produced.values()))
-    large.to(device=ref.device, dtype=ref.dtype)
-    expected = large.state_dict()
-    state = {k: v.detach().clone() for k, v in produced.items()}
-    for k, v in model.state_dict().items():
-        if k in expected and k not in state and not k.startswith(SM):
-            state[k] = v.detach().clone()
-    large.load_state_dict(state, strict=True)
+    large = empty_model(type(model), model.config)
+    expected = large.state_dict(keep_vars=True)
+    own = {k: v for k, v in model.state_dict().items() if k in expected and not k.startswith(SM)}
+    # the produced parts first; then the model's own tensors fill what the operator does not produce
+    fill(large, itertools.chain(produced, [own]), device=ref.device, dtype=dtype or ref.dtype,
+         avoid=storage_keys(own.values()))  # fmt: skip
     return large.train(model.training)
 
 

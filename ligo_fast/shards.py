@@ -1,0 +1,210 @@
+"""A Hugging Face checkpoint written as its tensors arrive: safetensors shards, the index, crash-safely.
+
+The names, shapes and dtypes of every tensor are known before the first value exists (from a model on meta), so
+each shard's header is written first and the values are appended in the announced order, one tensor at a time,
+without ever holding a shard in memory. The files are those of transformers' ``save_pretrained``: one
+``model.safetensors``, or ``model-00001-of-0000N.safetensors`` shards and ``model.safetensors.index.json``
+(``{"metadata": {"total_size": ..., "total_parameters": ...}, "weight_map": {name: file}}``); shards are filled
+in order and a new one starts when the next tensor would pass ``max_shard_size`` (a larger tensor gets a shard of
+its own), as transformers does.
+
+Crash safety: everything is written into a temporary directory inside the target and fsynced; then the other
+files (``config.json``, ...) and the shards are renamed into place and the index, or the single weights file, goes
+last, so a directory that holds it holds every shard it names; shards of an earlier save that the new index does
+not name are removed, and so are the temporary directories of saves that were killed. Imports: ``serialization``'s
+crash-safe helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .serialization import fsync_dir, fsync_file
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+SHARD = "model-{:05d}-of-{:05d}.safetensors"
+_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+DEFAULT_SHARD_SIZE = "5GB"  # the Hub's customary shard size (transformers 4's default)
+
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of the checkpoint: its state-dict name, shape and dtype (as written)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes of ``size``: an int, or a string such as ``"5GB"``, ``"500MiB"`` (ValueError names a bad one)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
+        unit = m.group(2).upper() if m else ""
+        if m is None or (unit or "B") not in _UNITS:
+            raise ValueError(f"max_shard_size {size!r}: expected bytes as an int or a string like '5GB' or '500MiB'")
+        n = int(float(m.group(1)) * _UNITS[unit or "B"])
+    if n <= 0:
+        raise ValueError(f"max_shard_size {size!r}: must be positive")
+    return n
+
+
+def split(entries: Iterable[Entry], max_bytes: int) -> list[list[Entry]]:
+    """Consecutive shards of at most ``max_bytes`` each (a larger tensor alone in its shard)."""
+    shards: list[list[Entry]] = [[]]
+    size = 0
+    for e in entries:
+        if shards[-1] and size + e.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += e.nbytes
+    return shards if shards[0] else []
+
+
+def _header(entries: list[Entry]) -> bytes:
+    head: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for e in entries:
+        if e.dtype not in _DTYPES:
+            raise ValueError(f"{e.name}: safetensors has no dtype {e.dtype}")
+        head[e.name] = {"dtype": _DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def _raw(t: Tensor):
+    """The bytes of ``t`` (C order, little-endian) without a copy where it is contiguous on the CPU."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy() if t.numel() else b""
+
+
+def write_checkpoint(
+    directory,
+    entries: list[Entry],
+    chunks: Iterable[Mapping[str, Tensor]],
+    *,
+    max_shard_size: int | str = DEFAULT_SHARD_SIZE,
+    extra: Callable[[Path], None] | None = None,
+    total_parameters: int | None = None,
+) -> list[str]:
+    """Write a Hugging Face safetensors checkpoint into ``directory`` as ``chunks`` produce its tensors.
+
+    Args:
+        directory: the output directory (created if needed).
+        entries: every tensor to write, in the order the chunks produce them.
+        chunks: mappings name -> tensor, in order; names not in ``entries`` (tied aliases) are skipped. A chunk may
+            be dropped by the caller once the next is asked for: nothing of it is kept.
+        max_shard_size: bytes per shard (int, or a string such as ``"5GB"``).
+        extra: ``extra(tmp_dir)`` writes the other files (``config.json``, ...) next to the weights.
+        total_parameters: recorded in a sharded checkpoint's index, as transformers does.
+
+    Returns:
+        The names of the files written, the index or single weights file last.
+    """
+    directory = Path(directory)
+    shards = split(entries, parse_size(max_shard_size))
+    if not shards:
+        raise ValueError("write_checkpoint: no tensors to write")
+    names = [WEIGHTS] if len(shards) == 1 else [SHARD.format(i + 1, len(shards)) for i in range(len(shards))]
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale(directory)
+    tmp = directory / f".materialize-{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if extra is not None:
+            extra(tmp)
+        _write_shards(tmp, shards, names, chunks)
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": sum(e.nbytes for e in entries)},
+                "weight_map": {e.name: f for f, shard in zip(names, shards, strict=True) for e in shard},
+            }
+            if total_parameters is not None:
+                index["metadata"]["total_parameters"] = total_parameters
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        last = INDEX if len(shards) > 1 else WEIGHTS
+        files = sorted(p.name for p in tmp.iterdir() if p.name != last) + [last]
+        for f in files:
+            fsync_file(tmp / f)
+        fsync_dir(tmp)
+        (directory / (WEIGHTS if len(shards) > 1 else INDEX)).unlink(missing_ok=True)  # the other layout's entry
+        for f in files:
+            os.replace(tmp / f, directory / f)
+        for p in directory.iterdir():  # shards of an earlier, larger save
+            if _SHARD_RE.fullmatch(p.name) and p.name not in names and p.is_file():
+                p.unlink()
+        fsync_dir(directory)
+        return files
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale(directory: Path) -> None:
+    """Remove the temporary directories that killed saves (their process is gone) left in ``directory``."""
+    for p in directory.glob(".materialize-*.tmp"):
+        pid = p.name[len(".materialize-") : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            pass  # alive (another user's process): not ours to remove
+
+
+def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks: Iterable[Mapping[str, Tensor]]):
+    """Append each tensor to its shard as its chunk arrives (the entries' order: shard by shard)."""
+    order = [(i, e) for i, shard in enumerate(shards) for e in shard]
+    pos, current, f = 0, -1, None
+    try:
+        for chunk in chunks:
+            while pos < len(order) and order[pos][1].name in chunk:
+                i, e = order[pos]
+                t = chunk[e.name]
+                if tuple(t.shape) != e.shape:
+                    raise RuntimeError(f"write_checkpoint: {e.name} has shape {tuple(t.shape)}, announced {e.shape}")
+                if i != current:
+                    if f is not None:
+                        f.close()
+                    f = open(tmp / names[i], "wb")  # noqa: SIM115 - closed when its shard is done, or below
+                    f.write(_header(shards[i]))
+                    current = i
+                f.write(_raw(t.to(e.dtype)))
+                pos += 1
+            chunk = t = None  # before the next chunk is produced: this one can go
+        if pos != len(order):
+            raise RuntimeError(f"write_checkpoint: no value for {order[pos][1].name!r} (or it came out of order)")
+    finally:
+        if f is not None:
+            f.close()

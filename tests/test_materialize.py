@@ -1,0 +1,283 @@
+"""materialize() built on meta module kind by module kind, and the streamed save (save_materialized).
+
+The oracle is the way materialize() worked before: a fully initialised large HF model into which HF's own
+``load_state_dict`` copies ``produce()`` (every weight at once) and the leftovers, cast by ``model.to(dtype)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from _models import build, configs, inputs, main_output
+from safetensors import safe_open
+
+import ligo_fast
+from ligo_fast import model as model_module
+from ligo_fast import shards
+from ligo_fast.compat import _produced, create_ligo_from_model, ligo_args, materialize_compat
+from ligo_fast.model import LiGOModel
+
+FAMILIES = [
+    ("LlamaForCausalLM", False),
+    ("LlamaForCausalLM", True),
+    ("BertForMaskedLM", True),
+    ("GPT2LMHeadModel", True),
+    ("ViTForImageClassification", False),
+    ("BertModel", False),
+]
+
+
+def _oracle(model: LiGOModel, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """The previous materialize(): a randomly initialised model, loaded with copies of every tensor."""
+    produced = model.produce()
+    large = model.hf_class(copy.deepcopy(model.config))
+    state = {k: v.detach().clone() for k, v in model.large.state_dict().items()}
+    state.update({k: v.detach().clone() for k, v in produced.items()})
+    large.to(dtype=dtype or next(iter(produced.values())).dtype)
+    missing, unexpected = large.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+    return large.train(model.training)
+
+
+def _grown(name: str, tie: bool, **options) -> LiGOModel:
+    small_cfg, large_cfg = configs(name, tie=tie)
+    torch.manual_seed(0)
+    return ligo_fast.grow(build(name, small_cfg, seed=3), large_cfg, **options)
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def _everything(m: torch.nn.Module) -> dict:
+    """Parameters and every buffer (non-persistent ones too: rotary frequencies)."""
+    return {**m.state_dict(), **{"buffer:" + k: v for k, v in m.named_buffers()}}
+
+
+@pytest.mark.parametrize(("name", "tie"), FAMILIES)
+def test_materialize_equals_the_copying_path(name, tie):
+    model = _grown(name, tie, residual=True)
+    with torch.no_grad():  # a trained operator: every tensor off its initial value
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    model.train()
+    ours, ref = model.materialize(), _oracle(model)
+    _assert_same(_everything(ours), _everything(ref))
+    assert ours.training and type(ours) is model.hf_class
+    # the same parameters, tied where the reference is tied, and nothing shared with the operator
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert all(p.requires_grad for p in ours.parameters())
+    mine = {t.untyped_storage().data_ptr() for t in [*model.state_dict().values(), *model.large.state_dict().values()]}
+    assert not any(p.untyped_storage().data_ptr() in mine for p in ours.parameters())
+    layers = [p for n, p in ours.named_parameters() if ".0." in n or ".1." in n]
+    assert len({p.untyped_storage().data_ptr() for p in layers}) == len(layers)  # one storage per parameter
+    if tie and hasattr(ours, "get_output_embeddings") and ours.get_output_embeddings() is not None:
+        assert ours.get_output_embeddings().weight is ours.get_input_embeddings().weight
+    x = inputs(name)
+    with torch.no_grad():
+        assert torch.equal(main_output(ours.eval()(**x)), main_output(ref.eval()(**x)))
+
+
+def test_materialized_llama_generates_as_the_operator():
+    model = _grown("LlamaForCausalLM", False).eval()
+    ids = inputs("LlamaForCausalLM")["input_ids"]
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    ours = model.materialize().eval().generate(ids, **kw)
+    assert torch.equal(ours, _oracle(model).eval().generate(ids, **kw))
+    assert torch.equal(ours, model.generate(ids, **kw))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_materialize_dtype(dtype):
+    model = _grown("LlamaForCausalLM", True)
+    ours = model.materialize(dtype=dtype)
+    _assert_same(_everything(ours), _everything(_oracle(model, dtype)))
+    assert {p.dtype for p in ours.parameters()} == {dtype}
+    assert next(model.parameters()).dtype == torch.float32  # the operator is untouched
+
+
+def test_compat_materialise_equals_the_copying_path():
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    small = build("BertForMaskedLM", small_cfg, seed=5)
+    wrapped = create_ligo_from_model(T.BertForMaskedLM(large_cfg), ligo_args(tune_residual=True), source_model=small)
+    ref = T.BertForMaskedLM(copy.deepcopy(wrapped.config))
+    state = {k: v.detach().clone() for k, v in _produced(wrapped).items()}
+    for k, v in wrapped.state_dict().items():
+        if k in ref.state_dict() and k not in state and not k.startswith("__sm_"):
+            state[k] = v.detach().clone()
+    ref.load_state_dict(state, strict=True)
+    _assert_same(_everything(materialize_compat(wrapped)), _everything(ref))
+    _assert_same(_everything(ligo_fast.materialize(wrapped, torch.bfloat16)), _everything(ref.to(torch.bfloat16)))
+
+
+@pytest.mark.parametrize(
+    ("name", "tie", "dtype"),
+    [("LlamaForCausalLM", True, torch.bfloat16), ("GPT2LMHeadModel", True, None), ("BertForMaskedLM", False, None)],
+)
+def test_save_materialized_round_trip_sharded(tmp_path, name, tie, dtype):
+    model = _grown(name, tie)
+    files = model.save_materialized(tmp_path, dtype=dtype, max_shard_size=3000)
+    index = json.loads((tmp_path / shards.INDEX).read_text())
+    written = sorted(set(index["weight_map"].values()))
+    assert len(written) > 2 and files[-1] == shards.INDEX and not (tmp_path / shards.WEIGHTS).exists()
+    assert written == [f"model-{i:05d}-of-{len(written):05d}.safetensors" for i in range(1, len(written) + 1)]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    ref = model.materialize(dtype=dtype)
+    # tied weights once, under the name save_pretrained keeps; every shard at most its size unless one tensor
+    assert set(index["weight_map"]) == {n for n, _ in ref.named_parameters()} | {
+        n for n, _ in ref.named_buffers() if n in ref.state_dict()
+    }
+    for f in written:
+        with safe_open(str(tmp_path / f), "pt") as g:
+            keys = list(g.keys())
+            size = sum(g.get_tensor(k).numel() * g.get_tensor(k).element_size() for k in keys)
+            assert size <= 3000 or len(keys) == 1
+    sd = ref.state_dict()
+    assert index["metadata"]["total_size"] == sum(sd[k].numel() * sd[k].element_size() for k in index["weight_map"])
+    assert index["metadata"]["total_parameters"] == ref.num_parameters()
+    loaded = getattr(T, name).from_pretrained(tmp_path)
+    _assert_same(loaded.state_dict(), ref.state_dict())
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == str(ref.dtype).split(".")[1]
+    assert (tmp_path / "generation_config.json").exists() == ref.can_generate()
+
+
+def test_save_materialized_single_file_as_save_pretrained(tmp_path):
+    model = _grown("LlamaForCausalLM", True)
+    model.save_materialized(tmp_path / "ours")
+    model.materialize().save_pretrained(tmp_path / "hf")
+    for d in ("ours", "hf"):
+        assert not (tmp_path / d / shards.INDEX).exists()
+    with (
+        safe_open(str(tmp_path / "ours" / shards.WEIGHTS), "pt") as a,
+        safe_open(str(tmp_path / "hf" / shards.WEIGHTS), "pt") as b,
+    ):
+        assert set(a.keys()) == set(b.keys()) and "lm_head.weight" not in a.keys()
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
+        assert a.metadata() == b.metadata() == {"format": "pt"}
+    # a smaller save replaces a sharded one: no stale shard or index is left to shadow it
+    model.save_materialized(tmp_path / "ours", max_shard_size="2KB")
+    model.save_materialized(tmp_path / "ours")
+    assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
+
+
+def test_save_materialized_failure_leaves_the_previous_save(tmp_path, monkeypatch):
+    model = _grown("LlamaForCausalLM", False)
+    model.save_materialized(tmp_path, max_shard_size=3000)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    calls = {"n": 0}
+    real = model_module.produce_part
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise OSError("disk went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "produce_part", failing)
+    with pytest.raises(OSError, match="disk went away"):
+        model.save_materialized(tmp_path, max_shard_size=3000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_shard_sizes_and_errors():
+    assert shards.parse_size("5GB") == 5 * 10**9 and shards.parse_size("2KiB") == 2048 and shards.parse_size(7) == 7
+    for bad in ("5 parsecs", "-1", 0, "GB"):
+        with pytest.raises(ValueError, match="max_shard_size"):
+            shards.parse_size(bad)
+    e = [shards.Entry(str(i), (n,), torch.float32) for i, n in enumerate([3, 3, 10, 1, 1])]
+    assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
+
+
+@pytest.mark.parametrize(("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False)])
+def test_memory_estimate_of_materialising_and_saving(name, tie):
+    small_cfg, large_cfg = configs(name, tie=tie)
+    model = _grown(name, tie)
+    mp = model.memory_plan(**inputs(name))
+    # the largest part, and all parts together, measured on the tensors production returns
+    sizes = [
+        sum(
+            t.numel() * t.element_size()
+            for t in {id(t): t for t in model_module.produce_part(p, model.tensor).values()}.values()
+        )
+        for p in model_module.parts(model.plan.slots, model.plan.aliases)
+    ]
+    assert mp.produced_largest == max(sizes) and mp.produced == sum(sizes)
+    assert mp.materialize() == mp.produced + max(sizes) and mp.streamed_save() == 2 * max(sizes)
+    assert mp.materialize(2) == mp.produced // 2 + max(sizes)
+    # planned from shapes only: the small model on meta
+    with torch.device("meta"):
+        meta_small = getattr(T, name)(small_cfg)
+    planned = ligo_fast.plan_growth(meta_small, large_cfg, tokens=mp.tokens, seq_len=7)
+    assert (planned.produced, planned.produced_largest, planned.activations) == (
+        mp.produced,
+        mp.produced_largest,
+        mp.activations,
+    )
+
+
+def test_grow_checks_finiteness_with_an_overflowing_sum():
+    """grow's finiteness check sums first (issue 20's profile of grow): an overflowing sum of finite weights is not
+    mistaken for a NaN/Inf, and NaN/Inf are still refused."""
+    small_cfg, large_cfg = configs("LlamaForCausalLM")
+    small = build("LlamaForCausalLM", small_cfg)
+    with torch.no_grad():
+        small.model.norm.weight.fill_(3e38)  # finite, its sum is not
+    ligo_fast.grow(small, large_cfg)
+    for bad, kind in ((float("nan"), "NaN"), (float("inf"), "Inf")):
+        with torch.no_grad():
+            small.model.norm.weight[3] = bad
+        with pytest.raises(ValueError, match=f"model.norm.weight contains {kind}"):
+            ligo_fast.grow(small, large_cfg)
+
+
+_KILLED_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+from test_materialize import _grown
+from ligo_fast import model as model_module
+model = _grown("LlamaForCausalLM", False)
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(1.0)
+real, calls = model_module.produce_part, [0]
+def dying(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args, **kwargs)
+model_module.produce_part = dying
+model.save_materialized({out!r}, max_shard_size=3000)
+"""
+
+
+def test_save_materialized_killed_leaves_the_previous_save(tmp_path):
+    model = _grown("LlamaForCausalLM", False)
+    model.save_materialized(tmp_path / "out", max_shard_size=3000)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    code = _KILLED_SAVE.format(tests=str(Path(__file__).parent), out=str(tmp_path / "out"))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == -9, res.stderr[-2000:]
+    left = {p.name: p for p in (tmp_path / "out").iterdir()}
+    stale = [n for n in left if n.startswith(".materialize-")]
+    assert len(stale) == 1 and any((left[stale[0]]).iterdir())  # killed while writing its shards
+    assert {n: p.read_bytes() for n, p in left.items() if n not in stale} == before
+    model.save_materialized(tmp_path / "out", max_shard_size=3000)  # the next save clears what the killed one left
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before

@@ -38,21 +38,19 @@ Imports: ``plan`` (for shapes) only.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from dataclasses import dataclass
 
 import torch
 
 from .plan import Plan
+from .serialization import parse_bytes
 
 MARGIN = 0.9  # use at most this share of the free memory: the estimate is approximate and others allocate too
 GIB = 2**30
 
 
 BUDGET_ENV = "LIGO_FAST_MEMORY_BUDGET"  # bytes (``16GiB``, ``512MiB`` and ``8e9`` too) that a run may plan with
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
-          "gb": 10**9, "tb": 10**12}  # fmt: skip
 _NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
 
 
@@ -125,20 +123,6 @@ def cgroup_available(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgrou
     return best
 
 
-def parse_bytes(text: str, what: str = BUDGET_ENV) -> int:
-    """Bytes of ``"17179869184"``, ``"16GiB"``, ``"512 MiB"``, ``"8e9"`` (ValueError naming ``what`` otherwise)."""
-    m = re.fullmatch(r"\s*([0-9][0-9.eE+]*)\s*([A-Za-z]*)\s*", str(text))
-    try:
-        number = m.group(1)
-        value = int(number) if number.isdigit() else float(number)
-        n = value * _UNITS[m.group(2).lower()]
-    except (AttributeError, ValueError, KeyError):
-        n = 0
-    if not 1 <= n <= 2**63:  # also NaN and inf
-        raise ValueError(f"{what} must be a number of bytes >= 1 (e.g. 17179869184, 16GiB, 512MiB), got {text!r}")
-    return int(n)
-
-
 def memory_budget(device: torch.device, explicit: int | None = None) -> tuple[int, str]:
     """``(bytes, source)``: the memory a run on ``device`` plans with, and where that number came from.
 
@@ -151,7 +135,7 @@ def memory_budget(device: torch.device, explicit: int | None = None) -> tuple[in
         return int(explicit), "LiGOConfig.memory_budget"
     env = os.environ.get(BUDGET_ENV, "").strip()
     if env:
-        return parse_bytes(env), BUDGET_ENV
+        return parse_bytes(env, BUDGET_ENV), BUDGET_ENV
     return available_bytes(device), f"free memory on {device}, read once"
 
 

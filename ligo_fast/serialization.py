@@ -22,6 +22,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +84,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
+          "gb": 10**9, "tb": 10**12}  # fmt: skip
+
+
+def parse_bytes(size: int | str, what: str) -> int:
+    """Bytes of an int or of ``"17179869184"``, ``"16GiB"``, ``"512 MiB"``, ``"5GB"`` (decimal, as Hugging Face's
+    ``max_shard_size``), ``"8e9"``; a ValueError naming ``what`` for anything else, zero or negative."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        n = size
+    else:
+        m = re.fullmatch(r"\s*([0-9][0-9.eE+]*)\s*([A-Za-z]*)\s*", str(size))
+        try:
+            number = m.group(1)
+            n = (int(number) if number.isdigit() else float(number)) * _UNITS[m.group(2).lower()]
+        except (AttributeError, ValueError, KeyError):
+            n = 0
+    if not 1 <= n <= 2**63:  # also NaN and inf
+        raise ValueError(f"{what} must be a number of bytes >= 1 (e.g. 17179869184, 16GiB, 500MB), got {size!r}")
+    return int(n)
 
 
 def disk_full_error(exc: BaseException, path, nbytes: int | None = None) -> DiskFullError | None:

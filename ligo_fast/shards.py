@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .serialization import fsync_dir, fsync_file
+from .serialization import fsync_dir, fsync_file, parse_bytes
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -41,7 +41,6 @@ _DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }  # fmt: skip
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 @dataclass(frozen=True)
@@ -58,21 +57,6 @@ class Entry:
         for d in self.shape:
             n *= d
         return n * torch.empty((), dtype=self.dtype).element_size()
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes of ``size``: an int, or a string such as ``"5GB"``, ``"500MiB"`` (ValueError names a bad one)."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        n = size
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(size))
-        unit = m.group(2).upper() if m else ""
-        if m is None or (unit or "B") not in _UNITS:
-            raise ValueError(f"max_shard_size {size!r}: expected bytes as an int or a string like '5GB' or '500MiB'")
-        n = int(float(m.group(1)) * _UNITS[unit or "B"])
-    if n <= 0:
-        raise ValueError(f"max_shard_size {size!r}: must be positive")
-    return n
 
 
 def split(entries: Iterable[Entry], max_bytes: int) -> list[list[Entry]]:
@@ -131,7 +115,7 @@ def write_checkpoint(
         The names of the files written, the index or single weights file last.
     """
     directory = Path(directory)
-    shards = split(entries, parse_size(max_shard_size))
+    shards = split(entries, parse_bytes(max_shard_size, "max_shard_size"))
     if not shards:
         raise ValueError("write_checkpoint: no tensors to write")
     names = [WEIGHTS] if len(shards) == 1 else [SHARD.format(i + 1, len(shards)) for i in range(len(shards))]

@@ -152,9 +152,9 @@ def test_the_memory_budget_is_read_once_per_model(monkeypatch):
     "text, n", [("17179869184", 2**34), ("16GiB", 2**34), ("512 MiB", 2**29), ("8e9", 8 * 10**9), ("2GB", 2 * 10**9)]
 )
 def test_memory_budget_values(text, n):
-    from ligo_fast import memory
+    from ligo_fast.serialization import parse_bytes
 
-    assert memory.parse_bytes(text) == n
+    assert parse_bytes(text, "LIGO_FAST_MEMORY_BUDGET") == n
 
 
 @pytest.mark.parametrize("version", [1, 2])

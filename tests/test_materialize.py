@@ -7,6 +7,7 @@ The oracle is the way materialize() worked before: a fully initialised large HF 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from ligo_fast import model as model_module
 from ligo_fast import shards
 from ligo_fast.compat import _produced, create_ligo_from_model, ligo_args, materialize_compat
 from ligo_fast.model import LiGOModel
+from ligo_fast.serialization import parse_bytes
 
 FAMILIES = [
     ("LlamaForCausalLM", False),
@@ -197,10 +199,11 @@ def test_save_materialized_failure_leaves_the_previous_save(tmp_path, monkeypatc
 
 
 def test_shard_sizes_and_errors():
-    assert shards.parse_size("5GB") == 5 * 10**9 and shards.parse_size("2KiB") == 2048 and shards.parse_size(7) == 7
-    for bad in ("5 parsecs", "-1", 0, "GB"):
+    size = functools.partial(parse_bytes, what="max_shard_size")
+    assert size("5GB") == 5 * 10**9 and size("2KiB") == 2048 and size(7) == 7
+    for bad in ("5 parsecs", "-1", 0, "GB", True):
         with pytest.raises(ValueError, match="max_shard_size"):
-            shards.parse_size(bad)
+            size(bad)
     e = [shards.Entry(str(i), (n,), torch.float32) for i, n in enumerate([3, 3, 10, 1, 1])]
     assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
 

@@ -24,7 +24,7 @@ from torch.utils import benchmark
 import ligo_fast
 from ligo_fast import backends, budget, ops
 from ligo_fast.info import report
-from ligo_fast.shards import parse_size
+from ligo_fast.serialization import parse_bytes
 
 from . import checkpoints, data, inputs, outputs, training
 from .errors import Diverged, UserError, exit_code_for
@@ -381,7 +381,7 @@ def cmd_materialize(args) -> int:
     if op.is_dir() and out.exists() and os.path.samefile(op, out):
         raise UserError("--out must be another directory than --operator")
     try:
-        parse_size(args.max_shard_size)
+        parse_bytes(args.max_shard_size, "--max-shard-size")
     except ValueError as e:
         raise UserError(f"--max-shard-size: {e}") from e
     if op.is_dir():

@@ -35,7 +35,7 @@ from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
-from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
+from .plan import ConfigFacts, OpTensor, Plan, Role, Rule, build_plan, check_family
 from .produce import parts, produce, produce_part
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
@@ -150,7 +150,7 @@ class LiGOModel(nn.Module):
             blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
             # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
             # gradients once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
-            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == "split"}
+            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == Rule.SPLIT}
 
             def chunk(layers: range) -> dict[str, Tensor]:
                 def get(name: str | None) -> Tensor | None:
@@ -549,13 +549,13 @@ def _tied_groups(large: nn.Module) -> list[tuple[str, ...]]:
 
 def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Plan, gen) -> Tensor:
     """The initial value of operator tensor ``t`` (draws from ``gen`` for the random ones)."""
-    if t.role == "small":
-        if t.rule == "stack":
+    if t.role == Role.SMALL:
+        if t.rule == Rule.STACK:
             return torch.stack([small_sd[k].detach() for k in t.sources]).contiguous()
         return small_sd[t.sources[0]].detach().clone()
-    if t.role == "width":
+    if t.role == Role.WIDTH:
         n_new, small = t.shape[-2:]
-        if t.rule == "split":  # one layer's draw at a time into the result: no list of draws beside it
+        if t.rule == Rule.SPLIT:  # one layer's draw at a time into the result: no list of draws beside it
             out = None
             for l in range(t.shape[0]):
                 draw = width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
@@ -563,10 +563,10 @@ def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Pl
                 out[l] = draw
             return out
         return width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
-    if t.role == "depth":
+    if t.role == Role.DEPTH:
         d = depth_init(plan.L2, plan.L1, cfg.depth_init, cfg.depth_noise, gen, block_output=t.block_output)
         return d if t.scale == 1.0 else d * t.scale
-    if t.role == "scale":
+    if t.role == Role.SCALE:
         return torch.full(t.shape, t.scale)
     if is_lossless(cfg.depth_init) or is_lossless(cfg.width_init):
         return torch.zeros(t.shape)  # a function-preserving start has no residual

@@ -34,7 +34,7 @@ from ..checkpoint import load_operator
 from ..config import LiGOConfig
 from ..hf import empty_model, fill, storage_keys
 from ..layout import from_official
-from ..plan import SM, Plan, build_plan
+from ..plan import SM, Plan, Role, Rule, build_plan
 from ..produce import parts, produce, produce_part
 from ..serialization import OFFICIAL
 from .modules import (
@@ -147,9 +147,9 @@ def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tens
     """
     device = next(model_large.parameters()).device
     for t in plan.tensors:
-        if t.role != "small":
+        if t.role != Role.SMALL:
             continue
-        if t.rule == "stack":
+        if t.rule == Rule.STACK:
             v = torch.stack([small_sd[k].detach() for k in t.sources]).to(device).movedim(0, -1)
         else:
             v = small_sd[t.sources[0]].detach().clone().to(device)

@@ -336,17 +336,17 @@ def layer_factors(
     """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
     :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
 
-    ``forms``: slot (by its small weight's name) -> form (:data:`FORMS`, default ``factored``). ``factored``: W is
-    the depth mix, one per slot for all its layers (outside the blocks the small weight itself, times the fixed
-    scale if any); ``out`` / ``in``: W is the weight produced on that side only (:func:`ligo_fast.ops.ligo_expand`),
-    and the factors keep the other side's E.
+    ``forms``: slot (by :attr:`ligo_fast.plan.Slot.name`) -> form (:data:`FORMS`, default ``factored``).
+    ``factored``: W is the depth mix, one per slot for all its layers (outside the blocks the small weight itself,
+    times the fixed scale if any); ``out`` / ``in``: W is the weight produced on that side only
+    (:func:`ligo_fast.ops.ligo_expand`), and the factors keep the other side's E.
     """
     out = {}
     for s in slots:
         W = get(s.w)
         n = len(s.targets_w)
         Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-        form = (forms or {}).get(s.w, Form.FACTORED)
+        form = (forms or {}).get(s.name, Form.FACTORED)
         if form == Form.FACTORED:
             ct = compute_dtype(W.dtype)
             if s.layered:

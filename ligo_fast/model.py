@@ -137,7 +137,7 @@ class LiGOModel(nn.Module):
     def forward(self, *args, **kwargs):
         slots = self.plan.slots
         chosen = self.factored_plan(args, kwargs)
-        forms = {slots[i].w: form for i, form in chosen.items()}
+        forms = {slots[i].name: form for i, form in chosen.items()}
         skip = frozenset(forms)
         with factored.factored_modules(self.large, [slots[i] for i in chosen], self.tensor, self.plan.aliases, forms):
             if not self.lean_now(args, kwargs):

@@ -169,7 +169,7 @@ def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
     tokens = factored.count_tokens(args, kwargs, model.config)
     picked = factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device, ok=_factorable(model))
     chosen = [plan.slots[i] for i in picked]
-    forms = {plan.slots[i].w: form for i, form in picked.items()}
+    forms = {plan.slots[i].name: form for i, form in picked.items()}
     batch = produce(plan.slots, get, skip_weights=frozenset(forms))
     batch.update({f"{path}.{FACTORS}": f for path, f in factored.layer_factors(chosen, get, forms=forms).items()})
     batch[FACTORS] = {}  # x @ B_in shared by the factored layers that read the same input (q/k/v)

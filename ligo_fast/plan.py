@@ -9,9 +9,14 @@ and produces through it; :mod:`ligo_fast.layout` translates its internal names t
 Vocabulary:
   * an *operator tensor* (:class:`OpTensor`) is one tensor the operator owns, by internal name: a small weight
     (block weights stacked layer-major, ``(L1, ...)``), depth coefficients ``(L2, L1)``, a width matrix ``E``
-    (``(L2, new, small)`` per large layer or ``(new, small)`` shared), a residual, or a fixed scale;
+    (``(L2, new, small)`` per large layer or ``(new, small)`` shared), a residual, or a fixed scale (its
+    :class:`Role`), laid out by a :class:`Rule`;
   * a *slot* (:class:`Slot`) is one module kind: a block module over all large layers (one expand call), or one
-    global module; it names the operator tensors it reads and the large-model parameters it produces.
+    global module; it names the operator tensors it reads and the large-model parameters it produces, and is
+    identified by its ``name``.
+
+The planner runs in named steps (:func:`build_plan` lists them), each a small pure function of
+:class:`PlanInputs` and the earlier steps' values (:class:`Present`, :class:`WidthSize`, :class:`FixedScale`).
 
 Imports: ``arch``, ``config`` and ``init`` only.
 """
@@ -343,7 +348,7 @@ class FixedScale:
 
 
 @dataclass(frozen=True)
-class _Pair:
+class PlanInputs:
     """What every step reads: the pair of models and the options."""
 
     arch: Arch
@@ -391,13 +396,13 @@ def build_plan(
     """
     if L2 < L1:
         raise ValueError(f"the layer count shrinks: the small model has {L1} layers, the large config {L2}")
-    pair = _Pair(arch, small_shapes, large_shapes, L1, L2, cfg)
+    pair = PlanInputs(arch, small_shapes, large_shapes, L1, L2, cfg)
     tensors = small_tensors(pair)
     modules = present_modules(pair, tied_groups)
     sizes = width_sizes(pair, modules)
     notes = width_notes(sizes) if is_lossless(cfg.width_init) else []
     notes += config_notes(arch, facts, L1, L2, cfg)
-    widths = _WidthMatrices(pair, sizes, tied_width_tensors(pair, sizes))
+    widths = WidthMatrices(pair, sizes, tied_width_tensors(pair, sizes))
     tensors += widths.tied.values()
     scales, scale_notes = lossless_scales(modules, sizes) if is_lossless(cfg.width_init) else ({}, [])
     notes += scale_notes
@@ -421,7 +426,7 @@ def build_plan(
     )
 
 
-def small_tensors(pair: _Pair) -> list[OpTensor]:
+def small_tensors(pair: PlanInputs) -> list[OpTensor]:
     """Step 1: the small model's tensors, all of them (the official layout keeps even unused ones): global ones
     as they are, block ones stacked layer-major."""
     arch, small, L1, train = pair.arch, pair.small, pair.L1, pair.cfg.train_small
@@ -441,7 +446,7 @@ def small_tensors(pair: _Pair) -> list[OpTensor]:
     return out
 
 
-def present_modules(pair: _Pair, tied_groups: Sequence[Sequence[str]]) -> list[Present]:
+def present_modules(pair: PlanInputs, tied_groups: Sequence[Sequence[str]]) -> list[Present]:
     """Step 2: which of the description's modules this model has (block modules first). A module whose large
     weight is tied to one produced earlier (lm_head and the token embedding) keeps only its bias: its weight is an
     alias of the produced tensor."""
@@ -463,7 +468,7 @@ def present_modules(pair: _Pair, tied_groups: Sequence[Sequence[str]]) -> list[P
     return out
 
 
-def width_sizes(pair: _Pair, modules: Sequence[Present]) -> dict[str, WidthSize]:
+def width_sizes(pair: PlanInputs, modules: Sequence[Present]) -> dict[str, WidthSize]:
     """Step 3: the size of every width any module uses; every side that uses a width must agree on it."""
     sizes: dict[str, WidthSize] = {}
     for m in modules:
@@ -516,16 +521,16 @@ def width_notes(sizes: Mapping[str, WidthSize]) -> list[str]:
     ]
 
 
-def _width_tensor(pair: _Pair, size: WidthSize, name: str, official: str, width: str, per_layer: bool) -> OpTensor:
+def _width_tensor(pair: PlanInputs, size: WidthSize, name: str, official: str, width: str, per_layer: bool) -> OpTensor:
     shape = (size.large - size.small, size.small)
     rule = Rule.SPLIT if per_layer else Rule.PLAIN
     shape = (pair.L2, *shape) if per_layer else shape
     return OpTensor(name, official, rule, Role.WIDTH, pair.cfg.train_width, shape, width=width)
 
 
-def tied_width_tensors(pair: _Pair, sizes: Mapping[str, WidthSize]) -> dict[str, OpTensor]:
+def tied_width_tensors(pair: PlanInputs, sizes: Mapping[str, WidthSize]) -> dict[str, OpTensor]:
     """Step 4 (``LiGOConfig.tie``): one width matrix per growing width, shared by every module that uses it:
-    ``{width: tensor}``. Without tying each module owns its matrices (:class:`_WidthMatrices`)."""
+    ``{width: tensor}``. Without tying each module owns its matrices (:class:`WidthMatrices`)."""
     if not pair.cfg.tie:
         return {}
     return {
@@ -535,11 +540,11 @@ def tied_width_tensors(pair: _Pair, sizes: Mapping[str, WidthSize]) -> dict[str,
     }
 
 
-class _WidthMatrices:
+class WidthMatrices:
     """The width matrix of each side of each module: the tied one, or (untied) one per module and side, created
     on first use in the order of the slots."""
 
-    def __init__(self, pair: _Pair, sizes: Mapping[str, WidthSize], tied: dict[str, OpTensor]):
+    def __init__(self, pair: PlanInputs, sizes: Mapping[str, WidthSize], tied: dict[str, OpTensor]):
         self.pair, self.sizes, self.tied = pair, sizes, tied
         self.own: set[str] = set()
 
@@ -593,7 +598,7 @@ def lossless_scales(
     return out, notes
 
 
-def _bias_key(pair: _Pair, m: Present) -> str | None:
+def _bias_key(pair: PlanInputs, m: Present) -> str | None:
     """The module's bias key (relative to the block for block modules) if the models have one; both or neither
     must."""
     bias_key = m.mod.key(m.mod.bias) if m.mod.bias else None
@@ -607,7 +612,7 @@ def _bias_key(pair: _Pair, m: Present) -> str | None:
 
 
 def plan_slot(
-    pair: _Pair, m: Present, widths: _WidthMatrices, scale: FixedScale | None, sizes: Mapping[str, WidthSize]
+    pair: PlanInputs, m: Present, widths: WidthMatrices, scale: FixedScale | None, sizes: Mapping[str, WidthSize]
 ) -> tuple[Slot, list[OpTensor]] | None:
     """Step 6: the slot of one present module and the operator tensors it adds (in creation order: its own width
     matrices, depth, residual, fixed scale); None when nothing is produced (a tied weight without a bias)."""
@@ -652,7 +657,7 @@ def plan_slot(
 
 
 def _slot_widths(
-    m: Present, widths: _WidthMatrices, new: list[OpTensor]
+    m: Present, widths: WidthMatrices, new: list[OpTensor]
 ) -> tuple[tuple[str | None, ...], tuple[str | None, ...]]:
     """The width matrices of a slot's rows and columns, one per fused part (all None for a tied weight)."""
     rows, cols = row_col_widths(m.mod)
@@ -669,7 +674,7 @@ def _slot_widths(
 
 
 def _depths(
-    pair: _Pair, m: Present, name: str, full: str, has_bias: bool, scale: float, new: list[OpTensor]
+    pair: PlanInputs, m: Present, name: str, full: str, has_bias: bool, scale: float, new: list[OpTensor]
 ) -> tuple[str, str | None]:
     """A block module's depth coefficients ``(L2, L1)`` of the weight (times ``scale``: 1 / the input width's
     growth factor in function-preserving growth) and the bias."""
@@ -699,7 +704,7 @@ def _scales(
 
 
 def _residuals(
-    pair: _Pair, m: Present, name: str, full: str, targets_w: Shape, targets_b: Shape, new: list[OpTensor]
+    pair: PlanInputs, m: Present, name: str, full: str, targets_w: Shape, targets_b: Shape, new: list[OpTensor]
 ) -> tuple[str | None, str | None]:
     """``LiGOConfig.residual``: the learned full-size additions to the weight (unless tied) and the bias."""
     if not pair.cfg.residual:

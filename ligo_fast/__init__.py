@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = {
     "LiGOConfig": "config",
+    "large_config": "config",
     "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
@@ -24,6 +25,7 @@ _PUBLIC = {
 
 __all__ = [
     "LiGOConfig",
+    "large_config",
     "LiGOModel",
     "grow",
     "materialize",
@@ -36,7 +38,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .api import grow, materialize
     from .arch import register_architecture, supported_classes
     from .checkpoint import load_operator
-    from .config import LiGOConfig
+    from .config import LiGOConfig, large_config
     from .model import LiGOModel
 
 

@@ -16,7 +16,7 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
-from ligo_fast.apps import cli, errors, inputs, training
+from ligo_fast.apps import cli, errors, training
 from ligo_fast.integrations import from_pretrained
 
 VOCAB = 260  # byte-level tokens need 256 ids; the masked LM's mask id is vocab_size - 1
@@ -224,7 +224,7 @@ def test_ctrl_c_during_update_keeps_the_last_checkpoint(files, grown, tmp_path, 
 
 def test_resume_refuses_another_runs_checkpoint(files, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--max-steps-this-run", "2")) == 0
+    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.001", "--max-steps-this-run", "2")) == 0
     capsys.readouterr()
     assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.002")) == errors.EXIT_USAGE
     err = capsys.readouterr().err.strip()
@@ -306,7 +306,7 @@ def test_bench_quick(capsys):
 
 def test_large_config_inherits_and_derives():
     small = SMALL["LlamaForCausalLM"]
-    kept = inputs.inherited_fields(small, LARGE)
+    kept = ligo_fast.config.inherited_fields(small, LARGE)
     assert "head_dim" not in kept and kept["vocab_size"] == VOCAB and kept["num_key_value_heads"] == 2
 
 
@@ -419,3 +419,10 @@ def test_console_process_has_no_traceback(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_init_defaults_are_grows():
+    """The command line grows with grow()'s defaults (cli.py holds them as literals so --help imports no torch)."""
+    assert {"depth_init": cli.DEPTH_DEFAULT, "width_init": cli.WIDTH_DEFAULT} == ligo_fast.config.GROW_INITS
+    assert ligo_fast.LiGOConfig.grow_defaults().width_init == "lossless_noisy"
+    assert ligo_fast.LiGOConfig().depth_init == "stackbert_noisy"  # the dataclass keeps the official defaults

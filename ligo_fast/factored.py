@@ -213,10 +213,14 @@ def plain_lookup(embedding: nn.Module) -> bool:
     return embedding.max_norm is None and not embedding.scale_grad_by_freq and not embedding.sparse
 
 
-def module_ok(module: nn.Module) -> bool:
-    """Whether a module's forward can be replaced by its factored form (a plain nn.Linear / nn.Embedding)."""
+def module_ok(module: nn.Module, scaled: bool = False) -> bool:
+    """Whether a module's forward can be replaced by its factored form (a plain nn.Linear / nn.Embedding).
+
+    An embedding whose class overrides ``forward`` qualifies only when its description declares what the override
+    does (``scaled``: ``Module.output_scale``, Gemma's ``lookup * sqrt(hidden)``); any other override is unknown.
+    """
     if isinstance(module, nn.Embedding):
-        return plain_lookup(module)
+        return plain_lookup(module) and (scaled or type(module).forward is nn.Embedding.forward)
     return isinstance(module, nn.Linear)
 
 
@@ -344,13 +348,18 @@ def factored_modules(
     :func:`factored_embedding` (in the ``forms`` of :func:`layer_factors`) instead of reading a produced weight."""
     mods = []
     shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
+    # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
+    gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in slots if s.mod.output_scale for p in paths(s)}
     try:
         for path, (w, eo, ei, r) in layer_factors(slots, get, aliases, forms).items():
             mod = large.get_submodule(path)
             if isinstance(mod, nn.Embedding):
+                gain = gains.get(path)
 
-                def fwd(ids, _w=w, _ei=ei, _pad=mod.padding_idx):
-                    return factored_embedding(ids, _w, _ei, _pad)
+                def fwd(ids, _w=w, _ei=ei, _pad=mod.padding_idx, _gain=gain):
+                    out = factored_embedding(ids, _w, _ei, _pad)
+                    # as HF does: the factor as a float32 scalar, rounded to the table's dtype
+                    return out if _gain is None else out * torch.tensor(_gain).to(out.dtype)
 
             else:
 

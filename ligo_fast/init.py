@@ -13,7 +13,7 @@ Width schemes draw ``E`` of shape ``(large - small, small)``, the new rows of ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +87,14 @@ def lossless_layers(L2: int, L1: int) -> tuple[Tensor, Tensor]:
     added = torch.ones(L2, dtype=torch.bool)
     added[torch.searchsorted(src, torch.arange(L1))] = False
     return src, added
+
+
+def grown_layer_types(small_types: Sequence[str], L2: int) -> list[str]:
+    """Per-layer attention kinds (``config.layer_types``) for a model grown to ``L2`` layers: each large layer takes
+    the kind of the small layer it is grown from (:func:`lossless_layers`), so copied layers keep theirs (exactness)
+    and the ratio of sliding-window to full layers stays the small model's."""
+    src, _ = lossless_layers(L2, len(small_types))
+    return [small_types[j] for j in src.tolist()]
 
 
 def _lossless_depth(L2: int, L1: int, generator: Generator, block_output: bool = False, **_) -> Tensor:

@@ -96,9 +96,10 @@ class LiGOModel(nn.Module):
         )  # fmt: skip
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
             large = hf_class(large_config)
+        kinds = (getattr(small_model.config, "layer_types", None), getattr(large_config, "layer_types", None))
         plan = build_plan(
             arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
-            L1, L2, config,
+            L1, L2, config, kinds,
         )  # fmt: skip
         self.plan: Plan = plan
         self.arch: Arch = arch
@@ -180,7 +181,9 @@ class LiGOModel(nn.Module):
         return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
 
     def _factorable(self, slot) -> bool:
-        return all(factored.module_ok(self.large.get_submodule(p)) for p in factored.paths(slot, self.plan.aliases))
+        scaled = slot.mod.output_scale is not None
+        paths = factored.paths(slot, self.plan.aliases)
+        return all(factored.module_ok(self.large.get_submodule(p), scaled) for p in paths)
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
         """The memory estimate of an operator-training step on this batch (the arguments of a forward call).

@@ -24,7 +24,7 @@ from functools import cached_property
 
 from .arch import EMBEDDING, LINEAR, NORM, Arch, Module
 from .config import LiGOConfig
-from .init import is_lossless
+from .init import is_lossless, lossless_layers
 
 SM = "__sm_"  # the official prefix of the small model's tensors
 
@@ -203,6 +203,7 @@ def build_plan(
     L1: int,
     L2: int,
     cfg: LiGOConfig,
+    layer_types: tuple[Sequence[str] | None, Sequence[str] | None] = (None, None),
 ) -> Plan:
     """Plan the growth of a model with state-dict shapes ``small_shapes`` into one with ``large_shapes``.
 
@@ -214,6 +215,8 @@ def build_plan(
             separately (the official code does).
         L1, L2: layer counts.
         cfg: the operator options (tying, residual, init schemes, what trains).
+        layer_types: the small and the large config's per-layer attention kinds (``config.layer_types``: sliding
+            window or full), if they have them: a function-preserving start needs each copied layer to keep its kind.
 
     Raises ValueError (nothing is built) when a width shrinks, two sides of one width disagree, an axis that
     never grows differs, a bias exists in only one model, or the layer count shrinks.
@@ -240,7 +243,8 @@ def build_plan(
     # 2. which modules this model has; a module whose large weight is tied to one produced earlier (lm_head and the
     #    token embedding) keeps only its bias here: the weight is an alias of the produced tensor
     modules: list[tuple[Module, bool, bool]] = []  # (module, layered, weight tied to an earlier module's)
-    seen_groups: set[int] = set()
+    first_of_group: dict[int, int] = {}  # tie group -> index into modules of the module that produces its weight
+    tied_to: dict[int, int] = {}  # index of a module with a tied weight -> index of the one that produces it
     for mod, layered in [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]:
         key = f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
         if key not in small_shapes and key not in large_shapes and not layered:
@@ -249,9 +253,11 @@ def build_plan(
             if key not in sd:
                 raise ValueError(f"the {where} has no tensor {key!r}, which the {arch.family} description names")
         g = group_of.get(key)
-        modules.append((mod, layered, g is not None and g in seen_groups))
-        if g is not None:
-            seen_groups.add(g)
+        if g is not None and g in first_of_group:
+            tied_to[len(modules)] = first_of_group[g]
+        elif g is not None:
+            first_of_group[g] = len(modules)
+        modules.append((mod, layered, len(modules) in tied_to))
 
     def weight_key(mod: Module, layered: bool) -> str:
         return f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
@@ -302,6 +308,16 @@ def build_plan(
                     f"width {w!r} grows {small} -> {big}, not by an integer factor: neurons are copied unevenly, "
                     "so norms and the input split are not exact"
                 )
+    if is_lossless(cfg.depth_init) and all(t is not None for t in layer_types):
+        small_types, large_types = layer_types
+        src, added = lossless_layers(L2, L1)
+        for l in range(L2):
+            if not added[l] and large_types[l] != small_types[src[l]]:
+                notes.append(
+                    f"large layer {l} copies small layer {int(src[l])} but its attention kind is {large_types[l]!r}, "
+                    f"not {small_types[src[l]]!r}: set the large config's layer_types to follow the copies "
+                    "(ligo_fast.init.grown_layer_types)"
+                )
 
     # 4. width matrices
     def width_tensor(name: str, official: str, width: str, layers: int | None) -> OpTensor:
@@ -334,10 +350,17 @@ def build_plan(
     # 5. one slot per module kind
     stream = residual_width(arch)
     head_norm_scale: dict[int, float] = {}  # index into modules -> fixed scale folded into that norm
+    emb_scale: dict[int, float] = {}  # index into modules -> fixed scale of an embedding the model multiplies
     if lossless_width:
-        # a tied head reads the embedding's columns, B_emb^T (not B_emb^T / k): fold 1/k into the norm before it
+        # the model multiplies the rows by output_scale(width) (Gemma: sqrt(hidden)): undo its change in the table
+        for i, (m, _, tied_weight) in enumerate(modules):
+            if m.kind == EMBEDDING and m.output_scale is not None and grows(m.out) and not tied_weight:
+                small, big = sizes[m.out][:2]
+                emb_scale[i] = m.output_scale(small) / m.output_scale(big)
+        # a tied head reads the embedding's columns, B_emb^T (not B_emb^T / k), times that embedding's fixed scale:
+        # fold the inverse into the norm before it
         for h, (head, _, tied_weight) in enumerate(modules):
-            k = factor(head.inp)
+            k = factor(head.inp) * emb_scale.get(tied_to.get(h, -1), 1.0)
             if not tied_weight or k == 1.0:
                 continue
             norms = [i for i, (m, lay, _) in enumerate(modules[:h]) if not lay and m.kind == NORM and m.out == head.inp]
@@ -403,7 +426,7 @@ def build_plan(
                 rule = "split" if layered else "plain"
                 tensors.append(OpTensor(name, f"{full}.residual_{what}", rule, "residual", True, shape))
         scale_w = scale_b = None
-        fixed = head_norm_scale.get(index, 1.0 / k_in if not layered else 1.0)
+        fixed = head_norm_scale.get(index, emb_scale.get(index, 1.0 / k_in if not layered else 1.0))
         if fixed != 1.0:
             scale_w = f"scale__{sid}__weight"
             tensors.append(OpTensor(scale_w, f"{full}.fuse_scale.coeffs_weight", "plain", "scale", False, (1, 1),

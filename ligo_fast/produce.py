@@ -2,7 +2,8 @@
 
 Every weight matrix of one module kind (all large layers) is one :func:`ligo_fast.ops.ligo_expand` call; every
 vector (biases, norm weights) of every module kind goes into one :func:`ligo_fast.ops.ligo_expand_vec_multi` call.
-Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated.
+Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated. A norm with an ``offset`` (Gemma's
+``1 + w``) is expanded as its effective scale ``offset + w`` and stored back minus the offset.
 
 ``get(name)`` returns an operator tensor by its internal name (:class:`ligo_fast.plan.OpTensor`), or None for
 None: :class:`ligo_fast.model.LiGOModel` passes its own tensors, :mod:`ligo_fast.compat` a view of its modules'.
@@ -10,7 +11,7 @@ To produce some large layers only (memory-lean mode), pass ``layers`` and a ``ge
 rows ``(len(layers), ...)`` of every per-layer tensor (rule ``split``): the caller slices once per forward
 (``unbind``), because slicing a parameter per chunk of layers would make every chunk's backward write a zero
 gradient of the whole tensor.
-Imports: ``ops`` and ``plan``.
+Imports: ``ops``, ``plan`` and ``reference`` (the accumulation dtype).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 from . import ops
 from .arch import NORM
 from .plan import Slot, view2d
+from .reference import compute_dtype
 
 Getter = Callable[[str | None], Tensor | None]
 
@@ -51,15 +53,17 @@ def produce(
     if not slots:
         return out
     vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
-    vec_targets: list[tuple[tuple[str, ...], int]] = []  # (names, number of parts to concatenate)
+    vec_targets: list[tuple[tuple[str, ...], int, float, torch.dtype]] = []  # (names, parts to concatenate, offset,
+    # the dtype to store)
 
-    def add_vec(v, depth, es, res, names: tuple[str, ...]) -> None:
+    def add_vec(v, depth, es, res, names: tuple[str, ...], offset: float = 0.0) -> None:
         n = len(es)
         vparts = v.chunk(n, dim=-1) if n > 1 else (v,)
         rparts = res.chunk(n, dim=-1) if (res is not None and n > 1) else (res,) * n
         for vp, e, rp in zip(vparts, es, rparts, strict=True):
-            vec_problems.append((vp, depth, get(e), rp))
-        vec_targets.append((names, n))
+            # the offset in the accumulation dtype: 1 + w in bfloat16 would round a small w away
+            vec_problems.append((vp.to(compute_dtype(vp.dtype)) + offset if offset else vp, depth, get(e), rp))
+        vec_targets.append((names, n, offset, v.dtype))
 
     one = torch.ones(1, 1, device=get(slots[0].w).device, dtype=torch.float32)  # the depth of a global module
     for s in slots:
@@ -72,7 +76,7 @@ def produce(
         if s.tied_weight or s.w in skip_weights:
             pass
         elif s.mod.kind == NORM:
-            add_vec(Wl, depth, s.e_rows, res, targets_w)
+            add_vec(Wl, depth, s.e_rows, res, targets_w, s.mod.offset)
         else:
             W2 = Wl.reshape(Wl.shape[0], *s.view_w)
             n = max(len(s.e_rows), len(s.e_cols))
@@ -100,8 +104,9 @@ def produce(
             targets_b = s.targets_b if (layers is None or not L) else s.targets_b[layers.start : layers.stop]
             add_vec(bl, depth_b, s.bias_widths, _lift(get(s.res_b), L), targets_b)
     results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
-    for names, n in vec_targets:
+    for names, n, offset, dtype in vec_targets:
         t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)
+        t = (t - offset).to(dtype) if offset else t
         for name, row in zip(names, t.unbind(0), strict=True):
             out[name] = row
     for name, others in (aliases or {}).items():

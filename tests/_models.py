@@ -9,6 +9,8 @@ import torch
 import transformers as T
 from safetensors.torch import load_file
 
+from ligo_fast.init import grown_layer_types
+
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "case.json").exists())
 
@@ -20,6 +22,9 @@ _BERT = dict(vocab_size=VOCAB, max_position_embeddings=40, num_labels=3)
 
 def configs(name: str, *, tie: bool = False, kv: tuple[int, int] = (2, 4)):
     """(small, large) configs for HF class ``name``: widths and layer counts grow, odd sizes."""
+    if name.startswith(("Gemma3", "Qwen3")):
+        return qk_norm_configs(name, d=(32, 48), heads=(4, 4), kv=kv, layers=(2, 3), ffn=(40, 72), tie=tie,
+                               head_dim=(12, 16))  # fmt: skip
     if name in ("LlamaForCausalLM", "LlamaModel", "MistralForCausalLM", "Qwen2ForCausalLM"):
         C = (
             T.MistralConfig
@@ -76,6 +81,31 @@ def configs(name: str, *, tie: bool = False, kv: tuple[int, int] = (2, 4)):
             **_BERT,
         ),
     )
+
+
+def qk_norm_configs(name: str, *, d, heads, kv, layers, ffn, tie=False, head_dim=(12, 12)):
+    """(small, large) configs of a Gemma 3 or Qwen3 class (q/k norms), each argument a (small, large) pair except
+    ``d``: a pair of hidden sizes, or the small one (the large one then grows with the head count). ``head_dim`` is
+    explicit (not ``hidden / heads`` in the tests). Gemma's layers alternate sliding-window (of 4 tokens, fewer than
+    the test inputs have) and full attention; the large model's kinds follow the layers they are grown from."""
+    dims = d if isinstance(d, tuple) else (d, d * heads[1] // heads[0])
+    kw = dict(vocab_size=VOCAB, max_position_embeddings=32, tie_word_embeddings=tie)
+    if name.startswith("Gemma3"):
+        small_types = ["sliding_attention", "full_attention"] * layers[0]
+        small_types = small_types[: layers[0]]
+        kw |= dict(sliding_window=4, query_pre_attn_scalar=12)
+        types = (small_types, grown_layer_types(small_types, layers[1]))
+        C = T.Gemma3TextConfig
+    else:
+        types = (None, None)
+        C = T.Qwen3Config
+    return tuple(
+        C(
+            hidden_size=dims[i], intermediate_size=ffn[i], num_hidden_layers=layers[i], num_attention_heads=heads[i],
+            num_key_value_heads=kv[i], head_dim=head_dim[i], **({"layer_types": types[i]} if types[i] else {}), **kw,
+        )
+        for i in (0, 1)
+    )  # fmt: skip
 
 
 def build(name: str, config, seed: int = 0) -> torch.nn.Module:

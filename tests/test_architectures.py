@@ -19,6 +19,10 @@ CLASSES = [
     "LlamaModel",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "Qwen3Model",
+    "Gemma3ForCausalLM",
+    "Gemma3TextModel",
     "ViTModel",
     "ViTForImageClassification",
 ]
@@ -56,7 +60,9 @@ def test_identity_growth_reproduces_the_small_model_exactly(name):
         assert torch.equal(main_output(ligo_fast.materialize(model)(**x)), main_output(small(**x)))
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "BertModel"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "BertModel", "Gemma3ForCausalLM"]
+)
 def test_save_pretrained_round_trip(name, tmp_path):
     small_cfg, large_cfg = configs(name)
     big = ligo_fast.materialize(ligo_fast.grow(build(name, small_cfg), large_cfg, depth_init="rand")).eval()
@@ -105,7 +111,9 @@ def test_tied_and_untied_embeddings(name, tie):
         torch.testing.assert_close(produced["lm_head.weight"][:, 32:], small.lm_head.weight @ E.T)
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"]
+)
 def test_generate_on_a_grown_causal_lm(name):
     small_cfg, large_cfg = configs(name)
     model = ligo_fast.grow(build(name, small_cfg), large_cfg).eval()
@@ -161,3 +169,43 @@ def test_registering_a_custom_architecture():
     small_cfg, large_cfg = configs("LlamaForCausalLM", kv=(4, 4))
     model = ligo_fast.grow(MyLlama(small_cfg), large_cfg)
     assert type(ligo_fast.materialize(model)) is MyLlama
+
+
+def test_gemma_norms_grow_their_effective_scale():
+    # Gemma's RMSNorm scales by 1 + w: a new feature's scale is E (1 + w), stored as E (1 + w) - 1 (which is not E w
+    # where a row of E does not sum to 1, as sel_noisy's); the head size grows 12 -> 16, so q_norm grows too
+    small_cfg, large_cfg = configs("Gemma3ForCausalLM")
+    small = build("Gemma3ForCausalLM", small_cfg)
+    model = ligo_fast.grow(small, large_cfg, width_init="sel_noisy", width_noise=0.05, seed=1)
+    produced = model.produce()
+    E = model.op.width__emb
+    assert not torch.allclose(E.sum(-1), torch.ones(E.shape[0]))
+    w = small.model.norm.weight
+    torch.testing.assert_close(produced["model.norm.weight"], torch.cat([w, E @ (1 + w) - 1]))
+    Eh, D = model.op.width__head[1], model.op.depth__self_attn__q_norm__weight[1]
+    q = D @ torch.stack([layer.self_attn.q_norm.weight for layer in small.model.layers])  # large layer 1's mix
+    torch.testing.assert_close(produced["model.layers.1.self_attn.q_norm.weight"], torch.cat([q, Eh @ (1 + q) - 1]))
+
+
+def test_gemma_norms_keep_their_bits_in_bfloat16():
+    # the offset is added in float32: 1 + w in bfloat16 would round a small w (0.05 -> 0.046875)
+    small_cfg, _ = configs("Gemma3ForCausalLM")
+    small = build("Gemma3ForCausalLM", small_cfg).to(torch.bfloat16)
+    produced = ligo_fast.grow(small, small_cfg, depth_init="stackbert", residual=False).produce()
+    for k, v in small.state_dict().items():
+        if k.endswith("norm.weight"):
+            assert torch.equal(produced[k], v), k
+
+
+def test_gemma_layer_kinds_that_do_not_follow_the_copies_are_noted():
+    small_cfg, large_cfg = configs("Gemma3ForCausalLM")  # layer kinds: small [sliding, full], large grown from them
+    small = build("Gemma3ForCausalLM", small_cfg)
+    lossless = dict(depth_init="lossless", width_init="lossless")
+
+    def kind_notes():
+        return [n for n in ligo_fast.grow(small, large_cfg, **lossless).plan.notes if "attention kind" in n]
+
+    assert kind_notes() == []
+    large_cfg.layer_types = ["full_attention"] * large_cfg.num_hidden_layers
+    notes = kind_notes()
+    assert len(notes) == 1 and "large layer 0 copies small layer 0" in notes[0], notes

@@ -5,13 +5,14 @@ import weakref
 
 import pytest
 import torch
+import transformers as T
 from _models import build, configs, inputs, main_output
 
 import ligo_fast
 from ligo_fast import model as model_module
-from ligo_fast.factored import CPU, H200, break_even_tokens, costs, factored_linear
+from ligo_fast.factored import CPU, H200, break_even_tokens, costs, factored_linear, module_ok
 
-CASES = ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification"]
+CASES = ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "Gemma3ForCausalLM"]
 
 
 def _step(name, **options):
@@ -244,10 +245,11 @@ def test_factored_embedding_matches_the_produced_table():
             assert grads[0][pad].abs().max() == 0 and grads[0].abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel"])
+@pytest.mark.parametrize("name", ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "Gemma3ForCausalLM"])
 def test_factored_vocabulary_and_tied_head_match_materialised(name):
-    """The vocabulary table and the LM head (tied in BERT and GPT-2, untied in Llama) run factored, the small model
-    trained too, with padding tokens in the batch: loss and every gradient equal the materialised run (float64)."""
+    """The vocabulary table and the LM head (tied in BERT and GPT-2, untied in Llama and this Gemma) run factored,
+    the small model trained too, with padding tokens in the batch: loss and every gradient equal the materialised run
+    (float64). Gemma's table is scaled by sqrt(hidden) in its own forward: the factored lookup scales it too."""
     torch.manual_seed(0)
     small_cfg, large_cfg = configs(name)
     small_cfg.pad_token_id = large_cfg.pad_token_id = 1
@@ -266,9 +268,9 @@ def test_factored_vocabulary_and_tied_head_match_materialised(name):
     picked, out, grads = run("factored")
     none, ref, ref_grads = run("materialize")
     assert not none
-    vocab = {"BertForMaskedLM": "bert.embeddings.word_embeddings", "LlamaForCausalLM": "model.embed_tokens"}
-    assert vocab.get(name, "transformer.wte") in picked
-    if name.startswith("Llama"):
+    vocab = {"BertForMaskedLM": "bert.embeddings.word_embeddings", "GPT2LMHeadModel": "transformer.wte"}
+    assert vocab.get(name, "model.embed_tokens") in picked
+    if name.startswith(("Llama", "Gemma3")):
         assert "lm_head" in picked  # untied: its own global linear
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     assert grads.keys() == ref_grads.keys()
@@ -321,3 +323,10 @@ def test_cost_model_picks_one_side_forms_for_ffn_rectangles_at_many_tokens():
     down = form_costs(1024, 512, 2048, 768, 3072, 6, 4, CPU)
     assert min(up, key=up.get) == "out" and min(down, key=down.get) == "in"
     assert set(form_costs(1024, 512, 512, 512, 768, 6, 4, CPU)) == {"materialize", "factored"}  # one side grows
+
+
+def test_an_embedding_with_its_own_forward_runs_factored_only_when_described():
+    # Gemma's table is multiplied by sqrt(hidden) in the subclass's forward: a factored lookup would drop that unless
+    # the description declares it (Module.output_scale)
+    scaled = T.models.gemma3.modeling_gemma3.Gemma3TextScaledWordEmbedding(10, 4, 0, embed_scale=2.0)
+    assert not module_ok(scaled) and module_ok(scaled, scaled=True) and module_ok(torch.nn.Embedding(10, 4))

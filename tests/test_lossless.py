@@ -8,19 +8,24 @@ grow in depth (added blocks are the identity). Post-LayerNorm BERT/RoBERTa: widt
 import pytest
 import torch
 import transformers as T
-from _models import VOCAB, build, inputs
+from _models import VOCAB, build, inputs, qk_norm_configs
 
 import ligo_fast
 from ligo_fast.init import depth_init, lossless_layers, width_init
 
 LLAMA = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "LlamaModel")
-PRE_NORM = LLAMA + ("GPT2LMHeadModel", "GPT2Model", "ViTForImageClassification", "ViTModel")
+QK_NORM = ("Gemma3ForCausalLM", "Gemma3TextModel", "Qwen3ForCausalLM", "Qwen3Model")
+PRE_NORM = LLAMA + QK_NORM + ("GPT2LMHeadModel", "GPT2Model", "ViTForImageClassification", "ViTModel")
 POST_NORM = ("BertForMaskedLM", "RobertaForMaskedLM", "BertForSequenceClassification", "BertModel", "RobertaModel")
 
 
 def _configs(name: str, k: int, layers: int, *, tie: bool = False):
-    """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs."""
+    """Small (width 32, 4 heads of 8, 2 layers) and large (width 32k, 4k heads of 8, ``layers`` layers) configs.
+
+    Gemma 3 and Qwen3 as the real Gemma 3 270M is shaped: heads of 12 (not 32 / 4), one KV head, grown by heads."""
     d, h, f = 32, 4, 40
+    if name in QK_NORM:
+        return qk_norm_configs(name, d=d, heads=(h, h * k), kv=(1, k), layers=(2, layers), ffn=(f, f * k), tie=tie)
     if name in LLAMA:
         C = (
             T.MistralConfig
@@ -100,7 +105,9 @@ def test_pre_norm_depth_and_width_growth_is_exact(name, k, layers):
     assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)
 
 
-@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM"])
+@pytest.mark.parametrize(
+    "name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM", "RobertaForMaskedLM", "Gemma3ForCausalLM"]
+)
 @pytest.mark.parametrize("k", [2, 3])
 def test_tied_embeddings_stay_exact(name, k):
     # the head reads the embedding's columns: 1/k folds into the norm before it; BERT's tied decoder keeps its bias

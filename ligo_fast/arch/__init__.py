@@ -1,6 +1,6 @@
 """Architecture descriptions (one module per family) and the registry ``grow`` consults."""
 
-from . import bert, gpt2, llama, vit  # noqa: F401  (each registers its classes)
+from . import bert, gemma3, gpt2, llama, vit  # noqa: F401  (each registers its classes)
 from .base import (
     EMBEDDING,
     LINEAR,

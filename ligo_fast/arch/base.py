@@ -49,6 +49,12 @@ class Module:
         transposed: the weight is stored (in, out), like GPT-2's ``Conv1D``.
         weight: attribute name of the weight tensor (``cls_token`` for a bare parameter).
         bias: attribute name of the bias; used when the small model has it (Llama's ``attention_bias``...).
+        offset: ``norm``: the model scales by ``offset + weight`` (Gemma's RMSNorm: ``1 + w``). The operator
+            expands the effective scale ``offset + weight`` and stores it back minus ``offset``, so a grown norm
+            computes what a plain norm of the same effective scale would: a copied feature gets its source's
+            scale, and a mixing row that sums to 1 gives ``offset + E w``.
+        output_scale: ``embedding``: the model multiplies the looked-up rows by ``output_scale(width)`` (Gemma:
+            ``sqrt(hidden_size)``); function-preserving growth divides the table by the change of that factor.
 
     A linear weight of more than two dimensions (a Conv2d patch projection) grows on dim 0 only, viewed as
     (out, rest); an embedding-like tensor of more than two dimensions grows on its last dim, viewed as
@@ -62,6 +68,8 @@ class Module:
     transposed: bool = False
     weight: str = "weight"
     bias: str | None = "bias"
+    offset: float = 0.0
+    output_scale: Callable[[int], float] | None = None
 
     def key(self, what: str) -> str:
         return f"{self.path}.{what}" if self.path else what
@@ -98,6 +106,8 @@ class Arch:
         for m in self.layer_modules + self.modules:
             if m.kind not in (LINEAR, NORM, EMBEDDING):
                 raise ValueError(f"{self.family}: module {m.path!r} has unknown kind {m.kind!r}")
+            if (m.offset and m.kind != NORM) or (m.output_scale is not None and m.kind != EMBEDDING):
+                raise ValueError(f"{self.family}: module {m.path!r}: offset is for norms, output_scale for embeddings")
             for w in _names(m.out) + _names(m.inp):
                 if w not in self.widths:
                     raise ValueError(

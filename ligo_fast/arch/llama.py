@@ -1,4 +1,4 @@
-"""Llama-family decoders (Llama, Mistral, Qwen2: one layout), as data.
+"""Llama-family decoders (Llama, Mistral, Qwen2: one layout; Qwen3: the same with q/k norms), as data.
 
 Tying, carried over from the official BERT scheme:
   * ``emb``: the residual stream: token embeddings, the input of q/k/v/gate/up, the output of o_proj and
@@ -12,6 +12,9 @@ Tying, carried over from the official BERT scheme:
     width ``attn``.
   * RMSNorm weights expand like LayerNorm weights (no bias). q/k/v/o biases (Qwen2, ``attention_bias``) and
     MLP biases (``mlp_bias``) are grown when the small model has them.
+  * Qwen3's ``q_norm`` / ``k_norm`` are RMSNorms over one head's features (applied to every head): they grow with
+    the head size, not with ``emb``, through their own per-layer width ``head`` (shared by q and k, whose dims
+    pair up in the attention score); with the head size kept (more heads), they are copied unchanged.
   * tied input/output embeddings (``tie_word_embeddings``): the large model's lm_head *is* its token
     embedding, so it is produced once, from the embedding, and stays tied.
 RoPE: the produced q/k weights run in the HF model whatever head size the large config asks for; when the
@@ -42,7 +45,8 @@ def _kv(c) -> int:
     return getattr(c, "num_key_value_heads", None) or c.num_attention_heads
 
 
-def _resolve(arch: Arch, small, large) -> Arch:
+def resolve_gqa(arch: Arch, small, large) -> Arch:
+    """With grouped-query attention in either model, o_proj's input gets its own per-layer width ``attn``."""
     if _kv(small) == small.num_attention_heads and _kv(large) == large.num_attention_heads:
         return arch
     block = tuple(replace(m, inp="attn") if m.path == "self_attn.o_proj" else m for m in arch.layer_modules)
@@ -66,9 +70,21 @@ LLAMA_LM = Arch(
         Module("lm_head", LINEAR, out=None, inp="emb"),
     ),
     check_config=check_heads,
-    resolve=_resolve,
+    resolve=resolve_gqa,
 )
 LLAMA_BASE = LLAMA_LM.base_model("model", ("LlamaModel", "MistralModel", "Qwen2Model"))
 
-for _arch in (LLAMA_LM, LLAMA_BASE):
+HEAD_WIDTH = {"head": Width("model.layers.{l}.fuse_width_head", per_layer=True)}
+QK_NORMS = (Module("self_attn.q_norm", NORM, out="head"), Module("self_attn.k_norm", NORM, out="head"))
+QWEN3_LM = replace(
+    LLAMA_LM,
+    family="qwen3",
+    model_types=("qwen3",),
+    classes=("Qwen3ForCausalLM",),
+    widths={**LLAMA_LM.widths, **HEAD_WIDTH},
+    layer_modules=BLOCK + QK_NORMS,
+)
+QWEN3_BASE = QWEN3_LM.base_model("model", ("Qwen3Model",))
+
+for _arch in (LLAMA_LM, LLAMA_BASE, QWEN3_LM, QWEN3_BASE):
     register_architecture(_arch)

@@ -14,7 +14,7 @@ import logging
 import numbers
 from dataclasses import dataclass
 
-from .init import DEPTH_INITS, WIDTH_INITS
+from .init import DEPTH_INITS, WIDTH_INITS, grown_layer_types
 
 LINEAR_MODES = ("materialize", "factored", "auto")
 GROW_INITS = {"depth_init": "lossless", "width_init": "lossless_noisy"}
@@ -297,7 +297,9 @@ def large_config(small_config, **changes):
     except the head size, which follows this rule where the class has a ``head_dim`` field: given, as given; when
     ``num_attention_heads`` changes, the small model's head size is kept (more heads of the same size: the growth
     that can preserve the function exactly); else ``hidden_size // num_attention_heads``. When the head count
-    changes and ``num_key_value_heads`` is not given, the group size (query heads per key/value head) is kept.
+    changes and ``num_key_value_heads`` is not given, the group size (query heads per key/value head) is kept. A
+    per-layer ``layer_types`` list (sliding-window and full attention) grows with the layers
+    (:func:`ligo_fast.init.grown_layer_types`: each large layer takes the kind of the small layer it comes from).
     :data:`DROPPED_KEYS` and keys the class does not know (tokenizer ids of another class's checkpoint) are not
     inherited; the tokenizer ids the class knows are (the tokenizer stays the small model's).
 
@@ -332,4 +334,7 @@ def large_config(small_config, **changes):
             changes["head_dim"] = small_config.head_dim
         elif "hidden_size" in changes:
             changes["head_dim"] = changes["hidden_size"] // heads
+    types, layers = getattr(small_config, "layer_types", None), changes.get("num_hidden_layers")
+    if isinstance(types, list) and isinstance(layers, int) and layers != len(types) and "layer_types" not in changes:
+        changes["layer_types"] = grown_layer_types(types, layers)  # each large layer the kind of its source layer
     return model_config_from_dict(cls, {**inherited_fields(small_config, changes), **changes})

@@ -36,6 +36,9 @@ def test_gemma_style_explicit_head_dim_is_kept_when_heads_grow():
                            num_attention_heads=2, num_key_value_heads=1, head_dim=32)  # fmt: skip
     big = ligo_fast.large_config(g, hidden_size=80, num_attention_heads=4, intermediate_size=128)
     assert (type(big), big.head_dim, big.num_key_value_heads) == (T.Gemma3TextConfig, 32, 2)
+    g.layer_types = ["sliding_attention", "full_attention"]
+    deep = ligo_fast.large_config(g, num_hidden_layers=3)
+    assert deep.layer_types == ["sliding_attention", "sliding_attention", "full_attention"]  # each from its source
 
 
 def test_quantisation_and_unknown_keys_are_dropped_without_warnings(caplog):

@@ -21,6 +21,8 @@ def test_more_heads_keep_the_head_size_and_the_groups():
     big = ligo_fast.large_config(_llama(), hidden_size=96, num_attention_heads=12, num_hidden_layers=3)
     assert (big.head_dim, big.num_key_value_heads, big.hidden_size, big.num_hidden_layers) == (8, 4, 96, 3)
     assert type(big) is T.LlamaConfig and big.vocab_size == 97 and big.intermediate_size == 80
+    odd = ligo_fast.large_config(_llama(), hidden_size=96, num_attention_heads=8, num_key_value_heads=2)
+    assert odd.head_dim == 8  # kept, where hidden_size // heads would give 12
 
 
 def test_width_alone_recomputes_the_head_size_and_given_values_win():

@@ -57,9 +57,13 @@ def stdlib_split(max_files: int) -> tuple[list[Path], list[Path]]:
 
 
 def windows(tok, files: list[Path], n: int, seq_len: int) -> torch.Tensor:
-    ids = torch.tensor(tok("\n".join(f.read_text(errors="replace") for f in files))["input_ids"])
-    starts = torch.linspace(0, ids.numel() - seq_len - 1, n).long()
-    return ids[starts[:, None] + torch.arange(seq_len)]
+    """``n`` evenly spaced windows of ``seq_len`` tokens, each starting with the BOS token (Gemma expects it)."""
+    ids = torch.tensor(
+        tok("\n".join(f.read_text(errors="replace") for f in files), add_special_tokens=False)["input_ids"]
+    )
+    starts = torch.linspace(0, ids.numel() - seq_len, n).long()
+    w = ids[starts[:, None] + torch.arange(seq_len - 1)]
+    return torch.cat([torch.full((n, 1), tok.bos_token_id), w], 1)
 
 
 @torch.no_grad()

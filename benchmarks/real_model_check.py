@@ -18,6 +18,7 @@ generated lines, wall time and peak memory (max RSS of this process).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import resource
@@ -47,7 +48,12 @@ def load_small() -> tuple[torch.nn.Module, object, Path]:
     gguf = pkg.assemble()
     tok = T.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = T.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    return model.eval(), tok, gguf
+    # a plain float32 model of the same weights: the GGUF-loaded one refuses save_pretrained (the CLI recipe needs it)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    plain = type(model)(type(model.config).from_dict(cfg))
+    plain.load_state_dict(model.state_dict())
+    return plain.eval(), tok, gguf
 
 
 def stdlib_split(max_files: int) -> tuple[list[Path], list[Path]]:
@@ -95,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-tokens", type=int, default=24)
     ap.add_argument("--depth-only", action="store_true", help="18 -> 27 layers at the small width")
     ap.add_argument("--skip", choices=("cli", "callback"), action="append", default=[])
+    ap.add_argument("--exact-start", action="store_true", help="also the step-0 loss without the init's noise")
     ap.add_argument("--json", default=None, help="write the numbers here")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
     res["large"] = {k: getattr(large_cfg, k) for k in (*sizes, "head_dim")}
 
     t = time.perf_counter()
-    model = ligo_fast.grow(small, large_cfg)
+    model = ligo_fast.grow(small, large_cfg, seed=0)  # the defaults; a seed for the noise's draw (the CLI's --seed 0)
     res["grow_s"] = time.perf_counter() - t
     res["notes"] = list(model.plan.notes)
     t = time.perf_counter()
@@ -121,6 +128,11 @@ def main(argv=None) -> int:
     res["eval_s"] = time.perf_counter() - t
     print(f"grown (defaults), step 0: held-out loss {res['start_loss']:.4f}; notes: {res['notes'] or 'none'}")
     del model
+    gc.collect()
+    if a.exact_start:  # the same start without the symmetry-breaking noise (width_init='lossless')
+        res["exact_start_loss"] = heldout_loss(ligo_fast.grow(small, large_cfg, width_init="lossless", seed=0), w)
+        gc.collect()
+        print(f"grown (width_init='lossless', no noise), step 0: held-out loss {res['exact_start_loss']:.4f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

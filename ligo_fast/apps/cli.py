@@ -28,7 +28,8 @@ Data: text files (directories are read recursively; binary files in them are ski
 binary files refused), concatenated in sorted order. Tokens come from the small model's tokenizer when its
 directory has one, else they are the bytes 0..255 (the model's vocabulary must hold them). Batch ``k`` is drawn
 from a generator seeded by ``(seed, k)``: random windows of ``--seq-len`` tokens, so a resumed run sees the same
-batches. Causal LMs: next-token loss (``labels = input_ids``). Masked LMs: 15% of the positions (at least one a
+batches; when the tokenizer puts a BOS token before every text (Gemma, Llama), every window (and every evaluation
+window) starts with it, as the model was trained. Causal LMs: next-token loss (``labels = input_ids``). Masked LMs: 15% of the positions (at least one a
 batch) are replaced by the mask id (the tokenizer's, else the config's ``mask_token_id``, else ``vocab_size - 1``)
 and predicted (``labels`` -100 elsewhere).
 

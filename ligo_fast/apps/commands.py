@@ -157,10 +157,12 @@ def cmd_grow(args) -> int:
         f"from {len(files)} file(s); {task} LM loss on {device}"
     )
 
-    def batch_at(k: int) -> dict:
-        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id)
+    bos = data.bos_of(tokenizer) if task == "causal" else None  # Gemma/Llama tokenizers: every window starts with BOS
 
-    windows = data.validation_windows(stream, EVAL_WINDOWS, args.seq_len)
+    def batch_at(k: int) -> dict:
+        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id, bos)
+
+    windows = data.with_bos(data.validation_windows(stream, EVAL_WINDOWS, args.seq_len - (bos is not None)), bos)
     eval_batch = {"input_ids": windows, "labels": windows.clone()}
     if mask_id is not None:
         eval_batch = data.mask_tokens(windows, mask_id, torch.Generator().manual_seed(args.seed))

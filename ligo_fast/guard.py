@@ -29,10 +29,13 @@ RISE_MEAN = 3
 WORSE_MARGIN = 0.01
 """A grown model whose evaluation loss exceeds the small model's by more than this share is reported worse."""
 
-_TRY = (
-    "try a lower operator learning rate (the budget rule's continued-training lr, ligo_fast.budget.operator_lr) "
-    "and grow()'s function-preserving defaults (depth_init='lossless', width_init='lossless_noisy')"
-)
+
+def _try(lr: float | None = None) -> str:
+    lower = f" (e.g. {lr / 10:.3g})" if lr is not None else " (ligo_fast.budget.operator_lr's continued-training lr)"
+    return (
+        f"try a lower operator learning rate{lower} and a function-preserving init (grow()'s defaults: "
+        "depth_init='lossless', width_init='lossless_noisy'; width_init='lossless' starts without noise)"
+    )
 
 
 @dataclass
@@ -72,7 +75,7 @@ class RiseGuard:
         at = f" at lr {self.lr:.3g}" if self.lr is not None else ""
         return (
             f"the operator loss rose from {self.start:.4g} to {now:.4g} (mean of the last {len(self._recent)} steps) "
-            f"in its first {step} steps{at}: the growth is destroying the small model's function; {_TRY}"
+            f"in its first {step} steps{at}: the growth is destroying the small model's function; {_try(self.lr)}"
         )
 
 
@@ -83,5 +86,5 @@ def worse_than_small(small_loss: float, grown_loss: float, margin: float = WORSE
         return None
     return (
         f"the grown model is worse than the small model on the evaluation text (loss {grown_loss:.4g} against "
-        f"{small_loss:.4g}); {_TRY}"
+        f"{small_loss:.4g}); {_try()}"
     )

@@ -30,8 +30,8 @@ directory has one, else they are the bytes 0..255 (the model's vocabulary must h
 from a generator seeded by ``(seed, k)``: random windows of ``--seq-len`` tokens, so a resumed run sees the same
 batches; when the tokenizer puts a BOS token before every text (Gemma, Llama), every window (and every evaluation
 window) starts with it, as the model was trained. Causal LMs: next-token loss (``labels = input_ids``). Masked
-LMs: 15% of the positions (at least one a batch) are replaced by the mask id (the tokenizer's, else the config's ``mask_token_id``, else ``vocab_size - 1``)
-and predicted (``labels`` -100 elsewhere).
+LMs: 15% of the positions (at least one a batch) are replaced by the mask id (the tokenizer's, else the config's
+``mask_token_id``, else ``vocab_size - 1``) and predicted (``labels`` -100 elsewhere).
 
 Resuming: every ``--save-every`` steps, on Ctrl-C/SIGTERM and at the end, the operator, the optimizer and the step
 count go to ``--out/checkpoint/`` (:mod:`.checkpoints`: crash-consistent at every instant). Rerunning the same

@@ -75,6 +75,9 @@ class LiGOModel(nn.Module):
         plan: the :class:`ligo_fast.plan.Plan` (slots, operator tensors, widths).
         arch: the architecture description; ``L1``, ``L2``: layer counts; ``hf_class``: the small model's class.
         op: the operator's tensors by internal name; ``large``: the large HF model without the produced parameters.
+        preserved_width: the small model's hidden width when the operator starts from the small model's function
+            (lossless depth or no new layers, lossless width or no width growth), else None: the argument of
+            :func:`ligo_fast.budget.operator_budget` that picks the continued-training learning rate.
     """
 
     def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
@@ -107,6 +110,9 @@ class LiGOModel(nn.Module):
         self.ligo_config = config
         self.hf_class = hf_class
         self.L1, self.L2 = L1, L2
+        widens = any(small != large for small, large in plan.widths.values())
+        preserving = (L1 == L2 or is_lossless(config.depth_init)) and (not widens or is_lossless(config.width_init))
+        self.preserved_width: int | None = getattr(small_model.config, "hidden_size", None) if preserving else None
         self.op = _Op()
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         for t in plan.tensors:  # in plan order: the order of the initial draws

@@ -6,7 +6,8 @@ defaults otherwise). Providers, built and stepped side by side in one process (`
 * ``official``: the official implementation's structure and math (``common.official_wrap``: per-module
   production inside each Fused module's forward, per-module depth coefficients), checked against the official
   fixtures by ``--check``;
-* ``ours-default``: ``ligo_fast.grow(small, large_config)`` with default options;
+* ``ours-default``: ``ligo_fast.grow(small, large_config)`` with default execution options (and, like every ``ours-*``
+  provider, the official init: its state is loaded from the official model's);
 * ``ours-eager``: ``grow(..., lean=False)``; ``ours-lean``: ``grow(..., lean=True)`` (memory-lean forced);
 * ``compat``: ``ligo_fast.compat.create_ligo_from_model`` (the official API on our ops; BERT/RoBERTa only);
 * ``plain-large``: the large HF model alone, every parameter trained, the same batch.
@@ -63,6 +64,9 @@ GROW_OPTIONS = {
     "ours-factored": {"lean": False, "linear_mode": "factored"},
     "ours-auto": {"lean": False, "linear_mode": "auto"},
 }
+# the official code's init for every grow() provider: the operator's state is loaded from the official model's (the
+# losses are compared), and grow()'s default (exact lossless) start has a few more tensors (fixed scales)
+OFFICIAL_INITS = {"depth_init": "stackbert_noisy", "width_init": "rand"}
 STEP_GOAL, MEM_GOAL = 1.15, 1.0  # issue 7: <= 1.15x a plain large step, no more peak memory
 
 
@@ -99,7 +103,7 @@ class Runner:
         elif spec.provider == "compat":
             model = compat.create_ligo_from_model(shape.model("large"), compat.ligo_args(), source_model=small)
         else:
-            model = ligo_fast.grow(small, shape.large, seed=0, **GROW_OPTIONS[spec.provider])
+            model = ligo_fast.grow(small, shape.large, seed=0, **OFFICIAL_INITS, **GROW_OPTIONS[spec.provider])
         del small
         self.model = model.to(device=self.device, dtype=DTYPES[spec.dtype])
         if state is not None:

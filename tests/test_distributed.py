@@ -34,6 +34,11 @@ if HAS_LEAN:
     CASES += [("ddp", False, {"lean": True}), ("fsdp", True, {"lean": True})]
 
 
+# random inits (the official ones): each rank draws its own operator, which the wrappers must replace by rank 0's
+# (grow()'s default start is exact and draws nothing)
+DRAWN = {"depth_init": "stackbert_noisy", "width_init": "rand"}
+
+
 def _case_id(case) -> str:
     kind, ts, extra = case
     return f"{kind}-{'train_small' if ts else 'buffers'}" + "".join(f"-{k}" for k in extra)
@@ -76,7 +81,7 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
         for case in CASES:
             kind, ts, extra = case
             torch.manual_seed(100 + rank)  # seed=None: every rank draws a different operator
-            model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **extra)
+            model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **DRAWN, **extra)
             before = {k: v.clone() for k, v in model.state_dict().items()}
             sums = [None] * WORLD
             dist.all_gather_object(sums, sum(float(p.sum()) for p in model.parameters()))
@@ -138,7 +143,7 @@ def _reference(case, init: dict):
     """One process, full batch: (grads of step 1, losses, final state dict, materialised state dict)."""
     kind, ts, extra = case
     small, large_cfg = _small()
-    model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **extra)
+    model = ligo_fast.grow(small, large_cfg, seed=None, train_small=ts, **DRAWN, **extra)
     model.load_state_dict(init)
     ids = _batch()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)

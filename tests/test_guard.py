@@ -25,7 +25,7 @@ def test_rise_fires_once_on_the_mean_of_the_last_steps():
     assert [k for k, _ in fired] == [5]
     msg = fired[0][1]
     assert "\n" not in msg and "rose from 3 to 6.9" in msg and "first 5 steps at lr 0.001" in msg
-    assert "lower operator learning rate (e.g. 0.0001)" in msg and "lossless_noisy" in msg
+    assert "lower operator learning rate (e.g. 0.0001)" in msg and "width_init='lossless'" in msg
     assert g.fired and g.start == 3.0
 
 

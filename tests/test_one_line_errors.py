@@ -178,7 +178,10 @@ def test_a_closed_stdout_stops_quietly(files, tmp_path):
     assert p.stdout.readline().startswith(b"growing LlamaForCausalLM")
     p.stdout.close()  # what head -1 does after its line
     err = p.stderr.read().decode()
-    assert p.wait(timeout=120) == 128 + signal.SIGPIPE and err == "", err
+    assert p.wait(timeout=120) == 128 + signal.SIGPIPE, err
+    # stderr keeps only the start-up's own warnings (this small config grows by 1.5x: "not function-preserving")
+    lines = [x for x in err.splitlines() if not x.startswith("ligo_fast.model: this growth's start is not")]
+    assert lines == [], err
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")

@@ -17,7 +17,7 @@ from transformers import GPT2Config, LlamaConfig
 
 import ligo_fast
 from ligo_fast.apps import data, demo
-from ligo_fast.apps.savings import aggregate, corpus, flops, models, presets, report, results, run, schedule
+from ligo_fast.apps.savings import aggregate, axes, corpus, flops, models, presets, report, results, run, schedule
 from ligo_fast.apps.savings.train import EvalPoint
 from ligo_fast.budget import operator_budget
 
@@ -453,9 +453,9 @@ def test_cli_rejects_bad_input(capsys):
 
 def test_axis_presets_run_the_baselines_on_their_axes(texts, one_thread):
     toy = presets.PRESETS["toy"]
-    axes = presets.axis_presets(toy)
-    assert set(axes) == {"toy-depth2", "toy-depth4", "toy-width"}
-    d2, d4, w = axes["toy-depth2"], axes["toy-depth4"], axes["toy-width"]
+    split = presets.axis_presets(toy)
+    assert set(split) == {"toy-depth2", "toy-depth4", "toy-width"}
+    d2, d4, w = split["toy-depth2"], split["toy-depth4"], split["toy-width"]
     assert (d2.large.layers, d4.large.layers, d2.large.hidden, d2.large.heads) == (2, 4, 16, 2)  # small: L1 d16 h2
     assert (w.large.layers, w.large.hidden, w.large.heads, w.large.ffn) == (1, 32, 4, 64)
     assert {"demo-depth2", "demo-depth4", "demo-width"} <= set(presets.PRESETS)
@@ -475,6 +475,20 @@ def test_axis_presets_run_the_baselines_on_their_axes(texts, one_thread):
         elif r["flops"] == 0:  # at the target before any training
             assert r["speedup"] == math.inf
 
-    res = run.run_experiment(w, corpus=texts, methods=["hypercloning", "ligo_lossless"], progress=False)
-    assert res.methods["hypercloning"].notes["val_loss_grown"] == pytest.approx(res.small_loss, rel=0.01)
-    assert res.methods["ligo_lossless"].notes["operator_step_flops"] == res.flops["operator_step"] > 0
+    res_w = run.run_experiment(w, corpus=texts, methods=["hypercloning", "ligo_lossless"], progress=False)
+    assert res_w.methods["hypercloning"].notes["val_loss_grown"] == pytest.approx(res_w.small_loss, rel=0.01)
+    assert res_w.methods["ligo_lossless"].notes["operator_step_flops"] == res_w.flops["operator_step"] > 0
+
+    # the per-axis table: both metrics, wall time and tokens per parameter, read back from the JSON too
+    back = results.Result.from_json(json.loads(json.dumps(res_w.to_json())))
+    rows = axes.axis_rows([res, back], base_steps=toy.large_steps)
+    assert [(r["axis"], r["method"]) for r in rows] == [
+        ("depth 2x", "gstack"), ("depth 2x", "llama_pro"), ("depth 2x", "scratch"),
+        ("width", "ligo_lossless"), ("width", "hypercloning"), ("width", "scratch"),
+    ]  # fmt: skip
+    hc = next(r for r in res_w.summary() if r["method"] == "hypercloning")
+    row = rows[4]
+    assert (row["saved"], row["speedup"], row["per_seed"]) == (hc["flops_saved"], hc["speedup"], {0: hc["flops_saved"]})
+    assert row["tokens_per_param"] == res_w.tokens_per_param and row["budget"] == 1
+    table = axes.format_axis_table([res, back], base_steps=toy.large_steps)
+    assert "| speedup (mean) |" in table and "| HyperCloning |" in table and f"| {res.tokens_per_param:.2f} |" in table

@@ -484,11 +484,12 @@ def test_axis_presets_run_the_baselines_on_their_axes(texts, one_thread):
     rows = axes.axis_rows([res, back], base_steps=toy.large_steps)
     assert [(r["axis"], r["method"]) for r in rows] == [
         ("depth 2x", "gstack"), ("depth 2x", "llama_pro"), ("depth 2x", "scratch"),
-        ("width", "ligo_lossless"), ("width", "hypercloning"), ("width", "scratch"),
+        ("width 2x", "ligo_lossless"), ("width 2x", "hypercloning"), ("width 2x", "scratch"),
     ]  # fmt: skip
     hc = next(r for r in res_w.summary() if r["method"] == "hypercloning")
     row = rows[4]
     assert (row["saved"], row["speedup"], row["per_seed"]) == (hc["flops_saved"], hc["speedup"], {0: hc["flops_saved"]})
     assert row["tokens_per_param"] == res_w.tokens_per_param and row["budget"] == 1
     table = axes.format_axis_table([res, back], base_steps=toy.large_steps)
+    assert axes.axis_of(toy) == "depth 2x + width 2x"
     assert "| speedup (mean) |" in table and "| HyperCloning |" in table and f"| {res.tokens_per_param:.2f} |" in table

@@ -20,11 +20,13 @@ from .results import Result
 
 
 def axis_of(p: Preset) -> str:
-    """``depth NxL``, ``width`` or ``depth+width``: what a preset grows."""
-    deeper = p.large.layers != p.small.layers
-    wider = p.large.hidden != p.small.hidden
-    depth = f"depth {p.large.layers / p.small.layers:g}x"
-    return f"{depth} + width" if deeper and wider else depth if deeper else "width" if wider else "none"
+    """What a preset grows, with the factors: ``depth 2x``, ``width 2x``, ``depth 2x + width 2x`` (or ``none``)."""
+    parts = [
+        f"{axis} {large / small:g}x"
+        for axis, small, large in (("depth", p.small.layers, p.large.layers), ("width", p.small.hidden, p.large.hidden))
+        if large != small
+    ]
+    return " + ".join(parts) or "none"
 
 
 def _mean(xs: list[float]) -> float | None:

@@ -18,7 +18,8 @@ $(STAMP): requirements.txt setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cuda/*.c
 test: install
 	$(PY) -m pytest -q tests
 
-# outputs go to runs/<preset>-<time>/ (untracked); e.g. make demo DEMO_ARGS="--seeds 10,11,12 --budgets 0.5,1,2,4"
+# outputs go to runs/<preset>-<time>/ (untracked); e.g. make demo DEMO_ARGS="--seeds 10,11,12 --budgets 0.5,1,2,4";
+# the pretrained regime (a small model trained 61 tokens per parameter): make demo DEMO_ARGS="--preset pretrained"
 demo: install
 	$(PY) -m ligo_fast.apps.demo $(DEMO_ARGS)
 

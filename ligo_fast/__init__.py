@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # the public names, each with the module that defines it
 _PUBLIC = {
     "LiGOConfig": "config",
+    "large_config": "config",
     "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
@@ -49,6 +50,7 @@ _PUBLIC = {
 # the keys of _PUBLIC (a test checks), written out for linters and readers
 __all__ = [
     "LiGOConfig",
+    "large_config",
     "LiGOModel",
     "grow",
     "materialize",
@@ -102,7 +104,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .api import grow, materialize
     from .arch import EMBEDDING, LINEAR, NORM, Arch, Module, Width, register_architecture, supported_classes
     from .checkpoint import load_operator
-    from .config import LINEAR_MODES, LiGOConfig, check_model_config, model_config_from_dict, unknown_config_keys
+    from .config import (
+        LINEAR_MODES,
+        LiGOConfig,
+        check_model_config,
+        large_config,
+        model_config_from_dict,
+        unknown_config_keys,
+    )
     from .init import DEPTH_INITS, WIDTH_INITS
     from .model import LiGOModel, plan_growth
 

@@ -5,7 +5,9 @@ rate ``large_lr``:
 
 * **steps** = ``clamp(round(OPERATOR_FRACTION * large_steps), MIN_OPERATOR_STEPS, MAX_OPERATOR_STEPS)``, i.e. 5% of
   the large budget, at least 10 and at most 100 steps;
-* **lr** = ``large_lr``: the operator's peak learning rate is the large model's;
+* **lr** = ``large_lr / sqrt(preserved_width)`` when the operator starts from the small model's function (a
+  function-preserving init; ``preserved_width`` is the small model's hidden width): continued training of a
+  pretrained model; ``large_lr`` (the official code's choice) when it does not (``preserved_width`` None);
 * **warmup** = ``ceil(OPERATOR_WARMUP_SHARE * steps)``: a linear warm-up over the first tenth of the operator's
   steps (the caller decays after it, as it decays the large model).
 
@@ -27,8 +29,17 @@ Why (stated before any result of this rule was measured):
 * *At least 10 steps.* Adam's first moment averages the last ``1 / (1 - beta1) = 10`` gradients; fewer steps than
   that are a handful of sign-like updates on single batches rather than training. Below 200 large steps this floor
   makes the share larger than 5%.
-* *The large model's learning rate.* The official code's choice (one learning rate for both phases), and one knob
-  less: the operator produces the large model's weights and is trained on the same loss.
+* *The large model's learning rate, from the official inits.* The official code's choice (one learning rate for both
+  phases): its inits do not preserve the small model's function, so the operator starts far from any good point
+  and trains like a model from scratch.
+* *Divided by the square root of the small width, from a function-preserving start.* Then the operator starts at the
+  pretrained small model's loss, and its job is continued training that must not destroy it (continued-pretraining
+  practice: LLaMA-Pro and the re-warming studies keep the learning rate at or below the pretraining's). An Adam step
+  moves every coefficient of a width matrix by about ``lr``, and a produced row is ``sum_j E[r, j] W[j]`` over the
+  ``d`` small rows, so one step moves it by about ``lr * sqrt(d)`` times a row's size (independent signs): the
+  division makes the relative change of a produced weight per operator step about ``large_lr``, what a step of
+  the large model itself would make. The reasons in full, with their sources and the measurements that prompted
+  them: ``benchmarks/results/defaults_rationale.md``.
 * *A tenth as warm-up.* The operator's optimizer starts fresh, and its first Adam steps have the full size of the
   learning rate whatever the gradient's magnitude; a short ramp keeps those steps small while the moment estimates
   settle, as the large model's own warm-up does (its schedule, not the operator's, is the caller's).
@@ -65,6 +76,8 @@ class OperatorBudget:
         warmup: linear warm-up steps of the operator (``<= steps``).
         large_steps: the large model's steps this budget was derived from.
         source: how ``steps`` was set: ``rule`` (the default rule), ``fraction`` or ``steps`` (an override).
+        lr_rule: how ``lr`` was set: ``continued`` (a function-preserving start: ``large_lr / sqrt(width)``) or
+            ``large`` (the large model's learning rate).
     """
 
     steps: int
@@ -72,6 +85,7 @@ class OperatorBudget:
     warmup: int
     large_steps: int
     source: str
+    lr_rule: str = "large"
 
     @property
     def share(self) -> float:
@@ -82,7 +96,7 @@ class OperatorBudget:
         """One line, e.g. ``20 operator steps (5.0% of 400 large steps; rule), lr 0.002, warm-up 2``."""
         return (
             f"{self.steps} operator steps ({100 * self.share:.1f}% of {self.large_steps} large steps; {self.source}), "
-            f"lr {self.lr:g}, warm-up {self.warmup}"
+            f"lr {self.lr:.3g} ({self.lr_rule}), warm-up {self.warmup}"
         )
 
 
@@ -98,23 +112,39 @@ def _finite_positive(name: str, value) -> float:
     return float(value)
 
 
+def operator_lr(large_lr: float, preserved_width: int | None = None) -> float:
+    """The operator's peak learning rate: ``large_lr / sqrt(preserved_width)`` from a function-preserving start of a
+    small model ``preserved_width`` wide, ``large_lr`` from the official inits (None); the reasons: the module doc."""
+    lr = _finite_positive("large_lr", large_lr)
+    if preserved_width is None:
+        return lr
+    return lr / math.sqrt(_positive_int("preserved_width", preserved_width, 1))
+
+
 def operator_budget(
-    large_steps: int, large_lr: float, *, fraction: float | None = None, steps: int | None = None
+    large_steps: int,
+    large_lr: float,
+    *,
+    fraction: float | None = None,
+    steps: int | None = None,
+    preserved_width: int | None = None,
 ) -> OperatorBudget:
     """The operator's steps, learning rate and warm-up for a large model trained ``large_steps`` steps at peak
     learning rate ``large_lr`` (the rule and its reasons: this module's docstring).
 
     Args:
         large_steps: optimizer steps of the large model's training (>= 1).
-        large_lr: its peak learning rate (> 0); the operator's peak learning rate.
+        large_lr: its peak learning rate (> 0), from which the operator's follows (:func:`operator_lr`).
         fraction: override: operator steps = ``round(fraction * large_steps)`` (at least 1), ``0 < fraction <= 1``.
         steps: override: this many operator steps (>= 0).
+        preserved_width: the small model's hidden width when the operator starts from its function
+            (``LiGOModel.preserved_width``); None: an official init.
 
     Raises:
         ValueError: a bad value, or both ``fraction`` and ``steps``.
     """
     large_steps = _positive_int("large_steps", large_steps, 1)
-    lr = _finite_positive("large_lr", large_lr)
+    lr = operator_lr(large_lr, preserved_width)
     if fraction is not None and steps is not None:
         raise ValueError("give the operator budget as fraction or as steps, not both")
     if steps is not None:
@@ -127,4 +157,5 @@ def operator_budget(
     else:
         n = math.floor(OPERATOR_FRACTION * large_steps + 0.5)
         n, source = min(MAX_OPERATOR_STEPS, max(MIN_OPERATOR_STEPS, n)), "rule"
-    return OperatorBudget(n, lr, math.ceil(OPERATOR_WARMUP_SHARE * n), large_steps, source)
+    rule = "large" if preserved_width is None else "continued"
+    return OperatorBudget(n, lr, math.ceil(OPERATOR_WARMUP_SHARE * n), large_steps, source, rule)

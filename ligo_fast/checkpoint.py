@@ -17,6 +17,7 @@ import torch
 from .config import LiGOConfig, model_config_from_dict
 from .layout import keys_of
 from .model import LiGOModel
+from .plan import Role
 from .serialization import FORMAT, FORMATS, META, read_meta, read_tensors
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def load_operator(path, small_model, large_config=None) -> LiGOModel:
 def _warn_if_other_small(model: LiGOModel, given: dict, sd: dict, path: Path, small_name: str) -> None:
     """A warning when the operator file's copy of the small weights differs from the given small model's: the
     file's are used (they are what the operator was trained with, and trained themselves under ``train_small``)."""
-    small = {t.name for t in model.plan.tensors if t.role == "small"}
+    small = {t.name for t in model.plan.tensors if t.role == Role.SMALL}
     for name, official, rule in model.plan.rules:
         if name not in small:
             continue

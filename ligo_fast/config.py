@@ -1,5 +1,6 @@
-"""Options of the LiGO growth operator (:class:`LiGOConfig`), and checks of the Hugging Face configs it grows
-between (:func:`unknown_config_keys`, :func:`check_model_config`).
+"""Options of the LiGO growth operator (:class:`LiGOConfig`), checks of the Hugging Face configs it grows between
+(:func:`unknown_config_keys`, :func:`check_model_config`), and the large config built from a small one
+(:func:`large_config`).
 
 Imports: ``init`` (the scheme names), the standard library, and from transformers only the names it knows (its
 activation functions, its rope parameters) to check configs against; HF configs themselves are duck-typed.
@@ -10,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import logging
 import math
 import numbers
 from dataclasses import dataclass
 
 from transformers.activations import ACT2FN
 
-from .init import DEPTH_INITS, WIDTH_INITS
+from .init import DEPTH_INITS, WIDTH_INITS, grown_layer_types
 
 try:
     from transformers.modeling_rope_utils import RopeParameters
@@ -26,12 +28,23 @@ except ImportError:  # a transformers without the typed rope parameters: their k
     ROPE_KEYS = None
 
 LINEAR_MODES = ("materialize", "factored", "auto")
+GROW_INITS = {"depth_init": "lossless", "width_init": "lossless"}
+"""The inits of ``grow()`` without a config (:meth:`LiGOConfig.grow_defaults`): exactly the small model's function.
+No symmetry-breaking noise: the identity block of ``B = [I; E]`` is fixed, so the first operator step moves a copy
+(its rows of ``E``) and not its original, and the copies part in a loss-decreasing direction (noise cost +11.5% loss
+on a real Gemma 3 270M: ``benchmarks/results/real_model_check.md``). A growth materialised without operator steps
+needs ``lossless_noisy``. The dataclass's own defaults are the official code's (``ligo_fast.compat`` uses them)."""
 REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-lean mode now decides from memory
 
 
 @dataclass
 class LiGOConfig:
     """How the growth operator is initialised and what it trains.
+
+    ``LiGOConfig()`` holds the official code's defaults (``stackbert_noisy`` depth, ``rand`` width: the official API,
+    :mod:`ligo_fast.compat`, uses them); ``ligo_fast.grow`` without a config uses :meth:`grow_defaults`, the
+    function-preserving start (:data:`GROW_INITS`) that a pretrained small model needs. A config passed to ``grow``
+    is used as given.
 
     Attributes:
         depth_init: initial depth coefficients of each large layer (a vector over the small layers):
@@ -108,6 +121,12 @@ class LiGOConfig:
             raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
         if self.linear_mode not in LINEAR_MODES:
             raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
+
+    @classmethod
+    def grow_defaults(cls, **overrides) -> LiGOConfig:
+        """The config of ``ligo_fast.grow`` without one: the function-preserving inits (:data:`GROW_INITS`:
+        ``lossless`` depth and width), the other fields as the dataclass's, some replaced."""
+        return cls(**{**GROW_INITS, **overrides})
 
     def replace(self, **overrides) -> LiGOConfig:
         """A copy with some fields changed (unknown names raise TypeError)."""
@@ -290,3 +309,90 @@ def _check_rope(params, what: str) -> None:
             if k not in ROPE_KEYS:
                 where = what if group is None else f"{what}.{group}"
                 raise ValueError(f"{where}: unknown key {k!r}{_closest(str(k), sorted(ROPE_KEYS))}")
+
+
+# ---------------------------------------------------------------------------------------------- large configs
+DROPPED_KEYS = frozenset({"quantization_config", "_name_or_path", "transformers_version"})
+"""Keys of the small config a large one never inherits: the grown weights are produced in floating point (never
+quantised, whatever the small checkpoint was), and the path and version describe the small checkpoint."""
+
+
+def inherited_fields(small_config, given: dict) -> dict:
+    """The small config's fields that ``given`` lacks, minus those the class derives or defaults by itself, minus
+    :data:`DROPPED_KEYS` and the keys its class does not know (a checkpoint's ``unk_token_id`` for a class without
+    it: it changes nothing, and grow() would warn about it).
+
+    A field is dropped when building the config without it gives the same value (a default, or derived from other
+    fields like ``head_dim = hidden_size // num_attention_heads``), so it is derived again from the large sizes.
+    """
+    base = small_config.to_dict()
+    cls = type(small_config)
+    known = known_config_keys(cls)
+    keep = {}
+    hf_logger = logging.getLogger("transformers")
+    level = hf_logger.level
+    hf_logger.setLevel(logging.ERROR)  # trial configs may warn about odd combinations
+    try:
+        for k, v in base.items():
+            if k in given or k in DROPPED_KEYS or k not in known:
+                continue
+            try:
+                same = getattr(cls.from_dict({kk: vv for kk, vv in base.items() if kk != k}), k, object()) == v
+            except Exception:  # noqa: BLE001 - a config that needs this field keeps it
+                same = False
+            if not same:
+                keep[k] = v
+    finally:
+        hf_logger.setLevel(level)
+    return keep
+
+
+def large_config(small_config, **changes):
+    """The HF config of a large model grown from ``small_config``: its fields with ``changes`` applied, of the same
+    class (checked by :func:`model_config_from_dict`).
+
+    Fields the class derives (``head_dim`` of Llama-style configs, defaults) are derived again from the large sizes,
+    except the head size, which follows this rule where the class has a ``head_dim`` field: given, as given; when
+    ``num_attention_heads`` changes, the small model's head size is kept (more heads of the same size: the growth
+    that can preserve the function exactly); else ``hidden_size // num_attention_heads``. When the head count
+    changes and ``num_key_value_heads`` is not given, the group size (query heads per key/value head) is kept. A
+    per-layer ``layer_types`` list (sliding-window and full attention) grows with the layers
+    (:func:`ligo_fast.init.grown_layer_types`: each large layer takes the kind of the small layer it comes from).
+    :data:`DROPPED_KEYS` and keys the class does not know (tokenizer ids of another class's checkpoint) are not
+    inherited; the tokenizer ids the class knows are (the tokenizer stays the small model's).
+
+    Raises:
+        ValueError: a key of ``changes`` that the class does not know (the closest name is suggested; keys of
+            the small config itself that its class does not know are dropped instead, as a full config.json has
+            them), a head count the key/value heads cannot group, or a bad size.
+    """
+    cls = type(small_config)
+    known = known_config_keys(cls)
+    small_keys = set(small_config.to_dict())
+    changes = {k: v for k, v in changes.items() if k in known or k not in small_keys}  # the small's own unknowns
+    for k in changes:
+        if k not in known:
+            near = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.75)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"{k!r} is not a {cls.__name__} field{hint}")
+    changes = dict(changes)
+    heads0 = getattr(small_config, "num_attention_heads", None)
+    heads = changes.get("num_attention_heads", heads0)
+    kv0 = getattr(small_config, "num_key_value_heads", None)
+    ints = all(isinstance(v, int) for v in (heads, heads0, changes.get("hidden_size", 0)))  # else: refused below
+    if ints and heads != heads0 and kv0 is not None and "num_key_value_heads" not in changes:
+        if (heads * kv0) % heads0:
+            raise ValueError(
+                f"num_attention_heads {heads0} -> {heads} keeps no whole group of query heads per key/value head "
+                f"({heads0 / kv0:g} in the small model): give num_key_value_heads"
+            )
+        changes["num_key_value_heads"] = heads * kv0 // heads0
+    if ints and "head_dim" in known and "head_dim" not in changes and getattr(small_config, "head_dim", None):
+        if heads != heads0:
+            changes["head_dim"] = small_config.head_dim
+        elif "hidden_size" in changes:
+            changes["head_dim"] = changes["hidden_size"] // heads
+    types, layers = getattr(small_config, "layer_types", None), changes.get("num_hidden_layers")
+    if isinstance(types, list) and isinstance(layers, int) and layers != len(types) and "layer_types" not in changes:
+        changes["layer_types"] = grown_layer_types(types, layers)  # each large layer the kind of its source layer
+    return model_config_from_dict(cls, {**inherited_fields(small_config, changes), **changes})

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -106,20 +107,29 @@ def costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev:
     return mat, fact
 
 
-FORMS = ("factored", "out", "in")  # how a chosen linear runs (module docstring); "materialize" = not chosen
+class Form(StrEnum):
+    """How a module runs in a forward (module docstring); a slot that :func:`choose` leaves out materialises."""
+
+    MATERIALIZE = "materialize"  # its weight is produced
+    FACTORED = "factored"  # neither side produced: the depth mix and both E's per token
+    OUT = "out"  # the output side produced (B_out · Wmix), the input side's E per token
+    IN = "in"  # the input side produced (Wmix · B_in^T), the output side's E per token
 
 
-def form_costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev: DeviceModel) -> dict[str, float]:
+FORMS = (Form.FACTORED, Form.OUT, Form.IN)  # the forms of a chosen module
+
+
+def form_costs(T: int, o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, dev: DeviceModel) -> dict[Form, float]:
     """Modelled seconds of one forward+backward of one large layer's linear in each form: ``materialize``,
     ``factored`` and, where both sides grow, ``out`` and ``in`` (one side produced, the other per token)."""
     mat, fact = costs(T, o1, i1, o2, i2, L1, nbytes, dev)
-    out = {"materialize": mat, "factored": fact}
+    out = {Form.MATERIALIZE: mat, Form.FACTORED: fact}
     if o2 > o1 and i2 > i1:
         mix = _gemm(1, o1 * i1, L1, nbytes, dev)
-        out["out"] = 3 * (mix + _gemm(o2 - o1, i1, o1, nbytes, dev)) + 3 * (
+        out[Form.OUT] = 3 * (mix + _gemm(o2 - o1, i1, o1, nbytes, dev)) + 3 * (
             _gemm(T, i1, i2 - i1, nbytes, dev) + _gemm(T, o2, i1, nbytes, dev)
         )
-        out["in"] = 3 * (mix + _gemm(o1, i2 - i1, i1, nbytes, dev)) + 3 * (
+        out[Form.IN] = 3 * (mix + _gemm(o1, i2 - i1, i1, nbytes, dev)) + 3 * (
             _gemm(T, o1, i2, nbytes, dev) + _gemm(T, o2 - o1, o1, nbytes, dev)
         )
     return out
@@ -257,7 +267,7 @@ def choose(
     aliases: Mapping[str, Sequence[str]] | None = None,
     ok: Callable[[Slot], bool] | None = None,
     half: bool = True,
-) -> dict[int, str]:
+) -> dict[int, Form]:
     """The slots that run factored for a batch of ``tokens`` tokens (``LiGOConfig.linear_mode``), each with its form
     (:data:`FORMS`): ``{slot index: form}``; the slots left out materialise.
 
@@ -271,7 +281,7 @@ def choose(
         return {}
     cands = [i for i in candidates(slots) if ok is None or ok(slots[i])]
     if mode == "factored":
-        return dict.fromkeys(cands, "factored")
+        return dict.fromkeys(cands, Form.FACTORED)
     dev = device_model(device, nbytes)
     plan = {}
     for i in cands:
@@ -282,13 +292,13 @@ def choose(
         if s.mod.kind == EMBEDDING:
             heads = len((aliases or {}).get(s.targets_w[0], ()))
             mat, fact = embedding_costs(tokens, o1, i1, i2, heads, nbytes, dev)
-            c = {"materialize": mat, "factored": fact}
+            c = {Form.MATERIALIZE: mat, Form.FACTORED: fact}
         else:
             c = form_costs(tokens, o1, i1, o2, i2, L1 if s.layered else 1, nbytes, dev)
             if not half:
-                c = {k: v for k, v in c.items() if k in ("materialize", "factored")}
+                c = {k: v for k, v in c.items() if k in (Form.MATERIALIZE, Form.FACTORED)}
         best = min(c, key=c.get)
-        if best != "materialize":
+        if best != Form.MATERIALIZE:
             plan[i] = best
     return plan
 
@@ -352,23 +362,23 @@ def layer_factors(
     slots: Sequence[Slot],
     get: Callable[[str | None], Tensor | None],
     aliases: Mapping[str, Sequence[str]] | None = None,
-    forms: Mapping[str, str] | None = None,
+    forms: Mapping[str, Form] | None = None,
 ) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
     :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
 
-    ``forms``: slot (by its small weight's name) -> form (:data:`FORMS`, default ``factored``). ``factored``: W is
-    the depth mix, one per slot for all its layers (outside the blocks the small weight itself, times the fixed
-    scale if any); ``out`` / ``in``: W is the weight produced on that side only (:func:`ligo_fast.ops.ligo_expand`),
-    and the factors keep the other side's E.
+    ``forms``: slot (by :attr:`ligo_fast.plan.Slot.name`) -> form (:data:`FORMS`, default ``factored``).
+    ``factored``: W is the depth mix, one per slot for all its layers (outside the blocks the small weight itself,
+    times the fixed scale if any); ``out`` / ``in``: W is the weight produced on that side only
+    (:func:`ligo_fast.ops.ligo_expand`), and the factors keep the other side's E.
     """
     out = {}
     for s in slots:
         W = get(s.w)
         n = len(s.targets_w)
         Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-        form = (forms or {}).get(s.w, "factored")
-        if form == "factored":
+        form = (forms or {}).get(s.name, Form.FACTORED)
+        if form == Form.FACTORED:
             ct = compute_dtype(W.dtype)
             if s.layered:
                 Wf = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
@@ -380,8 +390,8 @@ def layer_factors(
             depth = torch.ones(1, 1, device=W.device) if depth is None else depth
             Wl = W if s.layered else W[None]
             E_out, E_in = get(s.e_rows[0]), get(s.e_cols[0])
-            Wf = ops.ligo_expand(Wl, depth, E_out if form == "out" else None, E_in if form == "in" else None)
-            Eo, Ei = ([None] * n, Ei) if form == "out" else (Eo, [None] * n)
+            Wf = ops.ligo_expand(Wl, depth, E_out if form == Form.OUT else None, E_in if form == Form.IN else None)
+            Eo, Ei = ([None] * n, Ei) if form == Form.OUT else (Eo, [None] * n)
         # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
         # gradient of the whole (L2, ...) tensor
         layers = list(zip(Wf.unbind(0), Eo, Ei, R, strict=True))
@@ -396,7 +406,7 @@ def factored_modules(
     slots: Sequence[Slot],
     get: Callable[[str | None], Tensor | None],
     aliases: Mapping[str, Sequence[str]] | None = None,
-    forms: Mapping[str, str] | None = None,
+    forms: Mapping[str, Form] | None = None,
 ):
     """Context: the modules of ``slots`` (and those tied to them) in ``large`` compute :func:`factored_linear` /
     :func:`factored_embedding` (in the ``forms`` of :func:`layer_factors`) instead of reading a produced weight."""

@@ -8,7 +8,7 @@ tensors (``bert.encoder.layer.3.attention.self.query.fuse_depth_coeffs.coeffs_we
 
 Used by :class:`ligo_fast.model.LiGOModel`'s state-dict hooks, by :mod:`ligo_fast.compat` (which reads its
 modules' tensors through :func:`from_official` to produce in one batch) and by :mod:`ligo_fast.distributed`.
-Imports: torch only.
+Imports: torch, and ``plan`` for :class:`ligo_fast.plan.Rule`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-Rules = Iterable[tuple[str, str, str]]
+from .plan import Rule
+
+Rules = Iterable[tuple[str, str, Rule]]
 
 
 def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -27,11 +29,11 @@ def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor
     out: dict[str, Tensor] = {}
     for internal, official, rule in rules:
         v = tensors[internal]
-        if rule != "plain" and hasattr(v, "full_tensor"):  # FSDP2-sharded along the layer axis
+        if rule != Rule.PLAIN and hasattr(v, "full_tensor"):  # FSDP2-sharded along the layer axis
             v = v.full_tensor()
-        if rule == "plain":
+        if rule == Rule.PLAIN:
             out[official] = v
-        elif rule == "stack":
+        elif rule == Rule.STACK:
             out[official] = v.movedim(0, -1).contiguous()
         else:  # own storage per row: savers that drop tensors sharing a storage (accelerate) would lose rows
             for l, row in enumerate(v.unbind(0)):
@@ -39,9 +41,9 @@ def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor
     return out
 
 
-def keys_of(official: str, rule: str, L2: int) -> list[str]:
+def keys_of(official: str, rule: Rule, L2: int) -> list[str]:
     """The official key(s) of one operator tensor: one per large layer for ``split``."""
-    return [official.format(l=l) for l in range(L2)] if rule == "split" else [official]
+    return [official.format(l=l) for l in range(L2)] if rule == Rule.SPLIT else [official]
 
 
 def from_official(rules: Rules, sd: Mapping[str, Tensor], L2: int) -> dict[str, Tensor]:
@@ -54,10 +56,10 @@ def from_official(rules: Rules, sd: Mapping[str, Tensor], L2: int) -> dict[str, 
         keys = keys_of(official, rule, L2)
         if not all(k in sd for k in keys):
             continue
-        if rule == "split":
+        if rule == Rule.SPLIT:
             out[internal] = torch.stack([sd[k] for k in keys])
         else:
-            out[internal] = sd[official].movedim(-1, 0) if rule == "stack" else sd[official]
+            out[internal] = sd[official].movedim(-1, 0) if rule == Rule.STACK else sd[official]
     return out
 
 

@@ -32,7 +32,7 @@ Memory-lean mode turns itself on only when the eager step would not fit in ``mar
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
 is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
 it needs at least its weights.
-Imports: ``plan`` (for shapes) only.
+Imports: ``plan`` (for shapes and roles) only.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import Plan
+from .plan import Plan, Role
 from .serialization import parse_bytes
 
 MARGIN = 0.9  # use at most this share of the free memory: the estimate is approximate and others allocate too
@@ -241,7 +241,7 @@ def estimate(
     resident = leftover_bytes
     optimizer = 0
     for t in plan.tensors:
-        n = _numel(t.shape) * (elem if t.role in ("small", "residual") else 4)
+        n = _numel(t.shape) * (elem if t.role in (Role.SMALL, Role.RESIDUAL) else 4)
         resident += n
         if t.trainable:
             optimizer += 3 * n

@@ -35,7 +35,7 @@ from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
-from .plan import ConfigFacts, OpTensor, Plan, build_plan, check_family
+from .plan import ConfigFacts, OpTensor, Plan, Role, Rule, build_plan, check_family
 from .produce import parts, produce, produce_part
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
@@ -75,6 +75,9 @@ class LiGOModel(nn.Module):
         plan: the :class:`ligo_fast.plan.Plan` (slots, operator tensors, widths).
         arch: the architecture description; ``L1``, ``L2``: layer counts; ``hf_class``: the small model's class.
         op: the operator's tensors by internal name; ``large``: the large HF model without the produced parameters.
+        preserved_width: the small model's hidden width when the operator starts from the small model's function
+            (lossless depth or no new layers, lossless width or no width growth), else None: the argument of
+            :func:`ligo_fast.budget.operator_budget` that picks the continued-training learning rate.
     """
 
     def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
@@ -107,6 +110,9 @@ class LiGOModel(nn.Module):
         self.ligo_config = config
         self.hf_class = hf_class
         self.L1, self.L2 = L1, L2
+        widens = any(small != large for small, large in plan.widths.values())
+        preserving = (L1 == L2 or is_lossless(config.depth_init)) and (not widens or is_lossless(config.width_init))
+        self.preserved_width: int | None = getattr(small_model.config, "hidden_size", None) if preserving else None
         self.op = _Op()
         gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         for t in plan.tensors:  # in plan order: the order of the initial draws
@@ -137,7 +143,7 @@ class LiGOModel(nn.Module):
     def forward(self, *args, **kwargs):
         slots = self.plan.slots
         chosen = self.factored_plan(args, kwargs)
-        forms = {slots[i].w: form for i, form in chosen.items()}
+        forms = {slots[i].name: form for i, form in chosen.items()}
         skip = frozenset(forms)
         with factored.factored_modules(self.large, [slots[i] for i in chosen], self.tensor, self.plan.aliases, forms):
             if not self.lean_now(args, kwargs):
@@ -150,7 +156,7 @@ class LiGOModel(nn.Module):
             blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
             # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
             # gradients once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
-            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == "split"}
+            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == Rule.SPLIT}
 
             def chunk(layers: range) -> dict[str, Tensor]:
                 def get(name: str | None) -> Tensor | None:
@@ -559,13 +565,13 @@ def _tied_groups(large: nn.Module) -> list[tuple[str, ...]]:
 
 def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Plan, gen) -> Tensor:
     """The initial value of operator tensor ``t`` (draws from ``gen`` for the random ones)."""
-    if t.role == "small":
-        if t.rule == "stack":
+    if t.role == Role.SMALL:
+        if t.rule == Rule.STACK:
             return torch.stack([small_sd[k].detach() for k in t.sources]).contiguous()
         return small_sd[t.sources[0]].detach().clone()
-    if t.role == "width":
+    if t.role == Role.WIDTH:
         n_new, small = t.shape[-2:]
-        if t.rule == "split":  # one layer's draw at a time into the result: no list of draws beside it
+        if t.rule == Rule.SPLIT:  # one layer's draw at a time into the result: no list of draws beside it
             out = None
             for l in range(t.shape[0]):
                 draw = width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
@@ -573,10 +579,10 @@ def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Pl
                 out[l] = draw
             return out
         return width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
-    if t.role == "depth":
+    if t.role == Role.DEPTH:
         d = depth_init(plan.L2, plan.L1, cfg.depth_init, cfg.depth_noise, gen, block_output=t.block_output)
         return d if t.scale == 1.0 else d * t.scale
-    if t.role == "scale":
+    if t.role == Role.SCALE:
         return torch.full(t.shape, t.scale)
     if is_lossless(cfg.depth_init) or is_lossless(cfg.width_init):
         return torch.zeros(t.shape)  # a function-preserving start has no residual

@@ -9,9 +9,14 @@ and produces through it; :mod:`ligo_fast.layout` translates its internal names t
 Vocabulary:
   * an *operator tensor* (:class:`OpTensor`) is one tensor the operator owns, by internal name: a small weight
     (block weights stacked layer-major, ``(L1, ...)``), depth coefficients ``(L2, L1)``, a width matrix ``E``
-    (``(L2, new, small)`` per large layer or ``(new, small)`` shared), a residual, or a fixed scale;
+    (``(L2, new, small)`` per large layer or ``(new, small)`` shared), a residual, or a fixed scale (its
+    :class:`Role`), laid out by a :class:`Rule`;
   * a *slot* (:class:`Slot`) is one module kind: a block module over all large layers (one expand call), or one
-    global module; it names the operator tensors it reads and the large-model parameters it produces.
+    global module; it names the operator tensors it reads and the large-model parameters it produces, and is
+    identified by its ``name``.
+
+The planner runs in named steps (:func:`build_plan` lists them), each a small pure function of
+:class:`PlanInputs` and the earlier steps' values (:class:`Present`, :class:`WidthSize`, :class:`FixedScale`).
 
 Imports: ``arch``, ``config`` and ``init`` only.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 
 from .arch import EMBEDDING, LINEAR, NORM, Arch, Module
@@ -36,16 +42,34 @@ def sm_key(key: str) -> str:
     return SM + key.replace(".", "_")
 
 
+class Rule(StrEnum):
+    """How an operator tensor is laid out here and in the official checkpoint (:mod:`ligo_fast.layout`)."""
+
+    PLAIN = "plain"  # stored as is
+    STACK = "stack"  # small block tensors: (L1, ...) here, (..., L1) in the official layout
+    SPLIT = "split"  # per large layer: (L2, ...) here, one key per layer officially
+
+
+class Role(StrEnum):
+    """What an operator tensor is."""
+
+    SMALL = "small"  # a small-model tensor
+    DEPTH = "depth"  # depth coefficients (L2, L1)
+    WIDTH = "width"  # a width matrix E
+    RESIDUAL = "residual"  # a learned full-size addition to a produced tensor
+    SCALE = "scale"  # a fixed (1, 1) factor (function-preserving growth)
+
+
 @dataclass(frozen=True)
 class OpTensor:
     """One tensor of the operator.
 
     Attributes:
         name: internal name (an attribute of ``LiGOModel.op``).
-        official: its official checkpoint key; ``{l}`` stands for the large layer index when ``rule == "split"``.
-        rule: ``plain`` (stored as is), ``stack`` (small block tensors: ``(L1, ...)`` here, ``(..., L1)`` in the
-            official layout), ``split`` (per large layer: ``(L2, ...)`` here, one key per layer officially).
-        role: ``small``, ``depth``, ``width``, ``residual`` or ``scale``.
+        official: its official checkpoint key; ``{l}`` stands for the large layer index when ``rule`` is
+            :attr:`Rule.SPLIT`.
+        rule: its layout (:class:`Rule`).
+        role: what it is (:class:`Role`).
         trainable: a parameter (else a buffer).
         shape: its shape here.
         sources: ``small``: the small model's key(s) it is copied from (one per small layer for ``stack``).
@@ -58,8 +82,8 @@ class OpTensor:
 
     name: str
     official: str
-    rule: str
-    role: str
+    rule: Rule
+    role: Role
     trainable: bool
     shape: Shape
     sources: tuple[str, ...] = ()
@@ -68,27 +92,46 @@ class OpTensor:
     scale: float = 1.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Slot:
-    """One module kind: a block module over all large layers, or one global module."""
+    """One module kind: a block module over all large layers, or one global module.
 
+    Operator tensors are named by internal name (:class:`OpTensor`); None where the slot has no such tensor.
+
+    Attributes:
+        name: the slot's identity: its module's official path with dots as ``__`` (``attention__self__query``);
+            its operator tensors are named after it (``depth__<name>__weight``).
+        mod: the module's description; ``layered``: a block module (one per large layer), else a global one.
+        w, b: the small weight (stacked ``(L1, ...)`` if layered, else as in the small model) and bias.
+        depth_w, depth_b: depth coefficients ``(L2, L1)``, layered only.
+        e_rows, e_cols: width matrices of the 2-D weight view's rows (the op's ``E_out``) and columns (``E_in``),
+            one per fused part.
+        res_w, res_b: residuals (``LiGOConfig.residual``).
+        scale_w, scale_b: global modules: a fixed ``(1, 1)`` depth (function-preserving growth), else None.
+        tied_weight: the weight is an alias of another slot's (a tied head): only the bias is produced here.
+        targets_w, targets_b: large-model parameter names, one per large layer (or one).
+        shape_w: the large tensor shape of one weight target; ``view_w``: its 2-D (rows, cols) view in the small
+            model.
+    """
+
+    name: str
     mod: Module
     layered: bool
-    w: str  # the small weight: stacked (L1, ...) if layered, else as in the small model
-    b: str | None
-    depth_w: str | None  # (L2, L1), layered only
-    depth_b: str | None
-    e_rows: tuple[str | None, ...]  # width matrix of the 2-D weight view's rows (op's E_out), one per part
-    e_cols: tuple[str | None, ...]  # ... of its columns (op's E_in), one per part
-    res_w: str | None
-    res_b: str | None
-    scale_w: str | None  # global modules: a fixed (1, 1) depth (function-preserving growth), else None
-    scale_b: str | None
-    tied_weight: bool  # the weight is an alias of another slot's (a tied head): only the bias is produced here
-    targets_w: tuple[str, ...]  # large-model parameter names, one per large layer (or one)
-    targets_b: tuple[str, ...]
-    shape_w: Shape  # large tensor shape of one target
-    view_w: tuple[int, int]  # its 2-D (rows, cols) view in the small model
+    w: str
+    b: str | None = None
+    depth_w: str | None = None
+    depth_b: str | None = None
+    e_rows: tuple[str | None, ...] = (None,)
+    e_cols: tuple[str | None, ...] = (None,)
+    res_w: str | None = None
+    res_b: str | None = None
+    scale_w: str | None = None
+    scale_b: str | None = None
+    tied_weight: bool = False
+    targets_w: tuple[str, ...]
+    targets_b: tuple[str, ...] = ()
+    shape_w: Shape
+    view_w: tuple[int, int]
 
     @property
     def split_rows(self) -> bool:
@@ -125,7 +168,7 @@ class Plan:
         return {t.name: t for t in self.tensors}
 
     @property
-    def rules(self) -> list[tuple[str, str, str]]:
+    def rules(self) -> list[tuple[str, str, Rule]]:
         """(internal name, official key, rule) of every operator tensor."""
         return [(t.name, t.official, t.rule) for t in self.tensors]
 
@@ -264,6 +307,62 @@ def config_notes(arch: Arch, facts: tuple[ConfigFacts, ConfigFacts], L1: int, L2
 
 
 # ---------------------------------------------------------------------------------------------- the planner
+@dataclass(frozen=True)
+class WidthSize:
+    """A width's size in the small and the large model, and where it was first seen (for error messages)."""
+
+    small: int
+    large: int
+    where: str
+
+    @property
+    def grows(self) -> bool:
+        return self.small != self.large
+
+    @property
+    def factor(self) -> float:
+        return self.large / self.small
+
+
+@dataclass(frozen=True)
+class Present:
+    """A module the pair of models has: ``key`` is its weight's state-dict key (layer 0's for a block module);
+    ``tied_to``: the index (into the present modules) of the module whose produced weight this one's is tied to."""
+
+    mod: Module
+    layered: bool
+    key: str
+    tied_to: int | None = None
+
+    @property
+    def tied_weight(self) -> bool:
+        return self.tied_to is not None
+
+
+@dataclass(frozen=True)
+class FixedScale:
+    """A global module's fixed ``(1, 1)`` depth (function-preserving growth); ``bias``: it scales the bias too."""
+
+    value: float
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What every step reads: the pair of models and the options."""
+
+    arch: Arch
+    small: Mapping[str, Shape]
+    large: Mapping[str, Shape]
+    L1: int
+    L2: int
+    cfg: LiGOConfig
+
+    @property
+    def layer0(self) -> str:
+        return self.arch.layer_path(0)
+
+
 def build_plan(
     arch: Arch,
     small_shapes: Mapping[str, Shape],
@@ -289,221 +388,343 @@ def build_plan(
 
     Raises ValueError (nothing is built) when a width shrinks, two sides of one width disagree, an axis that
     never grows differs, a bias exists in only one model, or the layer count shrinks.
+
+    The steps, in order (the order of ``tensors`` is the order of the initial draws): :func:`small_tensors`,
+    :func:`present_modules`, :func:`width_sizes`, the notes, :func:`tied_width_tensors`, :func:`lossless_scales`,
+    :func:`plan_slot` per present module (its own width matrices, depth, residual and scale tensors), and
+    :func:`aliases_of`.
     """
     if L2 < L1:
         raise ValueError(f"the layer count shrinks: the small model has {L1} layers, the large config {L2}")
-    layer0 = arch.layer_path(0)
-    group_of = {name: i for i, g in enumerate(tied_groups) for name in g}
-    tensors: list[OpTensor] = []
+    pair = PlanInputs(arch, small_shapes, large_shapes, L1, L2, cfg)
+    tensors = small_tensors(pair)
+    modules = present_modules(pair, tied_groups)
+    sizes = width_sizes(pair, modules)
+    notes = width_notes(sizes) if is_lossless(cfg.width_init) else []
+    notes += config_notes(arch, facts, L1, L2, cfg)
+    widths = WidthMatrices(pair, sizes, tied_width_tensors(pair, sizes))
+    tensors += widths.tied.values()
+    scales, scale_notes = lossless_scales(modules, sizes) if is_lossless(cfg.width_init) else ({}, [])
+    notes += scale_notes
+    slots = []
+    for index, present in enumerate(modules):
+        planned = plan_slot(pair, present, widths, scales.get(index), sizes)
+        if planned is not None:
+            slots.append(planned[0])
+            tensors += planned[1]
+    aliases, removed = aliases_of(slots, tied_groups)
+    return Plan(
+        arch=arch,
+        L1=L1,
+        L2=L2,
+        widths={w: (v.small, v.large) for w, v in sizes.items()},
+        tensors=tuple(tensors),
+        slots=tuple(slots),
+        aliases=aliases,
+        removed=removed,
+        notes=tuple(notes),
+    )
 
-    # 1. the small model's tensors, all of them (the official layout keeps even unused ones)
+
+def small_tensors(pair: PlanInputs) -> list[OpTensor]:
+    """Step 1: the small model's tensors, all of them (the official layout keeps even unused ones): global ones
+    as they are, block ones stacked layer-major."""
+    arch, small, L1, train = pair.arch, pair.small, pair.L1, pair.cfg.train_small
     in_layers = tuple(arch.layer_path(j) + "." for j in range(L1))
-    for k, shape in small_shapes.items():
-        if not k.startswith(in_layers):
-            tensors.append(OpTensor(sm_key(k), sm_key(k), "plain", "small", cfg.train_small, tuple(shape), (k,)))
-    for k in sorted({k[len(layer0) + 1 :] for k in small_shapes if k.startswith(layer0 + ".")}):
+    out = [
+        OpTensor(sm_key(k), sm_key(k), Rule.PLAIN, Role.SMALL, train, tuple(shape), (k,))
+        for k, shape in small.items()
+        if not k.startswith(in_layers)
+    ]
+    layer0 = pair.layer0
+    for k in sorted({k[len(layer0) + 1 :] for k in small if k.startswith(layer0 + ".")}):
         keys = tuple(f"{arch.layer_path(j)}.{k}" for j in range(L1))
         for key in keys:
-            if key not in small_shapes:
+            if key not in small:
                 raise ValueError(f"the small model has {k!r} in layer 0 but not {key!r}")
-        shape = (L1, *small_shapes[keys[0]])
-        tensors.append(OpTensor(sm_key(k), sm_key(k), "stack", "small", cfg.train_small, shape, keys))
+        out.append(OpTensor(sm_key(k), sm_key(k), Rule.STACK, Role.SMALL, train, (L1, *small[keys[0]]), keys))
+    return out
 
-    # 2. which modules this model has; a module whose large weight is tied to one produced earlier (lm_head and the
-    #    token embedding) keeps only its bias here: the weight is an alias of the produced tensor
-    modules: list[tuple[Module, bool, bool]] = []  # (module, layered, weight tied to an earlier module's)
-    first_of_group: dict[int, int] = {}  # tie group -> index into modules of the module that produces its weight
-    tied_to: dict[int, int] = {}  # index of a module with a tied weight -> index of the one that produces it
-    for mod, layered in [(m, True) for m in arch.layer_modules] + [(m, False) for m in arch.modules]:
-        key = f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
-        if key not in small_shapes and key not in large_shapes and not layered:
+
+def present_modules(pair: PlanInputs, tied_groups: Sequence[Sequence[str]]) -> list[Present]:
+    """Step 2: which of the description's modules this model has (block modules first). A module whose large
+    weight is tied to one produced earlier (lm_head and the token embedding) keeps only its bias: its weight is an
+    alias of the produced tensor."""
+    group_of = {name: i for i, g in enumerate(tied_groups) for name in g}
+    first_of_group: dict[int, int] = {}  # tie group -> index of the module that produces its weight
+    out: list[Present] = []
+    for mod, layered in [(m, True) for m in pair.arch.layer_modules] + [(m, False) for m in pair.arch.modules]:
+        key = f"{pair.layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
+        if key not in pair.small and key not in pair.large and not layered:
             continue  # an optional global module (a pooler) this model does not have
-        for where, sd in (("small model", small_shapes), ("large model", large_shapes)):
+        for where, sd in (("small model", pair.small), ("large model", pair.large)):
             if key not in sd:
-                raise ValueError(f"the {where} has no tensor {key!r}, which the {arch.family} description names")
+                raise ValueError(f"the {where} has no tensor {key!r}, which the {pair.arch.family} description names")
         g = group_of.get(key)
-        if g is not None and g in first_of_group:
-            tied_to[len(modules)] = first_of_group[g]
-        elif g is not None:
-            first_of_group[g] = len(modules)
-        modules.append((mod, layered, len(modules) in tied_to))
+        tied_to = first_of_group.get(g) if g is not None else None
+        if g is not None and tied_to is None:
+            first_of_group[g] = len(out)
+        out.append(Present(mod, layered, key, tied_to))
+    return out
 
-    def weight_key(mod: Module, layered: bool) -> str:
-        return f"{layer0}.{mod.key(mod.weight)}" if layered else mod.key(mod.weight)
 
-    # 3. width sizes: every side that uses a width must agree on (small, large)
-    sizes: dict[str, tuple[int, int, str]] = {}
+def width_sizes(pair: PlanInputs, modules: Sequence[Present]) -> dict[str, WidthSize]:
+    """Step 3: the size of every width any module uses; every side that uses a width must agree on it."""
+    sizes: dict[str, WidthSize] = {}
+    for m in modules:
+        s, b = view2d(m.mod, pair.small[m.key]), view2d(m.mod, pair.large[m.key])
+        rows, cols = row_col_widths(m.mod)
+        _side(sizes, rows, s[0], b[0], f"{m.key} rows")
+        _side(sizes, cols, s[1], b[1], f"{m.key} columns")
+    return sizes
 
-    def side(width, small: int, big: int, where: str) -> None:
-        names = parts(width)
-        if not names:
-            if small != big:
-                raise ValueError(
-                    f"{where} has size {small} in the small model and {big} in the large one, but that axis "
-                    "does not grow (a vocabulary, position table, label set or patch)"
-                )
-            return
-        if small % len(names) or big % len(names):
-            raise ValueError(f"{where}: sizes {small} and {big} do not split into {len(names)} equal parts")
-        small, big = small // len(names), big // len(names)
-        for w in names:
-            if big < small:
-                raise ValueError(
-                    f"width {w!r} shrinks: {where} has size {small} in the small model but {big} in the large one"
-                )
-            if w in sizes and sizes[w][:2] != (small, big):
-                raise ValueError(f"width {w!r} is {sizes[w][:2]} at {sizes[w][2]} but {(small, big)} at {where}")
-            sizes.setdefault(w, (small, big, where))
 
-    for mod, layered, _ in modules:
-        key = weight_key(mod, layered)
-        s, b = view2d(mod, small_shapes[key]), view2d(mod, large_shapes[key])
-        rows, cols = row_col_widths(mod)
-        side(rows, s[0], b[0], f"{key} rows")
-        side(cols, s[1], b[1], f"{key} columns")
+def _side(sizes: dict[str, WidthSize], width, small: int, big: int, where: str) -> None:
+    """Record (and check) the widths of one side of a module's 2-D view: ``small`` and ``big`` are its sizes."""
+    names = parts(width)
+    if not names:
+        if small != big:
+            raise ValueError(
+                f"{where} has size {small} in the small model and {big} in the large one, but that axis "
+                "does not grow (a vocabulary, position table, label set or patch)"
+            )
+        return
+    if small % len(names) or big % len(names):
+        raise ValueError(f"{where}: sizes {small} and {big} do not split into {len(names)} equal parts")
+    small, big = small // len(names), big // len(names)
+    for w in names:
+        if big < small:
+            raise ValueError(
+                f"width {w!r} shrinks: {where} has size {small} in the small model but {big} in the large one"
+            )
+        seen = sizes.get(w)
+        if seen is not None and (seen.small, seen.large) != (small, big):
+            raise ValueError(f"width {w!r} is {(seen.small, seen.large)} at {seen.where} but {(small, big)} at {where}")
+        sizes.setdefault(w, WidthSize(small, big, where))
 
-    def grows(w: str | None) -> bool:
-        return w is not None and w in sizes and sizes[w][0] != sizes[w][1]
 
-    def factor(w: str | None) -> float:
-        return sizes[w][1] / sizes[w][0] if grows(w) else 1.0
+def _grows(sizes: Mapping[str, WidthSize], w: str | None) -> bool:
+    return w is not None and w in sizes and sizes[w].grows
 
-    lossless_width = is_lossless(cfg.width_init)
-    notes: list[str] = []
-    if lossless_width:
-        for w, (small, big, _) in sizes.items():
-            if big % small:
-                notes.append(
-                    f"width {w!r} grows {small} -> {big}, not by an integer factor: neurons are copied unevenly, "
-                    "so norms and the input split are not exact"
-                )
-    notes += config_notes(arch, facts, L1, L2, cfg)
 
-    # 4. width matrices
-    def width_tensor(name: str, official: str, width: str, layers: int | None) -> OpTensor:
-        small, big, _ = sizes[width]
-        shape = (big - small, small) if layers is None else (layers, big - small, small)
-        rule = "plain" if layers is None else "split"
-        return OpTensor(name, official, rule, "width", cfg.train_width, shape, width=width)
+def _factor(sizes: Mapping[str, WidthSize], w: str | None) -> float:
+    return sizes[w].factor if _grows(sizes, w) else 1.0
 
-    tied: dict[str, str] = {}
-    if cfg.tie:
-        for wname, spec in arch.widths.items():
-            if grows(wname):
-                tied[wname] = "width__" + wname
-                layers = L2 if spec.per_layer else None
-                tensors.append(width_tensor(tied[wname], spec.key + ".coeffs_weight", wname, layers))
-    own_widths: set[str] = set()
 
-    def width_for(mod: Module, layered: bool, wname: str | None, suffix: str) -> str | None:
-        if not grows(wname):
+def width_notes(sizes: Mapping[str, WidthSize]) -> list[str]:
+    """Where a function-preserving width growth is not exact by the shapes alone: a non-integer growth factor."""
+    return [
+        f"width {w!r} grows {s.small} -> {s.large}, not by an integer factor: neurons are copied unevenly, "
+        "so norms and the input split are not exact"
+        for w, s in sizes.items()
+        if s.large % s.small
+    ]
+
+
+def _width_tensor(pair: PlanInputs, size: WidthSize, name: str, official: str, width: str, per_layer: bool) -> OpTensor:
+    shape = (size.large - size.small, size.small)
+    rule = Rule.SPLIT if per_layer else Rule.PLAIN
+    shape = (pair.L2, *shape) if per_layer else shape
+    return OpTensor(name, official, rule, Role.WIDTH, pair.cfg.train_width, shape, width=width)
+
+
+def tied_width_tensors(pair: PlanInputs, sizes: Mapping[str, WidthSize]) -> dict[str, OpTensor]:
+    """Step 4 (``LiGOConfig.tie``): one width matrix per growing width, shared by every module that uses it:
+    ``{width: tensor}``. Without tying each module owns its matrices (:class:`WidthMatrices`)."""
+    if not pair.cfg.tie:
+        return {}
+    return {
+        w: _width_tensor(pair, sizes[w], "width__" + w, spec.key + ".coeffs_weight", w, spec.per_layer)
+        for w, spec in pair.arch.widths.items()
+        if _grows(sizes, w)
+    }
+
+
+class WidthMatrices:
+    """The width matrix of each side of each module: the tied one, or (untied) one per module and side, created
+    on first use in the order of the slots."""
+
+    def __init__(self, pair: PlanInputs, sizes: Mapping[str, WidthSize], tied: dict[str, OpTensor]):
+        self.pair, self.sizes, self.tied = pair, sizes, tied
+        self.own: set[str] = set()
+
+    def of(self, mod: Module, layered: bool, width: str | None, suffix: str, new: list[OpTensor]) -> str | None:
+        """The internal name of the width matrix of ``width`` on the ``suffix`` side of ``mod`` (None: it does not
+        grow); an untied matrix seen for the first time is appended to ``new``."""
+        if not _grows(self.sizes, width):
             return None
-        if cfg.tie:
-            return tied[wname]
+        if self.pair.cfg.tie:
+            return self.tied[width].name
         name = f"width__{_san(ident(mod))}__{suffix}"
-        if name not in own_widths:
-            own_widths.add(name)
-            key = f"{official_path(arch, mod, layered)}.fuse_width_{suffix}.coeffs_weight"
-            tensors.append(width_tensor(name, key, wname, L2 if layered else None))
+        if name not in self.own:
+            self.own.add(name)
+            key = f"{official_path(self.pair.arch, mod, layered)}.fuse_width_{suffix}.coeffs_weight"
+            new.append(_width_tensor(self.pair, self.sizes[width], name, key, width, layered))
         return name
 
-    # 5. one slot per module kind
-    stream = residual_width(arch)
-    head_norm_scale: dict[int, float] = {}  # index into modules -> fixed scale folded into that norm
-    emb_scale: dict[int, float] = {}  # index into modules -> fixed scale of an embedding the model multiplies
-    if lossless_width:
-        # the model multiplies the rows by output_scale(width) (Gemma: sqrt(hidden)): undo its change in the table
-        for i, (m, _, tied_weight) in enumerate(modules):
-            if m.kind == EMBEDDING and m.output_scale is not None and grows(m.out) and not tied_weight:
-                small, big = sizes[m.out][:2]
-                emb_scale[i] = m.output_scale(small) / m.output_scale(big)
-        # a tied head reads the embedding's columns, B_emb^T (not B_emb^T / k), times that embedding's fixed scale:
-        # fold the inverse into the norm before it
-        for h, (head, _, tied_weight) in enumerate(modules):
-            k = factor(head.inp) * emb_scale.get(tied_to.get(h, -1), 1.0)
-            if not tied_weight or k == 1.0:
-                continue
-            norms = [i for i, (m, lay, _) in enumerate(modules[:h]) if not lay and m.kind == NORM and m.out == head.inp]
-            if norms:
-                head_norm_scale[norms[-1]] = 1.0 / k
-            else:
-                notes.append(f"{head.path} is tied to an embedding and no norm precedes it: outputs scaled by {k}")
 
-    slots: list[Slot] = []
-    for index, (mod, layered, tied_weight) in enumerate(modules):
-        full = official_path(arch, mod, layered)
-        sid = _san(ident(mod))
-        key = weight_key(mod, layered)
-        bias_key = mod.key(mod.bias) if mod.bias else None
-        probe = f"{layer0}.{bias_key}" if (layered and bias_key) else bias_key
-        has_bias = bool(bias_key) and probe in small_shapes
-        if bias_key and (probe in small_shapes) != (probe in large_shapes):
-            has, lacks = ("small", "large") if probe in small_shapes else ("large", "small")
-            raise ValueError(f"{probe} exists in the {has} model but not in the {lacks} one (bias settings differ)")
-        if tied_weight and not has_bias:
-            continue  # nothing to produce: the weight is an alias
-        rows, cols = row_col_widths(mod)
-        # the official code calls the feature side of embeddings and norms "out", of linears out/in by role
-        rsuffix, csuffix = ("in", "out") if mod.transposed else ("out", "in")
-        if mod.kind == EMBEDDING:
-            csuffix = "out"
-        if tied_weight:  # nothing of the weight is produced here
-            e_rows, e_cols = (None,) * len(parts(rows) or (None,)), (None,) * len(parts(cols) or (None,))
+def lossless_scales(
+    modules: Sequence[Present], sizes: Mapping[str, WidthSize]
+) -> tuple[dict[int, FixedScale], list[str]]:
+    """Step 5 (function-preserving width growth): the fixed scales of global modules beyond ``1 / k_in`` of a
+    linear, ``{index into modules: scale}``, and notes where no such scale can be placed.
+
+    An embedding the model multiplies by ``output_scale(width)`` (Gemma: sqrt(hidden)) gets the inverse of that
+    factor's change. A tied head reads the embedding's columns, ``B_emb^T`` (not ``B_emb^T / k``), times that
+    embedding's fixed scale: the inverse is folded into the norm before the head (weight and bias)."""
+    emb: dict[int, float] = {}
+    for i, m in enumerate(modules):
+        if (
+            m.mod.kind == EMBEDDING
+            and m.mod.output_scale is not None
+            and _grows(sizes, m.mod.out)
+            and not m.tied_weight
+        ):
+            size = sizes[m.mod.out]
+            emb[i] = m.mod.output_scale(size.small) / m.mod.output_scale(size.large)
+    out = {i: FixedScale(v) for i, v in emb.items()}
+    notes = []
+    for h, head in enumerate(modules):
+        k = _factor(sizes, head.mod.inp) * emb.get(head.tied_to if head.tied_to is not None else -1, 1.0)
+        if not head.tied_weight or k == 1.0:
+            continue
+        norms = [
+            i for i, m in enumerate(modules[:h]) if not m.layered and m.mod.kind == NORM and m.mod.out == head.mod.inp
+        ]
+        if norms:
+            out[norms[-1]] = FixedScale(1.0 / k, bias=True)
         else:
-            e_rows = tuple(width_for(mod, layered, w, rsuffix) for w in (parts(rows) or (None,)))
-            e_cols = tuple(width_for(mod, layered, w, csuffix) for w in (parts(cols) or (None,)))
-        k_in = factor(mod.inp) if (lossless_width and mod.kind == LINEAR) else 1.0
-        block_output = layered and mod.kind == LINEAR and mod.out == stream
-        depth_w = depth_b = None
-        if layered:
-            depth_w = f"depth__{sid}__weight"
-            tensors.append(
-                OpTensor(
-                    depth_w, f"{full}.fuse_depth_coeffs.coeffs_weight", "split", "depth", cfg.train_depth, (L2, L1),
-                    block_output=block_output, scale=1.0 / k_in,
-                )
-            )  # fmt: skip
-            if has_bias:
-                depth_b = f"depth__{sid}__bias"
-                tensors.append(
-                    OpTensor(
-                        depth_b, f"{full}.fuse_depth_coeffs.coeffs_bias", "split", "depth", cfg.train_depth, (L2, L1),
-                        block_output=block_output,
-                    )
-                )  # fmt: skip
-        layer_names = [arch.layer_path(l) + "." for l in range(L2)] if layered else [""]
-        targets_w = tuple(p + mod.key(mod.weight) for p in layer_names)
-        targets_b = tuple(p + bias_key for p in layer_names) if has_bias else ()
-        res_w = res_b = None
-        if cfg.residual:
-            res_w, res_b = f"residual__{sid}__weight", (f"residual__{sid}__bias" if has_bias else None)
-            res_w = None if tied_weight else res_w
-            for name, tgt, what in ((res_w, targets_w, "weight"), (res_b, targets_b, "bias")):
-                if name is None:
-                    continue
-                shape = tuple(large_shapes[tgt[0]])
-                shape = (L2, *shape) if layered else shape
-                rule = "split" if layered else "plain"
-                tensors.append(OpTensor(name, f"{full}.residual_{what}", rule, "residual", True, shape))
-        scale_w = scale_b = None
-        fixed = head_norm_scale.get(index, emb_scale.get(index, 1.0 / k_in if not layered else 1.0))
-        if fixed != 1.0:
-            scale_w = f"scale__{sid}__weight"
-            tensors.append(OpTensor(scale_w, f"{full}.fuse_scale.coeffs_weight", "plain", "scale", False, (1, 1),
-                                    scale=fixed))  # fmt: skip
-            if has_bias and index in head_norm_scale:
-                scale_b = f"scale__{sid}__bias"
-                tensors.append(OpTensor(scale_b, f"{full}.fuse_scale.coeffs_bias", "plain", "scale", False, (1, 1),
-                                        scale=fixed))  # fmt: skip
-        slots.append(
-            Slot(
-                mod, layered, sm_key(mod.key(mod.weight)), sm_key(bias_key) if has_bias else None, depth_w, depth_b,
-                e_rows, e_cols, res_w, res_b, scale_w, scale_b, tied_weight, targets_w, targets_b,
-                tuple(large_shapes[targets_w[0]]), view2d(mod, small_shapes[key]),
-            )
-        )  # fmt: skip
+            notes.append(f"{head.mod.path} is tied to an embedding and no norm precedes it: outputs scaled by {k}")
+    return out, notes
 
-    # 6. the large model keeps only what the operator does not produce
+
+def _bias_key(pair: PlanInputs, m: Present) -> str | None:
+    """The module's bias key (relative to the block for block modules) if the models have one; both or neither
+    must."""
+    bias_key = m.mod.key(m.mod.bias) if m.mod.bias else None
+    if not bias_key:
+        return None
+    probe = f"{pair.layer0}.{bias_key}" if m.layered else bias_key
+    if (probe in pair.small) != (probe in pair.large):
+        has, lacks = ("small", "large") if probe in pair.small else ("large", "small")
+        raise ValueError(f"{probe} exists in the {has} model but not in the {lacks} one (bias settings differ)")
+    return bias_key if probe in pair.small else None
+
+
+def plan_slot(
+    pair: PlanInputs, m: Present, widths: WidthMatrices, scale: FixedScale | None, sizes: Mapping[str, WidthSize]
+) -> tuple[Slot, list[OpTensor]] | None:
+    """Step 6: the slot of one present module and the operator tensors it adds (in creation order: its own width
+    matrices, depth, residual, fixed scale); None when nothing is produced (a tied weight without a bias)."""
+    mod, layered, arch = m.mod, m.layered, pair.arch
+    bias_key = _bias_key(pair, m)
+    if m.tied_weight and not bias_key:
+        return None  # nothing to produce: the weight is an alias
+    name, full = _san(ident(mod)), official_path(arch, mod, layered)
+    new: list[OpTensor] = []
+    e_rows, e_cols = _slot_widths(m, widths, new)
+    lossless = is_lossless(pair.cfg.width_init)
+    k_in = _factor(sizes, mod.inp) if (lossless and mod.kind == LINEAR) else 1.0
+    depth_w, depth_b = _depths(pair, m, name, full, bool(bias_key), 1.0 / k_in, new) if layered else (None, None)
+    layer_names = [arch.layer_path(l) + "." for l in range(pair.L2)] if layered else [""]
+    targets_w = tuple(p + mod.key(mod.weight) for p in layer_names)
+    targets_b = tuple(p + bias_key for p in layer_names) if bias_key else ()
+    res_w, res_b = _residuals(pair, m, name, full, targets_w, targets_b, new)
+    if scale is None and not layered and k_in != 1.0:
+        scale = FixedScale(1.0 / k_in)
+    scale_w, scale_b = _scales(name, full, bool(bias_key), scale, new) if scale is not None else (None, None)
+    slot = Slot(
+        name=name,
+        mod=mod,
+        layered=layered,
+        w=sm_key(mod.key(mod.weight)),
+        b=sm_key(bias_key) if bias_key else None,
+        depth_w=depth_w,
+        depth_b=depth_b,
+        e_rows=e_rows,
+        e_cols=e_cols,
+        res_w=res_w,
+        res_b=res_b,
+        scale_w=scale_w,
+        scale_b=scale_b,
+        tied_weight=m.tied_weight,
+        targets_w=targets_w,
+        targets_b=targets_b,
+        shape_w=tuple(pair.large[targets_w[0]]),
+        view_w=view2d(mod, pair.small[m.key]),
+    )
+    return slot, new
+
+
+def _slot_widths(
+    m: Present, widths: WidthMatrices, new: list[OpTensor]
+) -> tuple[tuple[str | None, ...], tuple[str | None, ...]]:
+    """The width matrices of a slot's rows and columns, one per fused part (all None for a tied weight)."""
+    rows, cols = row_col_widths(m.mod)
+    rows, cols = parts(rows) or (None,), parts(cols) or (None,)
+    if m.tied_weight:  # nothing of the weight is produced here
+        return (None,) * len(rows), (None,) * len(cols)
+    # the official code calls the feature side of embeddings and norms "out", of linears out/in by role
+    rsuffix, csuffix = ("in", "out") if m.mod.transposed else ("out", "in")
+    if m.mod.kind == EMBEDDING:
+        csuffix = "out"
+    e_rows = tuple(widths.of(m.mod, m.layered, w, rsuffix, new) for w in rows)
+    e_cols = tuple(widths.of(m.mod, m.layered, w, csuffix, new) for w in cols)
+    return e_rows, e_cols
+
+
+def _depths(
+    pair: PlanInputs, m: Present, name: str, full: str, has_bias: bool, scale: float, new: list[OpTensor]
+) -> tuple[str, str | None]:
+    """A block module's depth coefficients ``(L2, L1)`` of the weight (times ``scale``: 1 / the input width's
+    growth factor in function-preserving growth) and the bias."""
+    block_output = m.mod.kind == LINEAR and m.mod.out == residual_width(pair.arch)
+    depth_w, depth_b = f"depth__{name}__weight", (f"depth__{name}__bias" if has_bias else None)
+    for t, what, s in ((depth_w, "weight", scale), (depth_b, "bias", 1.0)):
+        if t is not None:
+            official, shape = f"{full}.fuse_depth_coeffs.coeffs_{what}", (pair.L2, pair.L1)
+            train = pair.cfg.train_depth
+            new.append(OpTensor(t, official, Rule.SPLIT, Role.DEPTH, train, shape, block_output=block_output, scale=s))
+    return depth_w, depth_b
+
+
+def _scales(
+    name: str, full: str, has_bias: bool, scale: FixedScale, new: list[OpTensor]
+) -> tuple[str | None, str | None]:
+    """A global module's fixed ``(1, 1)`` depth of the weight (and of the bias where ``scale.bias``); none at 1."""
+    if scale.value == 1.0:
+        return None, None
+    scale_w = f"scale__{name}__weight"
+    scale_b = f"scale__{name}__bias" if (has_bias and scale.bias) else None
+    for t, what in ((scale_w, "weight"), (scale_b, "bias")):
+        if t is not None:
+            official = f"{full}.fuse_scale.coeffs_{what}"
+            new.append(OpTensor(t, official, Rule.PLAIN, Role.SCALE, False, (1, 1), scale=scale.value))
+    return scale_w, scale_b
+
+
+def _residuals(
+    pair: PlanInputs, m: Present, name: str, full: str, targets_w: Shape, targets_b: Shape, new: list[OpTensor]
+) -> tuple[str | None, str | None]:
+    """``LiGOConfig.residual``: the learned full-size additions to the weight (unless tied) and the bias."""
+    if not pair.cfg.residual:
+        return None, None
+    res_w = None if m.tied_weight else f"residual__{name}__weight"
+    res_b = f"residual__{name}__bias" if targets_b else None
+    for t, targets, what in ((res_w, targets_w, "weight"), (res_b, targets_b, "bias")):
+        if t is not None:
+            shape = tuple(pair.large[targets[0]])
+            shape = (pair.L2, *shape) if m.layered else shape
+            rule = Rule.SPLIT if m.layered else Rule.PLAIN
+            new.append(OpTensor(t, f"{full}.residual_{what}", rule, Role.RESIDUAL, True, shape))
+    return res_w, res_b
+
+
+def aliases_of(
+    slots: Sequence[Slot], tied_groups: Sequence[Sequence[str]]
+) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+    """Step 7: the large model keeps only what the operator does not produce. Returns ``aliases`` (produced name ->
+    the other names tied to it) and ``removed`` (every produced large-model parameter, with its aliases)."""
     produced = {t for s in slots for t in (() if s.tied_weight else s.targets_w) + s.targets_b}
     aliases: dict[str, tuple[str, ...]] = {}
     removed: set[str] = set()
@@ -514,14 +735,4 @@ def build_plan(
             if len(names) > 1:
                 aliases[hit[0]] = tuple(n for n in names if n != hit[0])
     removed.update(produced)
-    return Plan(
-        arch=arch,
-        L1=L1,
-        L2=L2,
-        widths={w: v[:2] for w, v in sizes.items()},
-        tensors=tuple(tensors),
-        slots=tuple(slots),
-        aliases=aliases,
-        removed=frozenset(removed),
-        notes=tuple(notes),
-    )
+    return aliases, frozenset(removed)

@@ -52,7 +52,7 @@ def produce(
         get: operator tensor by internal name (with ``layers``: per-layer tensors already sliced to those layers).
         layers: only these large layers of the block modules (memory-lean mode); global modules in full.
         backend: the ops' backend.
-        skip_weights: slots (by their small weight's name) whose weight is not produced (factored mode).
+        skip_weights: slots (by :attr:`ligo_fast.plan.Slot.name`) whose weight is not produced (factored mode).
         aliases: produced name -> other names tied to it (filled with the same tensor).
         vectors, matrices: produce the vectors (norm weights, biases) / the weight matrices (see :func:`parts`).
     """
@@ -82,7 +82,7 @@ def produce(
         targets_w = s.targets_w if (layers is None or not L) else s.targets_w[layers.start : layers.stop]
         Wl = W if L else W[None]
         kind = weight_kind(s)
-        if kind is None or s.w in skip_weights or not (vectors if kind == "vector" else matrices):
+        if kind is None or s.name in skip_weights or not (vectors if kind == "vector" else matrices):
             pass
         elif s.mod.kind == NORM:
             add_vec(Wl, depth, s.e_rows, res, targets_w, s.mod.offset)

@@ -100,7 +100,7 @@ def test_tied_and_untied_embeddings(name, tie):
     small_cfg, large_cfg = configs(name, tie=tie)
     small = build(name, small_cfg)
     assert (small.lm_head.weight is small.get_input_embeddings().weight) == tie
-    model = ligo_fast.grow(small, large_cfg)
+    model = ligo_fast.grow(small, large_cfg, width_init="rand")  # the plain B W B^T algebra: an official width init
     produced = model.produce()
     emb_key = "model.embed_tokens.weight" if name.startswith("Llama") else "transformer.wte.weight"
     assert (produced["lm_head.weight"] is produced[emb_key]) == tie
@@ -126,7 +126,7 @@ def test_generate_on_a_grown_causal_lm(name):
 def test_gpt2_fused_qkv_parts_grow_with_their_own_widths():
     small_cfg, large_cfg = configs("GPT2LMHeadModel")
     small = build("GPT2LMHeadModel", small_cfg)
-    model = ligo_fast.grow(small, large_cfg, depth_init="stackbert")
+    model = ligo_fast.grow(small, large_cfg, depth_init="stackbert", width_init="rand")  # plain B W B^T
     w = model.produce()["transformer.h.0.attn.c_attn.weight"]  # (in=48, 3*48), Conv1D layout
     q_small = small.transformer.h[0].attn.c_attn.weight[:, :32]
     E_emb, E_q = model.op.width__emb, model.op.width__query[0]

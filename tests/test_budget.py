@@ -1,5 +1,8 @@
 """The operator budget rule (ligo_fast.budget): 5% of the large steps within [10, 100], the large model's learning
-rate, a tenth as warm-up; the overrides; the errors."""
+rate (divided by sqrt(small width) from a function-preserving start), a tenth as warm-up; the overrides; the
+errors."""
+
+import math
 
 import pytest
 
@@ -51,8 +54,21 @@ def test_steps_override_is_used_as_given():
 
 def test_describe_names_share_and_source():
     assert operator_budget(400, 2e-3).describe() == (
-        "20 operator steps (5.0% of 400 large steps; rule), lr 0.002, warm-up 2"
+        "20 operator steps (5.0% of 400 large steps; rule), lr 0.002 (large), warm-up 2"
     )
+    assert operator_budget(400, 3e-4, preserved_width=576).describe() == (
+        "20 operator steps (5.0% of 400 large steps; rule), lr 1.25e-05 (continued), warm-up 2"
+    )
+
+
+@pytest.mark.parametrize("width", [1, 7, 576, 640, 4096])
+def test_continued_training_lr_from_a_function_preserving_start(width):
+    b = operator_budget(400, 3e-4, preserved_width=width)
+    assert b.lr == pytest.approx(3e-4 / math.sqrt(width), rel=1e-12) and b.lr_rule == "continued"
+    assert (b.steps, b.warmup, b.source) == (20, 2, "rule")  # the steps and warm-up do not depend on the start
+    assert budget.operator_lr(3e-4, width) == b.lr
+    official = operator_budget(400, 3e-4)
+    assert (official.lr, official.lr_rule) == (3e-4, "large") and budget.operator_lr(3e-4) == 3e-4
 
 
 @pytest.mark.parametrize(
@@ -69,6 +85,8 @@ def test_describe_names_share_and_source():
         ((100, 1e-3), {"steps": -1}, "steps"),
         ((100, 1e-3), {"steps": 3.0}, "steps"),
         ((100, 1e-3), {"steps": 5, "fraction": 0.1}, "not both"),
+        ((100, 1e-3), {"preserved_width": 0}, "preserved_width"),
+        ((100, 1e-3), {"preserved_width": 64.0}, "preserved_width"),
     ],
 )
 def test_bad_input_is_one_clear_error(args, kwargs, match):

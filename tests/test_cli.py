@@ -16,7 +16,7 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
-from ligo_fast.apps import cli, errors, inputs, training
+from ligo_fast.apps import cli, errors, training
 from ligo_fast.integrations import from_pretrained
 
 VOCAB = 260  # byte-level tokens need 256 ids; the masked LM's mask id is vocab_size - 1
@@ -224,7 +224,7 @@ def test_ctrl_c_during_update_keeps_the_last_checkpoint(files, grown, tmp_path, 
 
 def test_resume_refuses_another_runs_checkpoint(files, tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--max-steps-this-run", "2")) == 0
+    assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.001", "--max-steps-this-run", "2")) == 0
     capsys.readouterr()
     assert cli.main(_grow(files, "LlamaForCausalLM", out, "--lr", "0.002")) == errors.EXIT_USAGE
     err = capsys.readouterr().err.strip()
@@ -323,18 +323,17 @@ def test_bench_quick(capsys):
 
 def test_large_config_inherits_and_derives():
     small = SMALL["LlamaForCausalLM"]
-    kept = inputs.inherited_fields(small, LARGE)
+    kept = ligo_fast.config.inherited_fields(small, LARGE)
     assert "head_dim" not in kept and kept["vocab_size"] == VOCAB and kept["num_key_value_heads"] == 2
 
 
 def test_large_config_grows_the_layer_kinds():
     # Gemma 3's sliding-window/full layers: each large layer takes the kind of the small layer it grows from
     small = T.Gemma3TextConfig(num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"])
-    large = {"num_hidden_layers": 6}
-    kept = inputs.inherited_fields(small, large)
-    assert kept["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]  # large layers 1, 4 are added
-    assert T.Gemma3TextConfig(**{**kept, **large}).layer_types == kept["layer_types"]
-    assert "layer_types" not in inputs.inherited_fields(small, {**large, "layer_types": ["full_attention"] * 6})
+    grown = ligo_fast.large_config(small, num_hidden_layers=6)
+    assert grown.layer_types == ["sliding_attention"] * 5 + ["full_attention"]  # large layers 1, 4 are added
+    given = ligo_fast.large_config(small, num_hidden_layers=6, layer_types=["full_attention"] * 6)
+    assert given.layer_types == ["full_attention"] * 6
 
 
 def _bad(files, tmp_path):
@@ -446,3 +445,10 @@ def test_console_process_has_no_traceback(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_init_defaults_are_grows():
+    """The command line grows with grow()'s defaults (cli.py holds them as literals so --help imports no torch)."""
+    assert {"depth_init": cli.DEPTH_DEFAULT, "width_init": cli.WIDTH_DEFAULT} == ligo_fast.config.GROW_INITS
+    assert ligo_fast.LiGOConfig.grow_defaults().width_init == "lossless"
+    assert ligo_fast.LiGOConfig().depth_init == "stackbert_noisy"  # the dataclass keeps the official defaults

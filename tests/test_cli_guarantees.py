@@ -476,7 +476,8 @@ def test_14_4_a_mismatch_names_the_fields(fx, ref, tmp_path, capsys):
     deeper = tmp_path / "deeper.json"
     deeper.write_text(json.dumps({**LARGE, "num_hidden_layers": 4}))
     rc = cli.main(grow_argv(fx, out, "--lr", "0.002", large=deeper))
-    one_line_error(capsys, 2, rc, "large_config.num_hidden_layers: 3 there, 4 now", "lr: 0.001 there, 0.002 now")
+    # ref ran with the default operator lr: the rule's continued-training lr, --large-lr 3e-4 / sqrt(16 wide)
+    one_line_error(capsys, 2, rc, "large_config.num_hidden_layers: 3 there, 4 now", "lr: 7.5e-05 there, 0.002 now")
 
 
 def test_14_6_help_and_argument_errors_do_not_import_torch(tmp_path):
@@ -521,12 +522,16 @@ def test_14_3_warmup_is_linear_then_constant_and_recorded(fx, ref):
     args = cli.build_parser().parse_args(grow_argv(fx, "x", steps=100))
     from ligo_fast.apps import commands
 
-    assert commands.schedule(args) == commands.Schedule(100, 1e-3, 10)  # ligo_fast.budget: a tenth as warm-up
+    assert commands.schedule(args) == commands.Schedule(100, 3e-4, 10)  # ligo_fast.budget: a tenth as warm-up
+    # from a function-preserving start (the default inits) the continued-training lr: --large-lr / sqrt(width)
+    assert commands.schedule(args, 16) == commands.Schedule(100, 3e-4 / 4, 10)
+    args.lr = 0.01  # --lr overrides the rule's lr only
+    assert commands.schedule(args, 16) == commands.Schedule(100, 0.01, 10)
     no_steps = grow_argv(fx, "x")
     i = no_steps.index("--steps")
     del no_steps[i : i + 2]
     args = cli.build_parser().parse_args(no_steps + ["--large-steps", "400"])
-    assert commands.schedule(args) == commands.Schedule(20, 1e-3, 2)  # the rule: 5% of the large budget
+    assert commands.schedule(args) == commands.Schedule(20, 3e-4, 2)  # the rule: 5% of the large budget
     args = cli.build_parser().parse_args(no_steps + ["--large-steps", "100000"])
     assert commands.schedule(args).steps == 100  # the rule's cap
     assert commands.schedule(cli.build_parser().parse_args(no_steps)).steps == 100  # no large budget given: 100

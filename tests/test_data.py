@@ -194,3 +194,26 @@ def test_masked_batches(batch_size, seq_len):
     big = data.make_batch(stream, 1, 0, 256, 64, mask_id=99)
     frac = (big["labels"] != data.IGNORE_INDEX).float().mean().item()
     assert abs(frac - data.MASK_FRACTION) < 0.01  # 16384 positions: 0.15 +- 3 sigma (0.0084)
+
+
+class _Tok:
+    """A duck-typed tokenizer: ``bos_token_id`` and whether encoding a text puts it first."""
+
+    def __init__(self, bos, adds: bool):
+        self.bos_token_id, self.adds = bos, adds
+
+    def __call__(self, text):
+        return {"input_ids": ([self.bos_token_id] if self.adds else []) + [7]}
+
+
+def test_windows_start_with_bos_where_the_tokenizer_puts_one_first():
+    assert data.bos_of(_Tok(2, True)) == 2
+    assert data.bos_of(_Tok(2, False)) is None and data.bos_of(_Tok(None, False)) is None and data.bos_of(None) is None
+    stream = torch.arange(100, 400)
+    plain = data.make_batch(stream, 3, 0, 5, 17)["input_ids"]
+    b = data.make_batch(stream, 3, 0, 5, 17, bos_id=2)
+    assert b["input_ids"].shape == (5, 17) and (b["input_ids"][:, 0] == 2).all()
+    assert (b["input_ids"][:, 2:] - b["input_ids"][:, 1:-1] == 1).all()  # then a contiguous window of the stream
+    assert torch.equal(b["labels"], b["input_ids"]) and not (plain == 2).any()
+    w = data.with_bos(torch.ones(3, 4, dtype=torch.long), 9)
+    assert w.shape == (3, 5) and (w[:, 0] == 9).all() and data.with_bos(w, None) is w

@@ -230,7 +230,11 @@ def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
     assert 0 < fl["operator_step"] <= fl["large_step"] + 3 * fl["production_forward"]
     assert fl["small_step"] == flops.train_step_flops(models.make_config(preset.small, preset.seq_len, family), 4, 32)
     assert res.small_flops == preset.small_steps * fl["small_step"]
-    assert res.operator_budget == {"steps": 4, "lr": preset.lr, "warmup": 1, "large_steps": 12, "source": "steps"}
+    assert res.operator_budget == {
+        "steps": 4, "lr": preset.lr, "warmup": 1, "large_steps": 12, "source": "steps", "lr_rule": "large"
+    }  # fmt: skip
+    assert res.methods["ligo"].notes["operator_lr"] == preset.lr  # the official init: the large lr
+    assert res.methods["ligo_lossless"].notes["operator_lr"] == pytest.approx(preset.lr / preset.small.hidden**0.5)
 
     for name in presets.OPERATOR_METHODS:
         m = res.methods[name]
@@ -493,3 +497,16 @@ def test_axis_presets_run_the_baselines_on_their_axes(texts, one_thread):
     table = axes.format_axis_table([res, back], base_steps=toy.large_steps)
     assert axes.axis_of(toy) == "depth 2x + width 2x"
     assert "| speedup (mean) |" in table and "| HyperCloning |" in table and f"| {res.tokens_per_param:.2f} |" in table
+
+
+def test_pretrained_regime_small_model_is_hard_to_beat_and_the_defaults_keep_it(texts, one_thread):
+    """The pretrained regime (issue 19): the small model sees >= 20 tokens per parameter; grow()'s function-preserving
+    start begins at its loss, and the operator trains at the continued-training lr (ligo_fast.budget)."""
+    preset = presets.PRESETS["pretrained-toy"]
+    res = run.run_experiment(preset, corpus=texts, methods=["ligo_lossless"], progress=False)
+    assert preset.small_tokens / res.small_params >= 20
+    assert presets.PRESETS["pretrained"].small_tokens / 134_464 > 60  # the demo small model's parameters
+    assert res.small_loss < res.small_curve[0].val_loss - 1.0  # it learned: far below its random start
+    notes = res.methods["ligo_lossless"].notes
+    assert notes["val_loss_grown"] == pytest.approx(res.small_loss, rel=0.01)  # lossless_noisy: within 1%
+    assert notes["operator_lr"] == pytest.approx(preset.lr / preset.small.hidden**0.5)

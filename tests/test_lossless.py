@@ -157,6 +157,30 @@ def test_noisy_variant_breaks_the_tie_and_stays_close():
     assert 1e-6 < dev < 0.1
 
 
+def test_operator_steps_part_the_copies_of_an_exact_start():
+    """grow()'s default (exact, no noise) start: the identity block of B = [I; E] is fixed, so operator steps move
+    the copies (rows of E) and not their originals; after a few steps the materialised copies differ."""
+    small_cfg, large_cfg = _configs("LlamaForCausalLM", 2, 3)
+    small = build("LlamaForCausalLM", small_cfg)
+    grown = ligo_fast.grow(small, large_cfg)  # the defaults
+    x = inputs("LlamaForCausalLM")
+    with torch.no_grad():
+        ref, out = _output(small, x), _output(grown, x)
+    assert ((out - ref).abs().max() / ref.abs().max()).item() < 1e-5  # the default start is exact
+    opt = torch.optim.Adam([p for p in grown.parameters() if p.requires_grad], lr=1e-3)
+    for _ in range(3):
+        grown(**x, labels=x["input_ids"]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    big = grown.materialize()
+    d = small_cfg.hidden_size
+    for w in (big.model.layers[0].mlp.up_proj.weight, big.model.embed_tokens.weight.T):
+        ffn = w.shape[0] // 2
+        apart = ((w[ffn:] - w[:ffn]).norm() / w[:ffn].norm()).item()
+        assert apart > 1e-4, (w.shape, apart)
+    assert d * 2 == big.config.hidden_size
+
+
 def test_lossless_schemes_themselves():
     src, added = lossless_layers(5, 2)  # 5 large layers from 2 small: copies spread evenly, added ones follow
     assert src.tolist() == [0, 0, 0, 1, 1] and added.tolist() == [False, True, True, False, True]

@@ -11,18 +11,27 @@ JSON file (a full HF ``config.json``, or only the fields that change: the others
 except those the config class derives from other fields, such as Llama's ``head_dim``), trains the LiGO operator
 with AdamW for the budget of :func:`ligo_fast.budget.operator_budget` (``--steps``: 5% of ``--large-steps`` within
 [10, 100], or 100 when ``--large-steps`` is not given; a linear warm-up over a tenth of them, then a constant
-learning rate),
+learning rate: ``--lr``, by default the rule's from ``--large-lr``, divided by the square root of the small width
+when the start is function-preserving, as the default inits ``lossless``/``lossless`` are),
 and writes into ``--out`` the operator (``operator.safetensors`` + ``ligo_config.json``), the materialised large
 model (``config.json`` + ``model.safetensors``, and the small model's tokenizer when it has one) and, last,
 ``ligo_fast_outputs.json``, the manifest naming the step and the digest of every file.
+
+Guards (:mod:`ligo_fast.guard`): when the operator loss rises above its start in the first steps, one warning line
+says so and what to try. Before and after training, the small and the grown model are evaluated on the same fixed
+windows of the data (:data:`.commands.EVAL_WINDOWS` evenly spaced windows; the training batches are drawn from the
+same text, so this is an evaluation on the training text, not a held-out one); a grown model worse than the small
+one is reported on stderr as a warning and recorded in the manifest (``eval.worse_than_small``: true); the outputs
+are still written and the exit code stays 0 (the model is the user's to inspect; scripts read the manifest).
 
 Data: text files (directories are read recursively; binary files in them are skipped with a warning, named
 binary files refused), concatenated in sorted order. Tokens come from the small model's tokenizer when its
 directory has one, else they are the bytes 0..255 (the model's vocabulary must hold them). Batch ``k`` is drawn
 from a generator seeded by ``(seed, k)``: random windows of ``--seq-len`` tokens, so a resumed run sees the same
-batches. Causal LMs: next-token loss (``labels = input_ids``). Masked LMs: 15% of the positions (at least one a
-batch) are replaced by the mask id (the tokenizer's, else the config's ``mask_token_id``, else ``vocab_size - 1``)
-and predicted (``labels`` -100 elsewhere).
+batches; when the tokenizer puts a BOS token before every text (Gemma, Llama), every window (and every evaluation
+window) starts with it, as the model was trained. Causal LMs: next-token loss (``labels = input_ids``). Masked
+LMs: 15% of the positions (at least one a batch) are replaced by the mask id (the tokenizer's, else the config's
+``mask_token_id``, else ``vocab_size - 1``) and predicted (``labels`` -100 elsewhere).
 
 Resuming: every ``--save-every`` steps, on a stop signal (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1) and at the
 end, the operator, the optimizer and the step count go to ``--out/checkpoint/`` (:mod:`.checkpoints`:
@@ -73,7 +82,8 @@ from .errors import (
 )
 
 PROG = "ligo-fast"
-DEPTH_DEFAULT, WIDTH_DEFAULT = "stackbert_noisy", "rand"  # LiGOConfig's defaults, checked by LiGOConfig itself
+DEPTH_DEFAULT, WIDTH_DEFAULT = "lossless", "lossless"  # ligo_fast.config.GROW_INITS (tests/test_cli.py checks)
+LARGE_LR_DEFAULT = 3e-4  # a common AdamW peak of LLaMA/GPT-style pretraining (benchmarks/results/defaults_rationale.md)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the large model's planned training steps, from which the operator's budget follows (ligo_fast.budget)",
     )
     g.add_argument(
+        "--large-lr",
+        type=float,
+        default=LARGE_LR_DEFAULT,
+        metavar="LR",
+        help=f"the large model's planned peak learning rate, from which the operator's follows (ligo_fast.budget: "
+        f"divided by sqrt(small width) from a function-preserving start; default {LARGE_LR_DEFAULT:g})",
+    )
+    g.add_argument(
         "--lr",
         type=float,
-        default=1e-3,
-        help="AdamW learning rate after the warm-up; the budget rule uses the large model's peak lr (default 1e-3)",
+        default=None,
+        help="the operator's AdamW learning rate after the warm-up (default: the budget rule's, from --large-lr)",
     )
     g.add_argument(
         "--warmup",

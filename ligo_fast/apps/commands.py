@@ -9,10 +9,11 @@ the training run is :mod:`.training` (checkpoints: :mod:`.checkpoints`), the out
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import transformers
 from torch.utils import benchmark
 
 import ligo_fast
-from ligo_fast import backends, budget, ops
+from ligo_fast import backends, budget, guard, ops
 from ligo_fast.info import report
 from ligo_fast.serialization import parse_bytes
 
@@ -41,6 +42,7 @@ SIZE_KEYS = (
     "n_head",
     "num_key_value_heads",
 )  # shown in the first line of grow
+EVAL_WINDOWS = 8  # fixed windows of the data on which the small and the grown model are compared (ligo_fast.guard)
 
 
 def quiet_transformers(verbose: bool) -> None:
@@ -72,19 +74,22 @@ class Schedule:
     warmup: int
 
 
-def schedule(args) -> Schedule:
+def schedule(args, preserved_width: int | None = None) -> Schedule:
     """The operator-training schedule of ``grow``'s options: :func:`ligo_fast.budget.operator_budget`'s rule.
 
     ``--steps`` defaults to the rule's steps for ``--large-steps`` (5% of them within [10, 100]), or to its cap, the
     paper's 100 steps (what the rule gives any large budget of 2000 steps or more), when the large budget is not
-    given; ``--warmup`` to the rule's tenth of the steps. Everything downstream takes the :class:`Schedule`.
+    given; ``--lr`` to the rule's learning rate from ``--large-lr`` and ``preserved_width`` (the grown model's
+    ``LiGOModel.preserved_width``); ``--warmup`` to the rule's tenth of the steps. Everything downstream takes the
+    :class:`Schedule`.
     """
     steps = args.steps
     if steps is None and args.large_steps is None:
         steps = budget.MAX_OPERATOR_STEPS
-    b = budget.operator_budget(args.large_steps or steps, args.lr, steps=steps)
+    b = budget.operator_budget(args.large_steps or steps, args.large_lr, steps=steps, preserved_width=preserved_width)
     warmup = args.warmup if args.warmup is not None else b.warmup
-    return Schedule(b.steps, b.lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
+    lr = args.lr if args.lr is not None else b.lr
+    return Schedule(b.steps, lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
 
 
 def _check_grow_args(args) -> None:
@@ -94,8 +99,9 @@ def _check_grow_args(args) -> None:
         raise UserError("--large-steps must be at least 1")
     if args.batch_size < 1 or args.seq_len < 2:
         raise UserError("--batch-size must be at least 1 and --seq-len at least 2")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise UserError(f"--lr must be a finite number > 0, got {args.lr}")
+    for flag, v in (("--lr", args.lr), ("--large-lr", args.large_lr)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise UserError(f"{flag} must be a finite number > 0, got {v}")
     if not (math.isfinite(args.max_grad_norm) and args.max_grad_norm >= 0):
         raise UserError(f"--max-grad-norm must be a finite number >= 0, got {args.max_grad_norm}")
     if args.warmup is not None and args.warmup < 0:
@@ -128,7 +134,6 @@ def cmd_grow(args) -> int:
     except data.DataError as e:
         raise UserError(f"--data: {e}") from e
     inputs.check_vocab(stream, tokenizer, int(large_cfg.vocab_size))
-    sched = schedule(args)
     options = dict(
         depth_init=args.depth_init,
         width_init=args.width_init,
@@ -140,6 +145,7 @@ def cmd_grow(args) -> int:
         model = ligo_fast.grow(small, large_cfg, **options)
     except ValueError as e:
         raise UserError(f"cannot grow {type(small).__name__} into the large config: {describe(e)}") from e
+    sched = schedule(args, model.preserved_width)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
@@ -154,11 +160,31 @@ def cmd_grow(args) -> int:
         f"from {len(files)} file(s); {task} LM loss on {device}"
     )
 
-    def batch_at(k: int) -> dict:
-        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id)
+    bos = data.bos_of(tokenizer) if task == "causal" else None  # Gemma/Llama tokenizers: every window starts with BOS
 
+    def batch_at(k: int) -> dict:
+        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id, bos)
+
+    windows = data.with_bos(data.validation_windows(stream, EVAL_WINDOWS, args.seq_len - (bos is not None)), bos)
+    eval_batch = {"input_ids": windows, "labels": windows.clone()}
+    if mask_id is not None:
+        eval_batch = data.mask_tokens(windows, mask_id, torch.Generator().manual_seed(args.seed))
     with _locked(out):
-        return _grow_into(out, args, model, optimizer, run, small, tokenizer, batch_at, sched)
+        job = _Job(args, model, optimizer, run, small, tokenizer, batch_at, sched, eval_batch)
+        return _grow_into(out, job)
+
+
+@torch.no_grad()
+def eval_loss(model, batch: dict, device: torch.device) -> float:
+    """The loss of ``model`` (in eval mode for the call) on ``batch``, one window at a time."""
+    was = model.training
+    model.eval()
+    try:
+        n = batch["input_ids"].shape[0]
+        losses = [float(model(**{k: v[i : i + 1].to(device) for k, v in batch.items()}).loss) for i in range(n)]
+    finally:
+        model.train(was)
+    return sum(losses) / n
 
 
 def _check_apart(out: Path, data_paths: list[str]) -> None:
@@ -189,8 +215,25 @@ def _locked(out: Path) -> Iterator[None]:
         yield
 
 
-def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_at, sched: Schedule) -> int:
+@dataclass(frozen=True)
+class _Job:
+    """What ``grow`` prepared before taking the lock of ``--out``: the parsed arguments, the grown model and its
+    optimizer, the run record, the small model, its tokenizer, the batches, the schedule and the evaluation batch."""
+
+    args: argparse.Namespace
+    model: object
+    optimizer: torch.optim.Optimizer
+    run: dict
+    small: torch.nn.Module
+    tokenizer: object
+    batch_at: Callable[[int], dict]
+    sched: Schedule
+    eval_batch: dict
+
+
+def _grow_into(out: Path, job: _Job) -> int:
     """The part of ``grow`` that reads and writes ``out`` (under its lock)."""
+    args, model, optimizer, run, small, sched = job.args, job.model, job.optimizer, job.run, job.small, job.sched
     problem = checkpoints.root_problem(out)
     if problem is not None:
         raise UserError(f"{problem}; make it a directory or a link to one")
@@ -200,7 +243,7 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
     except outputs.OutputsError as e:
         raise UserError(str(e)) from e
     if args.restart:
-        return _restart(out, args, model, optimizer, run, tokenizer, batch_at, sched, manifest)
+        return _restart(out, job, manifest)
     try:
         step, ckpt = training.resume(out, model, optimizer, run, small)
     except checkpoints.NoUsableCheckpoint as e:
@@ -226,10 +269,10 @@ def _grow_into(out: Path, args, model, optimizer, run, small, tokenizer, batch_a
         print(f"{out} already holds {step} finished steps (--steps {sched.steps}); writing the outputs again")
     else:
         print(f"resuming from step {step} of {sched.steps} ({ckpt}); steps 1..{step} are kept")
-    return _train(out, args, model, optimizer, run, tokenizer, batch_at, sched, step, ckpt)
+    return _train(out, job, step, ckpt)
 
 
-def _restart(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: Schedule, manifest) -> int:
+def _restart(out: Path, job: _Job, manifest) -> int:
     """``--restart``: the checkpoints of ``out`` are removed and the run starts from step 0 (the previous outputs
     stay until the new ones replace them; another program's files are still refused)."""
     if manifest is None and outputs.output_files(out) and not outputs.interrupted(out):
@@ -240,13 +283,30 @@ def _restart(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched:
         raise UserError(f"{out} holds the outputs of a {manifest.get('command')} command; use another --out")
     n = len(checkpoints.checkpoints(out))
     checkpoints.remove_checkpoints(out)
-    print(f"--restart: starting over from step 0 of {sched.steps} ({n} checkpoint(s) removed)")
-    return _train(out, args, model, optimizer, run, tokenizer, batch_at, sched, 0, None)
+    print(f"--restart: starting over from step 0 of {job.sched.steps} ({n} checkpoint(s) removed)")
+    return _train(out, job, 0, None)
 
 
-def _train(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: Schedule, step: int, ckpt) -> int:
+def _train(out: Path, job: _Job, step: int, ckpt) -> int:
     """Train from ``step`` (restored from checkpoint ``ckpt``, or the initial state) and write the outputs."""
+    args, model, optimizer, run, sched = job.args, job.model, job.optimizer, job.run, job.sched
+    tokenizer, batch_at, eval_batch = job.tokenizer, job.batch_at, job.eval_batch
     stop_at = sched.steps if args.max_steps_this_run is None else min(sched.steps, step + args.max_steps_this_run)
+    device = model.device
+    small_loss = eval_loss(job.small.to(device), eval_batch, device)
+    start_loss = eval_loss(model, eval_batch, device) if step == 0 else None
+    if start_loss is not None:
+        print(
+            f"evaluation loss ({EVAL_WINDOWS} windows of the data): small model {small_loss:.4f}, "
+            f"grown {start_loss:.4f}"
+        )
+    rise = guard.RiseGuard(lr=sched.lr)
+
+    def watch(n: int, loss: float) -> None:
+        msg = rise.update(n, loss) if step == 0 else None  # a resumed run has no start to compare with
+        if msg:
+            print(f"{PROG} grow: warning: {msg}", file=sys.stderr)
+
     end = training.train_operator(
         model,
         optimizer,
@@ -264,6 +324,7 @@ def _train(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: S
         saved=ckpt,
         progress=not args.no_progress,
         keep=_keep(args),
+        on_loss=watch,
     )
     kept = f"the checkpoint {end.checkpoint} is kept" if end.checkpoint else "no checkpoint was written"
     if end.status == "diverged":
@@ -286,12 +347,22 @@ def _train(out: Path, args, model, optimizer, run, tokenizer, batch_at, sched: S
             f"stopped after step {end.step} of {sched.steps} (--max-steps-this-run); rerun the same command to resume"
         )
         return 0
+    grown_loss = eval_loss(model, eval_batch, device)
+    worse = guard.worse_than_small(small_loss, grown_loss)
+    evaluation = {"windows": EVAL_WINDOWS, "small": small_loss, "grown": grown_loss, "worse_than_small": bool(worse)}
+    if start_loss is not None:
+        evaluation["grown_start"] = start_loss
     model.eval()
-    write_outputs(out, model, tokenizer, {"command": "grow", "step": end.step, "run": run})
+    write_outputs(out, model, tokenizer, {"command": "grow", "step": end.step, "run": run, "eval": evaluation})
     if args.keep_checkpoints is None:
         checkpoints.remove_checkpoints(out, upto=end.step)
     last = f"last loss {end.loss:.4f}" if math.isfinite(end.loss) else "no step trained in this call"
-    print(f"done: {end.step} steps, {last}; operator and {model.hf_class.__name__} written to {out}")
+    print(
+        f"done: {end.step} steps, {last}; evaluation loss {grown_loss:.4f} (small model {small_loss:.4f}); "
+        f"operator and {model.hf_class.__name__} written to {out}"
+    )
+    if worse:
+        print(f"{PROG} grow: WARNING: {worse} (recorded in {outputs.MANIFEST}: eval.worse_than_small)", file=sys.stderr)
     return 0
 
 

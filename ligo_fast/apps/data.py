@@ -208,14 +208,38 @@ def mask_tokens(ids: Tensor, mask_id: int, gen: torch.Generator, fraction: float
     return {"input_ids": torch.where(masked, torch.full_like(ids, mask_id), ids), "labels": labels}
 
 
+def bos_of(tokenizer) -> int | None:
+    """The BOS id a tokenizer puts before every text it encodes (Gemma, Llama), else None (GPT-2, BERT, bytes):
+    models trained that way expect it first in every sequence (without it Gemma's loss on the same text is far
+    higher), so windows cut out of a stream get it prepended (:func:`with_bos`)."""
+    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    if bos is None:
+        return None
+    ids = tokenizer("a")["input_ids"]
+    return bos if len(ids) and ids[0] == bos else None
+
+
+def with_bos(windows: Tensor, bos: int | None) -> Tensor:
+    """``windows`` (B, T) with ``bos`` as a new first column: (B, T + 1); unchanged when ``bos`` is None."""
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((windows.shape[0], 1), bos, dtype=windows.dtype), windows], 1)
+
+
 def make_batch(
-    stream: Tensor, step: int, seed: int, batch_size: int, seq_len: int, mask_id: int | None = None
+    stream: Tensor,
+    step: int,
+    seed: int,
+    batch_size: int,
+    seq_len: int,
+    mask_id: int | None = None,
+    bos_id: int | None = None,
 ) -> dict[str, Tensor]:
     """Batch number ``step`` as Hugging Face model inputs, the same for the same ``(seed, step)`` whatever came
-    before: random windows of ``seq_len`` tokens; ``mask_id`` None: causal (``labels = input_ids``, the model
-    shifts them), else masked LM (:func:`mask_tokens`)."""
+    before: random windows of ``seq_len`` tokens (with ``bos_id``: that token then ``seq_len - 1`` of the stream);
+    ``mask_id`` None: causal (``labels = input_ids``, the model shifts them), else masked LM (:func:`mask_tokens`)."""
     g = torch.Generator().manual_seed(step_seed(seed, step))
-    ids = random_windows(stream, batch_size, seq_len, g)
+    ids = with_bos(random_windows(stream, batch_size, seq_len - (bos_id is not None), g), bos_id)
     if mask_id is None:
         return {"input_ids": ids, "labels": ids.clone()}
     return mask_tokens(ids, mask_id, g)

@@ -4,10 +4,11 @@ the training text. Every problem is a :class:`UserError` with one line naming th
 - :func:`load_small`: a local HF directory: ``config.json`` (a JSON object; ``architectures`` a list naming a
   supported class; sizes positive integers; types as the config class declares them), its weights (every weight
   present, of the config's shapes; a damaged or truncated file refused);
-- :func:`load_large_config`: a JSON object of config fields, the rest inherited from the small config; fields the
-  config class does not know are refused (a misspelt ``hiden_size`` would otherwise grow nothing), unless the
-  small model's own ``config.json`` has them too; per-layer attention kinds (``layer_types``, Gemma 3's sliding
-  window or full) follow the layers they grow from unless given;
+- :func:`load_large_config`: a JSON object of config fields, the rest inherited from the small config
+  (:func:`ligo_fast.large_config`); fields the config class does not know are refused (a misspelt ``hiden_size``
+  would otherwise grow nothing), unless the small model's own ``config.json`` has them too (then dropped);
+  per-layer attention kinds (``layer_types``, Gemma 3's sliding window or full) follow the layers they grow from
+  unless given;
 - :func:`text_files`: the ``--data`` files; binary files are refused when named, skipped with a warning when
   found in a directory.
 
@@ -26,7 +27,6 @@ import transformers
 
 import ligo_fast
 from ligo_fast.config import model_config_from_dict, unknown_config_keys
-from ligo_fast.init import grown_layer_types
 
 from . import data
 from .errors import UserError
@@ -137,46 +137,10 @@ def load_large_config(path: str, small_config):
             cls = type(transformers.AutoConfig.for_model(mt))
             cfg = model_config_from_dict(cls, given)
         else:
-            cfg = model_config_from_dict(type(small_config), {**inherited_fields(small_config, given), **given})
+            cfg = ligo_fast.large_config(small_config, **given)
     except ValueError as e:
         raise UserError(f"--large-config {path}: {e}") from e
-    small_keys = set(small_config.to_dict())
-    for key, near in unknown_config_keys(cfg):
-        if key in given and key not in small_keys:
-            hint = f"; did you mean {near!r}?" if near else ""
-            raise UserError(f"--large-config {path}: {key!r} is not a {type(cfg).__name__} field{hint}")
     return cfg
-
-
-def inherited_fields(small_config, given: dict) -> dict:
-    """The small config's fields that ``given`` lacks, minus those the class derives or defaults by itself.
-
-    A field is dropped when building the config without it gives the same value (a default, or derived from other
-    fields like ``head_dim = hidden_size // num_attention_heads``), so it is derived again from the large sizes.
-    ``layer_types`` is not copied but grown: each large layer takes the kind of the small layer it grows from
-    (:func:`ligo_fast.init.grown_layer_types`), which a function-preserving start needs.
-    """
-    base = small_config.to_dict()
-    cls = type(small_config)
-    keep = {}
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # trial configs may warn about odd combinations
-    try:
-        for k, v in base.items():
-            if k in given:
-                continue
-            try:
-                same = getattr(cls.from_dict({kk: vv for kk, vv in base.items() if kk != k}), k, object()) == v
-            except Exception:  # noqa: BLE001 - a config that needs this field keeps it
-                same = False
-            if not same:
-                keep[k] = v
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-    if getattr(small_config, "layer_types", None) is not None and "layer_types" not in given:
-        layers = given.get("num_hidden_layers", small_config.num_hidden_layers)
-        keep["layer_types"] = grown_layer_types(small_config.layer_types, layers)
-    return keep
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer, data

@@ -129,6 +129,7 @@ def train_operator(
     saved: Path | None = None,
     progress: bool = True,
     keep: int = KEEP,
+    on_loss: Callable[[int, float], None] | None = None,
 ) -> Outcome:
     """Train steps ``start + 1 .. min(steps, stop_at)`` of ``model``'s operator and checkpoint into ``out``.
 
@@ -136,6 +137,7 @@ def train_operator(
     learning rate (None: the optimizer's own). ``run``: the run record stored with each checkpoint. ``saved``: the
     checkpoint that already holds the state at ``start`` (a resumed run), so it is not written again. ``keep``: the
     checkpoints kept (``checkpoints.redundant``). The optimizer updates the parameters of its param groups.
+    ``on_loss(k, loss)`` is told each finished step's loss (the guards of :mod:`ligo_fast.guard`).
     """
     device = model.device
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -179,6 +181,8 @@ def train_operator(
                 update(optimizer, params, max_grad_norm)
                 updating = False
                 step, loss_val = n, value
+                if on_loss is not None:
+                    on_loss(step, loss_val)
                 bar.update(1, loss=f"{loss_val:.4f}")
                 if step % log_every == 0 or step == steps:
                     logger.info("step %d/%d  loss %.4f", step, steps, loss_val)

@@ -34,7 +34,7 @@ from ..checkpoint import load_operator
 from ..config import LiGOConfig
 from ..hf import empty_model, fill, storage_keys
 from ..layout import from_official
-from ..plan import SM, Plan, build_plan
+from ..plan import SM, Plan, Role, Rule, build_plan
 from ..produce import parts, produce, produce_part
 from ..serialization import OFFICIAL
 from .modules import (
@@ -147,9 +147,9 @@ def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tens
     """
     device = next(model_large.parameters()).device
     for t in plan.tensors:
-        if t.role != "small":
+        if t.role != Role.SMALL:
             continue
-        if t.rule == "stack":
+        if t.rule == Rule.STACK:
             v = torch.stack([small_sd[k].detach() for k in t.sources]).to(device).movedim(0, -1)
         else:
             v = small_sd[t.sources[0]].detach().clone().to(device)
@@ -169,7 +169,7 @@ def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
     tokens = factored.count_tokens(args, kwargs, model.config)
     picked = factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device, ok=_factorable(model))
     chosen = [plan.slots[i] for i in picked]
-    forms = {plan.slots[i].w: form for i, form in picked.items()}
+    forms = {plan.slots[i].name: form for i, form in picked.items()}
     batch = produce(plan.slots, get, skip_weights=frozenset(forms))
     batch.update({f"{path}.{FACTORS}": f for path, f in factored.layer_factors(chosen, get, forms=forms).items()})
     batch[FACTORS] = {}  # x @ B_in shared by the factored layers that read the same input (q/k/v)

@@ -14,8 +14,10 @@ callback::
 The run's ``max_steps`` is the large model's whole budget and the operator's steps come out of it (the paper counts
 them against the budget the same way). The operator's steps, learning rate and warm-up follow
 :func:`ligo_fast.budget.operator_budget` of ``max_steps`` and the ``TrainingArguments``' learning rate (5% of the
-steps within [10, 100], the same peak learning rate, a tenth of its steps as linear warm-up, then constant), unless
-overridden. At the growth step the callback materialises the operator, gives the Trainer
+steps within [10, 100]; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
+square root of the small model's width, else the same; a tenth of its steps as linear warm-up, then constant), unless
+overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
+one-line warning says so and what to try. At the growth step the callback materialises the operator, gives the Trainer
 a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
 rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
 Checkpoints taken in either phase resume: :class:`GrowingModel` records whether it grew, and the callback rebuilds
@@ -41,6 +43,7 @@ from torch import nn
 from transformers import TrainerCallback, get_constant_schedule_with_warmup
 
 from ..budget import OperatorBudget, operator_budget
+from ..guard import RiseGuard
 from ..hf_surface import signed_forward
 from ..model import LiGOModel
 
@@ -99,12 +102,17 @@ class GrowingModel(nn.Module):
         self.model: nn.Module = model
         self.register_buffer("ligo_grown", torch.tensor(False))
         self.checkpointing: dict | None = None  # activation checkpointing arguments, carried across growth
+        self.operator_losses: list[float] = []  # losses of the forwards since GrowthCallback last read them
         self.__dict__["forward"] = signed_forward(self, model.large)
         self.register_state_dict_post_hook(_drop_tied_copies)
         self.register_load_state_dict_pre_hook(_grow_and_retie)
 
     def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+        out = self.model(*args, **kwargs)
+        loss = getattr(out, "loss", None) if not self.grown and self.training else None
+        if loss is not None:  # for the callback's guard: only the operator's steps (at most 100), so the sync is cheap
+            self.operator_losses.append(float(loss.detach()))
+        return out
 
     @property
     def grown(self) -> bool:
@@ -223,7 +231,8 @@ class GrowthCallback(TrainerCallback):
             and scheduler at growth. Add it with ``trainer.add_callback(GrowthCallback(trainer))``.
         operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
             :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
-        operator_lr: the operator's peak learning rate; None: the ``TrainingArguments``' ``learning_rate``.
+        operator_lr: the operator's peak learning rate; None: the budget rule's from the ``TrainingArguments``'
+            ``learning_rate`` (divided by the square root of the small width from a function-preserving start).
         operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's
             (a tenth of its steps, rounded up).
         operator_weight_decay: the operator's weight decay (default 0: the operator's coefficients are not weights
@@ -256,11 +265,13 @@ class GrowthCallback(TrainerCallback):
         self.steps, self.lr, self.warmup = operator_steps, operator_lr, operator_warmup_steps
         self.weight_decay = float(operator_weight_decay or 0.0)
         self.budget: OperatorBudget | None = None
+        self.preserved_width = getattr(trainer.model.model, "preserved_width", None)  # None after growth
+        self.guard: RiseGuard | None = None
 
     def resolve(self, large_steps: int, large_lr: float) -> OperatorBudget:
         """The operator budget of a run of ``large_steps`` steps at peak learning rate ``large_lr``:
         :func:`ligo_fast.budget.operator_budget` with this callback's overrides."""
-        b = operator_budget(large_steps, large_lr, steps=self.steps)
+        b = operator_budget(large_steps, large_lr, steps=self.steps, preserved_width=self.preserved_width)
         if self.lr is not None:
             b = dataclasses.replace(b, lr=float(self.lr))
         if self.warmup is not None:
@@ -294,11 +305,19 @@ class GrowthCallback(TrainerCallback):
                 g["lr"] = g["initial_lr"] = b.lr
                 g["weight_decay"] = self.weight_decay
         self._schedule(grown, state.max_steps, resumed=state.global_step > 0)
+        tr.model.operator_losses.clear()
+        self.guard = RiseGuard(lr=b.lr) if state.global_step == 0 else None  # a resumed run has no start
         if not grown:
             logger.info("GrowthCallback: %s, then %d large-model steps", b.describe(), state.max_steps - b.steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         tr = self.trainer
+        losses = tr.model.operator_losses
+        if losses and self.guard is not None:
+            msg = self.guard.update(state.global_step, sum(losses) / len(losses))
+            if msg:
+                logger.warning("GrowthCallback: %s", msg)
+        losses.clear()
         if state.global_step != self.budget.steps or tr.model.grown:
             return
         big = tr.model.grow()

@@ -53,10 +53,13 @@ from .train import EvalPoint, evaluate, sync, train
 logger = logging.getLogger(__name__)
 
 
-def budget_of(p: Preset) -> OperatorBudget:
+def budget_of(p: Preset, preserved_width: int | None = None) -> OperatorBudget:
     """The operator budget of ``p``: the rule of :func:`ligo_fast.budget.operator_budget` for ``p.large_steps`` and
-    ``p.lr``, or the preset's overrides (``ligo_steps``/``ligo_fraction``, ``ligo_lr``)."""
-    b = operator_budget(p.large_steps, p.lr, fraction=p.ligo_fraction, steps=p.ligo_steps)
+    ``p.lr`` (with ``preserved_width``, the grown model's ``LiGOModel.preserved_width``: the continued-training lr of
+    a function-preserving start), or the preset's overrides (``ligo_steps``/``ligo_fraction``, ``ligo_lr``)."""
+    b = operator_budget(
+        p.large_steps, p.lr, fraction=p.ligo_fraction, steps=p.ligo_steps, preserved_width=preserved_width
+    )
     return b if p.ligo_lr is None else dataclasses.replace(b, lr=p.ligo_lr)
 
 
@@ -64,7 +67,7 @@ def grow_options(method: str, p: Preset) -> dict | None:
     """The ``ligo_fast.grow`` init options of a growth method (None for ``scratch``)."""
     lossless = {"depth_init": "lossless", "width_init": p.lossless_width}
     return {
-        "ligo": {},  # the official defaults: stackbert_noisy depth, rand width
+        "ligo": {"depth_init": "stackbert_noisy", "width_init": "rand"},  # the official defaults
         "ligo_lossless": lossless,
         "lossless": lossless,
         "stack": {"depth_init": "stackbert", "width_init": "sel"},
@@ -185,14 +188,16 @@ def run_experiment(
             op_params = [q for q in op_model.parameters() if q.requires_grad]
             op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
             op_step = notes["operator_step_flops"] = operator_step_flops(op_model, large_cfg, p.batch_size, p.seq_len)
+            op_budget = budget_of(p, op_model.preserved_width)  # same steps; lr by the start (ligo_fast.budget)
+            notes["operator_lr"] = op_budget.lr
             pbar.set_description(f"{name} operator")
             pre_curve = train(
                 op_model,
                 op_params,
                 data.train,
                 val,
-                steps=budget.steps,
-                schedule=operator_schedule(budget, p.min_lr_frac),
+                steps=op_budget.steps,
+                schedule=operator_schedule(op_budget, p.min_lr_frac),
                 weight_decay=0.0,
                 data_seed=seeds.data + 2000,
                 flops_per_step=op_step,

@@ -2,7 +2,8 @@
 
 The public API: the names in ``__all__`` and the public submodules ``ops`` (the functional ops), ``backends``,
 ``info``, ``compat`` (the official LiGO API), ``integrations`` (Trainer, accelerate, ``from_pretrained``),
-``distributed``, ``budget``, ``serialization``, ``arch`` and ``config``. Every other module (``model``, ``plan``,
+``distributed``, ``budget``, ``baselines`` (the literature's growth baselines as inits), ``serialization``,
+``arch`` and ``config``. Every other module (``model``, ``plan``,
 ``produce``, ``lean``, ``factored``, ``extension``, ``kernels``, ...) is internal: importable by its full name, but
 not part of the API and free to change. ``ligo_fast.apps`` holds the applications (the ``ligo-fast`` command line,
 the growth-savings experiment), which use the public API only.
@@ -81,6 +82,7 @@ _PUBLIC_MODULES = (
     "distributed",
     "budget",
     "guard",
+    "baselines",
     "serialization",
     "arch",
     "config",
@@ -90,6 +92,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from . import (  # noqa: F401 - the public submodules
         arch,
         backends,
+        baselines,
         budget,
         compat,
         config,

@@ -303,6 +303,37 @@ def choose(
     return plan
 
 
+FLOP_COUNTER = DeviceModel(flops=1.0, bandwidth=float("inf"), launch=0.0)
+"""A device whose modelled seconds are FLOPs: with it the cost functions above count FLOPs, not time."""
+
+
+def step_flops(
+    slots: Sequence[Slot],
+    L1: int,
+    tokens: int,
+    forms: Mapping[int, str],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> int:
+    """FLOPs of one forward+backward of every 2-D grown weight's layers for ``tokens`` tokens, as this module's
+    cost model counts them (:func:`form_costs`, :func:`embedding_costs` on :data:`FLOP_COUNTER`): a slot in
+    ``forms`` (``{slot index: form}``, what :func:`choose` returns) runs that form, the others produce their
+    weight and run it. Per large layer for block slots. Not counted: 1-D weights (norms, biases: O(width)), the
+    attention scores and the elementwise work (the caller's)."""
+    total = 0.0
+    for i, s in enumerate(slots):
+        if len(s.shape_w) != 2 or s.tied_weight:  # a tied head is counted with its embedding
+            continue
+        (o1, i1), (o2, i2) = s.view_w, s.shape_w
+        if s.mod.kind == EMBEDDING:
+            heads = len((aliases or {}).get(s.targets_w[0], ()))
+            mat, fact = embedding_costs(tokens, o1, i1, i2, heads, 1, FLOP_COUNTER)
+            total += fact if i in forms else mat
+        else:
+            c = form_costs(tokens, o1, i1, o2, i2, L1 if s.layered else 1, 1, FLOP_COUNTER)
+            total += len(s.targets_w) * c[forms.get(i, "materialize")]
+    return round(total)
+
+
 def count_tokens(args, kwargs, config) -> int:
     """Tokens in this batch, from input_ids / inputs_embeds / pixel_values (1 when none is found)."""
     for key in ("input_ids", "inputs_embeds", "pixel_values"):

@@ -185,6 +185,16 @@ class LiGOModel(nn.Module):
         half = not self.lean_now(args, kwargs or {})  # lean keeps no layer's (partly) produced weight alive
         return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
 
+    def linear_step_flops(self, *args, **kwargs) -> int:
+        """FLOPs of one operator training step (forward + backward) of the large model's linear layers and
+        embeddings on this batch (the arguments of a forward call), each in the form this forward runs it
+        (:meth:`factored_plan`): factored, or produced and then run (:func:`ligo_fast.factored.step_flops`). A
+        factored layer costs less than the plain large layer. Not counted: attention scores, norms, biases and the
+        elementwise work, which growth does not change (add them as for a plain step)."""
+        forms = self.factored_plan(args, kwargs)
+        T = factored.count_tokens(args, kwargs, self.config)
+        return factored.step_flops(self.plan.slots, self.L1, T, forms, self.plan.aliases)
+
     def _factorable(self, slot) -> bool:
         scaled = slot.mod.output_scale is not None
         paths = factored.paths(slot, self.plan.aliases)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 from transformers import GPT2Config, LlamaConfig
 
+import ligo_fast
 from ligo_fast.apps import data, demo
-from ligo_fast.apps.savings import aggregate, corpus, flops, models, presets, report, results, run, schedule
+from ligo_fast.apps.savings import aggregate, axes, corpus, flops, models, presets, report, results, run, schedule
 from ligo_fast.apps.savings.train import EvalPoint
 from ligo_fast.budget import operator_budget
 
@@ -99,7 +101,38 @@ def test_production_flops_match_hand_count():
         num_attention_heads=2,
         num_key_value_heads=2,
     )
-    assert flops.operator_step_flops(cfg, 3, 4, 280) == 96768 + 3 * 280
+    assert flops.train_step_flops(cfg, 3, 4) == 96768
+
+
+def _hand_linear(T: int, L1: int, o1: int, i1: int, o2: int, i2: int, form: str) -> int:
+    """Forward + backward FLOPs of one grown linear for T tokens, by hand: factored ``((x B_in) Wmix^T) B_out^T``,
+    or the weight produced (depth mix, then the cheaper order of the two width products) and run."""
+    mix = 2 * L1 * o1 * i1
+    if form == "factored":
+        return 3 * (mix + 2 * T * i1 * (i2 - i1) + 2 * T * o1 * i1 + 2 * T * (o2 - o1) * o1)
+    rows_first = 2 * (o2 - o1) * o1 * i1 + 2 * o2 * (i2 - i1) * i1
+    cols_first = 2 * o1 * (i2 - i1) * i1 + 2 * (o2 - o1) * i2 * o1
+    return 3 * (mix + min(rows_first, cols_first)) + 3 * 2 * T * o2 * i2
+
+
+@pytest.mark.parametrize("mode", ["factored", "materialize"])
+def test_operator_step_flops_count_the_forms_that_run(mode):
+    # small L1 d6 ffn10 h2 -> large L3 d12 ffn20 h4 (untied), batch 2 x 5 tokens
+    small_cfg = models.make_config(presets.ModelSize(6, 1, 2, 10), 8)
+    large_cfg = models.make_config(presets.ModelSize(12, 3, 4, 20), 8)
+    small = models.new_model(small_cfg, 0)
+    op = ligo_fast.grow(small, large_cfg, linear_mode=mode)
+    B, S, V = 2, 5, small_cfg.vocab_size
+    T = B * S
+    per_layer = 4 * _hand_linear(T, 1, 6, 6, 12, 12, mode)  # q, k, v, o
+    per_layer += 2 * _hand_linear(T, 1, 10, 6, 20, 12, mode) + _hand_linear(T, 1, 6, 10, 12, 20, mode)  # gate, up, down
+    head = _hand_linear(T, 1, V, 6, V, 12, mode)
+    embedding = 3 * 2 * (T if mode == "factored" else V) * (12 - 6) * 6  # widen the looked-up rows / the table
+    attention = 3 * 4 * S * 12 * T * 3  # scores and weighted sum, 3 layers
+    got = flops.operator_step_flops(op, large_cfg, B, S)
+    assert got == 3 * per_layer + head + embedding + attention
+    if mode == "factored":  # cheaper than a plain large step at these few tokens
+        assert got < flops.train_step_flops(large_cfg, B, S)
 
 
 def test_cost_to_reach_interpolates_and_skips_operator_phase():
@@ -192,7 +225,9 @@ def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
     assert lines[0] == f"small pretrain 0/{total}: val {res.small_curve[0].val_loss:.3f}"
     assert lines[-1] == f"scratch {total}/{total}: val {res.methods['scratch'].final_loss:.3f}"
     fl = res.flops
-    assert fl["operator_step"] == fl["large_step"] + 3 * fl["production_forward"] > fl["large_step"]
+    # counted as it runs (the forms the operator picks), at most a plain step plus producing every weight
+    assert fl["operator_step"] == res.methods["ligo"].notes["operator_step_flops"]
+    assert 0 < fl["operator_step"] <= fl["large_step"] + 3 * fl["production_forward"]
     assert fl["small_step"] == flops.train_step_flops(models.make_config(preset.small, preset.seq_len, family), 4, 32)
     assert res.small_flops == preset.small_steps * fl["small_step"]
     assert res.operator_budget == {
@@ -240,10 +275,11 @@ def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
     png = report.plot(res, tmp_path / "out" / "plot.png")
     js = report.write_json(res, tmp_path / "out" / "data.json")
     text = md.read_text()
-    assert "pytest toy" in text and "seeds: split=0" in text and "Scratch (no growth)" in text
+    assert "pytest toy" in text and "seeds: split=0" in text and "Scratch (no growth)" in text and "speedup" in text
+    assert f"tokens per parameter: each large model {res.tokens_per_param:.2f}" in text
     assert "Verdict" in text and "Loss trace" in text and "train steps to target" in text
     assert "4 steps (33.3% of the large steps; steps" in text
-    for label in report.METHOD_LABELS.values():
+    for label in (report.METHOD_LABELS[m] for m in presets.METHODS):
         assert f"| {label} |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     summary = json.loads(js.read_text())["summary"]  # tools read these fields
@@ -417,6 +453,50 @@ def test_cli_rejects_bad_input(capsys):
         with pytest.raises(SystemExit) as e:
             demo.main(argv)
         assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_axis_presets_run_the_baselines_on_their_axes(texts, one_thread):
+    toy = presets.PRESETS["toy"]
+    split = presets.axis_presets(toy)
+    assert set(split) == {"toy-depth2", "toy-depth4", "toy-width"}
+    d2, d4, w = split["toy-depth2"], split["toy-depth4"], split["toy-width"]
+    assert (d2.large.layers, d4.large.layers, d2.large.hidden, d2.large.heads) == (2, 4, 16, 2)  # small: L1 d16 h2
+    assert (w.large.layers, w.large.hidden, w.large.heads, w.large.ffn) == (1, 32, 4, 64)
+    assert {"demo-depth2", "demo-depth4", "demo-width"} <= set(presets.PRESETS)
+    with pytest.raises(ValueError, match="'hypercloning' grows width only"):  # refused before any training
+        run.run_experiment(d2, corpus=texts, methods=["hypercloning"], progress=False)
+
+    res = run.run_experiment(d2, corpus=texts, methods=["gstack", "llama_pro"], progress=False)
+    assert list(res.methods) == ["gstack", "llama_pro", "scratch"]
+    # LLaMA-Pro's added block is the identity: the grown model is the small one; G_stack's second copy is not
+    assert res.methods["llama_pro"].notes["val_loss_grown"] == pytest.approx(res.small_loss, abs=1e-4)
+    assert abs(res.methods["gstack"].notes["val_loss_grown"] - res.small_loss) > 1e-3
+    assert res.tokens_per_param == d2.large_steps * d2.batch_size * d2.seq_len / res.large_params
+    for r in res.summary():
+        assert res.methods[r["method"]].setup_flops == 0.0
+        if r["flops"]:  # G_stack's speedup and the % saved describe the same ratio
+            assert r["speedup"] == pytest.approx(1 / (1 - r["flops_saved"]) - 1)
+        elif r["flops"] == 0:  # at the target before any training
+            assert r["speedup"] == math.inf
+
+    res_w = run.run_experiment(w, corpus=texts, methods=["hypercloning", "ligo_lossless"], progress=False)
+    assert res_w.methods["hypercloning"].notes["val_loss_grown"] == pytest.approx(res_w.small_loss, rel=0.01)
+    assert res_w.methods["ligo_lossless"].notes["operator_step_flops"] == res_w.flops["operator_step"] > 0
+
+    # the per-axis table: both metrics, wall time and tokens per parameter, read back from the JSON too
+    back = results.Result.from_json(json.loads(json.dumps(res_w.to_json())))
+    rows = axes.axis_rows([res, back], base_steps=toy.large_steps)
+    assert [(r["axis"], r["method"]) for r in rows] == [
+        ("depth 2x", "gstack"), ("depth 2x", "llama_pro"), ("depth 2x", "scratch"),
+        ("width 2x", "ligo_lossless"), ("width 2x", "hypercloning"), ("width 2x", "scratch"),
+    ]  # fmt: skip
+    hc = next(r for r in res_w.summary() if r["method"] == "hypercloning")
+    row = rows[4]
+    assert (row["saved"], row["speedup"], row["per_seed"]) == (hc["flops_saved"], hc["speedup"], {0: hc["flops_saved"]})
+    assert row["tokens_per_param"] == res_w.tokens_per_param and row["budget"] == 1
+    table = axes.format_axis_table([res, back], base_steps=toy.large_steps)
+    assert axes.axis_of(toy) == "depth 2x + width 2x"
+    assert "| speedup (mean) |" in table and "| HyperCloning |" in table and f"| {res.tokens_per_param:.2f} |" in table
 
 
 def test_pretrained_regime_small_model_is_hard_to_beat_and_the_defaults_keep_it(texts, one_thread):

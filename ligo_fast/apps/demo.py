@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .progress import on_terminal
-from .savings.presets import METHODS, PRESETS, Preset, Seeds
+from .savings.presets import ALL_METHODS, METHODS, PRESETS, Preset, Seeds
 from .savings.report import (
     SHORT_LABELS,
     format_sweep,
@@ -90,7 +90,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="large-model budgets as multiples of the preset's large steps, e.g. 0.5,1,2,4 (default 1)",
     )
     ap.add_argument("--family", choices=("llama", "gpt2"), default=None, help="model family (default: llama)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS)} (default all)")
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma list of {','.join(ALL_METHODS)} (default {','.join(METHODS)})",
+    )
     op = ap.add_mutually_exclusive_group()
     op.add_argument("--ligo-steps", type=int, default=None, help="operator steps (default: the ligo_fast.budget rule)")
     op.add_argument(

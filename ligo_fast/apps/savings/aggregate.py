@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from .presets import METHODS, OPERATOR_METHODS
+from .presets import ALL_METHODS, OPERATOR_METHODS
 from .results import Result
 
 GOAL_SAVED = 0.45
@@ -34,7 +34,7 @@ def by_budget(results: Sequence[Result]) -> dict[int, list[Result]]:
 
 def _methods(runs: Sequence[Result]) -> list[str]:
     present = set().union(*(r.methods for r in runs))
-    return [m for m in METHODS if m in present]
+    return [m for m in ALL_METHODS if m in present]
 
 
 def _saved(run: Result) -> dict[str, float | None]:

@@ -1,13 +1,14 @@
 """Analytic FLOP accounting of the experiment: a decoder-only LM's forward per token, a training step, producing
 the large weights from the small ones (one LiGO operator forward), and an operator training step.
 
-Counts only; imports only torch (``nn.Module`` for parameter shapes).
+Counts only; imports only torch (``nn.Module`` for parameter shapes; a batch's shape for the operator's forms).
 """
 
 from __future__ import annotations
 
 import re
 
+import torch
 from torch import nn
 
 
@@ -94,7 +95,15 @@ def production_flops(small_model: nn.Module, large_model: nn.Module) -> int:
     return total
 
 
-def operator_step_flops(large_config, batch_size: int, seq_len: int, produce_flops: int) -> int:
-    """One operator training step: a large forward + backward over the batch plus producing the weights
-    forward + backward (``3 * production_flops``)."""
-    return train_step_flops(large_config, batch_size, seq_len) + 3 * produce_flops
+def operator_step_flops(op_model, large_config, batch_size: int, seq_len: int) -> int:
+    """FLOPs of one operator training step as it runs: the grown linears and embeddings in the forms the operator
+    model picks for a ``batch_size x seq_len`` batch (``LiGOModel.linear_step_flops``: a factored layer costs less
+    than the plain large layer, a produced one costs its production plus the plain layer), plus the attention
+    scores, forward + backward, as in a plain step (``3 * attention * layers * tokens``)."""
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long)
+    attention = forward_flops_per_token(large_config, seq_len)["attention"] * _layers(large_config)
+    return op_model.linear_step_flops(input_ids=ids) + 3 * attention * batch_size * seq_len
+
+
+def _layers(config) -> int:
+    return config.num_hidden_layers if config.model_type == "llama" else config.n_layer

@@ -20,6 +20,10 @@ The methods (every large model then trains with the same optimizer, schedule, ba
   splitting their outgoing weights, so not function-preserving), no operator steps;
 * ``scratch``: random initialisation; it defines the target loss and is always run.
 
+Not in the default set (:data:`BASELINE_METHODS`, name them with ``methods``): the literature's baselines of
+:mod:`ligo_fast.baselines` (``gstack``, ``hypercloning``, ``llama_pro``), each its init, no operator steps; a
+baseline runs only on the axes it grows. Axis-separated presets (depth only, width only): :func:`axis_presets`.
+
 Plain data; imports only the standard library.
 """
 
@@ -30,6 +34,9 @@ from dataclasses import dataclass
 
 METHODS = ("ligo", "ligo_lossless", "lossless", "stack", "scratch")
 OPERATOR_METHODS = ("ligo", "ligo_lossless")
+BASELINE_METHODS = ("gstack", "hypercloning", "llama_pro")
+ALL_METHODS = (*METHODS[:-1], *BASELINE_METHODS, "scratch")
+"""Every method the experiment knows, in run order (scratch last)."""
 
 
 @dataclass(frozen=True)
@@ -212,3 +219,22 @@ class Seeds:
     @classmethod
     def from_base(cls, base: int) -> Seeds:
         return cls(base, base + 1, base + 2, base + 3, base + 4)
+
+
+def axis_presets(base: Preset) -> dict[str, Preset]:
+    """``base`` split by growth axis, with the same small model, budgets and seeds: ``<name>-depth2`` and
+    ``<name>-depth4`` (2x and 4x the small model's layers, its width kept), ``<name>-width`` (the large model's
+    hidden size, heads and MLP width, the small model's layers); ``base`` itself grows both."""
+    sm, lg = base.small, base.large
+    return {
+        f"{base.name}-depth2": base.replace(
+            name=f"{base.name}-depth2", large=dataclasses.replace(sm, layers=2 * sm.layers)
+        ),
+        f"{base.name}-depth4": base.replace(
+            name=f"{base.name}-depth4", large=dataclasses.replace(sm, layers=4 * sm.layers)
+        ),
+        f"{base.name}-width": base.replace(name=f"{base.name}-width", large=dataclasses.replace(lg, layers=sm.layers)),
+    }
+
+
+PRESETS.update(axis_presets(PRESETS["demo"]))

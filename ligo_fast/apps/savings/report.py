@@ -23,6 +23,9 @@ METHOD_LABELS = {
     "ligo_lossless": "LiGO (lossless init: operator + materialise)",
     "lossless": "Lossless expansion (no operator)",
     "stack": "Stacking (stackbert + sel, no operator)",
+    "gstack": "G_stack (stack duplication + noisy width copy, no operator)",
+    "hypercloning": "HyperCloning (noisy width copy, no operator)",
+    "llama_pro": "LLaMA-Pro (identity blocks, no operator)",
     "scratch": "Scratch (no growth)",
 }
 SHORT_LABELS = {
@@ -30,6 +33,9 @@ SHORT_LABELS = {
     "ligo_lossless": "LiGO (lossless init)",
     "lossless": "lossless",
     "stack": "stacking",
+    "gstack": "G_stack",
+    "hypercloning": "HyperCloning",
+    "llama_pro": "LLaMA-Pro",
     "scratch": "scratch",
 }
 COLORS = {
@@ -37,6 +43,9 @@ COLORS = {
     "ligo_lossless": "tab:purple",
     "lossless": "tab:orange",
     "stack": "tab:blue",
+    "gstack": "tab:green",
+    "hypercloning": "tab:olive",
+    "llama_pro": "tab:cyan",
     "scratch": "tab:gray",
 }
 
@@ -103,8 +112,9 @@ def format_table(result: Result) -> str:
     """The markdown results table (one row per method)."""
     head = (
         "| method | operator steps (FLOPs share) | loss at step 0 | final val loss | train steps to target "
-        "| FLOPs to target | saved | FLOPs incl. small | saved | wall to target | saved | wall incl. small | saved |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| FLOPs to target | saved | speedup | FLOPs incl. small | saved | wall to target | saved | wall incl. small "
+        "| saved |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in result.summary():
@@ -112,7 +122,8 @@ def format_table(result: Result) -> str:
         op = f"{r['operator_steps']} ({100 * r['operator_share']:.1f}%)" if r["method"] in OPERATOR_METHODS else "-"
         lines.append(
             f"| {METHOD_LABELS[r['method']]} | {op} | {r['val_loss_start']:.4f} | {r['final_loss']:.4f} | {steps} "
-            f"| {_fmt_flops(r['flops'])} | {_fmt_pct(r['flops_saved'])} | {_fmt_flops(r['flops_with_small'])} "
+            f"| {_fmt_flops(r['flops'])} | {_fmt_pct(r['flops_saved'])} | {_fmt_pct(r['speedup'])} "
+            f"| {_fmt_flops(r['flops_with_small'])} "
             f"| {_fmt_pct(r['flops_with_small_saved'])} | {_fmt_s(r['wall_s'])} | {_fmt_pct(r['wall_s_saved'])} "
             f"| {_fmt_s(r['wall_with_small'])} | {_fmt_pct(r['wall_with_small_saved'])} |"
         )
@@ -135,6 +146,8 @@ def _setup_lines(result: Result, command: str) -> list[str]:
         f"- model family: {result.family}; small: L{sm.layers} d{sm.hidden} h{sm.heads} ffn{sm.ffn} "
         f"({result.small_params / 1e6:.2f}M params) -> large: L{lg.layers} d{lg.hidden} h{lg.heads} ffn{lg.ffn} "
         f"({result.large_params / 1e6:.2f}M params)",
+        f"- tokens per parameter: each large model {result.tokens_per_param:.2f} "
+        f"({p.large_steps * p.batch_size * p.seq_len:,} tokens / {result.large_params:,} params)",
         f"- budget: small {p.small_steps} steps; each large model {p.large_steps} steps of "
         f"{p.batch_size}x{p.seq_len} tokens (AdamW lr {p.lr}, wd {p.weight_decay}, warm-up {p.warmup_frac:.0%}, "
         f"cosine to {p.min_lr_frac:.0%}); grown models' schedule `{p.grown_schedule}` (warm-up {gs.get('warmup')} "
@@ -158,7 +171,8 @@ def write_table(result: Result, path: str | os.PathLike, command: str = "") -> P
         format_table(result),
         f"**Verdict:** {verdict(result)}\n",
         "Costs are to the *first* evaluation at or below the target (linear interpolation between evaluations, "
-        f"every {p.eval_every} steps). 'saved' is relative to scratch's cost to the same target. The LiGO "
+        f"every {p.eval_every} steps). 'saved' is relative to scratch's cost to the same target (LiGO's and "
+        "LEMON's metric); 'speedup' is scratch's FLOPs over the method's, minus 1 (G_stack's metric). The LiGO "
         "rows include their operator steps; 'incl. small' adds the small model's pretraining "
         f"({_fmt_flops(result.small_flops)}, {result.small_wall_s:.1f} s) to the growth methods. Wall time "
         "counts training steps, growth and materialisation, not evaluation. 'loss at step 0': the large model's "
@@ -188,8 +202,10 @@ def write_table(result: Result, path: str | os.PathLike, command: str = "") -> P
         "Forward FLOPs per token per layer: Q/K/V/O projections `2*d*a + 4*d*k + 2*a*d`, attention scores and "
         "weighted sum `4*T*a` (full TxT, no causal discount), MLP `3*2*d*f` (SwiGLU; GPT-2 `2*2*d*f`); plus "
         "the LM head `2*d*V` once. A training step is forward + backward = 3x forward over all tokens. An "
-        "operator step is a large training step plus 3x the weight production (depth mix `2*L1*o1*i1`, new rows "
-        "`2*(o2-o1)*o1*i1`, new columns `2*o2*(i2-i1)*i1` per produced tensor). Not counted: embeddings, norms, "
+        "operator step is counted as it runs (`LiGOModel.linear_step_flops`): each grown linear in the form the "
+        "operator picks for the batch, factored (`x B_in`, the small product, `B_out`: less than the plain layer) "
+        "or produced (depth mix `2*L1*o1*i1`, new rows `2*(o2-o1)*o1*i1`, new columns `2*o2*(i2-i1)*i1`) and run, "
+        "3x for forward + backward, plus the attention as in a plain step. Not counted: embeddings, norms, "
         "RoPE, elementwise ops, optimizer updates.\n",
         "| | qkvo/layer | attention/layer | mlp/layer | head | forward/token | train step |",
         "|---|---|---|---|---|---|---|",
@@ -197,7 +213,10 @@ def write_table(result: Result, path: str | os.PathLike, command: str = "") -> P
         f"| {fl['small_step']:,} |",
         f"| large | {lp['qkvo']:,} | {lp['attention']:,} | {lp['mlp']:,} | {lp['head']:,} | {lp['total']:,} "
         f"| {fl['large_step']:,} |",
-        f"\nOperator step: {fl['operator_step']:,} FLOPs (weight production forward {fl['production_forward']:,}).",
+        f"\nOperator step: {fl['operator_step']:,} FLOPs as run ({fl['operator_step'] / fl['large_step']:.2f}x a "
+        f"large step; weight production forward {fl['production_forward']:,})."
+        if fl["operator_step"]
+        else "\nNo operator method was run.",
     ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

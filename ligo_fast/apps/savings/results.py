@@ -7,6 +7,7 @@ Imports torch and transformers (versions, devices), :mod:`.presets` and :class:`
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import time
@@ -75,6 +76,12 @@ class Result:
         return self.methods["scratch"].final_loss
 
     @property
+    def tokens_per_param(self) -> float:
+        """Training tokens of each large model per large-model parameter (the operator's steps not included)."""
+        p = self.preset
+        return p.large_steps * p.batch_size * p.seq_len / self.large_params
+
+    @property
     def small_loss(self) -> float:
         """The small model's validation loss after pretraining."""
         return self.small_curve[-1].val_loss
@@ -116,6 +123,15 @@ class Result:
             r["operator_share"] = r["setup_flops"] / budget_flops
             for k in ("flops", "wall_s", "flops_with_small", "wall_with_small"):
                 r[k + "_saved"] = None if r[k] is None or not base[k] else 1.0 - r[k] / base[k]
+            # G_stack's metric: scratch's FLOPs over the method's, minus 1
+            # (infinite for a grown model already at the target when its training starts)
+            r["speedup"] = (
+                None
+                if r["flops"] is None or not base["flops"]
+                else base["flops"] / r["flops"] - 1.0
+                if r["flops"]
+                else math.inf
+            )
         return rows
 
     def to_json(self) -> dict:

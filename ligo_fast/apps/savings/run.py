@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 import ligo_fast
+from ligo_fast.baselines import BASELINES, check_baseline
 from ligo_fast.budget import OperatorBudget, operator_budget
 
 from ..data import validation_windows
@@ -44,7 +45,7 @@ from ..progress import Progress
 from .corpus import load_corpus
 from .flops import forward_flops_per_token, operator_step_flops, production_flops, train_step_flops
 from .models import make_config, model_class, new_model, param_count
-from .presets import METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
+from .presets import ALL_METHODS, METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
 from .results import MethodResult, Result, run_metadata
 from .schedule import grown_schedule, operator_schedule, run_schedule
 from .train import EvalPoint, evaluate, sync, train
@@ -70,16 +71,18 @@ def grow_options(method: str, p: Preset) -> dict | None:
         "ligo_lossless": lossless,
         "lossless": lossless,
         "stack": {"depth_init": "stackbert", "width_init": "sel"},
+        **{name: b.options for name, b in BASELINES.items()},
         "scratch": None,
     }[method]
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
-    """``methods`` in :data:`METHODS` order, with ``scratch`` added (it defines the target); unknown names raise."""
-    bad = sorted(set(methods) - set(METHODS))
+    """``methods`` in :data:`ALL_METHODS` order, with ``scratch`` added (it defines the target); unknown names
+    raise."""
+    bad = sorted(set(methods) - set(ALL_METHODS))
     if bad:
-        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in set(methods) | {"scratch"}]
+        raise ValueError(f"unknown method(s) {', '.join(bad)}; choose from {', '.join(ALL_METHODS)}")
+    return [m for m in ALL_METHODS if m in set(methods) | {"scratch"}]
 
 
 def run_experiment(
@@ -124,6 +127,8 @@ def run_experiment(
     val = validation_windows(data.val, p.eval_batches * p.batch_size, p.seq_len + 1)
     small_cfg = make_config(p.small, p.seq_len, family)
     large_cfg = make_config(p.large, p.seq_len, family)
+    for name in set(methods) & set(BASELINES):  # a baseline grows only its axes: refuse before any training
+        check_baseline(name, small_cfg, large_cfg)
     common = dict(batch_size=p.batch_size, seq_len=p.seq_len)
 
     small_step = train_step_flops(small_cfg, p.batch_size, p.seq_len)
@@ -159,7 +164,7 @@ def run_experiment(
     large_params = param_count(blank_large)
     produce = production_flops(small, blank_large)
     del blank_large
-    op_step = operator_step_flops(large_cfg, p.batch_size, p.seq_len, produce)
+    op_step = 0  # one operator step's FLOPs in the forms it runs (per method: its notes; here the last one's)
     results: dict[str, MethodResult] = {}
 
     for name in methods:
@@ -182,6 +187,7 @@ def run_experiment(
             grow_wall = time.perf_counter() - t0
             op_params = [q for q in op_model.parameters() if q.requires_grad]
             op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
+            op_step = notes["operator_step_flops"] = operator_step_flops(op_model, large_cfg, p.batch_size, p.seq_len)
             op_budget = budget_of(p, op_model.preserved_width)  # same steps; lr by the start (ligo_fast.budget)
             notes["operator_lr"] = op_budget.lr
             pbar.set_description(f"{name} operator")

@@ -108,6 +108,19 @@ def qk_norm_configs(name: str, *, d, heads, kv, layers, ffn, tie=False, head_dim
     )  # fmt: skip
 
 
+def cli_small_config() -> T.LlamaConfig:
+    """The command-line tests' small model: a byte-level (260 tokens) Llama of width 16, 2 layers, GQA 2/1."""
+    return T.LlamaConfig(
+        vocab_size=260,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+
+
 def build(name: str, config, seed: int = 0) -> torch.nn.Module:
     """A model of class ``name`` whose every parameter is perturbed off HF's init (biases start at zero there)."""
     model = getattr(T, name)(config).eval()

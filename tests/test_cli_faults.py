@@ -31,6 +31,7 @@ import sys
 import pytest
 import torch
 import transformers as T
+from _models import cli_small_config
 from safetensors.torch import load_file
 
 from ligo_fast import serialization
@@ -39,15 +40,7 @@ from ligo_fast.apps import checkpoints, cli, outputs, training
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 TRIALS = {"fresh": 18, "rewrite": 12}
-SMALL = T.LlamaConfig(
-    vocab_size=260,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=32,
-)
+SMALL = cli_small_config()
 ARGS = ["--batch-size", "2", "--seq-len", "8", "--save-every", "2", "--no-progress", "--device", "cpu"]
 
 

@@ -17,21 +17,14 @@ import time
 import pytest
 import torch
 import transformers as T
+from _models import cli_small_config
 from safetensors.torch import load_file, save_file
 
 import ligo_fast
 from ligo_fast.apps import cli, training
 
-VOCAB = 260
-SMALL = T.LlamaConfig(
-    vocab_size=VOCAB,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=32,
-)
+SMALL = cli_small_config()
+VOCAB = SMALL.vocab_size
 LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
 ARGS = ["--batch-size", "2", "--seq-len", "8", "--save-every", "2", "--log-every", "2", "--no-progress"]
 ARGS += ["--device", "cpu"]

@@ -13,20 +13,12 @@ import sys
 import pytest
 import torch
 import transformers as T
-from _models import build, configs
+from _models import build, cli_small_config, configs
 
 import ligo_fast
 from ligo_fast.apps import cli, commands, errors
 
-SMALL = T.LlamaConfig(
-    vocab_size=260,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=32,
-)
+SMALL = cli_small_config()
 LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
 
 

@@ -92,10 +92,12 @@ class LiGOModel(nn.Module):
         small_shapes = {k: tuple(v.shape) for k, v in small_sd.items()}
         L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
         # the memory budget, read once per device (the first here): every memory decision is a function of it
-        budgets = {str(ref.device): memory_budget(ref.device, config.memory_budget)}
+        budget = memory_budget(ref.device, config.memory_budget)
         # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
-        budget = budgets[str(ref.device)]
-        early = plan_growth(small_model, large_config, config, device=ref.device, chunk=1, budget=budget)
+        early = _growth_estimate(
+            arch, hf_class, small_shapes, L1, large_config, config, elem=ref.element_size(), device=ref.device,
+            chunk=1, budget=budget,
+        )  # fmt: skip
         ensure_fits(early, f"growing {hf_class.__name__} to {L2} layers")
         with empty_parameters():  # parameters on meta: the produced ones are never allocated
             large = hf_class(large_config)
@@ -125,7 +127,7 @@ class LiGOModel(nn.Module):
         for p in large.parameters():
             p.requires_grad_(False)
         self.large = large
-        self._budgets: dict[str, tuple[int, str]] = budgets  # device -> (bytes, source)
+        self._budgets: dict[str, tuple[int, str]] = {str(ref.device): budget}  # device -> (bytes, source)
         self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
@@ -513,12 +515,26 @@ def plan_growth(
     check_family(arch, large_config)
     arch = arch.for_configs(small_model.config, large_config)
     small_shapes = {k: tuple(v.shape) for k, v in small_model.state_dict().items()}
-    L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
-    large_shapes = _shapes_for_layers(type(small_model), large_config, arch, L2)
-    plan = build_plan(arch, small_shapes, large_shapes, [], L1, L2, config)
-    elem = next(small_model.parameters()).element_size()
     device = torch.device(device)
-    available, source = budget if budget is not None else memory_budget(device, config.memory_budget)
+    budget = budget if budget is not None else memory_budget(device, config.memory_budget)
+    elem = next(small_model.parameters()).element_size()
+    return _growth_estimate(
+        arch, type(small_model), small_shapes, arch.num_layers(small_model.config), large_config, config,
+        elem=elem, device=device, chunk=chunk, budget=budget, tokens=tokens, seq_len=seq_len,
+    )  # fmt: skip
+
+
+def _growth_estimate(
+    arch: Arch, hf_class: type, small_shapes: dict, L1: int, large_config, config: LiGOConfig, *, elem: int,
+    device: torch.device, chunk: int | None, budget: tuple[int, str], tokens: int = 0, seq_len: int = 0,
+) -> MemoryPlan:  # fmt: skip
+    """:func:`plan_growth` from what the caller already has (the family resolved for both configs, the small
+    shapes and layer count): also :class:`LiGOModel`'s early refusal, which has them (no second pass over the
+    small model's state)."""
+    L2 = arch.num_layers(large_config)
+    large_shapes = _shapes_for_layers(hf_class, large_config, arch, L2)
+    plan = build_plan(arch, small_shapes, large_shapes, [], L1, L2, config)
+    available, source = budget
     return estimate(
         plan, large_config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=0, device=device,
         chunk=default_chunk(L2) if chunk is None else chunk, available=available, source=source,

@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", choices=("cli", "callback"), action="append", default=[])
     ap.add_argument("--exact-start", action="store_true", help="also the step-0 loss without the init's noise")
     ap.add_argument("--json", default=None, help="write the numbers here")
+    ap.add_argument("--select", choices=("best", "last"), default="best", help="the CLI's --select (default best)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
                 (tmp / "data" / f.name).write_text(f.read_text(errors="replace"))
             argv = ["grow", "--small", str(tmp / "small"), "--large-config", str(tmp / "large.json"), "--data",
                     str(tmp / "data"), "--out", str(tmp / "out"), "--steps", str(a.steps), "--batch-size",
-                    str(a.batch_size), "--seq-len", str(a.seq_len), "--no-progress", "--log-every", "1"]  # fmt: skip
+                    str(a.batch_size), "--seq-len", str(a.seq_len), "--no-progress", "--log-every", "1",
+                    "--select", a.select]  # fmt: skip
             res["cli_command"] = "ligo-fast " + " ".join(argv)
             t = time.perf_counter()
             rc = cli.main(argv)

@@ -9,7 +9,8 @@ rate ``large_lr``:
   function-preserving init; ``preserved_width`` is the small model's hidden width): continued training of a
   pretrained model; ``large_lr`` (the official code's choice) when it does not (``preserved_width`` None);
 * **warmup** = ``ceil(OPERATOR_WARMUP_SHARE * steps)``: a linear warm-up over the first tenth of the operator's
-  steps (the caller decays after it, as it decays the large model).
+  steps (the caller decays after it, as it decays the large model); from a function-preserving start at least
+  ``min(steps, MIN_CONTINUED_WARMUP)`` steps.
 
 Why (stated before any result of this rule was measured):
 
@@ -43,6 +44,12 @@ Why (stated before any result of this rule was measured):
 * *A tenth as warm-up.* The operator's optimizer starts fresh, and its first Adam steps have the full size of the
   learning rate whatever the gradient's magnitude; a short ramp keeps those steps small while the moment estimates
   settle, as the large model's own warm-up does (its schedule, not the operator's, is the caller's).
+* *At least 10 warm-up steps from a function-preserving start* (bounded by the budget): a tenth of a short budget is
+  one step, i.e. no warm-up, and an un-warmed first Adam step of full size can destroy the pretrained function the
+  start preserves. The variance of Adam's adaptive step stays large until its second moment has averaged many
+  gradients (Liu et al., ICLR 2020), and an untuned warm-up of ``2 / (1 - beta2)`` steps is recommended for it (Ma &
+  Yarats, AAAI 2021): longer than any operator budget, so the floor is the shortest horizon with a reason, Adam's
+  first-moment horizon ``1 / (1 - beta1)`` = 10 steps (as for the step floor). The official inits keep a tenth.
 
 Overrides: ``fraction`` (a share of ``large_steps``, used as given: no floor, no cap) or ``steps`` (an absolute
 count; 0 means no operator training); at most one of them. Results measured with this rule, and every variant tried,
@@ -64,6 +71,8 @@ MAX_OPERATOR_STEPS = 100
 """Cap of the default rule (the paper's operator steps)."""
 OPERATOR_WARMUP_SHARE = 0.1
 """Linear warm-up of the operator, as a share of its steps (rounded up)."""
+MIN_CONTINUED_WARMUP = 10
+"""Floor of the warm-up from a function-preserving start (Adam's first-moment horizon), at most the steps."""
 
 
 @dataclass(frozen=True)
@@ -158,4 +167,7 @@ def operator_budget(
         n = math.floor(OPERATOR_FRACTION * large_steps + 0.5)
         n, source = min(MAX_OPERATOR_STEPS, max(MIN_OPERATOR_STEPS, n)), "rule"
     rule = "large" if preserved_width is None else "continued"
-    return OperatorBudget(n, lr, math.ceil(OPERATOR_WARMUP_SHARE * n), large_steps, source, rule)
+    warmup = math.ceil(OPERATOR_WARMUP_SHARE * n)
+    if rule == "continued":
+        warmup = max(warmup, min(n, MIN_CONTINUED_WARMUP))
+    return OperatorBudget(n, lr, warmup, large_steps, source, rule)

@@ -33,7 +33,17 @@ def test_default_rule(large_steps, steps):
 
 def test_the_constants_are_the_documented_ones():
     assert (budget.OPERATOR_FRACTION, budget.MIN_OPERATOR_STEPS, budget.MAX_OPERATOR_STEPS) == (0.05, 10, 100)
-    assert budget.OPERATOR_WARMUP_SHARE == 0.1
+    assert (budget.OPERATOR_WARMUP_SHARE, budget.MIN_CONTINUED_WARMUP) == (0.1, 10)
+
+
+@pytest.mark.parametrize(
+    "steps, warmup",
+    [(0, 0), (1, 1), (4, 4), (10, 10), (11, 10), (37, 10), (100, 10), (101, 11), (300, 30)],
+)
+def test_function_preserving_start_warms_up_at_least_10_steps_within_the_budget(steps, warmup):
+    b = operator_budget(400, 3e-4, steps=steps, preserved_width=640)
+    assert (b.steps, b.warmup, b.lr_rule) == (steps, warmup, "continued")
+    assert operator_budget(400, 3e-4, steps=steps).warmup == -(-steps // 10)  # the official inits: a tenth
 
 
 def test_fraction_override_has_no_floor_and_no_cap():
@@ -57,7 +67,7 @@ def test_describe_names_share_and_source():
         "20 operator steps (5.0% of 400 large steps; rule), lr 0.002 (large), warm-up 2"
     )
     assert operator_budget(400, 3e-4, preserved_width=576).describe() == (
-        "20 operator steps (5.0% of 400 large steps; rule), lr 1.25e-05 (continued), warm-up 2"
+        "20 operator steps (5.0% of 400 large steps; rule), lr 1.25e-05 (continued), warm-up 10"
     )
 
 
@@ -65,7 +75,8 @@ def test_describe_names_share_and_source():
 def test_continued_training_lr_from_a_function_preserving_start(width):
     b = operator_budget(400, 3e-4, preserved_width=width)
     assert b.lr == pytest.approx(3e-4 / math.sqrt(width), rel=1e-12) and b.lr_rule == "continued"
-    assert (b.steps, b.warmup, b.source) == (20, 2, "rule")  # the steps and warm-up do not depend on the start
+    assert (b.steps, b.warmup, b.source) == (20, 10, "rule")  # the steps do not depend on the start; the warm-up
+    # has a floor of 10 steps from a function-preserving start
     assert budget.operator_lr(3e-4, width) == b.lr
     official = operator_budget(400, 3e-4)
     assert (official.lr, official.lr_rule) == (3e-4, "large") and budget.operator_lr(3e-4) == 3e-4

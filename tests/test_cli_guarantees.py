@@ -271,9 +271,9 @@ def test_f5_resume_with_the_small_path_spelled_otherwise(fx, ref, tmp_path, caps
     path = old / "checkpoint" / "step-00000004" / "trainer.pt"
     state = torch.load(path, weights_only=True)
     state["run"]["large_config"]["_name_or_path"] = "small"
-    del state["run"]["warmup"]  # older runs had a constant learning rate (4 steps: the default warm-up is none)
+    del state["run"]["warmup"]  # older runs had a constant learning rate: the same as --warmup 0
     torch.save(state, path)
-    assert cli.main(grow_argv(fx, old)) == 0
+    assert cli.main([*grow_argv(fx, old), "--warmup", "0"]) == 0
     assert "already holds 4 finished steps" in capsys.readouterr().out
     same(operator(old), operator(ref))
 
@@ -511,13 +511,16 @@ def test_14_3_warmup_is_linear_then_constant_and_recorded(fx, ref):
     assert [lr(k) for k in range(1, 7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert training.warmup_lr(0.5, 0)(1) == 0.5
     state = torch.load(ref / "checkpoint" / "step-00000004" / "trainer.pt", weights_only=True)
-    assert state["run"]["warmup"] == 0  # a tenth of 4 steps, rounded up: 1 step, which is no warm-up
+    assert state["run"]["warmup"] == 4  # from the default (function-preserving) start: at least 10, at most all 4
     args = cli.build_parser().parse_args(grow_argv(fx, "x", steps=100))
     from ligo_fast.apps import commands
 
     assert commands.schedule(args) == commands.Schedule(100, 3e-4, 10)  # ligo_fast.budget: a tenth as warm-up
     # from a function-preserving start (the default inits) the continued-training lr: --large-lr / sqrt(width)
     assert commands.schedule(args, 16) == commands.Schedule(100, 3e-4 / 4, 10)
+    short = cli.build_parser().parse_args(grow_argv(fx, "x", steps=4))
+    assert commands.schedule(short) == commands.Schedule(4, 3e-4, 0)  # an official init: a tenth, 1 step: none
+    assert commands.schedule(short, 16) == commands.Schedule(4, 3e-4 / 4, 4)  # preserved: the whole budget
     args.lr = 0.01  # --lr overrides the rule's lr only
     assert commands.schedule(args, 16) == commands.Schedule(100, 0.01, 10)
     no_steps = grow_argv(fx, "x")

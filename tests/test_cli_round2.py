@@ -283,12 +283,13 @@ def test_n18_a_full_disk_while_continuing_keeps_the_previous_outputs(fx, ref, tm
         return real_save(tensors, path, *a, **k)
 
     monkeypatch.setattr(ligo_fast.serialization, "save_file", full)
-    rc = cli.main(grow_argv(fx, out, "--keep-checkpoints", steps=6))
+    more = ("--keep-checkpoints", "--warmup", "4")  # the 4-step run's warm-up (the default's is the budget's)
+    rc = cli.main(grow_argv(fx, out, *more, steps=6))
     monkeypatch.undo()
     one_line_error(capsys, 1, rc, "no space left on device")
     m = outputs.check_outputs(out)
     assert m is not None and m["step"] == 4
     same(operator(out), operator(ref))
-    assert cli.main(grow_argv(fx, out, "--keep-checkpoints", steps=6)) == 0
+    assert cli.main(grow_argv(fx, out, *more, steps=6)) == 0
     assert "already holds 6 finished steps" in capsys.readouterr().out
     assert outputs.check_outputs(out)["step"] == 6

@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers as T
 
+import ligo_fast
 from ligo_fast import guard
 from ligo_fast.apps import cli, commands
 from ligo_fast.guard import RiseGuard, worse_than_small
@@ -106,11 +107,60 @@ def test_cli_warns_about_a_rise_and_records_a_worse_model(fx, tmp_path, capsys, 
 
 def test_cli_official_init_at_a_huge_lr_is_reported_worse(fx, tmp_path, capsys):
     """Unpatched: the issue's failure, an official init trained at a far too high lr (0.3; 3 diverges), ends worse
-    than the small model (5.90 against 5.58 here) and says so, instead of writing a silent success."""
+    than the small model (5.90 against 5.58 here) and says so, instead of writing a silent success (``--select last``:
+    the default ``best`` writes the start instead, tested above)."""
     argv = _grow(fx, tmp_path / "out", "--depth-init", "stackbert_noisy", "--width-init", "rand", "--lr", "0.3")
-    assert cli.main([*argv, "--warmup", "0"]) == 0
+    assert cli.main([*argv, "--warmup", "0", "--select", "last"]) == 0  # (best would write the start here)
     assert "WARNING: the grown model is worse than the small model" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "ligo_fast_outputs.json").read_text())["eval"]["worse_than_small"] is True
+
+
+def _manifest_eval(out) -> dict:
+    return json.loads((out / "ligo_fast_outputs.json").read_text())["eval"]
+
+
+def _written_equals_the_start(fx, out) -> bool:
+    small = T.LlamaForCausalLM.from_pretrained(fx / "small")
+    written = ligo_fast.load_operator(out, small)
+    start = ligo_fast.grow(small, ligo_fast.large_config(small.config, **LARGE), seed=0)
+    return all(torch.equal(p, dict(start.named_parameters())[n]) for n, p in written.named_parameters())
+
+
+def test_cli_select_best_writes_the_start_when_training_made_it_worse(fx, tmp_path, capsys):
+    """The exact default start trained at a destructive lr (1, no warm-up; 3 diverges) ends worse than it started:
+    --select best (the default) writes the start instead, says so in one line and records both losses."""
+    assert cli.main(_grow(fx, tmp_path / "out", "--lr", "1", "--warmup", "0")) == 0
+    err = capsys.readouterr().err
+    ev = _manifest_eval(tmp_path / "out")
+    assert ev["selected"] == "start" and ev["trained"] > ev["grown_start"] * 1.01
+    assert ev["grown"] == ev["grown_start"] == pytest.approx(ev["small"], rel=1e-4) and not ev["worse_than_small"]
+    lines = [ln for ln in err.splitlines() if "writing the start" in ln]
+    assert len(lines) == 1 and "WARNING: the grown model is worse" not in err
+    assert _written_equals_the_start(fx, tmp_path / "out")
+
+
+def test_cli_select_last_writes_the_trained_operator(fx, tmp_path, capsys):
+    assert cli.main(_grow(fx, tmp_path / "out", "--lr", "1", "--warmup", "0", "--select", "last")) == 0
+    ev = _manifest_eval(tmp_path / "out")
+    assert ev["selected"] == "last" and ev["grown"] == ev["trained"] > ev["grown_start"] * 1.01
+    assert ev["worse_than_small"] and "WARNING: the grown model is worse" in capsys.readouterr().err
+    assert not _written_equals_the_start(fx, tmp_path / "out")
+
+
+def test_cli_select_best_keeps_a_trained_operator_that_improved(fx, tmp_path):
+    assert cli.main(_grow(fx, tmp_path / "out", "--lr", "3e-3")) == 0
+    ev = _manifest_eval(tmp_path / "out")
+    assert ev["selected"] == "last" and ev["grown"] == ev["trained"] <= ev["grown_start"]
+    assert not _written_equals_the_start(fx, tmp_path / "out")
+
+
+def test_cli_select_best_after_a_resume_evaluates_the_start_when_worse_than_small(fx, tmp_path, capsys):
+    argv = _grow(fx, tmp_path / "out", "--lr", "1", "--warmup", "0")
+    assert cli.main([*argv, "--max-steps-this-run", "2"]) == 0
+    assert cli.main(argv) == 0  # resumed at step 2: no start loss of its own
+    ev = _manifest_eval(tmp_path / "out")
+    assert ev["selected"] == "start" and ev["grown"] == pytest.approx(ev["small"], rel=1e-4)
+    assert ev["trained"] > ev["grown"] * 1.01 and _written_equals_the_start(fx, tmp_path / "out")
 
 
 # ---------------------------------------------------------------------------------------------- GrowthCallback

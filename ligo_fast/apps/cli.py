@@ -10,7 +10,8 @@ its ``config.json``; a ``*ForCausalLM``/``*LMHeadModel`` or ``*ForMaskedLM`` cla
 JSON file (a full HF ``config.json``, or only the fields that change: the others are taken from the small config,
 except those the config class derives from other fields, such as Llama's ``head_dim``), trains the LiGO operator
 with AdamW for the budget of :func:`ligo_fast.budget.operator_budget` (``--steps``: 5% of ``--large-steps`` within
-[10, 100], or 100 when ``--large-steps`` is not given; a linear warm-up over a tenth of them, then a constant
+[10, 100], or 100 when ``--large-steps`` is not given; a linear warm-up over a tenth of them (at least 10, at most all
+of them, from a function-preserving start), then a constant
 learning rate: ``--lr``, by default the rule's from ``--large-lr``, divided by the square root of the small width
 when the start is function-preserving, as the default inits ``lossless``/``lossless`` are),
 and writes into ``--out`` the operator (``operator.safetensors`` + ``ligo_config.json``), the materialised large
@@ -23,6 +24,11 @@ windows of the data (:data:`.commands.EVAL_WINDOWS` evenly spaced windows; the t
 same text, so this is an evaluation on the training text, not a held-out one); a grown model worse than the small
 one is reported on stderr as a warning and recorded in the manifest (``eval.worse_than_small``: true); the outputs
 are still written and the exit code stays 0 (the model is the user's to inspect; scripts read the manifest).
+``--select best`` (the default) writes the better of the operator's start and its trained end on those windows
+(as ``transformers``' ``load_best_model_at_end``): when training made the evaluation loss worse than the start, the
+start is written, one line says so, and the manifest records it (``eval.selected``: ``start``, with the trained
+operator's loss in ``eval.trained``); from an exact (function-preserving) start the written model is then no worse
+than the small one on those windows. ``--select last`` writes the trained operator whatever its loss.
 
 Data: text files (directories are read recursively; binary files in them are skipped with a warning, named
 binary files refused), concatenated in sorted order. Tokens come from the small model's tokenizer when its
@@ -136,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="STEPS",
-        help="linear learning-rate warm-up steps (default: a tenth of --steps, rounded up)",
+        help="linear learning-rate warm-up steps (default: a tenth of --steps, rounded up; at least 10, at most "
+        "--steps, from a function-preserving start)",
     )
     g.add_argument("--batch-size", type=int, default=8, help="sequences per step (default 8)")
     g.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
@@ -167,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="keep the newest N checkpoints while training (default 2: the newest and one to fall back on) and keep "
         "them after a finished run (without this option they are removed once the outputs are written)",
+    )
+    g.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default="best",
+        help="which operator to write: best (default): of the operator's start and its trained end, the one with "
+        "the lower evaluation loss (said in one line and recorded in the manifest); last: the trained one",
     )
     g.add_argument(
         "--restart",

@@ -169,8 +169,12 @@ def cmd_grow(args) -> int:
     eval_batch = {"input_ids": windows, "labels": windows.clone()}
     if mask_id is not None:
         eval_batch = data.mask_tokens(windows, mask_id, torch.Generator().manual_seed(args.seed))
+
+    def start() -> torch.nn.Module:  # the operator's start again (deterministic: same inputs, same seed)
+        return ligo_fast.grow(small, large_cfg, **options).to(device)
+
     with _locked(out):
-        job = _Job(args, model, optimizer, run, small, tokenizer, batch_at, sched, eval_batch)
+        job = _Job(args, model, optimizer, run, small, tokenizer, batch_at, sched, eval_batch, start)
         return _grow_into(out, job)
 
 
@@ -218,7 +222,8 @@ def _locked(out: Path) -> Iterator[None]:
 @dataclass(frozen=True)
 class _Job:
     """What ``grow`` prepared before taking the lock of ``--out``: the parsed arguments, the grown model and its
-    optimizer, the run record, the small model, its tokenizer, the batches, the schedule and the evaluation batch."""
+    optimizer, the run record, the small model, its tokenizer, the batches, the schedule, the evaluation batch and
+    how to build the operator's start again (``--select best``)."""
 
     args: argparse.Namespace
     model: object
@@ -229,6 +234,7 @@ class _Job:
     batch_at: Callable[[int], dict]
     sched: Schedule
     eval_batch: dict
+    start: Callable[[], torch.nn.Module]
 
 
 def _grow_into(out: Path, job: _Job) -> int:
@@ -347,9 +353,12 @@ def _train(out: Path, job: _Job, step: int, ckpt) -> int:
             f"stopped after step {end.step} of {sched.steps} (--max-steps-this-run); rerun the same command to resume"
         )
         return 0
-    grown_loss = eval_loss(model, eval_batch, device)
+    trained_loss = eval_loss(model, eval_batch, device)
+    start_loss, selected = _select(job, small_loss, start_loss, trained_loss)
+    grown_loss = start_loss if selected == "start" else trained_loss
     worse = guard.worse_than_small(small_loss, grown_loss)
     evaluation = {"windows": EVAL_WINDOWS, "small": small_loss, "grown": grown_loss, "worse_than_small": bool(worse)}
+    evaluation.update(trained=trained_loss, selected=selected)
     if start_loss is not None:
         evaluation["grown_start"] = start_loss
     model.eval()
@@ -364,6 +373,32 @@ def _train(out: Path, job: _Job, step: int, ckpt) -> int:
     if worse:
         print(f"{PROG} grow: WARNING: {worse} (recorded in {outputs.MANIFEST}: eval.worse_than_small)", file=sys.stderr)
     return 0
+
+
+def _select(job: _Job, small_loss: float, start_loss: float | None, trained_loss: float) -> tuple[float | None, str]:
+    """``--select``: ``(start_loss, "start")`` after putting the operator's start back into ``job.model`` when the
+    start evaluates lower than the trained operator (``best``), else ``(start_loss, "last")``. A resumed run has
+    not evaluated its start: it is evaluated only when the trained operator is worse than the small model."""
+    if job.args.select != "best" or job.sched.steps == 0:
+        return start_loss, "last"
+    if start_loss is None and not guard.worse_than_small(small_loss, trained_loss):
+        return None, "last"
+    device = job.model.device
+    start = job.start()
+    if start_loss is None:
+        start_loss = eval_loss(start, job.eval_batch, device)
+    if not (math.isfinite(start_loss) and (start_loss < trained_loss or not math.isfinite(trained_loss))):
+        return start_loss, "last"
+    with torch.no_grad():
+        initial = dict(start.named_parameters())
+        for name, p in job.model.named_parameters():
+            p.copy_(initial[name])
+    print(
+        f"{PROG} grow: the trained operator evaluates worse than its start (loss {trained_loss:.4f} against "
+        f"{start_loss:.4f}): writing the start (--select best; --select last writes the trained one)",
+        file=sys.stderr,
+    )
+    return start_loss, "start"
 
 
 def _finished(out: Path, args, run: dict, manifest: dict, sched: Schedule) -> int:

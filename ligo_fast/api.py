@@ -24,9 +24,10 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
     Args:
         small_model: a supported HF model (``ligo_fast.supported_classes()``); never modified.
         large_config: the HF config of the large model (same family; no dimension may shrink).
-        config: operator options (:class:`LiGOConfig`), used as given; None: :meth:`LiGOConfig.grow_defaults`, the
+        config: operator options (:class:`LiGOConfig`), used as given; None: ``LiGOConfig()``, the
             function-preserving start (``lossless`` depth and width; the official inits stay available
-            by name: ``depth_init="stackbert_noisy", width_init="rand"``). ``**overrides`` replace single fields.
+            by name: ``depth_init="stackbert_noisy", width_init="rand"``, or ``LiGOConfig.official()``).
+            ``**overrides`` replace single fields.
 
     Returns:
         A :class:`LiGOModel`, called like the large HF model; its trainable parameters are the operator's.
@@ -37,7 +38,7 @@ def grow(small_model: nn.Module, large_config, config: LiGOConfig | None = None,
         hint = f" (did you mean {near!r}?)" if near else ""
         logger.warning("the large config has %r, which %s does not know%s: it changes nothing",
                        key, type(large_config).__name__, hint)  # fmt: skip
-    config = config or LiGOConfig.grow_defaults()
+    config = config or LiGOConfig()
     return LiGOModel(small_model, large_config, config.replace(**overrides) if overrides else config)
 
 

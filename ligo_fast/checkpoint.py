@@ -29,7 +29,7 @@ def _infer_config(sd: dict) -> LiGOConfig:
     """Options of an official checkpoint that has no JSON: tying and residual are visible in its keys."""
     tie = not any(".fuse_width_in." in k or ".fuse_width_out." in k for k in sd)
     residual = any(k.endswith(".residual_weight") for k in sd)
-    return LiGOConfig(tie=tie, residual=residual)
+    return LiGOConfig.official(tie=tie, residual=residual)
 
 
 def _config_from_meta(meta: dict, where: Path, small_model, large_config):

@@ -29,11 +29,14 @@ except ImportError:  # a transformers without the typed rope parameters: their k
 
 LINEAR_MODES = ("materialize", "factored", "auto")
 GROW_INITS = {"depth_init": "lossless", "width_init": "lossless"}
-"""The inits of ``grow()`` without a config (:meth:`LiGOConfig.grow_defaults`): exactly the small model's function.
-No symmetry-breaking noise: the identity block of ``B = [I; E]`` is fixed, so the first operator step moves a copy
-(its rows of ``E``) and not its original, and the copies part in a loss-decreasing direction (noise cost +11.5% loss
-on a real Gemma 3 270M: ``benchmarks/results/real_model_check.md``). A growth materialised without operator steps
-needs ``lossless_noisy``. The dataclass's own defaults are the official code's (``ligo_fast.compat`` uses them)."""
+"""The default inits (``LiGOConfig()``, ``grow()`` without a config): exactly the small model's function. No
+symmetry-breaking noise: the identity block of ``B = [I; E]`` is fixed, so the first operator step moves a copy (its
+rows of ``E``) and not its original, and the copies part in a loss-decreasing direction (noise cost +11.5% loss on a
+real Gemma 3 270M: ``benchmarks/results/real_model_check.md``). A growth materialised without operator steps needs
+``lossless_noisy``."""
+OFFICIAL_INITS = {"depth_init": "stackbert_noisy", "width_init": "rand"}
+"""The official code's default inits (:meth:`LiGOConfig.official`; the official API, :mod:`ligo_fast.compat`, uses
+them): they do not preserve the small model's function (``benchmarks/results/defaults_rationale.md``)."""
 REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-lean mode now decides from memory
 
 
@@ -41,10 +44,10 @@ REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-
 class LiGOConfig:
     """How the growth operator is initialised and what it trains.
 
-    ``LiGOConfig()`` holds the official code's defaults (``stackbert_noisy`` depth, ``rand`` width: the official API,
-    :mod:`ligo_fast.compat`, uses them); ``ligo_fast.grow`` without a config uses :meth:`grow_defaults`, the
-    function-preserving start (:data:`GROW_INITS`) that a pretrained small model needs. A config passed to ``grow``
-    is used as given.
+    ``LiGOConfig()`` (and ``ligo_fast.grow`` without a config) starts from the small model's function
+    (:data:`GROW_INITS`: ``lossless`` depth and width), the start a pretrained small model needs;
+    :meth:`official` holds the official code's defaults (``stackbert_noisy`` depth, ``rand`` width), which the
+    official API, :mod:`ligo_fast.compat`, uses. A config passed to ``grow`` is used as given.
 
     Attributes:
         depth_init: initial depth coefficients of each large layer (a vector over the small layers):
@@ -97,8 +100,8 @@ class LiGOConfig:
             weight production costs more than the layer itself). Under ``torch.compile`` every mode materialises.
     """
 
-    depth_init: str = "stackbert_noisy"
-    width_init: str = "rand"
+    depth_init: str = GROW_INITS["depth_init"]
+    width_init: str = GROW_INITS["width_init"]
     depth_noise: float = 0.03
     width_noise: float = 0.03
     tie: bool = True
@@ -124,9 +127,15 @@ class LiGOConfig:
 
     @classmethod
     def grow_defaults(cls, **overrides) -> LiGOConfig:
-        """The config of ``ligo_fast.grow`` without one: the function-preserving inits (:data:`GROW_INITS`:
-        ``lossless`` depth and width), the other fields as the dataclass's, some replaced."""
-        return cls(**{**GROW_INITS, **overrides})
+        """The config of ``ligo_fast.grow`` without one (the dataclass's defaults, :data:`GROW_INITS`), some
+        fields replaced: ``LiGOConfig(**overrides)``, kept by name for older callers."""
+        return cls(**overrides)
+
+    @classmethod
+    def official(cls, **overrides) -> LiGOConfig:
+        """The official code's defaults (:data:`OFFICIAL_INITS`: ``stackbert_noisy`` depth, ``rand`` width; the
+        other fields as the dataclass's), some replaced: what :mod:`ligo_fast.compat` uses."""
+        return cls(**{**OFFICIAL_INITS, **overrides})
 
     def replace(self, **overrides) -> LiGOConfig:
         """A copy with some fields changed (unknown names raise TypeError)."""

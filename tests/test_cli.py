@@ -451,4 +451,6 @@ def test_init_defaults_are_grows():
     """The command line grows with grow()'s defaults (cli.py holds them as literals so --help imports no torch)."""
     assert {"depth_init": cli.DEPTH_DEFAULT, "width_init": cli.WIDTH_DEFAULT} == ligo_fast.config.GROW_INITS
     assert ligo_fast.LiGOConfig.grow_defaults().width_init == "lossless"
-    assert ligo_fast.LiGOConfig().depth_init == "stackbert_noisy"  # the dataclass keeps the official defaults
+    assert ligo_fast.LiGOConfig() == ligo_fast.LiGOConfig.grow_defaults()  # grow()'s defaults are the dataclass's
+    official = ligo_fast.LiGOConfig.official()
+    assert (official.depth_init, official.width_init) == ("stackbert_noisy", "rand")

@@ -360,7 +360,7 @@ def test_width_params_unchanged_width_and_learnable():
 
 # ---------------------------------------------------------------------- arguments
 def test_args_map_to_ligo_config():
-    assert config_from_args(ligo_args()) == ligo_fast.LiGOConfig()
+    assert config_from_args(ligo_args()) == ligo_fast.LiGOConfig.official()
     args = ligo_args(
         fuse_init_scheme_depth="interlace",
         fuse_init_scheme_width="sel_noisy",

@@ -510,3 +510,13 @@ def test_pretrained_regime_small_model_is_hard_to_beat_and_the_defaults_keep_it(
     notes = res.methods["ligo_lossless"].notes
     assert notes["val_loss_grown"] == pytest.approx(res.small_loss, rel=0.01)  # lossless_noisy: within 1%
     assert notes["operator_lr"] == pytest.approx(preset.lr / preset.small.hidden**0.5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_the_large_config_comes_from_ligo_fast_large_config_and_is_the_presets_shape(name, family):
+    """The demo builds its large config as users do (ligo_fast.large_config of the small one, issue 19 item 4); it
+    is the preset's large shape, field for field."""
+    p = presets.PRESETS[name]
+    grown = models.grown_config(models.make_config(p.small, p.seq_len, family), p.large)
+    assert grown.to_dict() == models.make_config(p.large, p.seq_len, family).to_dict()

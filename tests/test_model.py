@@ -90,7 +90,7 @@ def test_config_and_hf_surface(small):
     cfg = ligo_fast.LiGOConfig(width_init="sel")
     model = ligo_fast.grow(small, configs(NAME)[1], cfg, depth_init="stackbert")
     assert model.ligo_config.width_init == "sel" and model.ligo_config.depth_init == "stackbert"
-    assert cfg.depth_init == "stackbert_noisy"  # the caller's config is not modified
+    assert cfg.depth_init == "lossless"  # the caller's config is not modified
     assert model.config.hidden_size == 48 and model.device.type == "cpu"
     out = model(**inputs(NAME), return_dict=False)
     assert isinstance(out, tuple)

@@ -91,7 +91,7 @@ BERT_TIE = [("bert.embeddings.word_embeddings.weight", "cls.predictions.decoder.
 
 def plan(case, tied_groups=(), **options) -> Plan:
     arch, small, large = case()
-    return build_plan(arch, small, large, list(tied_groups), 1, 2, LiGOConfig(**options))
+    return build_plan(arch, small, large, list(tied_groups), 1, 2, LiGOConfig.official(**options))
 
 
 def _slot_name(param: str) -> str:
@@ -245,7 +245,7 @@ def test_tensor_order_is_small_tensors_then_shared_widths_then_slot_by_slot():
 def test_each_block_tensor_is_stacked_from_every_small_layer():
     arch, small, large = gqa_llama()
     small, large = llama_shapes(8, 4, 10, 3), llama_shapes(16, 8, 20, 4)
-    p = build_plan(arch, small, large, [], 3, 4, LiGOConfig())
+    p = build_plan(arch, small, large, [], 3, 4, LiGOConfig.official())
     t = p.tensor("__sm_mlp_down_proj_weight")
     assert t.sources == tuple(f"model.layers.{j}.mlp.down_proj.weight" for j in range(3))
     assert t.shape == (3, 8, 10)
@@ -360,7 +360,7 @@ def test_an_uneven_width_growth_is_noted():
         "width 'ffn' grows 10 -> 15, not by an integer factor: neurons are copied unevenly, so norms and the input "
         "split are not exact",
     )
-    assert build_plan(arch, small, llama_shapes(16, 8, 15, 2), [], 1, 2, LiGOConfig()).notes == ()
+    assert build_plan(arch, small, llama_shapes(16, 8, 15, 2), [], 1, 2, LiGOConfig.official()).notes == ()
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -88,11 +88,11 @@ _ARG_PATHS = {"source_model_path": None, "pretrained_ligo_path": None, "cache_di
 
 # ---------------------------------------------------------------------- arguments
 def ligo_args(**overrides) -> argparse.Namespace:
-    """The official script's LiGO arguments with ligo_fast's defaults (:class:`LiGOConfig`), some replaced.
+    """The official script's LiGO arguments with the official defaults (:meth:`LiGOConfig.official`), some replaced.
 
     Unknown names raise TypeError (a typo would otherwise silently keep a default).
     """
-    defaults = LiGOConfig()
+    defaults = LiGOConfig.official()
     values = {arg: getattr(defaults, field) for arg, field in _ARG_FIELDS.items()}
     values.update(_ARG_PATHS)
     bad = sorted(set(overrides) - set(values))
@@ -103,9 +103,10 @@ def ligo_args(**overrides) -> argparse.Namespace:
 
 
 def config_from_args(args) -> LiGOConfig:
-    """The :class:`LiGOConfig` an official ``args`` namespace asks for (missing attributes keep the defaults)."""
+    """The :class:`LiGOConfig` an official ``args`` namespace asks for (missing attributes keep the official
+    defaults, :meth:`LiGOConfig.official`)."""
     fields = {field: getattr(args, arg) for arg, field in _ARG_FIELDS.items() if hasattr(args, arg)}
-    cfg = LiGOConfig(**fields)
+    cfg = LiGOConfig.official(**fields)
     check_depth_scheme(cfg.depth_init, "the official API")
     check_width_scheme(cfg.width_init, "the official API")
     return cfg

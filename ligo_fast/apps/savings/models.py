@@ -9,6 +9,8 @@ import torch
 import transformers
 from torch import nn
 
+import ligo_fast
+
 from .corpus import BOS, EOS, PAD, VOCAB_SIZE
 from .presets import ModelSize
 
@@ -47,6 +49,21 @@ def make_config(size: ModelSize, seq_len: int, family: str = "llama"):
             pad_token_id=PAD,
         )
     raise ValueError(f"unknown family {family!r}; use 'llama' or 'gpt2'")
+
+
+def grown_config(small_config, size: ModelSize):
+    """The large config of a growth from ``small_config`` to ``size``: :func:`ligo_fast.large_config` (what users
+    call; derived fields recomputed), the shape given in full (Llama: the head size ``hidden / heads`` too), so it
+    equals :func:`make_config` of ``size``."""
+    if size.hidden % size.heads:
+        raise ValueError(f"heads={size.heads} does not divide hidden={size.hidden}")
+    if small_config.model_type == "llama":
+        changes = dict(hidden_size=size.hidden, intermediate_size=size.ffn, num_hidden_layers=size.layers,
+                       num_attention_heads=size.heads, num_key_value_heads=size.heads,
+                       head_dim=size.hidden // size.heads)  # fmt: skip
+    else:
+        changes = dict(n_embd=size.hidden, n_layer=size.layers, n_head=size.heads, n_inner=size.ffn)
+    return ligo_fast.large_config(small_config, **changes)
 
 
 def model_class(family: str) -> type:

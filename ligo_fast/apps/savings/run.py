@@ -44,7 +44,7 @@ from ..data import validation_windows
 from ..progress import Progress
 from .corpus import load_corpus
 from .flops import forward_flops_per_token, operator_step_flops, production_flops, train_step_flops
-from .models import make_config, model_class, new_model, param_count
+from .models import grown_config, make_config, model_class, new_model, param_count
 from .presets import ALL_METHODS, METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
 from .results import MethodResult, Result, run_metadata
 from .schedule import grown_schedule, operator_schedule, run_schedule
@@ -126,7 +126,7 @@ def run_experiment(
     logger.info("corpus %s", data.describe())
     val = validation_windows(data.val, p.eval_batches * p.batch_size, p.seq_len + 1)
     small_cfg = make_config(p.small, p.seq_len, family)
-    large_cfg = make_config(p.large, p.seq_len, family)
+    large_cfg = grown_config(small_cfg, p.large)
     for name in set(methods) & set(BASELINES):  # a baseline grows only its axes: refuse before any training
         check_baseline(name, small_cfg, large_cfg)
     common = dict(batch_size=p.batch_size, seq_len=p.seq_len)

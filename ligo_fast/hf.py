@@ -46,13 +46,6 @@ def with_layers(config, layers: int):
     return c
 
 
-def meta_shapes(hf_class: type, config) -> dict[str, tuple[int, ...]]:
-    """``{state-dict key: shape}`` of ``hf_class(config)``, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = hf_class(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
 @torch.no_grad()
 def materialize_leftovers(large: nn.Module, small_sd: dict[str, Tensor], device: torch.device) -> list[str]:
     """Give every parameter of ``large`` still on ``meta`` real storage on ``device``; returns their names.

@@ -208,7 +208,9 @@ def test_shard_sizes_and_errors():
     assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
 
 
-@pytest.mark.parametrize(("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False)])
+@pytest.mark.parametrize(
+    ("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False), ("LlamaForCausalLM", True)]
+)
 def test_memory_estimate_of_materialising_and_saving(name, tie):
     small_cfg, large_cfg = configs(name, tie=tie)
     model = _grown(name, tie)

@@ -67,7 +67,7 @@ class _Call(nn.Module):
         return getattr(self.large, self.method)(*args, **kwargs)
 
 
-class LiGOModel(nn.Module):
+class LiGOModel(hf_surface.HFSurface, nn.Module):
     """A large model grown from a small one by a trainable LiGO operator. Build it with :func:`ligo_fast.grow`.
 
     It is called exactly like the large HF model (same arguments, same outputs); its trainable parameters are
@@ -101,7 +101,7 @@ class LiGOModel(nn.Module):
         self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
-        self.__dict__["forward"] = hf_surface.signed_forward(self, spec.large)  # HF-like surface, below
+        self._install_signature()  # HF-like surface, below
 
     # ------------------------------------------------------------------ production
     def tensor(self, name: str | None) -> Tensor | None:
@@ -238,30 +238,15 @@ class LiGOModel(nn.Module):
         return self._lean_choice[key]
 
     # ------------------------------------------------------------------ HF-like surface
-    # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model. ``forward`` in the instance's
-    # __dict__ (set at the end of __init__) carries the large model's signature and calls the class's forward.
-    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
-
-    @property
-    def config(self):
-        return self.large.config
+    # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model: hf_surface.HFSurface answers
+    # it from the large model (config, main_input_name, can_generate, the checkpointing aliases, the signed forward
+    # in the instance's __dict__ that calls the class's forward); here what the operator changes.
+    def _surface_model(self) -> nn.Module:
+        return self.large
 
     @property
     def device(self) -> torch.device:
         return self.tensor(self.plan.slots[0].w).device
-
-    @property
-    def main_input_name(self) -> str:
-        return getattr(self.large, "main_input_name", "input_ids")
-
-    @property
-    def supports_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.large, "supports_gradient_checkpointing", False))
-
-    def can_generate(self) -> bool:
-        """Whether ``generate`` works: the large HF model's answer."""
-        can = getattr(self.large, "can_generate", None)
-        return bool(can()) if can is not None else False
 
     def generate(self, *args, **kwargs):
         """``generate`` of the large HF model, with the produced weights (only where the HF class has it)."""
@@ -296,11 +281,7 @@ class LiGOModel(nn.Module):
                 "use_reentrant=False (HF's default) or linear_mode='materialize' or 'auto'"
             )
         self.__dict__["_reentrant_checkpointing"] = bool(reentrant)
-        enable = getattr(self.large, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
-        else:  # transformers before the rename
-            self.large.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
         leaves = hf_surface.produced_leaves(self.large, self.plan.removed)
         for m in self.large.modules():
             fn = m.__dict__.get("_gradient_checkpointing_func")
@@ -310,21 +291,7 @@ class LiGOModel(nn.Module):
 
     def activation_checkpointing_disable(self) -> None:
         self.__dict__["_reentrant_checkpointing"] = False
-        disable = getattr(self.large, "activation_checkpointing_disable", None)
-        (disable or self.large.gradient_checkpointing_disable)()
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
-        """The older name of :meth:`activation_checkpointing_enable`."""
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.activation_checkpointing_disable()
-
-    @property
-    def is_activation_checkpointing(self) -> bool:
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.large.modules())
-
-    is_gradient_checkpointing = is_activation_checkpointing
+        super().activation_checkpointing_disable()
 
     def save_pretrained(self, save_directory, state_dict=None, is_main_process: bool = True, **kwargs) -> None:
         """HF-style save of the operator: ``operator.safetensors`` (official layout) and ``ligo_config.json``, as
@@ -339,10 +306,6 @@ class LiGOModel(nn.Module):
         # the large model's modules print their weights' shapes (RMSNorm's extra_repr reads .weight): meta stand-ins
         with hf_surface.placeholders(self.large, hf_surface.meta_twin(self.hf_class, self.config), self.plan.removed):
             return super().__repr__()
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)  # unpickling binds the class's forward: give it the large signature again
-        self.__dict__["forward"] = hf_surface.signed_forward(self, self.large)
 
     @torch.no_grad()
     def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:

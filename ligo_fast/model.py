@@ -32,7 +32,7 @@ from torch.func import functional_call
 from . import backends, factored, hf_surface
 from .arch import Arch
 from .config import LiGOConfig
-from .hf import empty_model, fill, storage_keys
+from .hf import empty_model, materialized, storage_keys
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, estimate, memory_budget
@@ -326,10 +326,8 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
         # parameters() and buffers(), not state_dict(): FSDP2's state-dict hooks would swap in the sharded tensors
         mine = [*self.op.parameters(), *self.op.buffers(), *self.large.parameters(), *self.large.buffers()]
-        avoid = storage_keys(mine)
-        large = fill(empty_model(self.hf_class, self.config), self._state_parts(), device=self.device, dtype=dtype,
-                     avoid=avoid)  # fmt: skip
-        return large.train(self.training)
+        return materialized(self.hf_class, self.config, self._state_parts(), device=self.device, dtype=dtype,
+                            avoid=storage_keys(mine), training=self.training)  # fmt: skip
 
     @torch.no_grad()
     def save_materialized(

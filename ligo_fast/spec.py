@@ -236,6 +236,16 @@ def leftovers(large: nn.Module, small_state: dict[str, Tensor], ref: Tensor) -> 
     return large
 
 
+def preserved_width(pair: GrowthPair, plan: Plan, config: LiGOConfig) -> int | None:
+    """The small model's hidden width when the operator starts from its function (lossless depth or no new layers,
+    lossless width or no width growth), else None: what :func:`ligo_fast.budget.operator_budget` reads."""
+    widens = any(small != big for small, big in plan.widths.values())
+    preserving = (pair.L1 == pair.L2 or is_lossless(config.depth_init)) and (
+        not widens or is_lossless(config.width_init)
+    )
+    return getattr(pair.small_config, "hidden_size", None) if preserving else None
+
+
 def check_finite(state: dict[str, Tensor]) -> None:
     """Refuse a small model with a NaN or Inf weight (ValueError naming it)."""
     for k, v in state.items():
@@ -277,9 +287,9 @@ class GrowthSpec:
         MemoryError for a growth whose grown model or operator step cannot fit (before anything large is built).
         """
         small_state = small_model.state_dict()
+        pair = resolve(small_model, large_config, small_state)
         check_finite(small_state)
         ref = next(small_model.parameters())  # the large model's leftovers follow the small model's device and dtype
-        pair = resolve(small_model, large_config, small_state)
         layout = large_layout(pair)
         plan = plan_for(pair, config, layout)
         # the memory budget, read once per device (the first here): every memory decision is a function of it
@@ -289,9 +299,4 @@ class GrowthSpec:
         large = skeleton(pair, plan, layout)
         initial = initial_tensors(plan, small_state, config, ref.device)  # drawn before the leftovers' own init
         leftovers(large, small_state, ref)
-        widens = any(small != big for small, big in plan.widths.values())
-        preserving = (pair.L1 == pair.L2 or is_lossless(config.depth_init)) and (
-            not widens or is_lossless(config.width_init)
-        )
-        width = getattr(small_model.config, "hidden_size", None) if preserving else None
-        return cls(pair, config, plan, initial, large, budget, width)
+        return cls(pair, config, plan, initial, large, budget, preserved_width(pair, plan, config))

@@ -26,7 +26,7 @@ _PUBLIC = {
     "LiGOModel": "model",
     "grow": "api",
     "materialize": "api",
-    "plan_growth": "model",
+    "plan_growth": "spec",
     "load_operator": "checkpoint",
     "register_architecture": "arch",
     "supported_classes": "arch",
@@ -115,7 +115,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
         unknown_config_keys,
     )
     from .init import DEPTH_INITS, WIDTH_INITS
-    from .model import LiGOModel, plan_growth
+    from .model import LiGOModel
+    from .spec import plan_growth
 
 
 def __getattr__(name: str):

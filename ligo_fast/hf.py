@@ -5,13 +5,15 @@ init) while its buffers (position ids, rotary frequencies) are real: LiGOModel d
 produces and materialises only the few that remain (:func:`materialize_leftovers`). ``with_layers`` gives a copy of
 a config with another layer count, for estimates that must not build every layer. ``empty_model`` and
 ``fill`` build a plain model from produced tensors without a throw-away init or a second copy: the model is built
-with its parameters on meta and each tensor is assigned (not copied) as it arrives.
+with its parameters on meta and each tensor is assigned (not copied) as it arrives; ``materialized`` does both, for
+``LiGOModel.materialize`` and the official API's ``materialize_compat``.
 Imports: torch and the HF config/model objects it is given; nothing of ligo_fast.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,13 +46,6 @@ def with_layers(config, layers: int):
     c = copy.deepcopy(config)
     c.num_hidden_layers = layers
     return c
-
-
-def meta_shapes(hf_class: type, config) -> dict[str, tuple[int, ...]]:
-    """``{state-dict key: shape}`` of ``hf_class(config)``, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = hf_class(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -167,3 +162,26 @@ def fill(
     if left:
         raise RuntimeError(f"{type(model).__name__}: no value for {len(left)} parameters ({', '.join(left[:3])}, ...)")
     return model
+
+
+@torch.no_grad()
+def materialized(
+    hf_class: type,
+    config,
+    parts: Iterable[Mapping[str, Tensor]],
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    training: bool,
+    avoid: frozenset[int] = frozenset(),
+    rest: Mapping[str, Tensor] | None = None,
+) -> nn.Module:
+    """A fresh plain ``hf_class(config)`` holding the tensors of ``parts``, then those of ``rest`` it has names for
+    (what no part produces), in train mode when ``training``: :func:`empty_model` filled by :func:`fill` (no
+    throw-away init, each part assigned as it arrives). The materialisation of a LiGOModel and of the official API's
+    wrapped model."""
+    model = empty_model(hf_class, config)
+    if rest is not None:
+        names = model.state_dict(keep_vars=True)
+        parts = itertools.chain(parts, [{k: v for k, v in rest.items() if k in names}])
+    return fill(model, parts, device=device, dtype=dtype, avoid=avoid).train(training)

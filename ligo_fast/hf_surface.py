@@ -9,11 +9,16 @@
   produced weights (set on the large model's modules by ``functional_call``, the lean hooks or the factored
   overrides) are gone. :func:`recompute_with_installed` wraps a block's checkpoint function so that the recompute
   runs with the tensors the block held when its forward ran.
+* **The attributes HF tooling reads.** :class:`HFSurface`, a mixin of :class:`ligo_fast.LiGOModel` and
+  :class:`ligo_fast.integrations.GrowingModel`: ``config``, ``main_input_name``, ``supports_gradient_checkpointing``,
+  ``can_generate``, ``generate``, ``num_parameters``, activation checkpointing under its new and old names,
+  ``save_pretrained``, answered by the HF model the instance stands for, and the signed ``forward`` (kept by copies).
 * **Shapes without weights.** ``repr`` and parameter counts of the large model read the produced parameters,
   which the large model does not hold: :func:`meta_twin` builds the large model on the meta device (no memory),
   and :func:`placeholders` sets meta tensors of the right shapes for the duration of a ``repr``.
 
-Imports: torch and the standard library only; used by :mod:`ligo_fast.model`.
+Imports: torch and the standard library only; used by :mod:`ligo_fast.model` and
+:mod:`ligo_fast.integrations.trainer`.
 """
 
 from __future__ import annotations
@@ -49,6 +54,103 @@ def signed_forward(model: nn.Module, large: nn.Module) -> MethodType:
         "LiGO operator produces."
     )
     return MethodType(forward, model)
+
+
+# ---------------------------------------------------------------------------------------- the surface
+class HFSurface:
+    """The Hugging Face model surface, answered by the HF model an instance stands for (:meth:`_surface_model`).
+
+    Mixed into an ``nn.Module`` subclass (before ``nn.Module`` in its bases), which defines ``_surface_model`` and
+    overrides what it answers otherwise (``LiGOModel`` produces the weights for ``generate``, counts parameters
+    without them, wraps checkpointing and saves its operator). ``forward`` is installed per instance with the HF
+    model's signature (:func:`signed_forward`) by :meth:`_install_signature`, and again on every copy.
+    """
+
+    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
+
+    def _surface_model(self) -> nn.Module:
+        """The model whose answers this one gives."""
+        raise NotImplementedError
+
+    def _signature_model(self) -> nn.Module:
+        """The HF model whose ``forward`` signature this one's ``forward`` carries."""
+        return self._surface_model()
+
+    def _install_signature(self) -> None:
+        self.__dict__[FORWARD] = signed_forward(self, self._signature_model())
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)  # copying or unpickling binds the class's forward: the signed one again
+        self._install_signature()
+
+    @property
+    def config(self):
+        return self._surface_model().config
+
+    @property
+    def main_input_name(self) -> str:
+        return getattr(self._surface_model(), "main_input_name", "input_ids")
+
+    @property
+    def supports_gradient_checkpointing(self) -> bool:
+        return bool(getattr(self._surface_model(), "supports_gradient_checkpointing", False))
+
+    def can_generate(self) -> bool:
+        """Whether ``generate`` works: the HF model's answer."""
+        can = getattr(self._surface_model(), "can_generate", None)
+        return bool(can()) if can is not None else False
+
+    def generate(self, *args, **kwargs):
+        """The HF model's ``generate``."""
+        return self._surface_model().generate(*args, **kwargs)
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """HF's ``num_parameters`` of the model this one stands for."""
+        return self._surface_model().num_parameters(
+            only_trainable=only_trainable, exclude_embeddings=exclude_embeddings
+        )
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """HF's ``activation_checkpointing_enable`` (same arguments) of the model this one stands for."""
+        enable_checkpointing(self._surface_model(), activation_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        disable_checkpointing(self._surface_model())
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """The older name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self._surface_model().modules())
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.is_activation_checkpointing
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """The ``save_pretrained`` of the model this one stands for."""
+        self._surface_model().save_pretrained(save_directory, **kwargs)
+
+
+def enable_checkpointing(model: nn.Module, activation_checkpointing_kwargs=None, **kwargs) -> None:
+    """``model.activation_checkpointing_enable`` (or, in transformers before the rename,
+    ``gradient_checkpointing_enable``) with these arguments."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
+    else:  # transformers before the rename
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+
+
+def disable_checkpointing(model: nn.Module) -> None:
+    """``model.activation_checkpointing_disable`` (or ``gradient_checkpointing_disable``)."""
+    disable = getattr(model, "activation_checkpointing_disable", None)
+    (disable or model.gradient_checkpointing_disable)()
 
 
 # ---------------------------------------------------------------------------------------- checkpointing

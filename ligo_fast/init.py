@@ -68,12 +68,17 @@ def _stackbert(L2: int, L1: int, generator: Generator, **_) -> Tensor:
     return _one_hot(torch.arange(L2) % L1, L1)
 
 
-def _interlace(L2: int, L1: int, generator: Generator, **_) -> Tensor:
-    if L2 > 2 * L1:
+def check_depth_reach(scheme: str, L1: int, L2: int) -> None:
+    """ValueError when depth scheme ``scheme`` cannot grow ``L1`` layers to ``L2`` (``interlace``: at most 2 L1)."""
+    if scheme.removesuffix(NOISY) == "interlace" and L2 > 2 * L1:
         raise ValueError(
-            f"depth_init='interlace' repeats each of the {L1} small layers twice, so it can grow to at most "
+            f"depth_init={scheme!r} repeats each of the {L1} small layers twice, so it can grow to at most "
             f"{2 * L1} layers, not {L2}; use 'stackbert' or 'rand'"
         )
+
+
+def _interlace(L2: int, L1: int, generator: Generator, **_) -> Tensor:
+    check_depth_reach("interlace", L1, L2)
     return _one_hot(torch.arange(L2) // 2, L1)
 
 

@@ -1,8 +1,9 @@
 """LiGOModel: a large Hugging Face model whose weights are produced by the LiGO operator.
 
-The data flow: :func:`ligo_fast.grow` -> :func:`ligo_fast.plan.build_plan` (which tensors, which slots) ->
-``LiGOModel.__init__`` creates the operator's tensors in ``self.op`` (layer-major: small block weights
-``(L1, out, in)``, depth coefficients ``(L2, L1)``, per-layer width matrices ``(L2, ...)``) -> every forward
+The data flow: :func:`ligo_fast.grow` -> :class:`ligo_fast.spec.GrowthSpec` (the plan of which tensors feed which
+slots, the large model without its produced weights, the initial tensors; prepared once) -> ``LiGOModel.__init__``
+registers the operator's tensors in ``self.op`` (layer-major: small block weights ``(L1, out, in)``, depth
+coefficients ``(L2, L1)``, per-layer width matrices ``(L2, ...)``) -> every forward
 produces the large weights (:mod:`ligo_fast.produce`: one expand call per module kind, one multi-vector call)
 and runs the large HF model on them with :func:`torch.func.functional_call` -> ``materialize()`` returns a plain
 HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or ``save_materialized()`` streams it to
@@ -12,7 +13,8 @@ no memory.
 load strictly and ours load into the official code. Memory-lean and factored execution: :mod:`ligo_fast.lean`,
 :mod:`ligo_fast.factored`.
 
-Imports: the layers below (arch, config, init, plan, layout, produce, lean, factored, serialization).
+Imports: the layers below (arch, config, plan, layout, produce, lean, factored, memory, serialization, shards) and
+spec (the prepared growth) and hf_surface on its own floor.
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from . import backends, factored, hf_surface
-from .arch import Arch, arch_for
+from .arch import Arch
 from .config import LiGOConfig
-from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
-from .init import depth_init, is_lossless, width_init
+from .hf import empty_model, materialized, storage_keys
 from .layout import check_state_fits, from_official, keys_of, to_official
 from .lean import chunk_layers, default_chunk, lean_layers
-from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
-from .plan import ConfigFacts, OpTensor, Plan, Role, Rule, build_plan, check_family
+from .memory import MemoryPlan, estimate, memory_budget
+from .plan import Plan, Rule
 from .produce import parts, produce, produce_part
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
+from .spec import GrowthSpec
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class _Call(nn.Module):
         return getattr(self.large, self.method)(*args, **kwargs)
 
 
-class LiGOModel(nn.Module):
+class LiGOModel(hf_surface.HFSurface, nn.Module):
     """A large model grown from a small one by a trainable LiGO operator. Build it with :func:`ligo_fast.grow`.
 
     It is called exactly like the large HF model (same arguments, same outputs); its trainable parameters are
@@ -82,56 +84,24 @@ class LiGOModel(nn.Module):
 
     def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
         super().__init__()
-        arch = arch_for(small_model)
-        check_family(arch, large_config)
-        arch = arch.for_configs(small_model.config, large_config)
-        small_sd = small_model.state_dict()
-        _check_finite(small_sd)
-        ref = next(small_model.parameters())  # the large model's leftovers follow the small model's device and dtype
-        hf_class = type(small_model)
-        small_shapes = {k: tuple(v.shape) for k, v in small_sd.items()}
-        L1, L2 = arch.num_layers(small_model.config), arch.num_layers(large_config)
-        # the memory budget, read once per device (the first here): every memory decision is a function of it
-        budget = memory_budget(ref.device, config.memory_budget)
-        # before building anything large: do its weights fit at all? (a one-layer model on meta gives the shapes)
-        early = _growth_estimate(
-            arch, hf_class, small_shapes, L1, large_config, config, elem=ref.element_size(), device=ref.device,
-            chunk=1, budget=budget,
-        )  # fmt: skip
-        ensure_fits(early, f"growing {hf_class.__name__} to {L2} layers")
-        with empty_parameters():  # parameters on meta: the produced ones are never allocated
-            large = hf_class(large_config)
-        plan = build_plan(
-            arch, small_shapes, {k: tuple(v.shape) for k, v in large.state_dict().items()}, _tied_groups(large),
-            L1, L2, config, (ConfigFacts.of(small_model.config), ConfigFacts.of(large_config)),
-        )  # fmt: skip
-        if plan.notes:
-            logger.warning("this growth's start is not function-preserving: %s", "; ".join(plan.notes))
-        self.plan: Plan = plan
-        self.arch: Arch = arch
+        spec = GrowthSpec.prepare(small_model, large_config, config)  # the steps: ligo_fast.spec
+        if spec.plan.notes:
+            logger.warning("this growth's start is not function-preserving: %s", "; ".join(spec.plan.notes))
+        self.plan: Plan = spec.plan
+        self.arch: Arch = spec.pair.arch
         self.ligo_config = config
-        self.hf_class = hf_class
-        self.L1, self.L2 = L1, L2
-        widens = any(small != large for small, large in plan.widths.values())
-        preserving = (L1 == L2 or is_lossless(config.depth_init)) and (not widens or is_lossless(config.width_init))
-        self.preserved_width: int | None = getattr(small_model.config, "hidden_size", None) if preserving else None
+        self.hf_class = spec.pair.hf_class
+        self.L1, self.L2 = spec.pair.L1, spec.pair.L2
+        self.preserved_width: int | None = spec.preserved_width
         self.op = _Op()
-        gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-        for t in plan.tensors:  # in plan order: the order of the initial draws
-            self.op.put(t.name, _initial(t, small_sd, config, plan, gen).to(ref.device), t.trainable)
-        for name in plan.removed:
-            parent, _, leaf = name.rpartition(".")
-            del large.get_submodule(parent)._parameters[leaf]
-        materialize_leftovers(large, small_sd, ref.device)
-        large.to(device=ref.device, dtype=ref.dtype)
-        for p in large.parameters():
-            p.requires_grad_(False)
-        self.large = large
-        self._budgets: dict[str, tuple[int, str]] = {str(ref.device): budget}  # device -> (bytes, source)
+        for t in spec.plan.tensors:
+            self.op.put(t.name, spec.initial[t.name], t.trainable)
+        self.large = spec.large
+        self._budgets: dict[str, tuple[int, str]] = {str(self.device): spec.budget}  # device -> (bytes, source)
         self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
-        self.__dict__["forward"] = hf_surface.signed_forward(self, large)  # HF-like surface, below
+        self._install_signature()  # HF-like surface, below
 
     # ------------------------------------------------------------------ production
     def tensor(self, name: str | None) -> Tensor | None:
@@ -268,30 +238,15 @@ class LiGOModel(nn.Module):
         return self._lean_choice[key]
 
     # ------------------------------------------------------------------ HF-like surface
-    # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model. ``forward`` in the instance's
-    # __dict__ (set at the end of __init__) carries the large model's signature and calls the class's forward.
-    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
-
-    @property
-    def config(self):
-        return self.large.config
+    # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model: hf_surface.HFSurface answers
+    # it from the large model (config, main_input_name, can_generate, the checkpointing aliases, the signed forward
+    # in the instance's __dict__ that calls the class's forward); here what the operator changes.
+    def _surface_model(self) -> nn.Module:
+        return self.large
 
     @property
     def device(self) -> torch.device:
         return self.tensor(self.plan.slots[0].w).device
-
-    @property
-    def main_input_name(self) -> str:
-        return getattr(self.large, "main_input_name", "input_ids")
-
-    @property
-    def supports_gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.large, "supports_gradient_checkpointing", False))
-
-    def can_generate(self) -> bool:
-        """Whether ``generate`` works: the large HF model's answer."""
-        can = getattr(self.large, "can_generate", None)
-        return bool(can()) if can is not None else False
 
     def generate(self, *args, **kwargs):
         """``generate`` of the large HF model, with the produced weights (only where the HF class has it)."""
@@ -326,11 +281,7 @@ class LiGOModel(nn.Module):
                 "use_reentrant=False (HF's default) or linear_mode='materialize' or 'auto'"
             )
         self.__dict__["_reentrant_checkpointing"] = bool(reentrant)
-        enable = getattr(self.large, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
-        else:  # transformers before the rename
-            self.large.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
         leaves = hf_surface.produced_leaves(self.large, self.plan.removed)
         for m in self.large.modules():
             fn = m.__dict__.get("_gradient_checkpointing_func")
@@ -340,21 +291,7 @@ class LiGOModel(nn.Module):
 
     def activation_checkpointing_disable(self) -> None:
         self.__dict__["_reentrant_checkpointing"] = False
-        disable = getattr(self.large, "activation_checkpointing_disable", None)
-        (disable or self.large.gradient_checkpointing_disable)()
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
-        """The older name of :meth:`activation_checkpointing_enable`."""
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.activation_checkpointing_disable()
-
-    @property
-    def is_activation_checkpointing(self) -> bool:
-        return any(getattr(m, "gradient_checkpointing", False) for m in self.large.modules())
-
-    is_gradient_checkpointing = is_activation_checkpointing
+        super().activation_checkpointing_disable()
 
     def save_pretrained(self, save_directory, state_dict=None, is_main_process: bool = True, **kwargs) -> None:
         """HF-style save of the operator: ``operator.safetensors`` (official layout) and ``ligo_config.json``, as
@@ -369,10 +306,6 @@ class LiGOModel(nn.Module):
         # the large model's modules print their weights' shapes (RMSNorm's extra_repr reads .weight): meta stand-ins
         with hf_surface.placeholders(self.large, hf_surface.meta_twin(self.hf_class, self.config), self.plan.removed):
             return super().__repr__()
-
-    def __setstate__(self, state) -> None:
-        super().__setstate__(state)  # unpickling binds the class's forward: give it the large signature again
-        self.__dict__["forward"] = hf_surface.signed_forward(self, self.large)
 
     @torch.no_grad()
     def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:
@@ -393,10 +326,8 @@ class LiGOModel(nn.Module):
         dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
         # parameters() and buffers(), not state_dict(): FSDP2's state-dict hooks would swap in the sharded tensors
         mine = [*self.op.parameters(), *self.op.buffers(), *self.large.parameters(), *self.large.buffers()]
-        avoid = storage_keys(mine)
-        large = fill(empty_model(self.hf_class, self.config), self._state_parts(), device=self.device, dtype=dtype,
-                     avoid=avoid)  # fmt: skip
-        return large.train(self.training)
+        return materialized(self.hf_class, self.config, self._state_parts(), device=self.device, dtype=dtype,
+                            avoid=storage_keys(mine), training=self.training)  # fmt: skip
 
     @torch.no_grad()
     def save_materialized(
@@ -486,61 +417,6 @@ class LiGOModel(nn.Module):
         return f"{self.arch.family}: {self.L1} -> {self.L2} layers, {len(self.plan.slots)} module kinds"
 
 
-def plan_growth(
-    small_model: nn.Module,
-    large_config,
-    config: LiGOConfig | None = None,
-    *,
-    tokens: int = 0,
-    seq_len: int = 0,
-    device: torch.device | str = "cpu",
-    chunk: int | None = None,
-    budget: tuple[int, str] | None = None,
-) -> MemoryPlan:
-    """The memory estimate of growing ``small_model`` to ``large_config`` without building either model's weights.
-
-    Only shapes are read: ``small_model`` may live on meta (``with torch.device("meta"): cls(small_config)``), and
-    the large shapes come from a one-layer model on meta, so an 8B-class growth is planned in well under a second.
-    The plan's tied weights are not known here (a tied head counts as its own weight: an upper bound).
-
-    Args:
-        tokens, seq_len: the batch of the operator step (0: no step, the other parts only).
-        device: whose memory budget :class:`MemoryPlan` compares with; ``chunk``: lean mode's layers per chunk
-            (None: about sqrt(L2)).
-        budget: (bytes, source) to compare with; None: :func:`ligo_fast.memory.memory_budget` of ``device`` now
-            (``config.memory_budget``, else ``LIGO_FAST_MEMORY_BUDGET``, else the free memory).
-    """
-    config = config or LiGOConfig()
-    arch = arch_for(small_model)
-    check_family(arch, large_config)
-    arch = arch.for_configs(small_model.config, large_config)
-    small_shapes = {k: tuple(v.shape) for k, v in small_model.state_dict().items()}
-    device = torch.device(device)
-    budget = budget if budget is not None else memory_budget(device, config.memory_budget)
-    elem = next(small_model.parameters()).element_size()
-    return _growth_estimate(
-        arch, type(small_model), small_shapes, arch.num_layers(small_model.config), large_config, config,
-        elem=elem, device=device, chunk=chunk, budget=budget, tokens=tokens, seq_len=seq_len,
-    )  # fmt: skip
-
-
-def _growth_estimate(
-    arch: Arch, hf_class: type, small_shapes: dict, L1: int, large_config, config: LiGOConfig, *, elem: int,
-    device: torch.device, chunk: int | None, budget: tuple[int, str], tokens: int = 0, seq_len: int = 0,
-) -> MemoryPlan:  # fmt: skip
-    """:func:`plan_growth` from what the caller already has (the family resolved for both configs, the small
-    shapes and layer count): also :class:`LiGOModel`'s early refusal, which has them (no second pass over the
-    small model's state)."""
-    L2 = arch.num_layers(large_config)
-    large_shapes = _shapes_for_layers(hf_class, large_config, arch, L2)
-    plan = build_plan(arch, small_shapes, large_shapes, [], L1, L2, config)
-    available, source = budget
-    return estimate(
-        plan, large_config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=0, device=device,
-        chunk=default_chunk(L2) if chunk is None else chunk, available=available, source=source,
-    )  # fmt: skip
-
-
 # ---------------------------------------------------------------------- helpers
 def _batch_key(args, kwargs, config) -> tuple[int, int]:
     """(tokens, sequence length) of a batch: what the memory decisions depend on."""
@@ -557,61 +433,6 @@ def _seq_len(args, kwargs, tokens: int) -> int:
     if emb is not None and emb.dim() >= 2:
         return emb.shape[-2]
     return tokens
-
-
-def _shapes_for_layers(hf_class: type, config, arch: Arch, layers: int) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes of ``hf_class(config)`` with ``layers`` blocks, from a one-block model on meta."""
-    one = meta_shapes(hf_class, with_layers(config, 1))
-    block = arch.layer_path(0) + "."
-    shapes = {k: v for k, v in one.items() if not k.startswith(block)}
-    for k, v in one.items():
-        if k.startswith(block):
-            for l in range(layers):
-                shapes[arch.layer_path(l) + "." + k[len(block) :]] = v
-    return shapes
-
-
-def _tied_groups(large: nn.Module) -> list[tuple[str, ...]]:
-    """The large model's parameter names grouped by identity (ties share one group)."""
-    by_id: dict[int, list[str]] = {}
-    for name, p in large.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    return [tuple(v) for v in by_id.values()]
-
-
-def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Plan, gen) -> Tensor:
-    """The initial value of operator tensor ``t`` (draws from ``gen`` for the random ones)."""
-    if t.role == Role.SMALL:
-        if t.rule == Rule.STACK:
-            return torch.stack([small_sd[k].detach() for k in t.sources]).contiguous()
-        return small_sd[t.sources[0]].detach().clone()
-    if t.role == Role.WIDTH:
-        n_new, small = t.shape[-2:]
-        if t.rule == Rule.SPLIT:  # one layer's draw at a time into the result: no list of draws beside it
-            out = None
-            for l in range(t.shape[0]):
-                draw = width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
-                out = torch.empty((t.shape[0], *draw.shape), dtype=draw.dtype) if out is None else out
-                out[l] = draw
-            return out
-        return width_init(n_new, small, cfg.width_init, cfg.width_noise, gen)
-    if t.role == Role.DEPTH:
-        d = depth_init(plan.L2, plan.L1, cfg.depth_init, cfg.depth_noise, gen, block_output=t.block_output)
-        return d if t.scale == 1.0 else d * t.scale
-    if t.role == Role.SCALE:
-        return torch.full(t.shape, t.scale)
-    if is_lossless(cfg.depth_init) or is_lossless(cfg.width_init):
-        return torch.zeros(t.shape)  # a function-preserving start has no residual
-    return torch.empty(t.shape).uniform_(-cfg.residual_noise, cfg.residual_noise, generator=gen)
-
-
-def _check_finite(sd: dict[str, Tensor]) -> None:
-    for k, v in sd.items():
-        # a sum is one pass without a mask the size of the tensor; a NaN or Inf always makes it non-finite, and an
-        # overflowing sum of finite values is told apart by the full check
-        if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all():
-            kind = "NaN" if torch.isnan(v).any() else "Inf"
-            raise ValueError(f"the small model's {k} contains {kind}; refusing to grow from it")
 
 
 def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> None:

@@ -11,7 +11,9 @@ import torch
 from _models import build, configs, inputs
 
 import ligo_fast
-from ligo_fast.integrations import from_pretrained
+from ligo_fast import LiGOModel
+from ligo_fast.hf_surface import HFSurface
+from ligo_fast.integrations import GrowingModel, from_pretrained
 
 
 def _grown(name: str, **kw):
@@ -159,3 +161,48 @@ def test_state_dict_entries_do_not_share_memory():
         sd = _grown(name, tie=False).state_dict()
         storages = [v.untyped_storage().data_ptr() for v in sd.values()]
         assert len(set(storages)) == len(storages), name
+
+
+# names HF tooling reads, written once in hf_surface.HFSurface (the classes override only what they answer otherwise)
+_SHARED = {
+    LiGOModel: ["config", "main_input_name", "supports_gradient_checkpointing", "can_generate",
+                "gradient_checkpointing_enable", "gradient_checkpointing_disable", "is_activation_checkpointing",
+                "is_gradient_checkpointing", "_keys_to_ignore_on_save", "__setstate__"],
+    GrowingModel: ["config", "main_input_name", "supports_gradient_checkpointing", "can_generate", "generate",
+                   "num_parameters", "gradient_checkpointing_enable", "gradient_checkpointing_disable",
+                   "is_gradient_checkpointing", "save_pretrained", "_keys_to_ignore_on_save", "__setstate__"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", list(_SHARED))
+def test_the_surface_is_written_once(cls):
+    for name in _SHARED[cls]:
+        assert getattr(cls, name) is getattr(HFSurface, name), f"{cls.__name__}.{name} is written a second time"
+
+
+def _surface(m) -> tuple:
+    return (
+        m.config.to_dict(), m.main_input_name, m.supports_gradient_checkpointing, m.can_generate(),
+        m.num_parameters(), m.num_parameters(exclude_embeddings=True), m.num_parameters(only_trainable=True),
+        list(inspect.signature(m.forward).parameters), m.is_activation_checkpointing, m._keys_to_ignore_on_save,
+    )  # fmt: skip
+
+
+def test_growing_model_answers_as_the_model_it_trains():
+    name = "LlamaForCausalLM"
+    model = _grown(name, depth_init="rand", width_init="rand").eval()
+    wrapper = GrowingModel(model).eval()
+    assert _surface(wrapper) == _surface(model)
+    ids = inputs(name)["input_ids"][:1, :3]
+    torch.testing.assert_close(
+        wrapper.generate(ids, max_new_tokens=2, do_sample=False), model.generate(ids, max_new_tokens=2, do_sample=False)
+    )
+    wrapper.gradient_checkpointing_enable()
+    assert wrapper.is_gradient_checkpointing and model.is_gradient_checkpointing
+    wrapper.gradient_checkpointing_disable()
+    assert not wrapper.is_gradient_checkpointing and not model.is_activation_checkpointing
+    twin = copy.copy(wrapper)  # a copy calls its own forward, with the large model's signature
+    assert twin.forward.__self__ is twin and _surface(twin) == _surface(model)
+    big = wrapper.grow().eval()
+    assert _surface(wrapper)[:6] == _surface(big)[:6] and wrapper.num_parameters() == model.num_parameters()
+    assert list(inspect.signature(wrapper.forward).parameters) == list(inspect.signature(big.forward).parameters)

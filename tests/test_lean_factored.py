@@ -186,11 +186,11 @@ def test_the_cgroup_limit_counts_as_free_memory(tmp_path, version):
 def test_a_growth_that_cannot_fit_fails_before_allocating(monkeypatch):
     import transformers as T
 
-    from ligo_fast import model as model_module
+    from ligo_fast import spec
 
     built = []
-    monkeypatch.setattr(model_module, "empty_parameters", lambda *a, **k: built.append("large model") or 1 / 0)
-    monkeypatch.setattr(model_module, "_initial", lambda *a, **k: built.append("operator tensor") or 1 / 0)
+    monkeypatch.setattr(spec, "empty_parameters", lambda *a, **k: built.append("large model") or 1 / 0)
+    monkeypatch.setattr(spec, "_initial", lambda *a, **k: built.append("operator tensor") or 1 / 0)
 
     small_cfg, _ = configs("LlamaForCausalLM")
     huge = T.LlamaConfig(

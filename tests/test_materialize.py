@@ -208,7 +208,9 @@ def test_shard_sizes_and_errors():
     assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
 
 
-@pytest.mark.parametrize(("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False)])
+@pytest.mark.parametrize(
+    ("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False), ("LlamaForCausalLM", True)]
+)
 def test_memory_estimate_of_materialising_and_saving(name, tie):
     small_cfg, large_cfg = configs(name, tie=tie)
     model = _grown(name, tie)
@@ -284,3 +286,29 @@ def test_save_materialized_killed_leaves_the_previous_save(tmp_path):
     assert {n: p.read_bytes() for n, p in left.items() if n not in stale} == before
     model.save_materialized(tmp_path / "out", max_shard_size=3000)  # the next save clears what the killed one left
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_materialized_fills_from_parts_then_the_rest(training):
+    """hf.materialized (LiGOModel.materialize's and materialize_compat's one route): the parts' tensors, then those of
+    ``rest`` the model has names for; the result references nothing in ``avoid`` and is in the asked mode."""
+    from ligo_fast.hf import materialized, storage_keys
+
+    cfg = configs("BertForMaskedLM")[0]
+    src = build("BertForMaskedLM", cfg)
+    state = src.state_dict()
+    names = list(state)
+    first = {k: state[k] for k in names[: len(names) // 2]}
+    rest = {**{k: state[k] for k in names[len(names) // 2 :]}, "not.a.parameter": torch.randn(3)}
+    out = materialized(
+        type(src), cfg, [first], rest=rest, device=torch.device("cpu"), dtype=None, training=training,
+        avoid=storage_keys(rest.values()),
+    )  # fmt: skip
+    assert out.training is training and type(out) is type(src)
+    got = out.state_dict()
+    assert got.keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(got[k], v), k
+    avoided = storage_keys(rest.values())  # copied; the parts' tensors are taken as they are
+    assert not any(got[k].untyped_storage().data_ptr() in avoided for k in rest if k in got)
+    assert all(got[k].untyped_storage().data_ptr() == first[k].untyped_storage().data_ptr() for k in first)

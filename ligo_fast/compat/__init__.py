@@ -19,20 +19,20 @@ For new code prefer :func:`ligo_fast.grow`: it produces all large layers of a mo
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from .. import factored
-from ..arch import EMBEDDING, LINEAR, NORM, Arch, supported_classes
+from ..arch import EMBEDDING, LINEAR, NORM, Arch, Module, supported_classes
 from ..arch.bert import BERT_MLM, ROBERTA_MLM
 from ..checkpoint import load_operator
 from ..config import LiGOConfig
-from ..hf import empty_model, fill, storage_keys
+from ..hf import materialized, storage_keys
+from ..init import check_depth_reach
 from ..layout import from_official
 from ..plan import SM, Plan, Role, Rule, build_plan
 from ..produce import parts, produce, produce_part
@@ -222,6 +222,24 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
     if any(isinstance(m, FUSED) for m in model_large.modules()):
         raise ValueError("create_ligo_from_model: the model is already wrapped by LiGO")
     cfg = config_from_args(args)
+    source_model = _small_of(model_large, args, source_model)
+    small_sd = source_model.state_dict()
+    plan = _plan(arch, source_model.config, small_sd, model_large, cfg)
+    device = next(model_large.parameters()).device
+    _register_small(model_large, plan, small_sd, cfg.train_small)
+    tie = _tied_widths(model_large, arch, plan, cfg, device)
+    for mod, l, path in _fused_paths(arch, plan.L2):
+        _set(model_large, path, _fused(model_large, mod, l, path, tie, cfg).to(device))
+    model_large.__dict__[_PLAN] = plan
+    model_large.__dict__[BATCH] = None
+    model_large.register_forward_pre_hook(_batch_pre_hook, with_kwargs=True)
+    model_large.register_forward_hook(_batch_post_hook, with_kwargs=True, always_call=True)
+    logger.info("LiGO (official API): %s grown %d -> %d layers, %s", type(model_large).__name__, plan.L1, plan.L2, cfg)
+    return model_large
+
+
+def _small_of(model_large: nn.Module, args, source_model: nn.Module | None) -> nn.Module:
+    """The small model: ``source_model``, else loaded from ``args.source_model_path``; of the large one's class."""
     if source_model is None:
         source_model = _load_small(model_large, args)
     if type(source_model) is not type(model_large):
@@ -229,22 +247,15 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
             f"the small model is a {type(source_model).__name__} but the large one a {type(model_large).__name__}; "
             "grow within one class"
         )
+    return source_model
+
+
+def _plan(arch: Arch, small_config, small_sd: dict[str, Tensor], model_large: nn.Module, cfg: LiGOConfig) -> Plan:
+    """The growth plan of the official API: every module grown separately, tied ones too (as the official code)."""
     if arch.check_config is not None:
-        arch.check_config(source_model.config, model_large.config)
-    L1, L2 = arch.num_layers(source_model.config), arch.num_layers(model_large.config)
-    if L2 < L1:
-        raise ValueError(f"the layer count shrinks: the small model has {L1} layers, the large config {L2}")
-    if cfg.depth_init.startswith("interlace") and L2 > 2 * L1:
-        raise ValueError(
-            f"depth init {cfg.depth_init!r} repeats each of the {L1} small layers twice, so it can grow to at most "
-            f"{2 * L1} layers, not {L2}; use 'stackbert' or 'rand'"
-        )
-    if getattr(model_large.config, "tie_word_embeddings", False):
-        logger.warning(
-            "tie_word_embeddings=True: like the official code, the decoder and the word embeddings are grown "
-            "separately, so the materialized model cannot keep them tied; ligo_fast.grow handles tied weights"
-        )
-    small_sd = source_model.state_dict()
+        arch.check_config(small_config, model_large.config)
+    L1, L2 = arch.num_layers(small_config), arch.num_layers(model_large.config)
+    check_depth_reach(cfg.depth_init, L1, L2)
     plan = build_plan(
         arch,
         {k: tuple(v.shape) for k, v in small_sd.items()},
@@ -254,18 +265,28 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
         L2,
         cfg,
     )
-    sizes = plan.widths
-    device = next(model_large.parameters()).device
-    _register_small(model_large, plan, small_sd, cfg.train_small)
+    if getattr(model_large.config, "tie_word_embeddings", False):
+        logger.warning(
+            "tie_word_embeddings=True: like the official code, the decoder and the word embeddings are grown "
+            "separately, so the materialized model cannot keep them tied; ligo_fast.grow handles tied weights"
+        )
+    return plan
 
+
+def _tied_widths(
+    model_large: nn.Module, arch: Arch, plan: Plan, cfg: LiGOConfig, device: torch.device
+) -> Callable[[str | None, int], FusedWidthParams | None]:
+    """With ``cfg.tie`` (``fuse_tie_param``): one width module per width (per large layer where the width is per
+    layer), set on the model at its official path. Returns ``tie(width, layer)``: the module a Fused module of that
+    width and layer shares, or None (untied: the module owns its width matrices)."""
     width_opts = dict(learnable=cfg.train_width, init_scheme=cfg.width_init, init_noise=cfg.width_noise)
     tied: dict[str, list[FusedWidthParams]] = {}
     if cfg.tie:
         for name, spec in arch.widths.items():
-            if name not in sizes:
+            if name not in plan.widths:
                 continue
-            count = L2 if spec.per_layer else 1
-            tied[name] = [FusedWidthParams(*sizes[name], **width_opts).to(device) for _ in range(count)]
+            count = plan.L2 if spec.per_layer else 1
+            tied[name] = [FusedWidthParams(*plan.widths[name], **width_opts).to(device) for _ in range(count)]
             for l, w in enumerate(tied[name]):
                 _set(model_large, spec.key.format(l=l), w)
 
@@ -274,6 +295,18 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
             return None
         return tied[width][l] if arch.widths[width].per_layer else tied[width][0]
 
+    return tie
+
+
+def _fused_paths(arch: Arch, L2: int) -> list[tuple[Module, int, str]]:
+    """(module description, large layer or -1 outside the blocks, path) of every module a Fused module replaces."""
+    todo = [(m, l, f"{arch.layer_path(l)}.{m.path}") for l in range(L2) for m in arch.layer_modules]
+    return todo + [(m, -1, m.path) for m in arch.modules]
+
+
+def _fused(model_large: nn.Module, mod: Module, l: int, path: str, tie, cfg: LiGOConfig) -> nn.Module:
+    """The Fused module that replaces ``model_large``'s module at ``path`` (description ``mod``, large layer ``l``)."""
+    old = model_large.get_submodule(path)
     common = dict(
         init_scheme_width=cfg.width_init,
         init_noise_width=cfg.width_noise,
@@ -282,39 +315,29 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
         residual_noise=cfg.residual_noise,
     )
     depth = dict(init_scheme_depth=cfg.depth_init, init_noise_depth=cfg.depth_noise, learn_depth=cfg.train_depth)
-    todo = [(m, l, f"{arch.layer_path(l)}.{m.path}") for l in range(L2) for m in arch.layer_modules]
-    todo += [(m, -1, m.path) for m in arch.modules]
-    for mod, l, path in todo:
-        old = model_large.get_submodule(path)
-        if mod.kind == LINEAR:
-            _expect(old, nn.Linear, path)
-            new = FusedLinear(
-                model_large, mod.path, old.in_features, old.out_features, layer_index=l,
-                width_in_tie=tie(mod.inp, l), width_out_tie=tie(mod.out, l), **depth, **common,
-            )  # fmt: skip
-        elif mod.kind == NORM:
-            _expect(old, nn.LayerNorm, path)
-            new = FusedLayeredNorm(
-                model_large, mod.path, old.normalized_shape, layer_index=l, eps=old.eps,
-                width_out_tie=tie(mod.out, l), **depth, **common,
-            )  # fmt: skip
-        elif mod.kind == EMBEDDING:
-            _expect(old, nn.Embedding, path)
-            new = FusedEmbedding(
-                model_large, mod.path, old.num_embeddings, old.embedding_dim, padding_idx=old.padding_idx,
-                max_norm=old.max_norm, norm_type=old.norm_type, scale_grad_by_freq=old.scale_grad_by_freq,
-                sparse=old.sparse, width_out_tie=tie(mod.out, l), **common,
-            )  # fmt: skip
-        else:
-            raise ValueError(f"{path}: module kind {mod.kind!r} has no official Fused module")
-        new.path = path
-        _set(model_large, path, new.to(device))
-    model_large.__dict__[_PLAN] = plan
-    model_large.__dict__[BATCH] = None
-    model_large.register_forward_pre_hook(_batch_pre_hook, with_kwargs=True)
-    model_large.register_forward_hook(_batch_post_hook, with_kwargs=True, always_call=True)
-    logger.info("LiGO (official API): %s grown %d -> %d layers, %s", type(model_large).__name__, L1, L2, cfg)
-    return model_large
+    if mod.kind == LINEAR:
+        _expect(old, nn.Linear, path)
+        new = FusedLinear(
+            model_large, mod.path, old.in_features, old.out_features, layer_index=l,
+            width_in_tie=tie(mod.inp, l), width_out_tie=tie(mod.out, l), **depth, **common,
+        )  # fmt: skip
+    elif mod.kind == NORM:
+        _expect(old, nn.LayerNorm, path)
+        new = FusedLayeredNorm(
+            model_large, mod.path, old.normalized_shape, layer_index=l, eps=old.eps,
+            width_out_tie=tie(mod.out, l), **depth, **common,
+        )  # fmt: skip
+    elif mod.kind == EMBEDDING:
+        _expect(old, nn.Embedding, path)
+        new = FusedEmbedding(
+            model_large, mod.path, old.num_embeddings, old.embedding_dim, padding_idx=old.padding_idx,
+            max_norm=old.max_norm, norm_type=old.norm_type, scale_grad_by_freq=old.scale_grad_by_freq,
+            sparse=old.sparse, width_out_tie=tie(mod.out, l), **common,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"{path}: module kind {mod.kind!r} has no official Fused module")
+    new.path = path
+    return new
 
 
 def _expect(module: nn.Module, cls: type, path: str) -> None:
@@ -373,13 +396,10 @@ def materialize_compat(model: nn.Module, dtype: torch.dtype | None = None) -> nn
             f"materialize: {type(model).__name__} holds no LiGO operator; pass a ligo_fast.LiGOModel or what "
             "ligo_fast.compat.create_ligo_from_model returned"
         )
-    large = empty_model(type(model), model.config)
-    expected = large.state_dict(keep_vars=True)
-    own = {k: v for k, v in model.state_dict().items() if k in expected and not k.startswith(SM)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(SM)}
     # the produced parts first; then the model's own tensors fill what the operator does not produce
-    fill(large, itertools.chain(produced, [own]), device=ref.device, dtype=dtype or ref.dtype,
-         avoid=storage_keys(own.values()))  # fmt: skip
-    return large.train(model.training)
+    return materialized(type(model), model.config, produced, rest=own, device=ref.device, dtype=dtype or ref.dtype,
+                        avoid=storage_keys(own.values()), training=model.training)  # fmt: skip
 
 
 @torch.no_grad()

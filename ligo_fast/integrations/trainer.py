@@ -44,7 +44,7 @@ from transformers import TrainerCallback, get_constant_schedule_with_warmup
 
 from ..budget import OperatorBudget, operator_budget
 from ..guard import RiseGuard
-from ..hf_surface import signed_forward
+from ..hf_surface import HFSurface, enable_checkpointing
 from ..model import LiGOModel
 
 logger = logging.getLogger(__name__)
@@ -84,16 +84,15 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-class GrowingModel(nn.Module):
+class GrowingModel(HFSurface, nn.Module):
     """The model a ``Trainer`` trains through growth: a :class:`LiGOModel` until :meth:`grow`, then the plain large
     HF model it materialises (``.model`` holds the current one). Called like the large model, same signature.
 
     ``state_dict`` is ``model.*`` of the current model plus ``ligo_grown`` (a flag); ``load_state_dict`` of a
     checkpoint taken after growth grows first. After growth, tied tensors (e.g. a tied LM head) are saved once, as
-    HF's own saving does (safetensors refuses shared tensors), and re-tied on load.
+    HF's own saving does (safetensors refuses shared tensors), and re-tied on load. What ``Trainer`` reads (``config``,
+    ``generate``, checkpointing switches, ``save_pretrained``, ...) is the current model's (:class:`HFSurface`).
     """
-
-    _keys_to_ignore_on_save = None  # Trainer reads it when a checkpoint misses keys
 
     def __init__(self, model: LiGOModel):
         super().__init__()
@@ -103,7 +102,7 @@ class GrowingModel(nn.Module):
         self.register_buffer("ligo_grown", torch.tensor(False))
         self.checkpointing: dict | None = None  # activation checkpointing arguments, carried across growth
         self.operator_losses: list[float] = []  # losses of the forwards since GrowthCallback last read them
-        self.__dict__["forward"] = signed_forward(self, model.large)
+        self._install_signature()
         self.register_state_dict_post_hook(_drop_tied_copies)
         self.register_load_state_dict_pre_hook(_grow_and_retie)
 
@@ -125,74 +124,34 @@ class GrowingModel(nn.Module):
             raise RuntimeError("GrowingModel.grow: the model has grown already")
         big = self.model.materialize()
         if self.checkpointing is not None:
-            _enable_checkpointing(big, self.checkpointing)
+            enable_checkpointing(big, **self.checkpointing)
         self.model = big
         self.ligo_grown.fill_(True)
         return big
 
     # ----------------------------------------------------------------------- what Trainer reads
-    @property
-    def config(self):
-        return self.model.config
+    def _surface_model(self) -> nn.Module:
+        return self.model
 
-    @property
-    def main_input_name(self) -> str:
-        return self.model.main_input_name
-
-    @property
-    def supports_gradient_checkpointing(self) -> bool:
-        return self.model.supports_gradient_checkpointing
-
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        return self.model.num_parameters(only_trainable=only_trainable, exclude_embeddings=exclude_embeddings)
-
-    def can_generate(self) -> bool:
-        return self.model.can_generate()
-
-    def generate(self, *args, **kwargs):
-        return self.model.generate(*args, **kwargs)
+    def _signature_model(self) -> nn.Module:
+        return self.model.large if isinstance(self.model, LiGOModel) else self.model
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
         self.checkpointing = {"activation_checkpointing_kwargs": activation_checkpointing_kwargs, **kwargs}
-        _enable_checkpointing(self.model, self.checkpointing)
+        super().activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
     def activation_checkpointing_disable(self) -> None:
         self.checkpointing = None
-        _disable_checkpointing(self.model)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
-        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.activation_checkpointing_disable()
+        super().activation_checkpointing_disable()
 
     @property
     def is_activation_checkpointing(self) -> bool:
         return self.checkpointing is not None
 
-    is_gradient_checkpointing = is_activation_checkpointing
-
     def tie_weights(self, *args, **kwargs) -> None:
         tie = getattr(self.model, "tie_weights", None)
         if tie is not None:
             tie(*args, **kwargs)
-
-    def save_pretrained(self, save_directory, **kwargs) -> None:
-        """The current model's ``save_pretrained``: operator files before growth, an HF model directory after."""
-        self.model.save_pretrained(save_directory, **kwargs)
-
-
-def _enable_checkpointing(model: nn.Module, how: dict) -> None:
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    if enable is not None:
-        enable(**how)
-    else:  # transformers before the rename
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=how.get("activation_checkpointing_kwargs"))
-
-
-def _disable_checkpointing(model: nn.Module) -> None:
-    disable = getattr(model, "activation_checkpointing_disable", None)
-    (disable or model.gradient_checkpointing_disable)()
 
 
 def _tied_copies(module: nn.Module) -> dict[str, str]:

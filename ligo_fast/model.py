@@ -4,7 +4,8 @@ The data flow: :func:`ligo_fast.grow` -> :func:`ligo_fast.plan.build_plan` (whic
 ``LiGOModel.__init__`` creates the operator's tensors in ``self.op`` (layer-major: small block weights
 ``(L1, out, in)``, depth coefficients ``(L2, L1)``, per-layer width matrices ``(L2, ...)``) -> every forward
 produces the large weights (:mod:`ligo_fast.produce`: one expand call per module kind, one multi-vector call)
-and runs the large HF model on them with :func:`torch.func.functional_call` -> ``materialize()`` returns a plain
+and runs the large HF model on them, as its execution plan says (:mod:`ligo_fast.execution`: decide, bind, run)
+-> ``materialize()`` returns a plain
 HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or ``save_materialized()`` streams it to
 disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced parameters are deleted, so they cost
 no memory.
@@ -17,7 +18,6 @@ Imports: the layers below (arch, config, init, plan, layout, produce, lean, fact
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -29,11 +29,12 @@ from torch.func import functional_call
 
 from . import backends, factored, hf_surface
 from .arch import Arch, arch_for
-from .config import LiGOConfig
+from .config import ExecutionOptions, LiGOConfig
+from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, budget_for, decide
 from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
 from .init import depth_init, is_lossless, width_init
 from .layout import check_state_fits, from_official, keys_of, to_official
-from .lean import chunk_layers, default_chunk, lean_layers
+from .lean import default_chunk
 from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
 from .plan import ConfigFacts, OpTensor, Plan, Role, Rule, build_plan, check_family
 from .produce import parts, produce, produce_part
@@ -128,7 +129,7 @@ class LiGOModel(nn.Module):
             p.requires_grad_(False)
         self.large = large
         self._budgets: dict[str, tuple[int, str]] = {str(ref.device): budget}  # device -> (bytes, source)
-        self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
+        self._plans: dict[tuple, ExecutionPlan] = {}  # (device, batch shape, options) -> how it runs
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
         self.__dict__["forward"] = hf_surface.signed_forward(self, large)  # HF-like surface, below
@@ -143,49 +144,51 @@ class LiGOModel(nn.Module):
         return produce(self.plan.slots, self.tensor, backend=backend, aliases=self.plan.aliases)
 
     def forward(self, *args, **kwargs):
+        """Decide (:meth:`execution_plan`), bind (:func:`ligo_fast.execution.bind`), run the large model."""
+        plan = self.execution_plan(args, kwargs)
+        blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)] if plan.lean else []
+        with bind(self.large, self.plan, self.tensor, plan, blocks):
+            return self.large(*args, **kwargs)
+
+    def execution_plan(self, args=(), kwargs=None) -> ExecutionPlan:
+        """How a forward on this batch (the arguments of a forward call) runs: the forms of the grown linears,
+        memory-lean mode and its chunk, the memory estimate (:mod:`ligo_fast.execution`), decided once per batch
+        shape (and per gradient mode, device and options: :attr:`execution_options`)."""
+        tokens, seq_len = batch_shape(args, kwargs or {}, self.config)
+        reentrant = bool(self.__dict__.get("_reentrant_checkpointing"))
+        key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
+        return self._plans[key]
+
+    @torch.compiler.assume_constant_result
+    def _decide(self, tokens: int, seq_len: int, grad: bool, reentrant: bool, compiling: bool) -> tuple:
+        """The key of this batch shape's plan in ``_plans``, computed once (under torch.compile: at trace time,
+        outside the graph, since it may read the memory budget and load the backend)."""
+        batch = BatchShape(tokens, seq_len, grad, reentrant, compiling)
+        options = self.execution_options
+        plans = self.__dict__.setdefault("_plans", {})  # a model pickled by an older version has none
+        return decide(plans, batch, options, self.device, lambda: self._target(options))
+
+    @property
+    def execution_options(self) -> ExecutionOptions:
+        """How forwards run (``lean``, ``linear_mode``, ``memory_budget``; :class:`ligo_fast.ExecutionOptions`)."""
+        return self.ligo_config.execution
+
+    def _target(self, options: ExecutionOptions) -> Target:
+        """What the plans of this model on its device are computed from (:class:`ligo_fast.execution.Target`)."""
         slots = self.plan.slots
-        chosen = self.factored_plan(args, kwargs)
-        forms = {slots[i].name: form for i, form in chosen.items()}
-        skip = frozenset(forms)
-        with factored.factored_modules(self.large, [slots[i] for i in chosen], self.tensor, self.plan.aliases, forms):
-            if not self.lean_now(args, kwargs):
-                params = produce(slots, self.tensor, skip_weights=skip, aliases=self.plan.aliases)
-                return functional_call(self.large, params, args, kwargs, tie_weights=False)
-            glob = produce(
-                [s for s in slots if not s.layered], self.tensor, skip_weights=skip, aliases=self.plan.aliases
-            )
-            layered = [s for s in slots if s.layered]
-            blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
-            # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
-            # gradients once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
-            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == Rule.SPLIT}
-
-            def chunk(layers: range) -> dict[str, Tensor]:
-                def get(name: str | None) -> Tensor | None:
-                    return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else self.tensor(name)
-
-                return produce(layered, get, layers=layers, skip_weights=skip)
-
-            # the pure-PyTorch production saves intermediates for its backward: checkpoint it; the C++/Triton ops
-            # save only their inputs (the operator's own tensors)
-            checkpointed = backends.resolve("auto", self.device).name == "torch"
-            chunks = chunk_layers(self.L2, self.lean_chunk(args, kwargs))
-            with lean_layers(self.large, blocks, chunks, chunk, checkpointed):
-                return functional_call(self.large, glob, args, kwargs, tie_weights=False)
+        ok = frozenset(slots[i].name for i in factored.candidates(slots) if self._factorable(slots[i]))
+        leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
+        return Target(
+            growth=self.plan, config=self.config, device=self.device, elem=self.tensor(slots[0].w).element_size(),
+            budget=self._budget(), leftover_bytes=leftovers, factorable=ok,
+            checkpointed=backends.resolve(options.backend, self.device).name == "torch",
+        )  # fmt: skip
 
     def factored_plan(self, args=(), kwargs=None) -> dict[int, str]:
         """``{index into plan.slots: form}`` of the module kinds that run factored in this forward (block linears,
-        embeddings and the heads tied to them, other linears outside the blocks; forms: :mod:`ligo_fast.factored`).
-        """
-        s = self.plan.slots
-        T = factored.count_tokens(args, kwargs or {}, self.config)
-        nbytes = self.tensor(s[0].w).element_size()
-        mode = self.ligo_config.linear_mode
-        if self.__dict__.get("_reentrant_checkpointing"):  # its recompute cannot see the factored forwards
-            mode = "materialize"
-        aliases = self.plan.aliases
-        half = not self.lean_now(args, kwargs or {})  # lean keeps no layer's (partly) produced weight alive
-        return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
+        embeddings and the heads tied to them, other linears outside the blocks; forms: :mod:`ligo_fast.factored`):
+        :meth:`execution_plan`'s."""
+        return dict(self.execution_plan(args, kwargs).forms)
 
     def linear_step_flops(self, *args, **kwargs) -> int:
         """FLOPs of one operator training step (forward + backward) of the large model's linear layers and
@@ -193,9 +196,8 @@ class LiGOModel(nn.Module):
         (:meth:`factored_plan`): factored, or produced and then run (:func:`ligo_fast.factored.step_flops`). A
         factored layer costs less than the plain large layer. Not counted: attention scores, norms, biases and the
         elementwise work, which growth does not change (add them as for a plain step)."""
-        forms = self.factored_plan(args, kwargs)
-        T = factored.count_tokens(args, kwargs, self.config)
-        return factored.step_flops(self.plan.slots, self.L1, T, forms, self.plan.aliases)
+        plan = self.execution_plan(args, kwargs)
+        return factored.step_flops(self.plan.slots, self.L1, plan.tokens, plan.forms, self.plan.aliases)
 
     def _factorable(self, slot) -> bool:
         scaled = slot.mod.output_scale is not None
@@ -203,12 +205,13 @@ class LiGOModel(nn.Module):
         return all(factored.module_ok(self.large.get_submodule(p), scaled) for p in paths)
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
-        """The memory estimate of an operator-training step on this batch (the arguments of a forward call).
+        """The memory estimate of an operator-training step on this batch (the arguments of a forward call), in the
+        forms it runs (:meth:`execution_plan`'s).
 
         ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the memory budget and the choice between
         the eager and the memory-lean path (:mod:`ligo_fast.memory`).
         """
-        return self._memory_plan(*_batch_key(args, kwargs, self.config))
+        return self.execution_plan(args, kwargs).memory
 
     @property
     def memory_budget(self) -> int:
@@ -218,28 +221,12 @@ class LiGOModel(nn.Module):
         return self._budget()[0]
 
     def _budget(self) -> tuple[int, str]:
-        dev = self.device
         budgets = self.__dict__.setdefault("_budgets", {})  # a model pickled by an older version has none
-        if str(dev) not in budgets:  # moved to another device: its memory, read once
-            budgets[str(dev)] = memory_budget(dev, getattr(self.ligo_config, "memory_budget", None))
-            logger.info("memory budget on %s: %d bytes (%s)", dev, *budgets[str(dev)])
-        return budgets[str(dev)]
-
-    def _memory_plan(self, tokens: int, seq_len: int) -> MemoryPlan:
-        leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
-        elem = self.tensor(self.plan.slots[0].w).element_size()
-        budget, source = self._budget()
-        mp = estimate(
-            self.plan, self.config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=leftovers,
-            device=self.device, chunk=default_chunk(self.L2), available=budget, source=source,
-        )  # fmt: skip
-        while mp.use_lean and not mp.fits and mp.chunk > 1:  # smaller chunks until the lean step fits
-            mp = dataclasses.replace(mp, chunk=mp.chunk // 2)
-        return mp
+        return budget_for(budgets, self.device, self.execution_options.memory_budget)
 
     def lean_chunk(self, args=(), kwargs=None) -> int:
         """Layers per chunk of memory-lean mode for this batch: about sqrt(L2), fewer if memory is short."""
-        return self._decide(*_batch_key(args, kwargs or {}, self.config))[1]
+        return self.execution_plan(args, kwargs).chunk
 
     def lean_now(self, args=(), kwargs=None) -> bool:
         """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
@@ -248,24 +235,7 @@ class LiGOModel(nn.Module):
         (:attr:`memory_budget`, read once; :meth:`memory_plan`): a function of the batch shape and that number,
         so a run does not switch paths as the machine's free memory changes.
         """
-        lean = self.ligo_config.lean
-        if lean is not None:
-            return bool(lean)
-        if not torch.is_grad_enabled():
-            return False
-        return self._decide(*_batch_key(args, kwargs or {}, self.config))[0]
-
-    @torch.compiler.assume_constant_result
-    def _decide(self, tokens: int, seq_len: int) -> tuple[bool, int]:
-        """(lean on, layers per chunk) for a batch shape, decided once (under torch.compile: at trace time, outside
-        the graph, since it reads the memory budget, on a model's first use of a device)."""
-        key = (str(self.device), tokens, seq_len)
-        if key not in self._lean_choice:
-            mp = self._memory_plan(tokens, seq_len)
-            self._lean_choice[key] = (mp.use_lean, mp.chunk)
-            if mp.use_lean:
-                logger.info("memory-lean mode on: %s", mp)
-        return self._lean_choice[key]
+        return self.execution_plan(args, kwargs).lean
 
     # ------------------------------------------------------------------ HF-like surface
     # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model. ``forward`` in the instance's
@@ -331,12 +301,11 @@ class LiGOModel(nn.Module):
             enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs, **kwargs)
         else:  # transformers before the rename
             self.large.gradient_checkpointing_enable(gradient_checkpointing_kwargs=activation_checkpointing_kwargs)
-        leaves = hf_surface.produced_leaves(self.large, self.plan.removed)
         for m in self.large.modules():
             fn = m.__dict__.get("_gradient_checkpointing_func")
             if fn is not None:
                 fn = getattr(fn, "ligo_wrapped", fn)
-                m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn, leaves)
+                m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn)
 
     def activation_checkpointing_disable(self) -> None:
         self.__dict__["_reentrant_checkpointing"] = False
@@ -542,23 +511,6 @@ def _growth_estimate(
 
 
 # ---------------------------------------------------------------------- helpers
-def _batch_key(args, kwargs, config) -> tuple[int, int]:
-    """(tokens, sequence length) of a batch: what the memory decisions depend on."""
-    tokens = factored.count_tokens(args, kwargs, config)
-    return tokens, _seq_len(args, kwargs, tokens)
-
-
-def _seq_len(args, kwargs, tokens: int) -> int:
-    """The sequence length of a batch (the last dim of input_ids / the middle of inputs_embeds), else ``tokens``."""
-    ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-    if ids is not None and ids.dim() >= 1:
-        return ids.shape[-1]
-    emb = kwargs.get("inputs_embeds")
-    if emb is not None and emb.dim() >= 2:
-        return emb.shape[-2]
-    return tokens
-
-
 def _shapes_for_layers(hf_class: type, config, arch: Arch, layers: int) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of ``hf_class(config)`` with ``layers`` blocks, from a one-block model on meta."""
     one = meta_shapes(hf_class, with_layers(config, 1))

@@ -44,7 +44,7 @@ class Binding:
             del self._held[(id(module), leaf)]
         bound = module.__dict__.get(BOUND, {})
         if prior is _ABSENT:
-            if leaf in module.__dict__:
+            if leaf in module.__dict__ or leaf in module._parameters:  # a Parameter is registered as one
                 delattr(module, leaf)
             bound.pop(leaf, None)
         else:

@@ -106,15 +106,10 @@ def meta_twin(hf_class: type, config) -> nn.Module:
 def placeholders(large: nn.Module, twin: nn.Module, names: Iterable[str]):
     """Meta tensors of ``twin``'s shapes on ``large`` for the produced ``names`` it does not hold (e.g. for repr)."""
     shapes = dict(twin.named_parameters(remove_duplicate=False))
-    set_ = []
-    try:
+    with Binding() as binding:
         for name in names:
             parent, _, leaf = name.rpartition(".")
             m = large.get_submodule(parent)
             if leaf not in m.__dict__ and leaf not in m._parameters and name in shapes:
-                setattr(m, leaf, shapes[name].detach())
-                set_.append((m, leaf))
+                binding.install(m, leaf, shapes[name].detach())
         yield
-    finally:
-        for m, leaf in set_:
-            delattr(m, leaf)

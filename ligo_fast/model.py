@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from . import backends, factored, hf_surface
 from .arch import Arch, arch_for
+from .binding import Binding
 from .config import ExecutionOptions, LiGOConfig
 from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, budget_for, decide
 from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
@@ -52,18 +52,6 @@ class _Op(nn.Module):
             self.register_parameter(name, nn.Parameter(t))
         else:
             self.register_buffer(name, t)
-
-
-class _Call(nn.Module):
-    """Lets functional_call run a method other than forward (e.g. ``generate``) of the large model."""
-
-    def __init__(self, large: nn.Module, method: str):
-        super().__init__()
-        self.large = large
-        self.method = method
-
-    def forward(self, *args, **kwargs):
-        return getattr(self.large, self.method)(*args, **kwargs)
 
 
 class LiGOModel(nn.Module):
@@ -269,8 +257,10 @@ class LiGOModel(nn.Module):
             raise AttributeError(f"{type(self.large).__name__} has no generate()")
         with torch.no_grad():
             # as Parameters, so HF's generate finds a device and dtype through model.parameters()
-            params = {"large." + k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
-        return functional_call(_Call(self.large, "generate"), params, args, kwargs, tie_weights=False)
+            params = {k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
+        with Binding() as binding:
+            binding.install_named(self.large, params)
+            return self.large.generate(*args, **kwargs)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """HF's ``num_parameters``: the large model's count (as ``materialize().num_parameters(...)`` would say, no

@@ -6,8 +6,8 @@ The data flow: :func:`ligo_fast.grow` -> :func:`ligo_fast.plan.build_plan` (whic
 produces the large weights (:mod:`ligo_fast.produce`: one expand call per module kind, one multi-vector call)
 and runs the large HF model on them, as its execution plan says (:mod:`ligo_fast.execution`: decide, bind, run)
 -> ``materialize()`` returns a plain HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or
-``save_materialized()`` streams it to disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced parameters are deleted, so they cost
-no memory.
+``save_materialized()`` streams it to disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced
+parameters are deleted, so they cost no memory.
 ``state_dict()`` is the official checkpoint layout (:mod:`ligo_fast.layout`), so official operator checkpoints
 load strictly and ours load into the official code. Memory-lean and factored execution: :mod:`ligo_fast.lean`,
 :mod:`ligo_fast.factored`.

@@ -160,12 +160,13 @@ def budget_for(budgets: dict, device: torch.device, explicit: int | None) -> tup
 
 
 def decide(
-    plans: dict, batch: BatchShape, options: ExecutionOptions, device: torch.device, target: Callable[[], Target]
+    plans: dict, batch: BatchShape, options: ExecutionOptions, like: Tensor, target: Callable[[], Target]
 ) -> tuple:
-    """The key in ``plans`` of the plan for (device, batch, options), computed there once by :func:`plan_execution`
-    (``target()`` is called only then). The key is a tuple of plain values: under ``torch.compile`` a constant of
-    the trace (the caller decides outside the graph), and ``plans[key]`` a guarded lookup."""
-    key = (str(device), *dataclasses.astuple(batch), *dataclasses.astuple(options))
+    """The key in ``plans`` of the plan for (batch, options, the device and dtype of the operator's tensor ``like``),
+    computed there once by :func:`plan_execution` (``target()`` is called only then). The key is a tuple of plain
+    values: under ``torch.compile`` a constant of the trace (the caller decides outside the graph), and
+    ``plans[key]`` a guarded lookup."""
+    key = (str(like.device), str(like.dtype), *dataclasses.astuple(batch), *dataclasses.astuple(options))
     if key not in plans:
         plans[key] = plan = plan_execution(target(), batch, options)
         if plan.lean and options.lean is None:

@@ -140,7 +140,7 @@ class LiGOModel(nn.Module):
     def execution_plan(self, args=(), kwargs=None) -> ExecutionPlan:
         """How a forward on this batch (the arguments of a forward call) runs: the forms of the grown linears,
         memory-lean mode and its chunk, the memory estimate (:mod:`ligo_fast.execution`), decided once per batch
-        shape (and per gradient mode, device and options: :attr:`execution_options`)."""
+        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`)."""
         tokens, seq_len = batch_shape(args, kwargs or {}, self.config)
         reentrant = bool(self.__dict__.get("_reentrant_checkpointing"))
         key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
@@ -153,7 +153,7 @@ class LiGOModel(nn.Module):
         batch = BatchShape(tokens, seq_len, grad, reentrant, compiling)
         options = self.execution_options
         plans = self.__dict__.setdefault("_plans", {})  # a model pickled by an older version has none
-        return decide(plans, batch, options, self.device, lambda: self._target(options))
+        return decide(plans, batch, options, self.tensor(self.plan.slots[0].w), lambda: self._target(options))
 
     @property
     def execution_options(self) -> ExecutionOptions:

@@ -124,12 +124,13 @@ def test_decide_computes_each_plan_once(growth):
         calls.append(1)
         return _target(growth)
 
-    a = decide(plans, BatchShape(14, 7), ExecutionOptions(), torch.device("cpu"), target)
-    assert decide(plans, BatchShape(14, 7), ExecutionOptions(), torch.device("cpu"), target) == a
+    a = decide(plans, BatchShape(14, 7), ExecutionOptions(), torch.ones(1), target)
+    assert decide(plans, BatchShape(14, 7), ExecutionOptions(), torch.ones(1), target) == a
     assert len(calls) == 1 and isinstance(a, tuple)
-    b = decide(plans, BatchShape(14, 7), ExecutionOptions(linear_mode="materialize"), torch.device("cpu"), target)
-    c = decide(plans, BatchShape(14, 7, grad=False), ExecutionOptions(), torch.device("cpu"), target)
-    assert len({a, b, c}) == 3 and len(calls) == 3 and not plans[b].forms and plans[a].forms
+    b = decide(plans, BatchShape(14, 7), ExecutionOptions(linear_mode="materialize"), torch.ones(1), target)
+    c = decide(plans, BatchShape(14, 7, grad=False), ExecutionOptions(), torch.ones(1), target)
+    d = decide(plans, BatchShape(14, 7), ExecutionOptions(), torch.ones(1, dtype=torch.float64), target)
+    assert len({a, b, c, d}) == 4 and len(calls) == 4 and not plans[b].forms and plans[a].forms
 
 
 def test_the_model_views_are_the_plans(growth):
@@ -141,6 +142,7 @@ def test_the_model_views_are_the_plans(growth):
     assert model.factored_plan((), x) == dict(plan.forms) and model.lean_now((), x) is True
     assert model.lean_chunk((), x) == plan.chunk and model.memory_plan(**x) is plan.memory
     assert model.execution_options == ExecutionOptions(lean=True)
+    assert plan.memory.elem == 4 and model.double().memory_plan(**x).elem == 8  # a plan per dtype too
 
 
 def test_a_binding_installs_and_restores():

@@ -179,7 +179,7 @@ def _bind_pre_hook(model: nn.Module, args, kwargs) -> None:
     tokens, seq_len = batch_shape(args, kwargs, model.config)
     batch = BatchShape(tokens, seq_len, torch.is_grad_enabled(), compiling=torch.compiler.is_compiling())
     plans = model.__dict__.setdefault(_PLANS, {})
-    xplan = plans[decide(plans, batch, options, ref.device, lambda: _target(model, plan, ref, options))]
+    xplan = plans[decide(plans, batch, options, ref, lambda: _target(model, plan, ref, options))]
     arch = _ARCHS[type(model).__name__]
     blocks = [model.get_submodule(arch.layer_path(l)) for l in range(plan.L2)] if xplan.lean else []
     binding = bind(model, plan, get, xplan, blocks)

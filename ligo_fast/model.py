@@ -168,7 +168,7 @@ class LiGOModel(nn.Module):
         return Target(
             growth=self.plan, config=self.config, device=self.device, elem=self.tensor(slots[0].w).element_size(),
             budget=self._budget(), leftover_bytes=leftovers, factorable=ok,
-            checkpointed=backends.resolve(options.backend, self.device).name == "torch",
+            checkpointed=backends.resolve(options.backend, self.device).saves_intermediates,
         )  # fmt: skip
 
     def factored_plan(self, args=(), kwargs=None) -> dict[int, str]:

@@ -201,7 +201,7 @@ def _target(model: nn.Module, plan: Plan, ref: Tensor, options: ExecutionOptions
     return Target(
         growth=plan, config=model.config, device=ref.device, elem=ref.element_size(), budget=budget,
         factorable=frozenset(s.name for s in plan.slots if ok(s)),
-        checkpointed=backends.resolve(options.backend, ref.device).name == "torch",
+        checkpointed=backends.resolve(options.backend, ref.device).saves_intermediates,
     )  # fmt: skip
 
 

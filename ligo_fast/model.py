@@ -157,8 +157,16 @@ class LiGOModel(nn.Module):
 
     @property
     def execution_options(self) -> ExecutionOptions:
-        """How forwards run (``lean``, ``linear_mode``, ``memory_budget``; :class:`ligo_fast.ExecutionOptions`)."""
-        return self.ligo_config.execution
+        """How forwards run (:class:`ligo_fast.ExecutionOptions`): those set here, else the ones ``LiGOConfig``
+        was given (``lean``, ``linear_mode``, ``memory_budget``). Set it to run a loaded operator, whose file records
+        only the structure, in other ways (``model.execution_options = ExecutionOptions(lean=True)``)."""
+        return self.__dict__.get("_execution_options") or self.ligo_config.execution
+
+    @execution_options.setter
+    def execution_options(self, options: ExecutionOptions) -> None:
+        if not isinstance(options, ExecutionOptions):
+            raise TypeError(f"execution_options must be an ExecutionOptions, got {type(options).__name__}")
+        self.__dict__["_execution_options"] = options
 
     def _target(self, options: ExecutionOptions) -> Target:
         """What the plans of this model on its device are computed from (:class:`ligo_fast.execution.Target`)."""

@@ -143,6 +143,10 @@ def test_the_model_views_are_the_plans(growth):
     assert model.lean_chunk((), x) == plan.chunk and model.memory_plan(**x) is plan.memory
     assert model.execution_options == ExecutionOptions(lean=True)
     assert plan.memory.elem == 4 and model.double().memory_plan(**x).elem == 8  # a plan per dtype too
+    model.execution_options = ExecutionOptions(linear_mode="materialize")  # e.g. on a loaded operator
+    assert not model.lean_now((), x) and not model.factored_plan((), x)
+    with pytest.raises(TypeError, match="ExecutionOptions"):
+        model.execution_options = {"lean": True}
 
 
 def test_a_binding_installs_and_restores():

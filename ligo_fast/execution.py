@@ -153,6 +153,8 @@ def plan_execution(target: Target, batch: BatchShape, options: ExecutionOptions)
 def budget_for(budgets: dict, device: torch.device, explicit: int | None) -> tuple[int, str]:
     """``budgets``' memory budget for ``device`` (``(bytes, source)``), read once
     (:func:`ligo_fast.memory.memory_budget`: ``explicit``, else the environment variable, else the free memory)."""
+    if explicit is not None:  # the options' number, not a reading: whatever options are set later
+        return memory_budget(device, explicit)
     if str(device) not in budgets:
         budgets[str(device)] = memory_budget(device, explicit)
         logger.info("memory budget on %s: %d bytes (%s)", device, *budgets[str(device)])

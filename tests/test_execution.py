@@ -145,6 +145,8 @@ def test_the_model_views_are_the_plans(growth):
     assert plan.memory.elem == 4 and model.double().memory_plan(**x).elem == 8  # a plan per dtype too
     model.execution_options = ExecutionOptions(linear_mode="materialize")  # e.g. on a loaded operator
     assert not model.lean_now((), x) and not model.factored_plan((), x)
+    model.execution_options = ExecutionOptions(memory_budget=12345)
+    assert model.memory_budget == 12345 and model.lean_now((), x)  # the eager step does not fit in 12 kB
     with pytest.raises(TypeError, match="ExecutionOptions"):
         model.execution_options = {"lean": True}
 

@@ -22,7 +22,7 @@ the factored forwards, the produced weights (all of them before the call, or the
 chunk by chunk in lean mode). :class:`ligo_fast.LiGOModel` and the official API's wrapped model
 (:mod:`ligo_fast.compat`) both run a batch as "decide, bind, run".
 
-Imports: ``binding``, ``config``, ``factored``, ``lean``, ``memory``, ``plan``, ``produce``.
+Imports: ``backends``, ``binding``, ``config``, ``factored``, ``lean``, ``memory``, ``plan``, ``produce``.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from . import factored
+from . import backends, factored
 from .binding import Binding
 from .config import ExecutionOptions
 from .factored import Form
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, estimate, memory_budget
-from .plan import Plan, Rule
+from .plan import Plan, Rule, Slot
 from .produce import Getter, produce
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ class Target:
     leftover_bytes: int = 0
     factorable: frozenset[str] = frozenset()
     checkpointed: bool = False
+
+    @classmethod
+    def of(
+        cls, growth: Plan, config, like: Tensor, budget: tuple[int, str], options: ExecutionOptions,
+        ok: Callable[[Slot], bool], leftover_bytes: int = 0,
+    ) -> Target:  # fmt: skip
+        """The target of a model whose operator tensors are like ``like`` (device, dtype), whose candidate slots'
+        modules ``ok`` accepts factored, and whose production runs on ``options.backend`` (loaded here, to ask it
+        whether its ops save intermediates: :attr:`ligo_fast.backends.Backend.saves_intermediates`)."""
+        slots = growth.slots
+        factorable = frozenset(slots[i].name for i in factored.candidates(slots) if ok(slots[i]))
+        checkpointed = backends.resolve(options.backend, like.device).saves_intermediates
+        return cls(growth, config, like.device, like.element_size(), budget, leftover_bytes, factorable, checkpointed)
 
 
 @dataclass(frozen=True)

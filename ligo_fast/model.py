@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from . import backends, factored, hf_surface
+from . import factored, hf_surface
 from .arch import Arch, arch_for
 from .binding import Binding
 from .config import ExecutionOptions, LiGOConfig
@@ -170,14 +170,9 @@ class LiGOModel(nn.Module):
 
     def _target(self, options: ExecutionOptions) -> Target:
         """What the plans of this model on its device are computed from (:class:`ligo_fast.execution.Target`)."""
-        slots = self.plan.slots
-        ok = frozenset(slots[i].name for i in factored.candidates(slots) if self._factorable(slots[i]))
         leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
-        return Target(
-            growth=self.plan, config=self.config, device=self.device, elem=self.tensor(slots[0].w).element_size(),
-            budget=self._budget(), leftover_bytes=leftovers, factorable=ok,
-            checkpointed=backends.resolve(options.backend, self.device).saves_intermediates,
-        )  # fmt: skip
+        like = self.tensor(self.plan.slots[0].w)
+        return Target.of(self.plan, self.config, like, self._budget(), options, self._factorable, leftovers)
 
     def factored_plan(self, args=(), kwargs=None) -> dict[int, str]:
         """``{index into plan.slots: form}`` of the module kinds that run factored in this forward (block linears,

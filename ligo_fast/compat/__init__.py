@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .. import backends, factored
+from .. import factored
 from ..arch import EMBEDDING, LINEAR, NORM, Arch, supported_classes
 from ..arch.bert import BERT_MLM, ROBERTA_MLM
 from ..checkpoint import load_operator
@@ -196,13 +196,8 @@ def _bind_post_hook(model: nn.Module, args, kwargs, output) -> None:
 def _target(model: nn.Module, plan: Plan, ref: Tensor, options: ExecutionOptions) -> Target:
     """What the wrapped model's execution plans are computed from (:class:`ligo_fast.execution.Target`; the
     model's own tensors that the operator does not produce are not counted)."""
-    ok = _factorable(model)
     budget = budget_for(model.__dict__.setdefault(_BUDGETS, {}), ref.device, options.memory_budget)
-    return Target(
-        growth=plan, config=model.config, device=ref.device, elem=ref.element_size(), budget=budget,
-        factorable=frozenset(s.name for s in plan.slots if ok(s)),
-        checkpointed=backends.resolve(options.backend, ref.device).saves_intermediates,
-    )  # fmt: skip
+    return Target.of(plan, model.config, ref, budget, options, _factorable(model))
 
 
 def set_execution_options(model: nn.Module, options: ExecutionOptions) -> None:

@@ -202,7 +202,8 @@ def main(argv=None) -> int:
         "ru_maxrss; Δ = the stage's increase of the resident high-water mark over its starting resident set (cli: "
         "its peak over the resident set of a process that imported, read the small model and the operator file and "
         "touched every page of them); x = Δ / the large model's bytes; estimate: "
-        "memory_plan (step: the eager or lean estimate, an upper bound for the default factored step)",
+        "memory_plan (step: the eager or lean estimate in the forms the step runs; results before issue 24 counted "
+        "every weight as produced, an upper bound for the factored step)",
         "",
         "| growth | stage | seconds | peak GiB | Δ GiB | Δ x large | estimate GiB | goal |",
         "|---|---|---:|---:|---:|---:|---:|---|",

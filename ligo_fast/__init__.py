@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 # the public names, each with the module that defines it
 _PUBLIC = {
     "LiGOConfig": "config",
+    "ExecutionOptions": "config",
     "large_config": "config",
     "LiGOModel": "model",
     "grow": "api",
@@ -50,6 +51,7 @@ _PUBLIC = {
 # the keys of _PUBLIC (a test checks), written out for linters and readers
 __all__ = [
     "LiGOConfig",
+    "ExecutionOptions",
     "large_config",
     "LiGOModel",
     "grow",
@@ -108,6 +110,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .checkpoint import load_operator
     from .config import (
         LINEAR_MODES,
+        ExecutionOptions,
         LiGOConfig,
         check_model_config,
         large_config,

@@ -34,9 +34,12 @@ class Backend(Protocol):
     ``expand(W, depth, E_out, E_in, residual)``: (L2, o2, i2) in W's dtype; ``expand_vec(b, depth, E_out,
     residual)``: (L2, o2) in b's dtype; ``multi_vec_op(device_type)``: an op doing a whole list of vector problems
     in one call on tensors of that device type, or None when the backend has none (callers then loop).
+    ``saves_intermediates``: whether its autograd keeps more than the op's inputs for backward (the pure-PyTorch
+    composition does; the custom ops save only their inputs): memory-lean mode then checkpoints the production.
     """
 
     name: str
+    saves_intermediates: bool
 
     def expand(
         self, W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | None, residual: Tensor | None
@@ -55,6 +58,7 @@ class TorchBackend:
     """The pure-PyTorch path (:mod:`ligo_fast.reference`): any device, any floating dtype, autograd."""
 
     name = "torch"
+    saves_intermediates = True
 
     def expand(self, W, depth, E_out, E_in, residual):
         return expand_torch(W, depth, E_out, E_in, residual)

@@ -1,4 +1,5 @@
-"""Options of the LiGO growth operator (:class:`LiGOConfig`), checks of the Hugging Face configs it grows between
+"""Options of the LiGO growth operator (:class:`LiGOConfig`: its structure, saved with it), how a forward runs
+(:class:`ExecutionOptions`: runtime policy, never saved), checks of the Hugging Face configs it grows between
 (:func:`unknown_config_keys`, :func:`check_model_config`), and the large config built from a small one
 (:func:`large_config`).
 
@@ -38,6 +39,35 @@ OFFICIAL_INITS = {"depth_init": "stackbert_noisy", "width_init": "rand"}
 """The official code's default inits (:meth:`LiGOConfig.official`; the official API, :mod:`ligo_fast.compat`, uses
 them): they do not preserve the small model's function (``benchmarks/results/defaults_rationale.md``)."""
 REMOVED_OPTIONS = frozenset({"lean_min_mb"})  # saved by older versions; memory-lean mode now decides from memory
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    """How a grown model's forward runs: runtime policy, not the operator's structure (not saved with it).
+
+    The input of :func:`ligo_fast.execution.plan_execution` together with the batch shape, the device and the memory
+    budget. ``LiGOConfig(lean=..., linear_mode=..., memory_budget=...)`` still accepts these options (its
+    :attr:`LiGOConfig.execution` holds them). Attributes: ``lean``, ``linear_mode``, ``memory_budget`` as documented
+    on :class:`LiGOConfig`; ``backend``: the ops' backend (``auto``: :mod:`ligo_fast.backends` chooses, the
+    environment variable ``LIGO_FAST_BACKEND`` overrides).
+    """
+
+    lean: bool | None = None
+    linear_mode: str = "auto"
+    memory_budget: int | None = None
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("lean", "linear_mode", "memory_budget"):
+            _check_field(name, getattr(self, name))
+        if self.linear_mode not in LINEAR_MODES:
+            raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
+        if not isinstance(self.backend, str):
+            raise ValueError(f"ExecutionOptions.backend must be a backend name (a string), got {self.backend!r}")
+
+
+EXECUTION_FIELDS = tuple(f.name for f in dataclasses.fields(ExecutionOptions) if f.name != "backend")
+"""The fields of :class:`LiGOConfig` that are execution options (accepted for compatibility, never saved)."""
 
 
 @dataclass
@@ -98,6 +128,10 @@ class LiGOConfig:
             default (a cost model, :mod:`ligo_fast.factored`, picks per module kind from the shapes, the batch's
             token count and the device: factored where it needs fewer FLOPs/bytes, as for short batches, whose
             weight production costs more than the layer itself). Under ``torch.compile`` every mode materialises.
+
+    ``lean``, ``memory_budget`` and ``linear_mode`` are execution options, not structure: :attr:`execution` holds
+    them as an :class:`ExecutionOptions`, and :meth:`to_dict` (what ``ligo_config.json`` records) leaves them out;
+    files that older versions wrote with them still load (they become this config's execution options).
     """
 
     depth_init: str = GROW_INITS["depth_init"]
@@ -122,8 +156,12 @@ class LiGOConfig:
             raise ValueError(f"unknown depth_init {self.depth_init!r}; valid schemes: {', '.join(DEPTH_INITS)}")
         if self.width_init not in WIDTH_INITS:
             raise ValueError(f"unknown width_init {self.width_init!r}; valid schemes: {', '.join(WIDTH_INITS)}")
-        if self.linear_mode not in LINEAR_MODES:
-            raise ValueError(f"unknown linear_mode {self.linear_mode!r}; valid: {', '.join(LINEAR_MODES)}")
+        self.execution  # noqa: B018 - the execution options' own checks
+
+    @property
+    def execution(self) -> ExecutionOptions:
+        """This config's execution options (``lean``, ``linear_mode``, ``memory_budget``)."""
+        return ExecutionOptions(**{name: getattr(self, name) for name in EXECUTION_FIELDS})
 
     @classmethod
     def grow_defaults(cls, **overrides) -> LiGOConfig:
@@ -146,7 +184,9 @@ class LiGOConfig:
         return dataclasses.replace(self, **overrides)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The operator's structure (what ``ligo_config.json`` records): every field but the execution options
+        (:data:`EXECUTION_FIELDS`), so that older versions, which know every key written, read it too."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in EXECUTION_FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> LiGOConfig:

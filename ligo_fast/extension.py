@@ -340,6 +340,7 @@ class CppBackend:
     """
 
     name = "cpp"
+    saves_intermediates = False  # its custom op saves only its inputs for backward
 
     def __init__(self, how: str):
         self.how = how

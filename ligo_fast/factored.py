@@ -26,7 +26,6 @@ with a frozen small model no (vocab x d) weight gradient is formed either.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -274,10 +273,10 @@ def choose(
     ``aliases``: produced name -> tied names (a tied LM head runs with its embedding's factors); ``ok(slot)``:
     whether the modules of a slot (and of its aliases) can run factored (default: all); ``half``: whether the
     one-side forms may be picked (not in memory-lean mode: they hold a partly produced weight for every layer).
-    Empty under ``torch.compile``: the factored form replaces module forwards for one call (a Python side effect
-    that a full graph cannot hold), so a compiled step materialises, and the compiler fuses the production instead.
+    A pure function of its arguments; :func:`ligo_fast.execution.plan_execution` calls it (and picks no form under
+    ``torch.compile``).
     """
-    if mode == "materialize" or torch.compiler.is_compiling():
+    if mode == "materialize":
         return {}
     cands = [i for i in candidates(slots) if ok is None or ok(slots[i])]
     if mode == "factored":
@@ -398,42 +397,3 @@ def layer_factors(
         for k, path in enumerate(paths(s, aliases)):
             out[path] = layers[min(k, n - 1)]  # a tied module (after the slot's own) shares the global factors
     return out
-
-
-@contextmanager
-def factored_modules(
-    large: nn.Module,
-    slots: Sequence[Slot],
-    get: Callable[[str | None], Tensor | None],
-    aliases: Mapping[str, Sequence[str]] | None = None,
-    forms: Mapping[str, Form] | None = None,
-):
-    """Context: the modules of ``slots`` (and those tied to them) in ``large`` compute :func:`factored_linear` /
-    :func:`factored_embedding` (in the ``forms`` of :func:`layer_factors`) instead of reading a produced weight."""
-    mods = []
-    shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
-    # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
-    gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in slots if s.mod.output_scale for p in paths(s)}
-    try:
-        for path, (w, eo, ei, r) in layer_factors(slots, get, aliases, forms).items():
-            mod = large.get_submodule(path)
-            if isinstance(mod, nn.Embedding):
-                gain = gains.get(path)
-
-                def fwd(ids, _w=w, _ei=ei, _pad=mod.padding_idx, _gain=gain):
-                    out = factored_embedding(ids, _w, _ei, _pad)
-                    # as HF does: the factor as a float32 scalar, rounded to the table's dtype
-                    return out if _gain is None else out * torch.tensor(_gain).to(out.dtype)
-
-            else:
-
-                def fwd(x, _w=w, _eo=eo, _ei=ei, _r=r, _mod=mod):
-                    return factored_linear(x, _w, _eo, _ei, _r, getattr(_mod, "bias", None), shared)
-
-            mod.forward = fwd
-            mods.append(mod)
-        yield
-    finally:
-        for mod in mods:
-            del mod.forward
-        shared.clear()

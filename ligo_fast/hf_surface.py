@@ -6,9 +6,9 @@
   instance, a bound ``forward`` that calls the class's own ``forward`` and carries the large model's
   ``__signature__``.
 * **Activation checkpointing.** HF's checkpointed blocks recompute their forward during backward, when the
-  produced weights (set on the large model's modules by ``functional_call``, the lean hooks or the factored
-  overrides) are gone. :func:`recompute_with_installed` wraps a block's checkpoint function so that the recompute
-  runs with the tensors the block held when its forward ran.
+  produced weights and the factored forwards (bound on the large model's modules by
+  :func:`ligo_fast.execution.bind`) are gone. :func:`recompute_with_installed` wraps a block's checkpoint function
+  so that the recompute runs with what the block held when its forward ran.
 * **The attributes HF tooling reads.** :class:`HFSurface`, a mixin of :class:`ligo_fast.LiGOModel` and
   :class:`ligo_fast.integrations.GrowingModel`: ``config``, ``main_input_name``, ``supports_gradient_checkpointing``,
   ``can_generate``, ``generate``, ``num_parameters``, activation checkpointing under its new and old names,
@@ -17,7 +17,7 @@
   which the large model does not hold: :func:`meta_twin` builds the large model on the meta device (no memory),
   and :func:`placeholders` sets meta tensors of the right shapes for the duration of a ``repr``.
 
-Imports: torch and the standard library only; used by :mod:`ligo_fast.model` and
+Imports: ``binding``, torch and the standard library; used by :mod:`ligo_fast.model` and
 :mod:`ligo_fast.integrations.trainer`.
 """
 
@@ -32,7 +32,9 @@ from types import MethodType
 import torch
 from torch import nn
 
-FORWARD = "forward"  # factored mode overrides a linear's forward on the instance
+from .binding import Binding, installed
+
+FORWARD = "forward"
 
 
 def signed_forward(model: nn.Module, large: nn.Module) -> MethodType:
@@ -154,59 +156,30 @@ def disable_checkpointing(model: nn.Module) -> None:
 
 
 # ---------------------------------------------------------------------------------------- checkpointing
-def produced_leaves(root: nn.Module, produced: Iterable[str]) -> dict[nn.Module, tuple[str, ...]]:
-    """``{module: attribute names}`` of the parameters of ``root`` the operator produces (names relative to root)."""
-    leaves: dict[nn.Module, list[str]] = {}
-    for name in produced:
-        parent, _, leaf = name.rpartition(".")
-        leaves.setdefault(root.get_submodule(parent), []).append(leaf)
-    return {m: tuple(v) for m, v in leaves.items()}
-
-
-def _installed(block: nn.Module, leaves: dict[nn.Module, tuple[str, ...]]) -> list[tuple[nn.Module, str, object]]:
-    """What ``block``'s modules hold right now in place of their produced parameters (and factored overrides)."""
-    held = []
-    for m in block.modules():
-        for leaf in (*leaves.get(m, ()), FORWARD):
-            v = m.__dict__.get(leaf)
-            if v is not None:
-                held.append((m, leaf, v))
-    return held
-
-
 @contextmanager
 def _reinstalled(held: list[tuple[nn.Module, str, object]]):
-    """Set ``held`` on its modules where they do not hold it already; undo exactly that on exit."""
-    done = []
-    try:
+    """Bind ``held`` on its modules where they do not hold it already; undo exactly that on exit."""
+    with Binding() as binding:
         for m, leaf, v in held:
             if m.__dict__.get(leaf) is not v:
-                prior = m.__dict__.get(leaf)
-                setattr(m, leaf, v)
-                done.append((m, leaf, prior))
+                binding.install(m, leaf, v)
         yield
-    finally:
-        for m, leaf, prior in reversed(done):
-            if prior is None:
-                delattr(m, leaf)
-            else:
-                setattr(m, leaf, prior)
 
 
-def recompute_with_installed(
-    block: nn.Module, checkpoint_fn: Callable, leaves: dict[nn.Module, tuple[str, ...]]
-) -> Callable:
+def recompute_with_installed(block: nn.Module, checkpoint_fn: Callable) -> Callable:
     """Wrap HF's ``block._gradient_checkpointing_func`` so the recompute in backward sees the produced weights.
 
     At the checkpointed call the block's modules hold the produced tensors (the ones autograd would have kept
-    anyway). They go into the checkpoint as extra inputs, and the wrapped function installs what it receives around
-    the block's forward: a no-op in the forward; in the recompute the same tensors (non-reentrant) or detached
-    copies whose gradients the checkpoint hands back to the production graph (reentrant). In memory-lean mode each
-    checkpointed block's weights stay until its backward, as in the eager path.
+    anyway) and the factored forwards, as bound by :func:`ligo_fast.execution.bind`
+    (:func:`ligo_fast.binding.installed`). The tensors go into the checkpoint as extra inputs, and the wrapped
+    function installs what it receives around the block's forward: a no-op in the forward; in the recompute the
+    same tensors (non-reentrant) or detached copies whose gradients the checkpoint hands back to the production
+    graph (reentrant). In memory-lean mode each checkpointed block's weights stay until its backward, as in the
+    eager path.
     """
 
     def checkpointed(function, *args, **kwargs):
-        held = _installed(block, leaves)
+        held = installed(block)
         tensors = [i for i, (_, _, v) in enumerate(held) if isinstance(v, torch.Tensor)]
         n = len(args)
 
@@ -235,15 +208,10 @@ def meta_twin(hf_class: type, config) -> nn.Module:
 def placeholders(large: nn.Module, twin: nn.Module, names: Iterable[str]):
     """Meta tensors of ``twin``'s shapes on ``large`` for the produced ``names`` it does not hold (e.g. for repr)."""
     shapes = dict(twin.named_parameters(remove_duplicate=False))
-    set_ = []
-    try:
+    with Binding() as binding:
         for name in names:
             parent, _, leaf = name.rpartition(".")
             m = large.get_submodule(parent)
             if leaf not in m.__dict__ and leaf not in m._parameters and name in shapes:
-                setattr(m, leaf, shapes[name].detach())
-                set_.append((m, leaf))
+                binding.install(m, leaf, shapes[name].detach())
         yield
-    finally:
-        for m, leaf in set_:
-            delattr(m, leaf)

@@ -5,7 +5,8 @@ operator step then needs the large model's weights *plus* what training them wou
 chunks of consecutive layers:
 
 * a chunk's weights are produced by a forward pre-hook on its first block (one expand call per module kind for the
-  whole chunk), set on its modules, and removed by a forward post-hook on its last block;
+  whole chunk), installed on its modules (:class:`ligo_fast.binding.Binding`), and removed by a forward post-hook on
+  its last block;
 * while the model runs, a saved-tensors hook replaces every tensor that autograd would keep and that lives in a
   produced weight's storage (``weight``, ``weight.t()``, ...) by a small marker; backward unpacks a marker by
   producing that chunk again without gradients (cached while backward is inside that chunk) and viewing the same
@@ -30,6 +31,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .binding import Binding
+
 
 @dataclass(frozen=True)
 class _Marker:
@@ -51,18 +54,6 @@ def default_chunk(L2: int) -> int:
     return max(1, math.isqrt(L2 - 1) + 1) if L2 > 1 else 1
 
 
-def _set(root: nn.Module, name: str, t: Tensor) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent), leaf, t)
-
-
-def _unset(root: nn.Module, name: str) -> None:
-    parent, _, leaf = name.rpartition(".")
-    mod = root.get_submodule(parent)
-    if leaf in mod.__dict__:
-        delattr(mod, leaf)
-
-
 def _storage_key(t: Tensor) -> int | None:
     try:
         return t.untyped_storage().data_ptr()
@@ -77,6 +68,7 @@ def lean_layers(
     chunks: Sequence[range],
     produce: Callable[[range], dict[str, Tensor]],
     checkpointed: bool,
+    binding: Binding,
 ):
     """Run ``large`` with its blocks' weights produced chunk by chunk; the caller supplies the global weights.
 
@@ -86,6 +78,7 @@ def lean_layers(
         chunks: consecutive ranges of block indices covering all blocks.
         produce: ``produce(chunk)`` -> ``{parameter name in large: tensor}`` of those large layers.
         checkpointed: run the production under activation checkpointing (its ops save intermediates).
+        binding: what installs a chunk's weights on its modules and removes them (:mod:`ligo_fast.binding`).
     """
     live: dict[int, tuple[int, str]] = {}  # storage pointer -> (chunk, name), only while a chunk runs
     names: dict[int, list[str]] = {}
@@ -100,14 +93,13 @@ def lean_layers(
                 key = _storage_key(t)
                 if key is not None:
                     live[key] = (c, name)
-                _set(large, name, t)
+            binding.install_named(large, ws)
 
         return hook
 
     def post_hook(c: int):
         def hook(module, args, output):
-            for name in names.pop(c, []):
-                _unset(large, name)
+            binding.remove_named(large, names.pop(c, []))
             for key in [k for k, v in live.items() if v[0] == c]:
                 del live[key]
 
@@ -140,6 +132,5 @@ def lean_layers(
         for h in handles:
             h.remove()
         for c in list(names):
-            for name in names.pop(c):
-                _unset(large, name)
+            binding.remove_named(large, names.pop(c))
         live.clear()

@@ -6,7 +6,9 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 * ``optimizer``: gradients and two AdamW moments of every trainable operator tensor;
 * ``produced``: every produced large weight. The eager path keeps them for backward and, in backward, their
   gradients (``2 * produced``); memory-lean mode keeps the global ones and one chunk of layers' block weights at a
-  time (``2 * global + 3 * chunk * layer``: the chunk in use, its gradient, the next one being produced);
+  time (``2 * global + 3 * chunk * layer``: the chunk in use, its gradient, the next one being produced). A step
+  whose linears run in the factored forms (``forms``, :mod:`ligo_fast.factored`) produces less: a factored weight
+  only its depth mix (small-width), a one-side form one side (``step_global``, ``step_layer``);
 * ``activations``: what the large model keeps for backward, per token and layer about
   ``elem * (8 h + 3 f + 2 a s)`` (inputs of the projections, norms and activation functions, and the attention
   scores of an unfused attention; Korthikanti et al. 2022 count 34 h + 5 a s bytes for 16-bit BERT-like layers)
@@ -32,13 +34,14 @@ Memory-lean mode turns itself on only when the eager step would not fit in ``mar
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
 is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
 it needs at least its weights.
-Imports: ``plan`` (for shapes and roles) only.
+Imports: ``plan`` (for shapes and roles) and ``serialization`` (byte sizes) only.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -165,15 +168,30 @@ class MemoryPlan:
     elem: int = 4  # bytes per element of the operator (and of the produced weights)
     produced_largest: int = 0  # the largest module kind, all large layers (or all vectors together)
     layers: int = 1  # large layers (L2)
+    step_global: int | None = None  # what the step produces outside the blocks (None: produced_global)
+    step_layer: int | None = None  # and per block (None: produced_layer): less where linears run factored
+
+    @property
+    def _step(self) -> tuple[int, int]:
+        glob = self.produced_global if self.step_global is None else self.step_global
+        return glob, self.produced_layer if self.step_layer is None else self.step_layer
+
+    @property
+    def step_produced(self) -> int:
+        """What the eager step produces: ``produced`` less what the factored forms leave unproduced."""
+        if self.step_global is None and self.step_layer is None:
+            return self.produced
+        glob, layer = self._step
+        return glob + self.layers * layer
 
     @property
     def eager(self) -> int:
-        return self.resident + self.optimizer + 2 * self.produced + self.activations
+        return self.resident + self.optimizer + 2 * self.step_produced + self.activations
 
     @property
     def lean(self) -> int:
-        layers = 3 * self.chunk * self.produced_layer
-        return self.resident + self.optimizer + 2 * self.produced_global + layers + self.activations
+        glob, layer = self._step
+        return self.resident + self.optimizer + 2 * glob + 3 * self.chunk * layer + self.activations
 
     @property
     def growth(self) -> int:
@@ -216,7 +234,8 @@ class MemoryPlan:
         return (
             f"operator step on {self.device}, {self.tokens} tokens: eager {g(self.eager)}, lean {g(self.lean)} "
             f"(operator and leftovers {g(self.resident)}, optimizer {g(self.optimizer)}, produced weights "
-            f"{g(self.produced)} of which one layer {g(self.produced_layer)}, lean chunks of {self.chunk} layers, "
+            f"{g(self.produced)} of which one layer {g(self.produced_layer)}, in this step's forms "
+            f"{g(self.step_produced)}, lean chunks of {self.chunk} layers, "
             f"activations {g(self.activations)}); "
             f"budget {g(self.available)} ({self.source}), using at most {self.margin:.0%}: {verdict}"
         )
@@ -234,10 +253,12 @@ def estimate(
     chunk: int = 1,
     available: int | None = None,
     source: str = "free memory now",
+    forms: Mapping[int, str] | None = None,
 ) -> MemoryPlan:
     """The memory plan of one step of ``tokens`` tokens in sequences of ``seq_len`` (``elem`` bytes per element);
     memory-lean mode in chunks of ``chunk`` layers; ``available``: the budget (bytes, from ``source``; default:
-    the memory free now)."""
+    the memory free now); ``forms``: ``{slot index: form}`` of the linears that run factored in the step (what
+    :func:`ligo_fast.factored.choose` returns; None: every weight produced)."""
     resident = leftover_bytes
     optimizer = 0
     for t in plan.tensors:
@@ -247,16 +268,20 @@ def estimate(
             optimizer += 3 * n
     produced = produced_global = 0
     per_layer = 0
+    step_global = step_layer = 0  # what the step produces, in the forms it runs
     vectors = largest = 0  # the production's parts (ligo_fast.produce.parts): all vectors, one part per matrix
-    for s in plan.slots:
+    for i, s in enumerate(plan.slots):
         w = 0 if s.tied_weight else _numel(s.shape_w)
         b = (s.shape_w[-1] if s.mod.transposed else s.shape_w[0]) if s.b is not None else 0  # the output size
         n = plan.L2 if s.layered else 1
+        step = (_step_numel(s, (forms or {}).get(i)) + b) * elem
         if s.layered:
             per_layer += (w + b) * elem
             produced += (w + b) * elem * plan.L2
+            step_layer += step
         else:
             produced_global += (w + b) * elem
+            step_global += step
         if len(s.shape_w) == 1:
             vectors += (w + b) * elem * n
         else:
@@ -278,7 +303,20 @@ def estimate(
         elem=elem,
         produced_largest=max(largest, vectors),
         layers=plan.L2,
+        step_global=step_global,
+        step_layer=step_layer,
     )
+
+
+def _step_numel(s, form: str | None) -> int:
+    """Elements of slot ``s``'s weight that a step produces per layer in ``form`` (None: produced whole): the
+    factored form its small-width depth mix, a one-side form (``out``/``in``) that side (names: ``factored.Form``)."""
+    if s.tied_weight:
+        return 0
+    if form is None or form == "materialize":
+        return _numel(s.shape_w)
+    (o1, i1), (o2, i2) = s.view_w, s.shape_w
+    return {"factored": o1 * i1, "out": o2 * i1, "in": o1 * i2}[form]
 
 
 def activation_bytes(config, plan: Plan, tokens: int, seq_len: int, elem: int) -> int:

@@ -5,21 +5,20 @@ slots, the large model without its produced weights, the initial tensors; prepar
 registers the operator's tensors in ``self.op`` (layer-major: small block weights ``(L1, out, in)``, depth
 coefficients ``(L2, L1)``, per-layer width matrices ``(L2, ...)``) -> every forward
 produces the large weights (:mod:`ligo_fast.produce`: one expand call per module kind, one multi-vector call)
-and runs the large HF model on them with :func:`torch.func.functional_call` -> ``materialize()`` returns a plain
-HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or ``save_materialized()`` streams it to
-disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced parameters are deleted, so they cost
-no memory.
+and runs the large HF model on them, as its execution plan says (:mod:`ligo_fast.execution`: decide, bind, run)
+-> ``materialize()`` returns a plain HF model (filled one module kind at a time, :func:`ligo_fast.hf.fill`), or
+``save_materialized()`` streams it to disk (:mod:`ligo_fast.shards`). The large model's own copies of the produced
+parameters are deleted, so they cost no memory.
 ``state_dict()`` is the official checkpoint layout (:mod:`ligo_fast.layout`), so official operator checkpoints
 load strictly and ours load into the official code. Memory-lean and factored execution: :mod:`ligo_fast.lean`,
 :mod:`ligo_fast.factored`.
 
-Imports: the layers below (arch, config, plan, layout, produce, lean, factored, memory, serialization, shards) and
-spec (the prepared growth) and hf_surface on its own floor.
+Imports: the layers below (arch, config, plan, layout, produce, execution, binding, factored, memory,
+serialization, shards) and spec (the prepared growth) and hf_surface on its own floor.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -27,16 +26,16 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from . import backends, factored, hf_surface
+from . import factored, hf_surface
 from .arch import Arch
-from .config import LiGOConfig
+from .binding import Binding
+from .config import ExecutionOptions, LiGOConfig
+from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, budget_for, decide
 from .hf import empty_model, materialized, storage_keys
 from .layout import check_state_fits, from_official, keys_of, to_official
-from .lean import chunk_layers, default_chunk, lean_layers
-from .memory import MemoryPlan, estimate, memory_budget
-from .plan import Plan, Rule
+from .memory import MemoryPlan
+from .plan import Plan
 from .produce import parts, produce, produce_part
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
@@ -53,18 +52,6 @@ class _Op(nn.Module):
             self.register_parameter(name, nn.Parameter(t))
         else:
             self.register_buffer(name, t)
-
-
-class _Call(nn.Module):
-    """Lets functional_call run a method other than forward (e.g. ``generate``) of the large model."""
-
-    def __init__(self, large: nn.Module, method: str):
-        super().__init__()
-        self.large = large
-        self.method = method
-
-    def forward(self, *args, **kwargs):
-        return getattr(self.large, self.method)(*args, **kwargs)
 
 
 class LiGOModel(hf_surface.HFSurface, nn.Module):
@@ -98,7 +85,7 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             self.op.put(t.name, spec.initial[t.name], t.trainable)
         self.large = spec.large
         self._budgets: dict[str, tuple[int, str]] = {str(self.device): spec.budget}  # device -> (bytes, source)
-        self._lean_choice: dict[tuple, tuple[bool, int]] = {}  # (device, tokens, seq_len) -> (lean, chunk)
+        self._plans: dict[tuple, ExecutionPlan] = {}  # (device, batch shape, options) -> how it runs
         self.register_state_dict_post_hook(_state_dict_to_official)
         self.register_load_state_dict_pre_hook(_state_dict_from_official)
         self._install_signature()  # HF-like surface, below
@@ -113,49 +100,54 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         return produce(self.plan.slots, self.tensor, backend=backend, aliases=self.plan.aliases)
 
     def forward(self, *args, **kwargs):
-        slots = self.plan.slots
-        chosen = self.factored_plan(args, kwargs)
-        forms = {slots[i].name: form for i, form in chosen.items()}
-        skip = frozenset(forms)
-        with factored.factored_modules(self.large, [slots[i] for i in chosen], self.tensor, self.plan.aliases, forms):
-            if not self.lean_now(args, kwargs):
-                params = produce(slots, self.tensor, skip_weights=skip, aliases=self.plan.aliases)
-                return functional_call(self.large, params, args, kwargs, tie_weights=False)
-            glob = produce(
-                [s for s in slots if not s.layered], self.tensor, skip_weights=skip, aliases=self.plan.aliases
-            )
-            layered = [s for s in slots if s.layered]
-            blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)]
-            # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers'
-            # gradients once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
-            rows = {t.name: getattr(self.op, t.name).unbind(0) for t in self.plan.tensors if t.rule == Rule.SPLIT}
+        """Decide (:meth:`execution_plan`), bind (:func:`ligo_fast.execution.bind`), run the large model."""
+        plan = self.execution_plan(args, kwargs)
+        blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)] if plan.lean else []
+        with bind(self.large, self.plan, self.tensor, plan, blocks):
+            return self.large(*args, **kwargs)
 
-            def chunk(layers: range) -> dict[str, Tensor]:
-                def get(name: str | None) -> Tensor | None:
-                    return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else self.tensor(name)
+    def execution_plan(self, args=(), kwargs=None) -> ExecutionPlan:
+        """How a forward on this batch (the arguments of a forward call) runs: the forms of the grown linears,
+        memory-lean mode and its chunk, the memory estimate (:mod:`ligo_fast.execution`), decided once per batch
+        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`)."""
+        tokens, seq_len = batch_shape(args, kwargs or {}, self.config)
+        reentrant = bool(self.__dict__.get("_reentrant_checkpointing"))
+        key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
+        return self._plans[key]
 
-                return produce(layered, get, layers=layers, skip_weights=skip)
+    @torch.compiler.assume_constant_result
+    def _decide(self, tokens: int, seq_len: int, grad: bool, reentrant: bool, compiling: bool) -> tuple:
+        """The key of this batch shape's plan in ``_plans``, computed once (under torch.compile: at trace time,
+        outside the graph, since it may read the memory budget and load the backend)."""
+        batch = BatchShape(tokens, seq_len, grad, reentrant, compiling)
+        options = self.execution_options
+        plans = self.__dict__.setdefault("_plans", {})  # a model pickled by an older version has none
+        return decide(plans, batch, options, self.tensor(self.plan.slots[0].w), lambda: self._target(options))
 
-            # the pure-PyTorch production saves intermediates for its backward: checkpoint it; the C++/Triton ops
-            # save only their inputs (the operator's own tensors)
-            checkpointed = backends.resolve("auto", self.device).name == "torch"
-            chunks = chunk_layers(self.L2, self.lean_chunk(args, kwargs))
-            with lean_layers(self.large, blocks, chunks, chunk, checkpointed):
-                return functional_call(self.large, glob, args, kwargs, tie_weights=False)
+    @property
+    def execution_options(self) -> ExecutionOptions:
+        """How forwards run (:class:`ligo_fast.ExecutionOptions`): those set here, else the ones ``LiGOConfig``
+        was given (``lean``, ``linear_mode``, ``memory_budget``). Set it to run a loaded operator, whose file records
+        only the structure, in other ways (``model.execution_options = ExecutionOptions(lean=True)``)."""
+        return self.__dict__.get("_execution_options") or self.ligo_config.execution
+
+    @execution_options.setter
+    def execution_options(self, options: ExecutionOptions) -> None:
+        if not isinstance(options, ExecutionOptions):
+            raise TypeError(f"execution_options must be an ExecutionOptions, got {type(options).__name__}")
+        self.__dict__["_execution_options"] = options
+
+    def _target(self, options: ExecutionOptions) -> Target:
+        """What the plans of this model on its device are computed from (:class:`ligo_fast.execution.Target`)."""
+        leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
+        like = self.tensor(self.plan.slots[0].w)
+        return Target.of(self.plan, self.config, like, self._budget(), options, self._factorable, leftovers)
 
     def factored_plan(self, args=(), kwargs=None) -> dict[int, str]:
         """``{index into plan.slots: form}`` of the module kinds that run factored in this forward (block linears,
-        embeddings and the heads tied to them, other linears outside the blocks; forms: :mod:`ligo_fast.factored`).
-        """
-        s = self.plan.slots
-        T = factored.count_tokens(args, kwargs or {}, self.config)
-        nbytes = self.tensor(s[0].w).element_size()
-        mode = self.ligo_config.linear_mode
-        if self.__dict__.get("_reentrant_checkpointing"):  # its recompute cannot see the factored forwards
-            mode = "materialize"
-        aliases = self.plan.aliases
-        half = not self.lean_now(args, kwargs or {})  # lean keeps no layer's (partly) produced weight alive
-        return factored.choose(mode, s, self.L1, T, nbytes, self.device, aliases, self._factorable, half)
+        embeddings and the heads tied to them, other linears outside the blocks; forms: :mod:`ligo_fast.factored`):
+        :meth:`execution_plan`'s."""
+        return dict(self.execution_plan(args, kwargs).forms)
 
     def linear_step_flops(self, *args, **kwargs) -> int:
         """FLOPs of one operator training step (forward + backward) of the large model's linear layers and
@@ -163,9 +155,8 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         (:meth:`factored_plan`): factored, or produced and then run (:func:`ligo_fast.factored.step_flops`). A
         factored layer costs less than the plain large layer. Not counted: attention scores, norms, biases and the
         elementwise work, which growth does not change (add them as for a plain step)."""
-        forms = self.factored_plan(args, kwargs)
-        T = factored.count_tokens(args, kwargs, self.config)
-        return factored.step_flops(self.plan.slots, self.L1, T, forms, self.plan.aliases)
+        plan = self.execution_plan(args, kwargs)
+        return factored.step_flops(self.plan.slots, self.L1, plan.tokens, plan.forms, self.plan.aliases)
 
     def _factorable(self, slot) -> bool:
         scaled = slot.mod.output_scale is not None
@@ -173,12 +164,13 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         return all(factored.module_ok(self.large.get_submodule(p), scaled) for p in paths)
 
     def memory_plan(self, *args, **kwargs) -> MemoryPlan:
-        """The memory estimate of an operator-training step on this batch (the arguments of a forward call).
+        """The memory estimate of an operator-training step on this batch (the arguments of a forward call), in the
+        forms it runs (:meth:`execution_plan`'s).
 
         ``print(model.memory_plan(input_ids=batch))`` shows the estimate, the memory budget and the choice between
         the eager and the memory-lean path (:mod:`ligo_fast.memory`).
         """
-        return self._memory_plan(*_batch_key(args, kwargs, self.config))
+        return self.execution_plan(args, kwargs).memory
 
     @property
     def memory_budget(self) -> int:
@@ -188,28 +180,12 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         return self._budget()[0]
 
     def _budget(self) -> tuple[int, str]:
-        dev = self.device
         budgets = self.__dict__.setdefault("_budgets", {})  # a model pickled by an older version has none
-        if str(dev) not in budgets:  # moved to another device: its memory, read once
-            budgets[str(dev)] = memory_budget(dev, getattr(self.ligo_config, "memory_budget", None))
-            logger.info("memory budget on %s: %d bytes (%s)", dev, *budgets[str(dev)])
-        return budgets[str(dev)]
-
-    def _memory_plan(self, tokens: int, seq_len: int) -> MemoryPlan:
-        leftovers = sum(t.numel() * t.element_size() for t in self.large.state_dict().values())
-        elem = self.tensor(self.plan.slots[0].w).element_size()
-        budget, source = self._budget()
-        mp = estimate(
-            self.plan, self.config, tokens=tokens, seq_len=seq_len, elem=elem, leftover_bytes=leftovers,
-            device=self.device, chunk=default_chunk(self.L2), available=budget, source=source,
-        )  # fmt: skip
-        while mp.use_lean and not mp.fits and mp.chunk > 1:  # smaller chunks until the lean step fits
-            mp = dataclasses.replace(mp, chunk=mp.chunk // 2)
-        return mp
+        return budget_for(budgets, self.device, self.execution_options.memory_budget)
 
     def lean_chunk(self, args=(), kwargs=None) -> int:
         """Layers per chunk of memory-lean mode for this batch: about sqrt(L2), fewer if memory is short."""
-        return self._decide(*_batch_key(args, kwargs or {}, self.config))[1]
+        return self.execution_plan(args, kwargs).chunk
 
     def lean_now(self, args=(), kwargs=None) -> bool:
         """Whether a forward on this batch uses memory-lean expansion (``LiGOConfig.lean``; None = auto).
@@ -218,24 +194,7 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         (:attr:`memory_budget`, read once; :meth:`memory_plan`): a function of the batch shape and that number,
         so a run does not switch paths as the machine's free memory changes.
         """
-        lean = self.ligo_config.lean
-        if lean is not None:
-            return bool(lean)
-        if not torch.is_grad_enabled():
-            return False
-        return self._decide(*_batch_key(args, kwargs or {}, self.config))[0]
-
-    @torch.compiler.assume_constant_result
-    def _decide(self, tokens: int, seq_len: int) -> tuple[bool, int]:
-        """(lean on, layers per chunk) for a batch shape, decided once (under torch.compile: at trace time, outside
-        the graph, since it reads the memory budget, on a model's first use of a device)."""
-        key = (str(self.device), tokens, seq_len)
-        if key not in self._lean_choice:
-            mp = self._memory_plan(tokens, seq_len)
-            self._lean_choice[key] = (mp.use_lean, mp.chunk)
-            if mp.use_lean:
-                logger.info("memory-lean mode on: %s", mp)
-        return self._lean_choice[key]
+        return self.execution_plan(args, kwargs).lean
 
     # ------------------------------------------------------------------ HF-like surface
     # What HF tooling (Trainer, accelerate, PEFT-style inspection) reads from a model: hf_surface.HFSurface answers
@@ -254,8 +213,10 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             raise AttributeError(f"{type(self.large).__name__} has no generate()")
         with torch.no_grad():
             # as Parameters, so HF's generate finds a device and dtype through model.parameters()
-            params = {"large." + k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
-        return functional_call(_Call(self.large, "generate"), params, args, kwargs, tie_weights=False)
+            params = {k: nn.Parameter(v, requires_grad=False) for k, v in self.produce().items()}
+        with Binding() as binding:
+            binding.install_named(self.large, params)
+            return self.large.generate(*args, **kwargs)
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """HF's ``num_parameters``: the large model's count (as ``materialize().num_parameters(...)`` would say, no
@@ -275,19 +236,18 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         Reentrant checkpointing (``use_reentrant=True``) cannot recompute factored layers: with it, ``auto`` runs
         every layer materialised and ``factored`` is refused."""
         reentrant = (activation_checkpointing_kwargs or {}).get("use_reentrant", False)
-        if reentrant and self.ligo_config.linear_mode == "factored":
+        if reentrant and self.execution_options.linear_mode == "factored":
             raise ValueError(
                 "reentrant activation checkpointing cannot recompute linear_mode='factored' layers; use "
                 "use_reentrant=False (HF's default) or linear_mode='materialize' or 'auto'"
             )
         self.__dict__["_reentrant_checkpointing"] = bool(reentrant)
         super().activation_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
-        leaves = hf_surface.produced_leaves(self.large, self.plan.removed)
         for m in self.large.modules():
             fn = m.__dict__.get("_gradient_checkpointing_func")
             if fn is not None:
                 fn = getattr(fn, "ligo_wrapped", fn)
-                m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn, leaves)
+                m._gradient_checkpointing_func = hf_surface.recompute_with_installed(m, fn)
 
     def activation_checkpointing_disable(self) -> None:
         self.__dict__["_reentrant_checkpointing"] = False
@@ -418,21 +378,6 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
-def _batch_key(args, kwargs, config) -> tuple[int, int]:
-    """(tokens, sequence length) of a batch: what the memory decisions depend on."""
-    tokens = factored.count_tokens(args, kwargs, config)
-    return tokens, _seq_len(args, kwargs, tokens)
-
-
-def _seq_len(args, kwargs, tokens: int) -> int:
-    """The sequence length of a batch (the last dim of input_ids / the middle of inputs_embeds), else ``tokens``."""
-    ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
-    if ids is not None and ids.dim() >= 1:
-        return ids.shape[-1]
-    emb = kwargs.get("inputs_embeds")
-    if emb is not None and emb.dim() >= 2:
-        return emb.shape[-2]
-    return tokens
 
 
 def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> None:

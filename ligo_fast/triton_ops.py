@@ -202,6 +202,7 @@ class TritonBackend:
     (the kernels cover fp16, bf16 and fp32); every other call goes to the custom ops. No multi-tensor vector op."""
 
     name = "triton"
+    saves_intermediates = False  # its custom op saves only its inputs for backward
 
     def expand(self, W, depth, E_out, E_in, residual):
         _check_runnable(W)

@@ -48,6 +48,14 @@ def test_every_backend_has_one_shape(name):
         (out,) = multi([(vb, vd, vE, vR)])
         torch.testing.assert_close(out, b.expand_vec(vb, vd, vE, vR))
     assert b.multi_vec_op("meta") is None
+    # what memory-lean mode reads: whether the op's autograd keeps tensors other than its inputs (then the production
+    # runs under activation checkpointing)
+    args = [None if x is None else x.detach().requires_grad_() for x in expand_inputs(CASE, torch.float32)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        b.expand(*args)
+    mine = {x.untyped_storage().data_ptr() for x in args if x is not None}
+    assert any(t.untyped_storage().data_ptr() not in mine for t in saved) == b.saves_intermediates
 
 
 def test_check_env(fresh, monkeypatch):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import ligo_fast
-from ligo_fast import compat
+from ligo_fast import ExecutionOptions, compat
 from ligo_fast.compat import (
     FusedDepthParams,
     FusedEmbedding,
@@ -27,6 +27,7 @@ from ligo_fast.compat import (
     initialize_model_with_ligo,
     ligo_args,
     materialize_compat,
+    set_execution_options,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -502,10 +503,50 @@ def test_factored_layers_match_materialised_ones(kind, monkeypatch):
     # the vocabulary table and the (untied, as in the official code) decoder run factored too
     head = "cls.predictions.decoder" if kind == "bert" else "lm_head.decoder"
     assert {s.mod.path for s in picked if not s.layered} >= {f"{kind}.embeddings.word_embeddings", head}
-    choose = factored.choose
-    monkeypatch.setattr(factored, "choose", lambda mode, *a, **k: choose("materialize", *a, **k))
+    # the same operator with every layer materialised: its plan for this batch shape is another one
+    set_execution_options(model, ExecutionOptions(linear_mode="materialize"))
+    picked.clear()
     ref_loss, ref = step()
+    assert not picked
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
     assert grads.keys() == ref.keys() and len(ref) > 50
     for k in ref:
         torch.testing.assert_close(grads[k], ref[k], rtol=1e-10, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_the_official_api_runs_the_same_execution_plans(monkeypatch):
+    """The wrapped model decides and binds as LiGOModel does: memory-lean mode (chunks of layers produced just in
+    time) and the factored forms give the loss and every operator gradient of the eager, materialised run (float64),
+    and after a forward nothing stays bound on its modules."""
+    from ligo_fast import binding, execution
+
+    Cls, small, large_cfg = _tiny("bert", num_hidden_layers=5)
+    model = create_ligo_from_model(Cls(large_cfg), ligo_args(), source_model=small).double().train()
+    ids, labels = _ids(large_cfg.vocab_size, shape=(2, 7)), _ids(large_cfg.vocab_size, seed=2, shape=(2, 7))
+    lean_chunks = []
+    real = execution.lean_layers
+
+    def spy(large, blocks, chunks, *a):
+        lean_chunks.append([(c.start, c.stop) for c in chunks])
+        return real(large, blocks, chunks, *a)
+
+    def step(options):
+        set_execution_options(model, options)
+        model.zero_grad()
+        torch.manual_seed(0)  # the same dropout masks
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        assert not binding.installed(model), "something stayed bound after the forward"
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ref_loss, ref = step(ExecutionOptions(lean=False, linear_mode="materialize"))
+    monkeypatch.setattr(execution, "lean_layers", spy)
+    runs = [step(ExecutionOptions(lean=True, linear_mode=m)) for m in ("materialize", "factored")]
+    assert lean_chunks == [[(0, 3), (3, 5)]] * 2  # chunks of about sqrt(5) layers, in both runs
+    for loss, grads in runs:
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-12)
+        assert grads.keys() == ref.keys() and len(ref) > 50
+        for k in ref:
+            torch.testing.assert_close(grads[k], ref[k], rtol=1e-10, atol=1e-12, msg=lambda m, k=k: f"{k}: {m}")
+    with pytest.raises(ValueError, match="not wrapped"):
+        set_execution_options(small, ExecutionOptions())

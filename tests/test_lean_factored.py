@@ -1,5 +1,6 @@
 """Memory-lean expansion and the factored mode: the same numbers as eager materialisation, less kept alive."""
 
+import dataclasses
 import gc
 import weakref
 
@@ -9,7 +10,7 @@ import transformers as T
 from _models import build, configs, inputs, main_output
 
 import ligo_fast
-from ligo_fast import model as model_module
+from ligo_fast import execution as execution_module
 from ligo_fast.factored import CPU, H200, break_even_tokens, costs, factored_linear, module_ok
 
 CASES = ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "Gemma3ForCausalLM"]
@@ -59,7 +60,7 @@ def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, b
     assert model.lean_chunk((), inputs(name)) == 3
     refs: list[tuple[int | None, weakref.ref]] = []
     alive_others: list[int] = []
-    real = model_module.produce
+    real = execution_module.produce
 
     def spy(slots, get, *, layers=None, **k):
         chunk = None if layers is None else layers.start
@@ -69,7 +70,7 @@ def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, b
         refs.extend((chunk, weakref.ref(t)) for t in out.values())
         return out
 
-    monkeypatch.setattr(model_module, "produce", spy)
+    monkeypatch.setattr(execution_module, "produce", spy)
     loss = model(**inputs(name), labels=inputs(name)["input_ids"]).loss
     gc.collect()
     assert [c for c, r in refs if c is not None and r() is not None] == []  # nothing of a block kept for backward
@@ -89,11 +90,11 @@ def test_lean_cost_is_linear_in_depth_in_production_calls(monkeypatch):
         model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
         calls: list = []
 
-        def counting(*a, _calls=calls, _real=model_module.produce, **k):
+        def counting(*a, _calls=calls, _real=execution_module.produce, **k):
             _calls.append(k.get("layers"))
             return _real(*a, **k)
 
-        monkeypatch.setattr(model_module, "produce", counting)
+        monkeypatch.setattr(execution_module, "produce", counting)
         model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
         monkeypatch.undo()
         counts[layers] = len([c for c in calls if c is not None])
@@ -431,3 +432,33 @@ def test_info_reports_the_memory_budget(monkeypatch):
     assert "memory budget on cpu: 3.0 GiB (LIGO_FAST_MEMORY_BUDGET" in info._budget_line()
     monkeypatch.setenv(memory.BUDGET_ENV, "lots")
     assert "memory budget on cpu: INVALID (LIGO_FAST_MEMORY_BUDGET must be" in info._budget_line()
+
+
+def test_execution_options_are_split_from_the_structure(tmp_path):
+    """lean, linear_mode and memory_budget are execution options: LiGOConfig still takes them (its ``execution``),
+    ligo_config.json no longer records them (every key it writes is one older versions know), and files that older
+    versions wrote with them still load, into the options."""
+    from ligo_fast.config import EXECUTION_FIELDS, ExecutionOptions
+
+    cfg = ligo_fast.LiGOConfig(lean=True, linear_mode="factored", memory_budget=12345, tie=False)
+    assert cfg.execution == ExecutionOptions(lean=True, linear_mode="factored", memory_budget=12345)
+    saved = cfg.to_dict()
+    assert not set(EXECUTION_FIELDS) & set(saved) and saved["tie"] is False
+    assert set(saved) <= {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}  # an older reader's keys
+    old = ligo_fast.LiGOConfig.from_dict({**saved, "lean": False, "linear_mode": "materialize", "memory_budget": 9})
+    assert old.execution == ExecutionOptions(lean=False, linear_mode="materialize", memory_budget=9)
+    assert old.tie is False
+    for bad, match in [({"linear_mode": "fast"}, "unknown linear_mode"), ({"lean": "yes"}, "lean must be"),
+                       ({"memory_budget": 0}, "memory_budget must be")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            ExecutionOptions(**bad)
+        with pytest.raises(ValueError, match=match):
+            ligo_fast.LiGOConfig(**bad)
+    # a grown model saved and loaded: the structure round-trips, the options are the loader's defaults
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    small = build("BertForMaskedLM", small_cfg)
+    model = ligo_fast.grow(small, large_cfg, linear_mode="materialize", seed=3)
+    model.save_operator(tmp_path / "op")
+    again = ligo_fast.load_operator(tmp_path / "op", small, large_cfg)
+    assert again.ligo_config.to_dict() == model.ligo_config.to_dict()
+    assert again.ligo_config.execution == ExecutionOptions()

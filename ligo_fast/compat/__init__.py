@@ -30,16 +30,15 @@ from .. import factored
 from ..arch import EMBEDDING, LINEAR, NORM, Arch, Module, supported_classes
 from ..arch.bert import BERT_MLM, ROBERTA_MLM
 from ..checkpoint import load_operator
-from ..config import LiGOConfig
+from ..config import ExecutionOptions, LiGOConfig
+from ..execution import BatchShape, Target, batch_shape, bind, budget_for, decide
 from ..hf import materialized, storage_keys
 from ..init import check_depth_reach
 from ..layout import from_official
 from ..plan import SM, Plan, Role, Rule, build_plan
-from ..produce import parts, produce, produce_part
+from ..produce import parts, produce_part
 from ..serialization import OFFICIAL
 from .modules import (
-    BATCH,
-    FACTORS,
     FUSED,
     FusedDepthParams,
     FusedEmbedding,
@@ -61,6 +60,7 @@ __all__ = [
     "materialize_compat",
     "ligo_args",
     "config_from_args",
+    "set_execution_options",
     "SUPPORTED_CLASSES",
 ]
 
@@ -113,7 +113,15 @@ def config_from_args(args) -> LiGOConfig:
 
 
 # ---------------------------------------------------------------------- building
-_PLAN = "_ligo_plan"  # on the wrapped model's __dict__: the growth plan, for the model-wide batch
+# on the wrapped model's __dict__: the growth plan; the execution options, memory budget per device and plans per
+# batch shape (ligo_fast.execution); the binding of the forward that is running
+_PLAN, _OPTIONS, _BUDGETS, _PLANS, _BOUND = (
+    "_ligo_plan",
+    "_ligo_options",
+    "_ligo_budgets",
+    "_ligo_plans",
+    "_ligo_binding",
+)
 
 
 def _arch_of(model: nn.Module, what: str) -> Arch:
@@ -160,21 +168,45 @@ def _register_small(model_large: nn.Module, plan: Plan, small_sd: dict[str, Tens
             model_large.register_buffer(t.official, v)
 
 
-def _batch_pre_hook(model: nn.Module, args, kwargs) -> None:
-    """Produce every module's tensors in one batch (one expand call per module kind) before the forward; the linears
-    and embeddings that the cost model of ``linear_mode="auto"`` picks for this batch get their factors instead of a
-    produced weight (:mod:`ligo_fast.factored`; never under ``torch.compile``)."""
+def _bind_pre_hook(model: nn.Module, args, kwargs) -> None:
+    """Decide and bind, as :class:`ligo_fast.LiGOModel`'s forward does (:mod:`ligo_fast.execution`): the batch's
+    execution plan (the forms the cost model picks, memory-lean mode when memory is short), then every module's
+    produced tensors (one expand call per module kind, or chunk by chunk in lean mode) and the factored forwards
+    installed on the Fused modules for the forward; :func:`_bind_post_hook` removes them."""
     plan: Plan = model.__dict__[_PLAN]
     get = _getter(model, plan)
     ref = get(plan.slots[0].w)
-    tokens = factored.count_tokens(args, kwargs, model.config)
-    picked = factored.choose("auto", plan.slots, plan.L1, tokens, ref.element_size(), ref.device, ok=_factorable(model))
-    chosen = [plan.slots[i] for i in picked]
-    forms = {plan.slots[i].name: form for i, form in picked.items()}
-    batch = produce(plan.slots, get, skip_weights=frozenset(forms))
-    batch.update({f"{path}.{FACTORS}": f for path, f in factored.layer_factors(chosen, get, forms=forms).items()})
-    batch[FACTORS] = {}  # x @ B_in shared by the factored layers that read the same input (q/k/v)
-    model.__dict__[BATCH] = batch
+    options: ExecutionOptions = model.__dict__[_OPTIONS]
+    tokens, seq_len = batch_shape(args, kwargs, model.config)
+    batch = BatchShape(tokens, seq_len, torch.is_grad_enabled(), compiling=torch.compiler.is_compiling())
+    plans = model.__dict__.setdefault(_PLANS, {})
+    xplan = plans[decide(plans, batch, options, ref, lambda: _target(model, plan, ref, options))]
+    arch = _ARCHS[type(model).__name__]
+    blocks = [model.get_submodule(arch.layer_path(l)) for l in range(plan.L2)] if xplan.lean else []
+    binding = bind(model, plan, get, xplan, blocks)
+    binding.__enter__()
+    model.__dict__[_BOUND] = binding
+
+
+def _bind_post_hook(model: nn.Module, args, kwargs, output) -> None:
+    binding = model.__dict__.pop(_BOUND, None)
+    if binding is not None:
+        binding.__exit__(None, None, None)
+
+
+def _target(model: nn.Module, plan: Plan, ref: Tensor, options: ExecutionOptions) -> Target:
+    """What the wrapped model's execution plans are computed from (:class:`ligo_fast.execution.Target`; the
+    model's own tensors that the operator does not produce are not counted)."""
+    budget = budget_for(model.__dict__.setdefault(_BUDGETS, {}), ref.device, options.memory_budget)
+    return Target.of(plan, model.config, ref, budget, options, _factorable(model))
+
+
+def set_execution_options(model: nn.Module, options: ExecutionOptions) -> None:
+    """How the forwards of a model that :func:`create_ligo_from_model` wrapped run (default: ``ExecutionOptions()``:
+    the cost model's forms, memory-lean mode when the eager step would not fit)."""
+    if _PLAN not in model.__dict__:
+        raise ValueError(f"set_execution_options: {type(model).__name__} is not wrapped by create_ligo_from_model")
+    model.__dict__[_OPTIONS] = options
 
 
 def _factorable(model: nn.Module):
@@ -186,10 +218,6 @@ def _factorable(model: nn.Module):
         return True
 
     return ok
-
-
-def _batch_post_hook(model: nn.Module, args, kwargs, output) -> None:
-    model.__dict__[BATCH] = None
 
 
 def _getter(model: nn.Module, plan: Plan):
@@ -231,9 +259,9 @@ def create_ligo_from_model(model_large: nn.Module, args, source_model: nn.Module
     for mod, l, path in _fused_paths(arch, plan.L2):
         _set(model_large, path, _fused(model_large, mod, l, path, tie, cfg).to(device))
     model_large.__dict__[_PLAN] = plan
-    model_large.__dict__[BATCH] = None
-    model_large.register_forward_pre_hook(_batch_pre_hook, with_kwargs=True)
-    model_large.register_forward_hook(_batch_post_hook, with_kwargs=True, always_call=True)
+    model_large.__dict__[_OPTIONS] = ExecutionOptions()
+    model_large.register_forward_pre_hook(_bind_pre_hook, with_kwargs=True)
+    model_large.register_forward_hook(_bind_post_hook, with_kwargs=True, always_call=True)
     logger.info("LiGO (official API): %s grown %d -> %d layers, %s", type(model_large).__name__, plan.L1, plan.L2, cfg)
     return model_large
 

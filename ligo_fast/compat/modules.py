@@ -3,7 +3,8 @@
 Each Fused module stands in for one module of the large HF model and produces its weight from the small model's
 ``__sm_*`` tensors (held by the wrapped model) through :mod:`ligo_fast.ops`, with the official module and
 parameter names, so that ``state_dict()`` is the official checkpoint layout. Inside a forward of the whole wrapped
-model, every module reads its tensors from one model-wide batch instead (:mod:`ligo_fast.compat`'s hooks).
+model, every module reads the tensors bound on it instead (:mod:`ligo_fast.compat`'s hooks,
+:func:`ligo_fast.execution.bind`: the produced ``weight`` and ``bias``, or a factored ``forward``).
 Imports: ops, init, plan (the ``__sm_`` prefix).
 """
 
@@ -14,12 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..factored import factored_embedding, factored_linear
 from ..init import OFFICIAL_DEPTH_INITS, OFFICIAL_WIDTH_INITS, depth_init, width_init
 from ..plan import SM
-
-BATCH = "_ligo_batch"  # on the wrapped model's __dict__: the produced tensors of the forward that is running
-FACTORS = "factors"  # in a batch: "<path>.factors" of a module that runs factored; "factors" the shared x @ B_in
 
 
 # ---------------------------------------------------------------------- coefficient modules
@@ -149,12 +146,11 @@ class _Fused(nn.Module):
         self.module_name = module_name
         self.layer_index = layer_index
         self._sm = SM + module_name.replace(".", "_")
-        self.path: str | None = None  # where create_ligo_from_model put it (its tensors' names in a batch)
+        self.path: str | None = None  # where create_ligo_from_model put it
 
-    def _batched(self, which: str) -> Tensor | None:
-        """This module's tensor from the model-wide batch of the current forward, if one is running."""
-        batch = self._ligo_source.__dict__.get(BATCH)
-        return None if (batch is None or self.path is None) else batch.get(f"{self.path}.{which}")
+    def _bound(self, which: str) -> Tensor | None:
+        """This module's produced ``weight`` / ``bias`` bound on it for the current forward, if one is running."""
+        return self.__dict__.get(which)
 
     def _small(self, what: str) -> Tensor | None:
         return getattr(self._ligo_source, f"{self._sm}_{what}", None)
@@ -262,19 +258,15 @@ class FusedLinear(_Fused):
 
     def get_params(self) -> tuple[Tensor, Tensor | None]:
         """(weight (out_features, in_features), bias (out_features,) or None)."""
-        weight = self._batched("weight")
+        weight = self._bound("weight")
         if weight is not None:
-            return weight, self._batched("bias")
+            return weight, self._bound("bias")
         E_out, E_in = self._width("out").coeffs_weight, self._width("in").coeffs_weight
         weight = self._produce(self._small("weight"), "weight", E_out, E_in)
         b = self._small("bias")
         return weight, None if b is None else self._produce(b, "bias", E_out, None)
 
     def forward(self, input: Tensor) -> Tensor:
-        f = self._batched(FACTORS)
-        if f is not None:  # the batch chose the factored form for this layer (no weight produced)
-            shared = self._ligo_source.__dict__[BATCH][FACTORS]
-            return factored_linear(input, *f, self._batched("bias"), shared)
         return F.linear(input, *self.get_params())
 
     def extra_repr(self) -> str:
@@ -319,9 +311,9 @@ class FusedLayeredNorm(_Fused):
 
     def get_params(self) -> tuple[Tensor, Tensor | None]:
         """(weight (d,), bias (d,) or None)."""
-        weight = self._batched("weight")
+        weight = self._bound("weight")
         if weight is not None:
-            return weight, self._batched("bias")
+            return weight, self._bound("bias")
         E = self._width("out").coeffs_weight
         weight = self._produce(self._small("weight"), "weight", E, None)
         b = self._small("bias")
@@ -378,15 +370,12 @@ class FusedEmbedding(_Fused):
 
     def get_params(self) -> Tensor:
         """weight (num_embeddings, embedding_dim)."""
-        weight = self._batched("weight")
+        weight = self._bound("weight")
         if weight is not None:
             return weight
         return self._produce(self._small("weight"), "weight", None, self._width("out").coeffs_weight)
 
     def forward(self, input: Tensor) -> Tensor:
-        f = self._batched(FACTORS)
-        if f is not None:  # the batch chose the factored form: the looked-up rows widened, no table produced
-            return factored_embedding(input, f[0], f[2], self.padding_idx)
         w = self.get_params()
         return F.embedding(
             input, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse

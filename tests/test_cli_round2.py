@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from test_cli_guarantees import fx, grow_argv, one_line_error, operator, ref, same, steps_of  # noqa: F401
 
 import ligo_fast
+from ligo_fast import memory
 from ligo_fast.apps import cli, outputs, training
 
 
@@ -292,3 +294,47 @@ def test_n18_a_full_disk_while_continuing_keeps_the_previous_outputs(fx, ref, tm
     assert cli.main(grow_argv(fx, out, "--keep-checkpoints", steps=6)) == 0
     assert "already holds 6 finished steps" in capsys.readouterr().out
     assert outputs.check_outputs(out)["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+BUSY = 360_000  # bytes: for this batch the eager step does not fit in 90% of it, the memory-lean step with 1-layer
+# chunks does, so a run reading this as its free memory switches to memory-lean mode
+
+
+def test_a_resumed_run_decides_with_its_recorded_memory_budget(fx, ref6, tmp_path, monkeypatch):  # noqa: F811
+    """Determinism: a run's memory budget is decided once, recorded in the run record of every checkpoint and of the
+    manifest, and a resumed run reuses it instead of reading the free memory again (here the machine got busy
+    between the parts: that reading alone would switch the resumed steps to memory-lean mode); ``--memory-budget``
+    overrides it on purpose and is recorded from then on."""
+    monkeypatch.delenv("LIGO_FAST_MEMORY_BUDGET")
+    free = {"now": 64 * 2**30}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free["now"])
+    seen, real = [], training.forward_backward
+
+    def spy(model, batch):
+        seen.append((model.memory_budget, model.lean_now(kwargs=batch)))
+        return real(model, batch)
+
+    monkeypatch.setattr(training, "forward_backward", spy)
+    out = tmp_path / "out"
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2", steps=6)) == 0
+    run = torch.load(out / "checkpoint" / "step-00000002" / "trainer.pt", weights_only=True)["run"]
+    assert run["memory_budget"] == {"bytes": 64 * 2**30, "source": "free memory on cpu, read once"}
+    free["now"] = BUSY
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2", steps=6)) == 0
+    assert seen == [(64 * 2**30, False)] * 4  # the resumed steps decided with the recorded budget: eager
+    run = torch.load(out / "checkpoint" / "step-00000004" / "trainer.pt", weights_only=True)["run"]
+    assert run["memory_budget"] == {"bytes": 64 * 2**30, "source": "recorded in step-00000002"}
+    assert cli.main(grow_argv(fx, out, "--memory-budget", "1GiB", steps=6)) == 0  # overridden on purpose
+    assert seen[4:] == [(2**30, False)] * 2
+    assert outputs.check_outputs(out)["run"]["memory_budget"] == {"bytes": 2**30, "source": "--memory-budget"}
+    same(operator(out), operator(ref6))
+    # the premise: with BUSY as its budget, this growth's training step is memory-lean
+    small = transformers.LlamaForCausalLM.from_pretrained(fx / "small")
+    busy = ligo_fast.grow(small, ligo_fast.load_operator(out, small).config, memory_budget=BUSY).train()
+    assert busy.lean_now(kwargs={"input_ids": torch.ones(2, 8, dtype=torch.long)})
+
+
+def test_a_bad_memory_budget_is_one_line(fx, tmp_path, capsys):  # noqa: F811
+    rc = cli.main(grow_argv(fx, tmp_path / "out", "--memory-budget", "lots"))
+    one_line_error(capsys, 2, rc, "--memory-budget must be a number of bytes", "'lots'")

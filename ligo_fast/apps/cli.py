@@ -41,8 +41,11 @@ Rerunning the same command resumes after the last finished step. Options and inp
 and small model by content digest, learning rate, seeds, ...) must match; the message names the fields that differ.
 When checkpoints exist but none can be used, or they belong to another run, the command refuses; ``--restart``
 starts over on purpose. After a finished run the checkpoints are removed unless ``--keep-checkpoints`` (which also
-lets a larger ``--steps`` continue a finished run). One command at a time writes into an output directory (a lock,
-never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
+lets a larger ``--steps`` continue a finished run). The memory budget (what memory-lean mode and the factored forms
+decide with) is decided once per run and recorded in its run record: ``--memory-budget``, else a resumed run's
+recorded one (never the memory free at the resume), else ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at the
+start; so a resumed run makes the same choices however busy the machine is. One command at a time writes into an
+output directory (a lock, never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
 
 Exit codes (:mod:`.errors`): 0 done; 1 a failure outside the input (a full disk: the path and the free space are
 named; out of memory, including a growth refused before allocating because it cannot fit the memory budget; an
@@ -173,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over from step 0 on purpose: remove the checkpoints of --out (also those of another run or "
         "input); its previous outputs stay until the new ones replace them",
+    )
+    g.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="BYTES",
+        help="memory the run's memory decisions plan with, e.g. 16GiB (default: a resumed run's recorded budget, "
+        "else LIGO_FAST_MEMORY_BUDGET, else the memory free at the start; decided once and recorded in the run)",
     )
     _common(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

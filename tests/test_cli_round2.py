@@ -338,3 +338,23 @@ def test_a_resumed_run_decides_with_its_recorded_memory_budget(fx, ref6, tmp_pat
 def test_a_bad_memory_budget_is_one_line(fx, tmp_path, capsys):  # noqa: F811
     rc = cli.main(grow_argv(fx, tmp_path / "out", "--memory-budget", "lots"))
     one_line_error(capsys, 2, rc, "--memory-budget must be a number of bytes", "'lots'")
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_not_skipped(fx, ref, tmp_path, capsys):  # noqa: F811
+    """trainer.pt carries a format number: one written by a newer version is refused in one line naming the file
+    (exit 2, nothing removed) instead of being skipped for an older checkpoint whose re-saved steps would replace
+    it; one without the number (written before it) resumes as format 1."""
+    out = tmp_path / "out"
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2")) == 0
+    path = out / "checkpoint" / "step-00000002" / "trainer.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 1
+    torch.save({**state, "format": 2}, path)
+    capsys.readouterr()
+    rc = cli.main(grow_argv(fx, out))
+    one_line_error(capsys, 2, rc, str(path), "newer ligo-fast (checkpoint format 2; this version reads up to 1)")
+    assert steps_of(out) == ["step-00000002"] and torch.load(path, weights_only=True)["format"] == 2
+    torch.save({k: v for k, v in state.items() if k != "format"}, path)  # as written before the format number
+    assert cli.main(grow_argv(fx, out)) == 0
+    assert "resuming from step 2 of 4" in capsys.readouterr().out
+    same(operator(out), operator(ref))

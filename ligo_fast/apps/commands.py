@@ -240,7 +240,10 @@ def run_budget(args, out: Path, device: torch.device) -> Budget:
             return Budget(parse_bytes(args.memory_budget, "--memory-budget"), "--memory-budget")
         except ValueError as e:
             raise UserError(str(e)) from e
-    found = None if args.restart or checkpoints.root_problem(out) else checkpoints.recorded_budget(out)
+    try:
+        found = None if args.restart or checkpoints.root_problem(out) else checkpoints.recorded_budget(out)
+    except checkpoints.NewerFormat as e:
+        raise UserError(str(e)) from e
     if found is not None:
         return Budget(found[0], f"recorded in {found[1].name}")
     try:
@@ -283,7 +286,7 @@ def _grow_into(out: Path, job: _Job) -> int:
         step, ckpt = training.resume(out, model, optimizer, run, small)
     except checkpoints.NoUsableCheckpoint as e:
         raise UserError(f"{e}; not starting over from step 0 silently: --restart does that on purpose") from e
-    except checkpoints.RunMismatch as e:
+    except (checkpoints.RunMismatch, checkpoints.NewerFormat) as e:
         raise UserError(str(e)) from e
     if ckpt is None:
         if manifest is not None:

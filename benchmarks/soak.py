@@ -54,7 +54,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))  # tests/_models.py: the tiny configs
+sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]  # this checkout's ligo_fast; tests/_models.py
 
 import transformers as T  # noqa: E402
 from _models import build, cli_small_config, configs  # noqa: E402
@@ -451,6 +451,7 @@ def main() -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="ligo_soak_"))
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    print(f"ligo_fast from {Path(ligo_fast.__file__).parent}", flush=True)
     soak = Soak(root)
     print(f"references in {time.monotonic() - t0:.1f} s; uninterrupted wall s: "
           f"{ {k: round(v, 2) for k, v in soak.wall.items()} }; work in {root}", flush=True)  # fmt: skip

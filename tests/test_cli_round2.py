@@ -17,7 +17,8 @@ from test_cli_guarantees import fx, grow_argv, one_line_error, operator, ref, sa
 
 import ligo_fast
 from ligo_fast import memory
-from ligo_fast.apps import cli, outputs, training
+from ligo_fast.apps import cli, outputs, progress, training
+from ligo_fast.apps.errors import Interrupted
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +359,34 @@ def test_a_checkpoint_of_a_newer_format_is_refused_not_skipped(fx, ref, tmp_path
     assert cli.main(grow_argv(fx, out)) == 0
     assert "resuming from step 2 of 4" in capsys.readouterr().out
     same(operator(out), operator(ref))
+
+
+def test_a_stop_signal_inside_a_log_line_is_not_swallowed(fx, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding (benchmarks/results/soak_2026-12-06.md): a SIGTERM delivered while ``tqdm.write`` (the console
+    log handler) took its lock made tqdm release a lock it did not hold; its RuntimeError replaced the interrupt and
+    logging printed it as a 'Logging error' traceback and swallowed it: the run went on and exited 0. Now the stop
+    goes on: the step is saved, exit 143, one line. The signal is simulated inside the lock's acquire."""
+
+    class Lock:
+        signals, held = 1, False
+
+        def acquire(self, *a, **k):
+            if Lock.signals:
+                Lock.signals -= 1
+                raise Interrupted(signal.SIGTERM)  # what the command's SIGTERM handler raises
+            Lock.held = True
+
+        def release(self):
+            if not Lock.held:
+                raise RuntimeError("cannot release un-acquired lock")
+            Lock.held = False
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / outputs.LOCK).write_text("pid 1 on elsewhere")  # left by a killed run: "took over the lock" is logged
+    monkeypatch.setattr(progress.tqdm, "_lock", Lock(), raising=False)
+    rc = cli.main(grow_argv(fx, out))
+    one_line_error(capsys, 128 + signal.SIGTERM, rc, "ligo-fast grow: terminated")
+    assert not (out / "checkpoint").exists()
+    monkeypatch.undo()
+    assert cli.main(grow_argv(fx, out)) == 0

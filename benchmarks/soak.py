@@ -7,10 +7,11 @@
 Not part of the test suite (minutes, timing-dependent). Each trial starts a run, sends SIGKILL, SIGTERM, SIGINT or
 SIGHUP at a random moment of it (sometimes a second signal shortly after: the user pressing Ctrl-C again), sometimes
 interrupts the rerun too, then reruns to completion and checks the result against an uninterrupted run, bit for
-bit. Every interrupted run must end cleanly: its exit code 0 (it finished first), 128 + the signal (stopped and
-saved), killed by the signal itself (SIGKILL, or a signal before the command installed its handlers), or 2 with a
-one-line refusal; never a traceback. The final rerun must exit 0 with the reference's outputs (or refuse in one
-line with exit code 2, counted apart).
+bit. The first signal comes at a uniform random time within a warm uninterrupted run's length (a resumed run is
+shorter: some of them finish first). Every interrupted run must end cleanly: its exit code 0 (it finished first),
+128 + the signal (stopped and saved), killed by the signal itself (SIGKILL, or a signal before the command
+installed its handlers or after it returned: ``early``), or 2 with a one-line refusal; never a traceback. The final
+rerun must exit 0 with the reference's outputs (or refuse in one line with exit code 2, counted apart).
 
 * ``grow``: the tiny Llama of ``tests/_models.cli_small_config`` grown (hidden 16 -> 24, 2 -> 3 layers) for 6
   operator steps, a checkpoint every 2; the result is every file the manifest lists (sha256), and ``--out`` must hold
@@ -364,6 +365,9 @@ class Soak:
             self.wall[name] = r["wall"]
             self.ref[name] = load_file(str(out / "final.safetensors")) if name == "trainer" else out
         self.op = ref / "grow"
+        for name in PATHS:  # the signal times follow a warm run's length (the first child imported more)
+            r = run(self.job(name, ref / f"warm_{name}"), ref / f"warm_{name}")
+            self.wall[name] = r["wall"] if r.get("code") == 0 else self.wall[name]
 
     def job(self, path: str, d: Path):
         if path == "grow":
@@ -384,7 +388,7 @@ class Soak:
         for k in range(n_interrupts):
             first = rng.choice(SIGNALS)
             sigs = (first,) if rng.random() < 0.8 else (first, rng.choice(SIGNALS))
-            at = rng.uniform(0, 1.1 * self.wall[path])
+            at = rng.uniform(0, self.wall[path])
             r = run(self.job(path, d), d / f"run{k}", rng, at, sigs)
             outcome, problem = interrupted_ok(r, path != "trainer")
             info["runs"].append({"signals": r["sent"], "planned": [signal.Signals(s).name for s in sigs],

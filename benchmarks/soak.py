@@ -9,13 +9,15 @@ SIGHUP at a random moment of it (sometimes a second signal shortly after: the us
 interrupts the rerun too, then reruns to completion and checks the result against an uninterrupted run, bit for
 bit. The first signal comes at a uniform random time within a warm uninterrupted run's length (a resumed run is
 shorter: some of them finish first). Every interrupted run must end cleanly: its exit code 0 (it finished first),
-128 + the signal (stopped and saved), killed by the signal itself (SIGKILL, or a signal before the command
+128 + a sent signal (stopped and saved; a second signal during the clean-up after the first one, outside the
+training loop, reports its own code), killed by the signal itself (SIGKILL, or a signal before the command
 installed its handlers or after it returned: ``early``), or 2 with a one-line refusal; never a traceback. The final
 rerun must exit 0 with the reference's outputs (or refuse in one line with exit code 2, counted apart).
 
 * ``grow``: the tiny Llama of ``tests/_models.cli_small_config`` grown (hidden 16 -> 24, 2 -> 3 layers) for 6
-  operator steps, a checkpoint every 2; the result is every file the manifest lists (sha256), and ``--out`` must hold
-  no ``.tmp`` left-over and no checkpoint afterwards.
+  operator steps, a checkpoint every 2; the result is every file the manifest lists (:func:`same_content`: the
+  tensors and metadata of safetensors files, the bytes of the others), the evaluation losses, and ``--out`` must
+  hold no ``.tmp`` left-over and no checkpoint afterwards.
 * ``materialize``: the grown operator written as a large HF model into a directory that, in half the trials, first
   holds the complete materialisation of another operator (grown with another seed). After the interrupted run the
   directory must hold one of the two complete outputs (verified against its manifest and the reference files) or
@@ -236,9 +238,8 @@ def interrupted_ok(r: dict, cli_path: bool) -> tuple[str, str | None]:
     if code == 2:
         lines = [x for x in err.splitlines() if "error:" in x]
         return "refused", None if len(lines) == 1 else f"exit 2 without one error line: {_last(err)}"
-    first = r["sent"][0] if r["sent"] else None
-    if first is not None and code == 128 + signal.Signals[first].value:
-        return "stopped", None
+    if code in {128 + signal.Signals[name].value for name in r["sent"]}:
+        return "stopped", None  # the first signal's code, or a second one's that came during the exit's clean-up
     return "other", f"exit {code} after {r['sent']}: {_last(err)}"
 
 
@@ -392,7 +393,9 @@ class Soak:
             r = run(self.job(path, d), d / f"run{k}", rng, at, sigs)
             outcome, problem = interrupted_ok(r, path != "trainer")
             info["runs"].append({"signals": r["sent"], "planned": [signal.Signals(s).name for s in sigs],
-                                 "at": round(at, 3), "outcome": outcome})  # fmt: skip
+                                 "at": round(at, 3), "outcome": outcome,
+                                 **({"stderr": _last(r["err"])} if outcome in ("refused", "other") else {}),
+                                 })  # fmt: skip
             if problem is None and path == "materialize":
                 problem = materialize_between(d / "out", [self.ref["materialize"], self.ref["materialize_b"]])
             if problem:

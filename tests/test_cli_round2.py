@@ -17,7 +17,7 @@ from test_cli_guarantees import fx, grow_argv, one_line_error, operator, ref, sa
 
 import ligo_fast
 from ligo_fast import memory
-from ligo_fast.apps import cli, outputs, progress, training
+from ligo_fast.apps import cli, inputs, outputs, progress, training
 from ligo_fast.apps.errors import Interrupted
 
 
@@ -390,3 +390,26 @@ def test_a_stop_signal_inside_a_log_line_is_not_swallowed(fx, tmp_path, capsys, 
     assert not (out / "checkpoint").exists()
     monkeypatch.undo()
     assert cli.main(grow_argv(fx, out)) == 0
+
+
+def test_a_stop_signal_inside_a_finalizer_is_not_lost(fx, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding: a signal's handler runs at any point, also inside a finalizer or a weakref callback, where Python
+    only prints its KeyboardInterrupt ('Exception ignored in ...') and drops it: a Ctrl-C or SIGTERM was lost and
+    the command went on to exit 0. Now it is sent again and stops the command: exit 143, one line."""
+
+    class Finalised:
+        def __del__(self):
+            raise Interrupted(signal.SIGTERM)  # the command's SIGTERM handler, run while a finalizer ran
+
+    real = inputs.load_tokenizer
+
+    def load(*a, **k):
+        Finalised()  # dropped at once: its finalizer runs here
+        return real(*a, **k)
+
+    monkeypatch.setattr(inputs, "load_tokenizer", load)
+    rc = cli.main(grow_argv(fx, tmp_path / "out"))  # stops where the signal lands again (any later point is fine)
+    err = capsys.readouterr().err
+    assert rc == 128 + signal.SIGTERM and "Exception ignored" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and ("terminated" in err or "interrupted" in err), err
+    assert not (tmp_path / "out" / outputs.MANIFEST).exists()

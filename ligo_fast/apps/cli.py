@@ -53,7 +53,8 @@ unexpected error, whose traceback ``--verbose`` shows); 2 a user error; 3 diverg
 the last finite checkpoint is kept); 128 + the signal's number when stopped by a signal (130 Ctrl-C, 143 SIGTERM,
 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the checkpoint was saved; more signals while it exits are ignored); 141 the
 reader of stdout went away (``| head -1``: the command stops quietly, as other command-line tools do). Every error
-is one line on stderr.
+is one line on stderr. A stop signal whose exception Python had to drop (its handler ran inside a finalizer) is
+sent again (:func:`_redeliver_interrupts`), and one during a log line is not swallowed by logging.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -248,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     old_handlers = {s: signal.signal(s, _terminate) for s in caught}
     if on_main:  # restored too: a KeyboardInterrupt path may set it to ignored
         old_handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    old_hook, timers = sys.unraisablehook, []
+    sys.unraisablehook = _redeliver_interrupts(old_hook, timers)
     try:
         from ligo_fast import backends
 
@@ -291,8 +294,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {type(e).__name__}: {one_line(e)} {where}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        sys.unraisablehook = old_hook
+        for t in timers:  # a signal not yet sent again when the command ended: not after it
+            t.cancel()
         for s, old in old_handlers.items():
             signal.signal(s, old)
+
+
+REDELIVER_S = 0.05  # after a stop signal's exception was dropped, the signal comes again this many seconds later
+
+
+def _redeliver_interrupts(previous, timers: list):
+    """A ``sys.unraisablehook`` that sends a stop signal again when its KeyboardInterrupt was raised where Python
+    cannot propagate it (a finalizer, a weakref callback: the handler runs at any point, and such an exception is
+    only printed as 'Exception ignored in' and dropped, so the command went on as if never stopped). The signal is
+    sent again :data:`REDELIVER_S` later from a helper thread, so the handler runs once this hook has returned, in
+    code that can stop (sent at once, the handler would run inside the hook, where its exception is dropped too).
+    Other unraisable exceptions go to ``previous``; ``timers`` collects the helpers (cancelled when main ends)."""
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", None) or signal.SIGINT
+            again = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+            again.daemon = True
+            timers.append(again)
+            again.start()
+        else:
+            previous(unraisable)
+
+    return hook
 
 
 def _stdout_to_devnull() -> None:

@@ -413,3 +413,27 @@ def test_a_stop_signal_inside_a_finalizer_is_not_lost(fx, tmp_path, capsys, monk
     assert rc == 128 + signal.SIGTERM and "Exception ignored" not in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and ("terminated" in err or "interrupted" in err), err
     assert not (tmp_path / "out" / outputs.MANIFEST).exists()
+
+
+def test_a_stop_turned_into_a_library_error_is_reported_as_a_stop(fx, ref, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding: a Ctrl-C while ``materialize`` read the operator file came out of safetensors/torch as their own
+    error ("could not determine the shape of object type 'torch.storage.UntypedStorage'"), which the loader reported
+    as a damaged file: exit 2, "not a readable safetensors file, truncated or damaged", about a good file. Now a
+    command whose stop signal's handler ran ends as stopped (exit 130, one line), whatever error that became."""
+    real = ligo_fast.load_operator
+
+    def load(*a, **k):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while reading: the handler raises here...
+        except KeyboardInterrupt:
+            pass  # ...and the library loses it,
+        real(*a, **k)  # (the real read, for the timing)
+        raise ValueError(f"{a[0]}/operator.safetensors: not a readable safetensors file, truncated or damaged")
+
+    monkeypatch.setattr(ligo_fast, "load_operator", load)
+    out = tmp_path / "m"
+    argv = ["materialize", "--small", str(fx / "small"), "--operator", str(ref), "--out", str(out), "--device", "cpu"]
+    rc = cli.main(argv)
+    one_line_error(capsys, 128 + signal.SIGINT, rc, "ligo-fast materialize: interrupted")
+    monkeypatch.undo()
+    assert cli.main(argv) == 0  # the file was fine

@@ -54,7 +54,8 @@ the last finite checkpoint is kept); 128 + the signal's number when stopped by a
 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the checkpoint was saved; more signals while it exits are ignored); 141 the
 reader of stdout went away (``| head -1``: the command stops quietly, as other command-line tools do). Every error
 is one line on stderr. A stop signal whose exception Python had to drop (its handler ran inside a finalizer) is
-sent again (:func:`_redeliver_interrupts`), and one during a log line is not swallowed by logging.
+sent again (:func:`_redeliver_interrupts`), one during a log line is not swallowed by logging, and one that a
+library turned into its own error (a read cut short looks like a damaged file) still ends the command as stopped.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -235,7 +236,11 @@ def _positive(s: str) -> int:
     return v
 
 
+_received: list[int] = []  # the stop signals whose handler ran during the current main()
+
+
 def _terminate(signum, frame) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -244,11 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     on_main = threading.current_thread() is threading.main_thread()
-    # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once
-    caught = [s for s in STOP_SIGNALS if s != signal.SIGINT] if on_main else []
+    # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once;
+    # Ctrl-C too, so that every stop is recorded (_received: one a library turned into its own error is still a stop)
+    _received.clear()
+    caught = list(STOP_SIGNALS) if on_main else []
     old_handlers = {s: signal.signal(s, _terminate) for s in caught}
-    if on_main:  # restored too: a KeyboardInterrupt path may set it to ignored
-        old_handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     old_hook, timers = sys.unraisablehook, []
     sys.unraisablehook = _redeliver_interrupts(old_hook, timers)
     try:
@@ -271,20 +276,23 @@ def main(argv: list[str] | None = None) -> int:
         with console_logging():  # the step lines of grow (ligo_fast.apps loggers) on stdout, warnings on stderr
             return getattr(commands, f"cmd_{args.command}")(args)
     except CommandError as e:
+        if _received:  # the stop's KeyboardInterrupt became this error in a library (a read cut short: "damaged")
+            return _stopped(args.command, _received[0], on_main)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # stdout's reader is gone (| head): stop quietly, as other command-line tools do
         _stdout_to_devnull()
         return exit_code_for(signal.SIGPIPE)
     except OSError as e:  # a full disk (DiskFullError names the path and the free space), permissions, I/O
+        if _received:
+            return _stopped(args.command, _received[0], on_main)
         print(f"{PROG} {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # outside the training loop (which saves a checkpoint first)
-        _ignore_signals(on_main)  # more Ctrl-C while exiting: no traceback from the middle of the exit path
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"{PROG} {args.command}: {signal_word(signum)}", file=sys.stderr)
-        return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
+        return _stopped(args.command, e.signum if isinstance(e, Interrupted) else signal.SIGINT, on_main)
     except Exception as e:
+        if _received:
+            return _stopped(args.command, _received[0], on_main)
         if out_of_memory(e):  # torch's allocator, CUDA, or the refusal of a growth that cannot fit the budget
             print(f"{PROG} {args.command}: error: out of memory: {one_line(e)}", file=sys.stderr)
             return EXIT_FAILED
@@ -324,6 +332,14 @@ def _redeliver_interrupts(previous, timers: list):
             previous(unraisable)
 
     return hook
+
+
+def _stopped(command: str, signum: int | None, on_main: bool) -> int:
+    """The end of a command stopped by ``signum``: one line, 128 + its number; more signals are ignored from here
+    (no traceback from the middle of the exit path)."""
+    _ignore_signals(on_main)
+    print(f"{PROG} {command}: {signal_word(signum)}", file=sys.stderr)
+    return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
 
 
 def _stdout_to_devnull() -> None:

@@ -29,6 +29,7 @@ _PUBLIC = {
     "materialize": "api",
     "plan_growth": "spec",
     "load_operator": "checkpoint",
+    "memory_budget": "memory",
     "register_architecture": "arch",
     "supported_classes": "arch",
     # what an architecture description (register_architecture's argument) is made of
@@ -58,6 +59,7 @@ __all__ = [
     "materialize",
     "plan_growth",
     "load_operator",
+    "memory_budget",
     "register_architecture",
     "supported_classes",
     "Arch",

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from test_cli_guarantees import fx, grow_argv, one_line_error, operator, ref, same, steps_of  # noqa: F401
 
 import ligo_fast
-from ligo_fast.apps import cli, outputs, training
+from ligo_fast import memory
+from ligo_fast.apps import cli, inputs, outputs, progress, training
+from ligo_fast.apps.errors import Interrupted
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +296,145 @@ def test_n18_a_full_disk_while_continuing_keeps_the_previous_outputs(fx, ref, tm
     assert cli.main(grow_argv(fx, out, *more, steps=6)) == 0
     assert "already holds 6 finished steps" in capsys.readouterr().out
     assert outputs.check_outputs(out)["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+BUSY = 300_000  # bytes: for this batch the eager step (in its factored forms) does not fit in 90% of it, the
+# memory-lean step with 1-layer chunks does, so a run reading this as its free memory switches to memory-lean mode
+
+
+def test_a_resumed_run_decides_with_its_recorded_memory_budget(fx, ref6, tmp_path, monkeypatch):  # noqa: F811
+    """Determinism: a run's memory budget is decided once, recorded in the run record of every checkpoint and of the
+    manifest, and a resumed run reuses it instead of reading the free memory again (here the machine got busy
+    between the parts: that reading alone would switch the resumed steps to memory-lean mode); ``--memory-budget``
+    overrides it on purpose and is recorded from then on."""
+    monkeypatch.delenv("LIGO_FAST_MEMORY_BUDGET")
+    free = {"now": 64 * 2**30}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free["now"])
+    seen, real = [], training.forward_backward
+
+    def spy(model, batch):
+        seen.append((model.memory_budget, model.lean_now(kwargs=batch)))
+        return real(model, batch)
+
+    monkeypatch.setattr(training, "forward_backward", spy)
+    out = tmp_path / "out"
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2", steps=6)) == 0
+    run = torch.load(out / "checkpoint" / "step-00000002" / "trainer.pt", weights_only=True)["run"]
+    assert run["memory_budget"] == {"bytes": 64 * 2**30, "source": "free memory on cpu, read once"}
+    free["now"] = BUSY
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2", steps=6)) == 0
+    assert seen == [(64 * 2**30, False)] * 4  # the resumed steps decided with the recorded budget: eager
+    run = torch.load(out / "checkpoint" / "step-00000004" / "trainer.pt", weights_only=True)["run"]
+    assert run["memory_budget"] == {"bytes": 64 * 2**30, "source": "recorded in step-00000002"}
+    assert cli.main(grow_argv(fx, out, "--memory-budget", "1GiB", steps=6)) == 0  # overridden on purpose
+    assert seen[4:] == [(2**30, False)] * 2
+    assert outputs.check_outputs(out)["run"]["memory_budget"] == {"bytes": 2**30, "source": "--memory-budget"}
+    same(operator(out), operator(ref6))
+    # the premise: with BUSY as its budget, this growth's training step is memory-lean
+    small = transformers.LlamaForCausalLM.from_pretrained(fx / "small")
+    busy = ligo_fast.grow(small, ligo_fast.load_operator(out, small).config, memory_budget=BUSY).train()
+    assert busy.lean_now(kwargs={"input_ids": torch.ones(2, 8, dtype=torch.long)})
+
+
+def test_a_bad_memory_budget_is_one_line(fx, tmp_path, capsys):  # noqa: F811
+    rc = cli.main(grow_argv(fx, tmp_path / "out", "--memory-budget", "lots"))
+    one_line_error(capsys, 2, rc, "--memory-budget must be a number of bytes", "'lots'")
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_not_skipped(fx, ref, tmp_path, capsys):  # noqa: F811
+    """trainer.pt carries a format number: one written by a newer version is refused in one line naming the file
+    (exit 2, nothing removed) instead of being skipped for an older checkpoint whose re-saved steps would replace
+    it; one without the number (written before it) resumes as format 1."""
+    out = tmp_path / "out"
+    assert cli.main(grow_argv(fx, out, "--max-steps-this-run", "2")) == 0
+    path = out / "checkpoint" / "step-00000002" / "trainer.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 1
+    torch.save({**state, "format": 2}, path)
+    capsys.readouterr()
+    rc = cli.main(grow_argv(fx, out))
+    one_line_error(capsys, 2, rc, str(path), "newer ligo-fast (checkpoint format 2; this version reads up to 1)")
+    assert steps_of(out) == ["step-00000002"] and torch.load(path, weights_only=True)["format"] == 2
+    torch.save({k: v for k, v in state.items() if k != "format"}, path)  # as written before the format number
+    assert cli.main(grow_argv(fx, out)) == 0
+    assert "resuming from step 2 of 4" in capsys.readouterr().out
+    same(operator(out), operator(ref))
+
+
+def test_a_stop_signal_inside_a_log_line_is_not_swallowed(fx, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding (benchmarks/results/soak_2026-12-06.md): a SIGTERM delivered while ``tqdm.write`` (the console
+    log handler) took its lock made tqdm release a lock it did not hold; its RuntimeError replaced the interrupt and
+    logging printed it as a 'Logging error' traceback and swallowed it: the run went on and exited 0. Now the stop
+    goes on: the step is saved, exit 143, one line. The signal is simulated inside the lock's acquire."""
+
+    class Lock:
+        signals, held = 1, False
+
+        def acquire(self, *a, **k):
+            if Lock.signals:
+                Lock.signals -= 1
+                raise Interrupted(signal.SIGTERM)  # what the command's SIGTERM handler raises
+            Lock.held = True
+
+        def release(self):
+            if not Lock.held:
+                raise RuntimeError("cannot release un-acquired lock")
+            Lock.held = False
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / outputs.LOCK).write_text("pid 1 on elsewhere")  # left by a killed run: "took over the lock" is logged
+    monkeypatch.setattr(progress.tqdm, "_lock", Lock(), raising=False)
+    rc = cli.main(grow_argv(fx, out))
+    one_line_error(capsys, 128 + signal.SIGTERM, rc, "ligo-fast grow: terminated")
+    assert not (out / "checkpoint").exists()
+    monkeypatch.undo()
+    assert cli.main(grow_argv(fx, out)) == 0
+
+
+def test_a_stop_signal_inside_a_finalizer_is_not_lost(fx, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding: a signal's handler runs at any point, also inside a finalizer or a weakref callback, where Python
+    only prints its KeyboardInterrupt ('Exception ignored in ...') and drops it: a Ctrl-C or SIGTERM was lost and
+    the command went on to exit 0. Now it is sent again and stops the command: exit 143, one line."""
+
+    class Finalised:
+        def __del__(self):
+            raise Interrupted(signal.SIGTERM)  # the command's SIGTERM handler, run while a finalizer ran
+
+    real = inputs.load_tokenizer
+
+    def load(*a, **k):
+        Finalised()  # dropped at once: its finalizer runs here
+        return real(*a, **k)
+
+    monkeypatch.setattr(inputs, "load_tokenizer", load)
+    rc = cli.main(grow_argv(fx, tmp_path / "out"))  # stops where the signal lands again (any later point is fine)
+    err = capsys.readouterr().err
+    assert rc == 128 + signal.SIGTERM and "Exception ignored" not in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and ("terminated" in err or "interrupted" in err), err
+    assert not (tmp_path / "out" / outputs.MANIFEST).exists()
+
+
+def test_a_stop_turned_into_a_library_error_is_reported_as_a_stop(fx, ref, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Soak finding: a Ctrl-C while ``materialize`` read the operator file came out of safetensors/torch as their own
+    error ("could not determine the shape of object type 'torch.storage.UntypedStorage'"), which the loader reported
+    as a damaged file: exit 2, "not a readable safetensors file, truncated or damaged", about a good file. Now a
+    command whose stop signal's handler ran ends as stopped (exit 130, one line), whatever error that became."""
+    real = ligo_fast.load_operator
+
+    def load(*a, **k):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while reading: the handler raises here...
+        except KeyboardInterrupt:
+            pass  # ...and the library loses it,
+        real(*a, **k)  # (the real read, for the timing)
+        raise ValueError(f"{a[0]}/operator.safetensors: not a readable safetensors file, truncated or damaged")
+
+    monkeypatch.setattr(ligo_fast, "load_operator", load)
+    out = tmp_path / "m"
+    argv = ["materialize", "--small", str(fx / "small"), "--operator", str(ref), "--out", str(out), "--device", "cpu"]
+    rc = cli.main(argv)
+    one_line_error(capsys, 128 + signal.SIGINT, rc, "ligo-fast materialize: interrupted")
+    monkeypatch.undo()
+    assert cli.main(argv) == 0  # the file was fine

@@ -1,8 +1,8 @@
 """Resumable checkpoints of an operator-training run, under ``<out>/checkpoint/``, crash-consistent.
 
 ``step-NNNNNNNN/`` (``step-NNNNNNNN-K/`` when that name is taken) holds the operator (``LiGOModel.save_operator``,
-so it is also a directory ``ligo_fast.load_operator`` reads) and ``trainer.pt`` (the step, the optimizer state and
-the run record: the options that change the numbers).
+so it is also a directory ``ligo_fast.load_operator`` reads) and ``trainer.pt`` (its format number :data:`FORMAT`,
+the step, the optimizer state and the run record: the options that change the numbers).
 
 Writing (:func:`save_checkpoint`): everything goes into ``step-....tmp/`` (each file fsynced), which is renamed to
 its final name only when complete (then the directory is fsynced); only then are the checkpoints it makes redundant
@@ -20,8 +20,10 @@ Reading (:func:`checkpoints`): the complete checkpoints are found by listing the
 but never followed, so no file can point a resumed run outside its output directory.
 
 A resumed run must repeat the options of the checkpoint's run (:func:`run_differences` names the fields that
-differ; :class:`RunMismatch`); a checkpoint that cannot be read is a :class:`CheckpointError` (the caller falls
-back to an older one). Imports torch and ligo_fast's public ``load_operator`` and ``serialization`` helpers.
+differ; :class:`RunMismatch`), except the memory budget (:data:`BUDGET`), which it reuses from the checkpoint
+(:func:`recorded_budget`) unless told another one; a checkpoint that cannot be read is a :class:`CheckpointError`
+(the caller falls back to an older one). Imports torch and ligo_fast's public ``load_operator`` and
+``serialization`` helpers.
 """
 
 from __future__ import annotations
@@ -45,13 +47,16 @@ LATEST = "latest"
 TRAINER = "trainer.pt"
 _NAME = re.compile(r"^step-(\d{8})(?:-(\d+))?$")
 # record fields that say nothing about the numbers (the typed --small path reached the large config through the
-# small config's _name_or_path), and the values of fields older records lack
-_IGNORED = ("large_config._name_or_path", "large_config.transformers_version")
+# small config's _name_or_path) or that a resumed run may override (the memory budget: :func:`recorded_budget`), and
+# the values of fields older records lack
+_IGNORED = ("large_config._name_or_path", "large_config.transformers_version", "memory_budget")
 _OLD_DEFAULTS = {"warmup": 0}
 _PATHS = ("small",)
 # content digests that records before them lack: not compared when the older record has none
 _OPTIONAL = ("data_sha256", "small_sha256")
 KEEP = 2  # checkpoints kept by default: the newest, and one to fall back on when it cannot be read
+FORMAT = 1  # of trainer.pt ("format"; absent in those written before it: 1); a newer one is refused, not skipped
+BUDGET = "memory_budget"  # the run record's field {"bytes": N, "source": "..."}: the memory the run decides with
 
 
 class RunMismatch(ValueError):
@@ -60,6 +65,11 @@ class RunMismatch(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used (damaged, missing files, another format)."""
+
+
+class NewerFormat(ValueError):
+    """A checkpoint written by a newer version (its ``trainer.pt`` has a higher format): refused, never skipped (an
+    older checkpoint would be resumed and its step re-saved over it)."""
 
 
 class NoUsableCheckpoint(CheckpointError):
@@ -239,7 +249,7 @@ def save_checkpoint(out: Path, model, optimizer, step: int, run: dict, keep: int
         gen += 1
         name = f"{base}-{gen}"
     tmp, final = root / f"{name}.tmp", root / name
-    state = {"step": step, "optimizer": optimizer.state_dict(), "run": run}
+    state = {"format": FORMAT, "step": step, "optimizer": optimizer.state_dict(), "run": run}
     tensors = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     try:
@@ -257,9 +267,9 @@ def save_checkpoint(out: Path, model, optimizer, step: int, run: dict, keep: int
     return final
 
 
-def _trainer_state(d: Path) -> dict:
+def _trainer_state(d: Path, mmap: bool = False) -> dict:
     try:
-        state = torch.load(d / TRAINER, map_location="cpu", weights_only=True)
+        state = torch.load(d / TRAINER, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - damaged, truncated, or refused by weights_only: unusable either way
         raise CheckpointError(f"{d / TRAINER}: unreadable ({_first_line(e)})") from e
     ok = (
@@ -272,13 +282,38 @@ def _trainer_state(d: Path) -> dict:
     )
     if not ok:
         raise CheckpointError(f"{d / TRAINER}: not a trainer state of this program (step, optimizer, run)")
+    fmt = state.get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise CheckpointError(f"{d / TRAINER}: format {fmt!r} is no format number")
+    if fmt > FORMAT:
+        raise NewerFormat(
+            f"{d / TRAINER}: written by a newer ligo-fast (checkpoint format {fmt}; this version reads up to "
+            f"{FORMAT}); resume it with that version, or --restart to start over"
+        )
     return state
+
+
+def recorded_budget(out: Path) -> tuple[int, Path] | None:
+    """``(bytes, checkpoint)``: the memory budget recorded in the run record of the newest checkpoint of ``out``
+    whose trainer state can be read (the one a resumed run starts from, unless its operator is damaged); None when
+    there is none, or it records no budget (written by an older version). Its tensors are memory-mapped, not read."""
+    for d in checkpoints(out):
+        try:
+            state = _trainer_state(d, mmap=True)
+        except CheckpointError:
+            continue
+        v = state["run"].get(BUDGET)
+        n = v.get("bytes") if isinstance(v, dict) else None
+        ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+        return (n, d) if ok else None
+    return None
 
 
 def load_checkpoint(d: Path, model, optimizer, run: dict, small_model) -> int:
     """Restore the operator of ``model`` (grown from ``small_model``) and ``optimizer`` from ``d``; return the
     step it ended. Raises :class:`RunMismatch` when ``d`` was written by a run with another record than ``run``,
-    :class:`CheckpointError` when ``d`` cannot be used (nothing is changed then)."""
+    :class:`NewerFormat` when by a newer version, :class:`CheckpointError` when ``d`` cannot be used (nothing is
+    changed then)."""
     state = _trainer_state(d)
     diffs = run_differences(state["run"], run)
     if diffs:

@@ -47,8 +47,11 @@ Rerunning the same command resumes after the last finished step. Options and inp
 and small model by content digest, learning rate, seeds, ...) must match; the message names the fields that differ.
 When checkpoints exist but none can be used, or they belong to another run, the command refuses; ``--restart``
 starts over on purpose. After a finished run the checkpoints are removed unless ``--keep-checkpoints`` (which also
-lets a larger ``--steps`` continue a finished run). One command at a time writes into an output directory (a lock,
-never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
+lets a larger ``--steps`` continue a finished run). The memory budget (what memory-lean mode and the factored forms
+decide with) is decided once per run and recorded in its run record: ``--memory-budget``, else a resumed run's
+recorded one (never the memory free at the resume), else ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at the
+start; so a resumed run makes the same choices however busy the machine is. One command at a time writes into an
+output directory (a lock, never followed through a symbolic link); ``--out`` and ``--data`` must not contain each other.
 
 Exit codes (:mod:`.errors`): 0 done; 1 a failure outside the input (a full disk: the path and the free space are
 named; out of memory, including a growth refused before allocating because it cannot fit the memory budget; an
@@ -56,7 +59,9 @@ unexpected error, whose traceback ``--verbose`` shows); 2 a user error; 3 diverg
 the last finite checkpoint is kept); 128 + the signal's number when stopped by a signal (130 Ctrl-C, 143 SIGTERM,
 129 SIGHUP, 131 SIGQUIT, 138 SIGUSR1: the checkpoint was saved; more signals while it exits are ignored); 141 the
 reader of stdout went away (``| head -1``: the command stops quietly, as other command-line tools do). Every error
-is one line on stderr.
+is one line on stderr. A stop signal whose exception Python had to drop (its handler ran inside a finalizer) is
+sent again (:func:`_redeliver_interrupts`), one during a log line is not swallowed by logging, and one that a
+library turned into its own error (a read cut short looks like a damaged file) still ends the command as stopped.
 
 Start-up: this module imports only the standard library (and ``ligo_fast``'s lazy package); torch and
 transformers are imported by :mod:`.commands` after the arguments are parsed, so ``--help``, ``--version`` and
@@ -188,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over from step 0 on purpose: remove the checkpoints of --out (also those of another run or "
         "input); its previous outputs stay until the new ones replace them",
     )
+    g.add_argument(
+        "--memory-budget",
+        default=None,
+        metavar="BYTES",
+        help="memory the run's memory decisions plan with, e.g. 16GiB (default: a resumed run's recorded budget, "
+        "else LIGO_FAST_MEMORY_BUDGET, else the memory free at the start; decided once and recorded in the run)",
+    )
     _common(g)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--max-steps-this-run", type=_positive, default=None, help=argparse.SUPPRESS)
@@ -238,7 +250,11 @@ def _positive(s: str) -> int:
     return v
 
 
+_received: list[int] = []  # the stop signals whose handler ran during the current main()
+
+
 def _terminate(signum, frame) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -247,11 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     on_main = threading.current_thread() is threading.main_thread()
-    # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once
-    caught = [s for s in STOP_SIGNALS if s != signal.SIGINT] if on_main else []
+    # SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 like Ctrl-C (cleanups run): by default they would kill the process at once;
+    # Ctrl-C too, so that every stop is recorded (_received: one a library turned into its own error is still a stop)
+    _received.clear()
+    caught = list(STOP_SIGNALS) if on_main else []
     old_handlers = {s: signal.signal(s, _terminate) for s in caught}
-    if on_main:  # restored too: a KeyboardInterrupt path may set it to ignored
-        old_handlers[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+    old_hook, timers = sys.unraisablehook, []
+    sys.unraisablehook = _redeliver_interrupts(old_hook, timers)
     try:
         from ligo_fast import backends
 
@@ -272,20 +290,23 @@ def main(argv: list[str] | None = None) -> int:
         with console_logging():  # the step lines of grow (ligo_fast.apps loggers) on stdout, warnings on stderr
             return getattr(commands, f"cmd_{args.command}")(args)
     except CommandError as e:
+        if _received:  # the stop's KeyboardInterrupt became this error in a library (a read cut short: "damaged")
+            return _stopped(args.command, _received[0], on_main)
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # stdout's reader is gone (| head): stop quietly, as other command-line tools do
         _stdout_to_devnull()
         return exit_code_for(signal.SIGPIPE)
     except OSError as e:  # a full disk (DiskFullError names the path and the free space), permissions, I/O
+        if _received:
+            return _stopped(args.command, _received[0], on_main)
         print(f"{PROG} {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as e:  # outside the training loop (which saves a checkpoint first)
-        _ignore_signals(on_main)  # more Ctrl-C while exiting: no traceback from the middle of the exit path
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"{PROG} {args.command}: {signal_word(signum)}", file=sys.stderr)
-        return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
+        return _stopped(args.command, e.signum if isinstance(e, Interrupted) else signal.SIGINT, on_main)
     except Exception as e:
+        if _received:
+            return _stopped(args.command, _received[0], on_main)
         if out_of_memory(e):  # torch's allocator, CUDA, or the refusal of a growth that cannot fit the budget
             print(f"{PROG} {args.command}: error: out of memory: {one_line(e)}", file=sys.stderr)
             return EXIT_FAILED
@@ -295,8 +316,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: error: {type(e).__name__}: {one_line(e)} {where}", file=sys.stderr)
         return EXIT_FAILED
     finally:
+        sys.unraisablehook = old_hook
+        for t in timers:  # a signal not yet sent again when the command ended: not after it
+            t.cancel()
         for s, old in old_handlers.items():
             signal.signal(s, old)
+
+
+REDELIVER_S = 0.05  # after a stop signal's exception was dropped, the signal comes again this many seconds later
+
+
+def _redeliver_interrupts(previous, timers: list):
+    """A ``sys.unraisablehook`` that sends a stop signal again when its KeyboardInterrupt was raised where Python
+    cannot propagate it (a finalizer, a weakref callback: the handler runs at any point, and such an exception is
+    only printed as 'Exception ignored in' and dropped, so the command went on as if never stopped). The signal is
+    sent again :data:`REDELIVER_S` later from a helper thread, so the handler runs once this hook has returned, in
+    code that can stop (sent at once, the handler would run inside the hook, where its exception is dropped too).
+    Other unraisable exceptions go to ``previous``; ``timers`` collects the helpers (cancelled when main ends)."""
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if isinstance(e, KeyboardInterrupt):
+            signum = getattr(e, "signum", None) or signal.SIGINT
+            again = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), signum))
+            again.daemon = True
+            timers.append(again)
+            again.start()
+        else:
+            previous(unraisable)
+
+    return hook
+
+
+def _stopped(command: str, signum: int | None, on_main: bool) -> int:
+    """The end of a command stopped by ``signum``: one line, 128 + its number; more signals are ignored from here
+    (no traceback from the middle of the exit path)."""
+    _ignore_signals(on_main)
+    print(f"{PROG} {command}: {signal_word(signum)}", file=sys.stderr)
+    return exit_code_for(signum) if signum is not None else EXIT_INTERRUPTED
 
 
 def _stdout_to_devnull() -> None:

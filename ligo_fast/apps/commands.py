@@ -4,7 +4,8 @@
 ``--help``, ``--version`` and argument errors answer at once. The inputs are read and checked by :mod:`.inputs`,
 the training run is :mod:`.training` (checkpoints: :mod:`.checkpoints`), the output directory (lock, manifest)
 :mod:`.outputs`; failures are the exceptions of :mod:`.errors`. Imports those and ligo_fast's public API
-(``grow``, ``load_operator``, ``backends``, ``ops``, ``info``, ``serialization``'s byte formatting).
+(``grow``, ``load_operator``, ``backends``, ``ops``, ``info``, ``serialization``'s byte formatting) and
+``memory.memory_budget`` (the reading of a fresh run's memory budget).
 """
 
 from __future__ import annotations
@@ -134,12 +135,14 @@ def cmd_grow(args) -> int:
     except data.DataError as e:
         raise UserError(f"--data: {e}") from e
     inputs.check_vocab(stream, tokenizer, int(large_cfg.vocab_size))
+    mem = run_budget(args, out, device)
     options = dict(
         depth_init=args.depth_init,
         width_init=args.width_init,
         tie=not args.no_tie,
         residual=args.residual,
         seed=args.seed,
+        memory_budget=mem.bytes,
     )
     try:
         model = ligo_fast.grow(small, large_cfg, **options)
@@ -149,7 +152,7 @@ def cmd_grow(args) -> int:
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
-    run = run_record(args, files, large_cfg, sched)
+    run = run_record(args, files, large_cfg, sched, mem)
     changed = {k: (getattr(small.config, k, None), getattr(large_cfg, k)) for k in SIZE_KEYS if hasattr(large_cfg, k)}
     changed = {k: ab for k, ab in changed.items() if ab[0] != ab[1]}
     n_op = sum(p.numel() for p in params)
@@ -220,6 +223,40 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The memory budget of a ``grow`` run: ``bytes`` every memory decision is made with (memory-lean or eager, its
+    chunk, hence the factored forms and their roundings) and ``source``, where the number came from."""
+
+    bytes: int
+    source: str
+
+
+def run_budget(args, out: Path, device: torch.device) -> Budget:
+    """The memory budget of this run, decided once before the model is built: ``--memory-budget`` when given; else,
+    when the run resumes (no ``--restart``), the budget recorded in its newest checkpoint
+    (:func:`checkpoints.recorded_budget`), so the resumed part decides as the first part did however busy the machine
+    is now; else ``ligo_fast.memory.memory_budget`` of ``device`` (``LIGO_FAST_MEMORY_BUDGET``, else the memory
+    free now). It reaches the model as ``LiGOConfig.memory_budget`` and is recorded in the run record (field
+    ``memory_budget``, of every checkpoint and of the manifest), where a resumed run finds it."""
+    if args.memory_budget is not None:
+        try:
+            return Budget(parse_bytes(args.memory_budget, "--memory-budget"), "--memory-budget")
+        except ValueError as e:
+            raise UserError(str(e)) from e
+    try:
+        found = None if args.restart or checkpoints.root_problem(out) else checkpoints.recorded_budget(out)
+    except checkpoints.NewerFormat as e:
+        raise UserError(str(e)) from e
+    if found is not None:
+        return Budget(found[0], f"recorded in {found[1].name}")
+    try:
+        n, source = ligo_fast.memory_budget(device)
+    except ValueError as e:  # a bad LIGO_FAST_MEMORY_BUDGET
+        raise UserError(describe(e)) from e
+    return Budget(n, source)
+
+
+@dataclass(frozen=True)
 class _Job:
     """What ``grow`` prepared before taking the lock of ``--out``: the parsed arguments, the grown model and its
     optimizer, the run record, the small model, its tokenizer, the batches, the schedule, the evaluation batch and
@@ -254,7 +291,7 @@ def _grow_into(out: Path, job: _Job) -> int:
         step, ckpt = training.resume(out, model, optimizer, run, small)
     except checkpoints.NoUsableCheckpoint as e:
         raise UserError(f"{e}; not starting over from step 0 silently: --restart does that on purpose") from e
-    except checkpoints.RunMismatch as e:
+    except (checkpoints.RunMismatch, checkpoints.NewerFormat) as e:
         raise UserError(str(e)) from e
     if ckpt is None:
         if manifest is not None:
@@ -438,11 +475,12 @@ def small_files(small_dir: str) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix != ".md")
 
 
-def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
+def run_record(args, files: list[Path], large_cfg, sched: Schedule, mem: Budget) -> dict:
     """The options and inputs that change the numbers of a run (stored with each checkpoint and in the outputs'
     manifest; a resumed run must repeat them). Paths are resolved; the large config without ``_name_or_path`` (the
     small directory as typed); the content of the data files and of the small model's files by sha256 (computed
-    once per command), so a changed input is refused by name even at the same path and size."""
+    once per command), so a changed input is refused by name even at the same path and size. The memory budget
+    ``mem`` is recorded too but not compared (:func:`run_budget`: a resumed run reuses it unless told another)."""
     cfg = {k: v for k, v in large_cfg.to_dict().items() if k != "_name_or_path"}
     return {
         "small": str(Path(args.small).resolve()),
@@ -457,6 +495,7 @@ def run_record(args, files: list[Path], large_cfg, sched: Schedule) -> dict:
         "residual": args.residual,
         "max_grad_norm": args.max_grad_norm,
         "dtype": args.dtype,
+        checkpoints.BUDGET: {"bytes": mem.bytes, "source": mem.source},
     }
 
 

@@ -87,15 +87,33 @@ class Progress:
 class _ConsoleHandler(logging.Handler):
     """Plain messages: below WARNING to stdout, WARNING and above to stderr (the streams of the moment). A closed
     pipe (``| head -1``) raises BrokenPipeError to the caller, which stops the command quietly (a logging error
-    report per line was hundreds of lines of tracebacks)."""
+    report per line was hundreds of lines of tracebacks); a stop signal during a write goes on to the caller too
+    (:func:`_stop_behind`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
         except BrokenPipeError:
             raise
-        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+        except Exception as e:  # noqa: BLE001 - logging's own contract: report, never raise
+            stop = _stop_behind(e)
+            if stop is not None:  # a stop signal inside tqdm's lock, which tqdm replaced by its own error
+                raise stop from None
             self.handleError(record)
+
+
+def _stop_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (a stop signal's, :mod:`.errors`) that ``e`` was raised while handling, if any. A signal
+    delivered while ``tqdm.write`` takes its lock makes tqdm release a lock it does not hold: its RuntimeError
+    replaced the interrupt, which logging then reported as a traceback and swallowed (the run went on and exited 0)."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 @contextmanager

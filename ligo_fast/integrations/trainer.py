@@ -39,6 +39,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 from transformers import TrainerCallback, get_constant_schedule_with_warmup
 
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["GrowingModel", "GrowthCallback", "latest_complete_checkpoint"]
 
 TRAINER_STATE = "trainer_state.json"  # the last file Trainer writes into a checkpoint
+WEIGHTS = "model.safetensors"  # where Trainer saves a GrowingModel's state_dict in a checkpoint
+FORMAT = 1  # of a GrowingModel's state (its ``ligo_format`` entry; absent in those written before it: 1)
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -63,7 +66,8 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     rotates older checkpoints out). A run killed while saving leaves ``checkpoint-N`` without it (or with it torn),
     and ``resume_from_checkpoint=True`` picks that directory and fails until it is deleted by hand. Complete here
     means: ``trainer_state.json`` is a JSON object whose ``global_step`` is ``N``. Torn directories are skipped with
-    a warning, never deleted.
+    a warning, never deleted. A complete one written by a newer ligo_fast (:func:`check_format`) raises ValueError
+    naming its file: skipping it would resume an older one, and Trainer would then rotate the newer one out.
     """
     out = Path(os.fspath(output_dir))
     if not out.is_dir():
@@ -79,19 +83,48 @@ def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             complete = False
         if complete:
+            check_format(d / WEIGHTS)
             return str(d)
         logger.warning("%s: an incomplete checkpoint (no readable %s of step %d); skipping it", d, TRAINER_STATE, step)
     return None
+
+
+def check_format(weights: str | os.PathLike) -> None:
+    """Raise ValueError (one line naming ``weights``) when that checkpoint file of a :class:`GrowingModel` holds a
+    ``ligo_format`` newer than this version's :data:`FORMAT`; a file without it (written before the format number,
+    or not a GrowingModel's) or one that cannot be opened passes (loading it reports its own errors)."""
+    try:
+        with safe_open(os.fspath(weights), framework="pt") as f:
+            if "ligo_format" not in f.keys():  # noqa: SIM118 - safe_open has keys(), no __contains__
+                return
+            fmt = f.get_tensor("ligo_format")
+    except (OSError, ValueError, RuntimeError):
+        return
+    _format_problem(fmt, f"{os.fspath(weights)}: ")
+
+
+def _format_problem(fmt, where: str) -> None:
+    ok = torch.is_tensor(fmt) and fmt.numel() == 1 and not fmt.is_floating_point() and not fmt.is_complex()
+    n = int(fmt) if ok else None
+    if n is None or n < 1:
+        raise ValueError(f"{where}a GrowingModel state whose ligo_format is not a format number")
+    if n > FORMAT:
+        raise ValueError(
+            f"{where}a GrowingModel state of format {n}, written by a newer ligo_fast (this version reads up to "
+            f"{FORMAT}); resume it with that version"
+        )
 
 
 class GrowingModel(HFSurface, nn.Module):
     """The model a ``Trainer`` trains through growth: a :class:`LiGOModel` until :meth:`grow`, then the plain large
     HF model it materialises (``.model`` holds the current one). Called like the large model, same signature.
 
-    ``state_dict`` is ``model.*`` of the current model plus ``ligo_grown`` (a flag); ``load_state_dict`` of a
-    checkpoint taken after growth grows first. After growth, tied tensors (e.g. a tied LM head) are saved once, as
-    HF's own saving does (safetensors refuses shared tensors), and re-tied on load. What ``Trainer`` reads (``config``,
-    ``generate``, checkpointing switches, ``save_pretrained``, ...) is the current model's (:class:`HFSurface`).
+    ``state_dict`` is ``model.*`` of the current model plus ``ligo_grown`` (a flag) and ``ligo_format`` (the format
+    number :data:`FORMAT`: a state of a newer one is refused in one line, one without it is read as format 1);
+    ``load_state_dict`` of a checkpoint taken after growth grows first. After growth, tied tensors (e.g. a tied LM
+    head) are saved once, as HF's own saving does (safetensors refuses shared tensors), and re-tied on load. What
+    ``Trainer`` reads (``config``, ``generate``, checkpointing switches, ``save_pretrained``, ...) is the current
+    model's (:class:`HFSurface`).
     """
 
     def __init__(self, model: LiGOModel):
@@ -100,6 +133,7 @@ class GrowingModel(HFSurface, nn.Module):
             raise TypeError(f"GrowingModel wraps a LiGOModel (ligo_fast.grow), got {type(model).__name__}")
         self.model: nn.Module = model
         self.register_buffer("ligo_grown", torch.tensor(False))
+        self.register_buffer("ligo_format", torch.tensor(FORMAT))
         self.checkpointing: dict | None = None  # activation checkpointing arguments, carried across growth
         self.operator_losses: list[float] = []  # losses of the forwards since GrowthCallback last read them
         self._install_signature()
@@ -173,6 +207,11 @@ def _drop_tied_copies(module: GrowingModel, sd, prefix, local_metadata) -> None:
 
 
 def _grow_and_retie(module: GrowingModel, sd, prefix, *args) -> None:
+    key = prefix + "ligo_format"
+    if key in sd:
+        _format_problem(sd[key], "")
+    else:  # written before the format number
+        sd[key] = torch.tensor(FORMAT)
     flag = sd.get(prefix + "ligo_grown")
     if flag is not None and bool(flag) and not module.grown:
         module.grow()  # a checkpoint from after growth: become the plain model, then load its weights

@@ -27,12 +27,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from . import backends, factored, hf_surface
+from . import backends, factored, hf_surface, operator_io
 from .arch import Arch, arch_for
 from .config import LiGOConfig
 from .hf import empty_model, empty_parameters, fill, materialize_leftovers, meta_shapes, storage_keys, with_layers
 from .init import depth_init, is_lossless, width_init
-from .layout import check_state_fits, from_official, keys_of, to_official
+from .layout import check_state_fits, from_official, keys_of
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, ensure_fits, estimate, memory_budget
 from .plan import ConfigFacts, OpTensor, Plan, Role, Rule, build_plan, check_family
@@ -455,28 +455,17 @@ class LiGOModel(nn.Module):
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""
-        return {
-            "ligo_config": self.ligo_config.to_dict(),
-            "small_class": self.hf_class.__name__,
-            "large_config": self.config.to_dict(),
-        }
+        return operator_io.operator_meta(self)
 
     def save_operator(self, path) -> None:
-        """Save the operator (safetensors, official layout) and a JSON of its configuration into directory ``path``."""
-        write_operator(path, self.state_dict(), self.operator_meta())
+        """Save the operator (safetensors, official layout) and a JSON of its configuration into directory ``path``,
+        streamed one tensor at a time (:func:`ligo_fast.operator_io.save`)."""
+        operator_io.save(self, path)
 
     def official_state(self, internal: dict[str, Tensor], prefix: str = "") -> OrderedDict:
         """The official layout of ``internal``: this model's entries as ``nn.Module.state_dict`` collects them
         (``<prefix>op.*``, ``<prefix>large.*``); FSDP2 DTensors along a layer axis are gathered (collective)."""
-        op_pre, large_pre = prefix + "op.", prefix + "large."
-        ops = {k[len(op_pre) :]: v for k, v in internal.items() if k.startswith(op_pre)}
-        new = OrderedDict((prefix + k, v) for k, v in to_official(self.plan.rules, ops).items())
-        for k, v in internal.items():
-            if k.startswith(large_pre):
-                new[prefix + k[len(large_pre) :]] = v
-            elif not k.startswith(op_pre):
-                new[k] = v
-        return new
+        return operator_io.official_state(self, internal, prefix)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         check_state_fits({k: tuple(v.shape) for k, v in self.state_dict().items()}, state_dict, strict)

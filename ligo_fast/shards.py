@@ -12,7 +12,7 @@ Crash safety: everything is written into a temporary directory inside the target
 files (``config.json``, ...) and the shards are renamed into place and the index, or the single weights file, goes
 last, so a directory that holds it holds every shard it names; shards of an earlier save that the new index does
 not name are removed, and so are the temporary directories of saves that were killed. Imports: ``serialization``'s
-crash-safe helpers.
+crash-safe helpers and its safetensors header and bytes (:class:`Entry`).
 """
 
 from __future__ import annotations
@@ -22,41 +22,17 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
-from .serialization import fsync_dir, fsync_file, parse_bytes
+from .serialization import Entry, fsync_dir, fsync_file, parse_bytes, safetensors_header, tensor_bytes
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD = "model-{:05d}-of-{:05d}.safetensors"
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 DEFAULT_SHARD_SIZE = "5GB"  # the Hub's customary shard size (transformers 4's default)
-
-_DTYPES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tensor of the checkpoint: its state-dict name, shape and dtype (as written)."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
 
 
 def split(entries: Iterable[Entry], max_bytes: int) -> list[list[Entry]]:
@@ -70,25 +46,6 @@ def split(entries: Iterable[Entry], max_bytes: int) -> list[list[Entry]]:
         shards[-1].append(e)
         size += e.nbytes
     return shards if shards[0] else []
-
-
-def _header(entries: list[Entry]) -> bytes:
-    head: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        if e.dtype not in _DTYPES:
-            raise ValueError(f"{e.name}: safetensors has no dtype {e.dtype}")
-        head[e.name] = {"dtype": _DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-    return len(raw).to_bytes(8, "little") + raw
-
-
-def _raw(t: Tensor):
-    """The bytes of ``t`` (C order, little-endian) without a copy where it is contiguous on the CPU."""
-    t = t.detach().to("cpu").contiguous().reshape(-1)
-    return t.view(torch.uint8).numpy() if t.numel() else b""
 
 
 def write_checkpoint(
@@ -182,9 +139,9 @@ def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks
                     if f is not None:
                         f.close()
                     f = open(tmp / names[i], "wb")  # noqa: SIM115 - closed when its shard is done, or below
-                    f.write(_header(shards[i]))
+                    f.write(safetensors_header(shards[i]))
                     current = i
-                f.write(_raw(t.to(e.dtype)))
+                f.write(tensor_bytes(t.to(e.dtype)))
                 pos += 1
             chunk = t = None  # before the next chunk is produced: this one can go
         if pos != len(order):

@@ -23,7 +23,7 @@ import transformers
 from torch.utils import benchmark
 
 import ligo_fast
-from ligo_fast import backends, budget, guard, ops
+from ligo_fast import backends, budget, guard, operator_io, ops
 from ligo_fast.info import report
 from ligo_fast.serialization import parse_bytes
 
@@ -437,7 +437,7 @@ def write_outputs(out: Path, model, tokenizer, record: dict, max_shard_size: str
             tokenizer.save_pretrained(str(d))
 
     elem = next(model.parameters()).element_size()
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + model.num_parameters() * elem
+    nbytes = operator_io.nbytes(model) + model.num_parameters() * elem  # no state_dict(): it copies the operator
     outputs.write_outputs(out, write, record, nbytes=nbytes)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -415,6 +415,16 @@ class LiGOModel(nn.Module):
         Returns:
             The names of the files written.
         """
+        entries, extra, total = self._checkpoint_layout(dtype)
+        return write_checkpoint(
+            save_directory, entries, self._state_parts(), max_shard_size=max_shard_size, extra=extra,
+            total_parameters=total,
+        )  # fmt: skip
+
+    def _checkpoint_layout(self, dtype: torch.dtype | None) -> tuple[list[Entry], Callable[[Path], None], int]:
+        """What :meth:`save_materialized` writes, before any value exists: the entries (name, shape, dtype: the
+        produced names part by part, then the leftovers; tied names once, the first, as ``save_pretrained``), the
+        writer of ``config.json`` and ``generation_config.json``, and the parameter count for the index."""
         dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
         meta = empty_model(self.hf_class, self.config)
         state = meta.state_dict(keep_vars=True)
@@ -441,10 +451,7 @@ class LiGOModel(nn.Module):
             if generation is not None:
                 generation.save_pretrained(d)
 
-        return write_checkpoint(
-            save_directory, entries, self._state_parts(), max_shard_size=max_shard_size, extra=extra,
-            total_parameters=meta.num_parameters(),
-        )  # fmt: skip
+        return entries, extra, meta.num_parameters()
 
     def _state_parts(self) -> Iterator[dict[str, Tensor]]:
         """The large model's state by name, in parts: the produced tensors one :class:`ligo_fast.produce.Part` at a

@@ -56,6 +56,9 @@ def write_checkpoint(
     max_shard_size: int | str = DEFAULT_SHARD_SIZE,
     extra: Callable[[Path], None] | None = None,
     total_parameters: int | None = None,
+    ranks: list[list[Entry]] | None = None,
+    rank: int = 0,
+    barrier: Callable[[], None] | None = None,
 ) -> list[str]:
     """Write a Hugging Face safetensors checkpoint into ``directory`` as ``chunks`` produce its tensors.
 
@@ -63,29 +66,41 @@ def write_checkpoint(
         directory: the output directory (created if needed).
         entries: every tensor to write, in the order the chunks produce them.
         chunks: mappings name -> tensor, in order; names not in ``entries`` (tied aliases) are skipped. A chunk may
-            be dropped by the caller once the next is asked for: nothing of it is kept.
+            be dropped by the caller once the next is asked for: nothing of it is kept. With ``ranks``: only this
+            rank's tensors.
         max_shard_size: bytes per shard (int, or a string such as ``"5GB"``).
-        extra: ``extra(tmp_dir)`` writes the other files (``config.json``, ...) next to the weights.
+        extra: ``extra(tmp_dir)`` writes the other files (``config.json``, ...) next to the weights (rank 0's job).
         total_parameters: recorded in a sharded checkpoint's index, as transformers does.
+        ranks: written by several processes: ``ranks[r]`` are the entries rank ``r`` produces and writes (in its
+            chunks' order; together ``entries``), each into shards of its own, numbered rank after rank; rank 0
+            writes the other files and the index. Every rank calls this with the same ``entries`` and ``ranks``.
+        rank: this process's rank; ``barrier``: waits for every rank (``torch.distributed.barrier``).
 
     Returns:
-        The names of the files written, the index or single weights file last.
+        The names of the files this rank wrote, the index or single weights file last.
     """
     directory = Path(directory)
-    shards = split(entries, parse_bytes(max_shard_size, "max_shard_size"))
-    if not shards:
+    max_bytes = parse_bytes(max_shard_size, "max_shard_size")
+    splits = [split(owned, max_bytes) for owned in (ranks if ranks is not None else [entries])]
+    count = sum(len(s) for s in splits)
+    if not count:
         raise ValueError("write_checkpoint: no tensors to write")
-    names = [WEIGHTS] if len(shards) == 1 else [SHARD.format(i + 1, len(shards)) for i in range(len(shards))]
+    single = ranks is None and count == 1
+    names = [WEIGHTS] if single else [SHARD.format(i + 1, count) for i in range(count)]
+    first = sum(len(s) for s in splits[:rank])
+    mine, my_names = splits[rank], names[first : first + len(splits[rank])]
+    wait = barrier or (lambda: None)
     directory.mkdir(parents=True, exist_ok=True)
     _remove_stale(directory)
     tmp = directory / f".materialize-{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        if extra is not None:
+        _write_shards(tmp, mine, my_names, chunks)
+        if rank == 0 and extra is not None:
             extra(tmp)
-        _write_shards(tmp, shards, names, chunks)
-        if len(shards) > 1:
+        if rank == 0 and not single:
+            shards = [shard for s in splits for shard in s]
             index = {
                 "metadata": {"total_size": sum(e.nbytes for e in entries)},
                 "weight_map": {e.name: f for f, shard in zip(names, shards, strict=True) for e in shard},
@@ -93,18 +108,28 @@ def write_checkpoint(
             if total_parameters is not None:
                 index["metadata"]["total_parameters"] = total_parameters
             (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        last = INDEX if len(shards) > 1 else WEIGHTS
-        files = sorted(p.name for p in tmp.iterdir() if p.name != last) + [last]
+        last = WEIGHTS if single else INDEX
+        moved = [] if single else my_names  # by every rank, before rank 0 moves the rest, the index (or weights) last
+        files = [*moved, *sorted(p.name for p in tmp.iterdir() if p.name not in (last, *moved))]
+        files += [last] if (tmp / last).exists() else []
         for f in files:
             fsync_file(tmp / f)
         fsync_dir(tmp)
-        (directory / (WEIGHTS if len(shards) > 1 else INDEX)).unlink(missing_ok=True)  # the other layout's entry
-        for f in files:
+        wait()  # every rank's shards written: only then does any file of the old checkpoint go
+        if rank == 0:
+            (directory / (INDEX if single else WEIGHTS)).unlink(missing_ok=True)  # the other layout's entry
+        wait()
+        for f in moved:
             os.replace(tmp / f, directory / f)
-        for p in directory.iterdir():  # shards of an earlier, larger save
-            if _SHARD_RE.fullmatch(p.name) and p.name not in names and p.is_file():
-                p.unlink()
+        wait()  # every shard in place before the index names them
+        if rank == 0:
+            for f in files[len(moved) :]:
+                os.replace(tmp / f, directory / f)
+            for p in directory.iterdir():  # shards of an earlier, larger save
+                if _SHARD_RE.fullmatch(p.name) and p.name not in names and p.is_file():
+                    p.unlink()
         fsync_dir(directory)
+        wait()
         return files
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -454,10 +454,18 @@ class LiGOModel(nn.Module):
         return entries, extra, meta.num_parameters()
 
     def _state_parts(self) -> Iterator[dict[str, Tensor]]:
-        """The large model's state by name, in parts: the produced tensors one :class:`ligo_fast.produce.Part` at a
-        time (the same calls as the forward's production, so the same values), then the leftovers."""
+        """The large model's state by name, in parts: the vectors, then each module kind with a weight matrix (a
+        per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as lean mode chunks them, so
+        about a square root of the layers' share of it is alive at a time), then the leftovers. The same op calls
+        as the forward's production, over fewer layers: each layer's values are the forward's bit for bit."""
+        rows = {t.name for t in self.plan.tensors if t.rule == Rule.SPLIT}
         for part in parts(self.plan.slots, self.plan.aliases):
-            yield produce_part(part, self.tensor, aliases=self.plan.aliases)
+            if part.vectors or not part.slots[0].layered:
+                yield produce_part(part, self.tensor, aliases=self.plan.aliases)
+                continue
+            for layers in chunk_layers(self.L2, default_chunk(self.L2)):
+                get = _layer_rows(self.tensor, rows, layers)
+                yield produce(part.slots, get, layers=layers, aliases=self.plan.aliases, vectors=False)
         yield self.large.state_dict()
 
     def operator_meta(self) -> dict:
@@ -573,6 +581,16 @@ def _tied_groups(large: nn.Module) -> list[tuple[str, ...]]:
     for name, p in large.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(p), []).append(name)
     return [tuple(v) for v in by_id.values()]
+
+
+def _layer_rows(get, rows: set[str], layers: range):
+    """``get`` for producing ``layers`` only: the per-layer operator tensors (``rows``) sliced to those layers."""
+
+    def sliced(name: str | None) -> Tensor | None:
+        t = get(name)
+        return t[layers.start : layers.stop] if name in rows else t
+
+    return sliced
 
 
 def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Plan, gen) -> Tensor:

@@ -114,11 +114,6 @@ def save(model: nn.Module, path) -> None:
     write_operator(path, state_views(model), operator_meta(model))
 
 
-def nbytes(model: nn.Module) -> int:
-    """Bytes of ``model``'s operator file's tensors (before tied ones are stored once), without building them."""
-    return sum(v.numel() * v.element_size() for v in state_views(model).values())
-
-
 @torch.no_grad()
 def load_into(model: nn.Module, reader: OperatorReader, small_model: nn.Module) -> str | None:
     """Fill ``model`` (just built from ``small_model``) with ``reader``'s operator and leftover tensors, one at a time.

@@ -24,7 +24,7 @@ import transformers
 from torch.utils import benchmark
 
 import ligo_fast
-from ligo_fast import backends, budget, guard, operator_io, ops
+from ligo_fast import backends, budget, guard, ops
 from ligo_fast.info import report
 from ligo_fast.serialization import parse_bytes
 
@@ -438,7 +438,8 @@ def write_outputs(out: Path, model, tokenizer, record: dict, max_shard_size: str
             tokenizer.save_pretrained(str(d))
 
     elem = next(model.parameters()).element_size()
-    nbytes = operator_io.nbytes(model) + model.num_parameters() * elem  # no state_dict(): it copies the operator
+    own = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])  # the operator file's
+    nbytes = own + model.num_parameters() * elem  # (no state_dict(): it would copy the operator)
     outputs.write_outputs(out, write, record, nbytes=nbytes)
 
 

@@ -59,7 +59,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .model import LiGOModel
 from .plan import Rule
-from .produce import parts, produce, produce_part
+from .produce import parts
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, write_checkpoint
 
@@ -279,10 +279,10 @@ def save_materialized_distributed(
     if world == 1:
         return m.save_materialized(save_directory, dtype, max_shard_size)
     me, L2 = rank(), m.L2
-    if L2 < world:
-        raise ValueError(f"save_materialized_distributed: {L2} large layers for {world} ranks; use at most {L2}")
     size = -(-L2 // world)
     layers = [range(min(q * size, L2), min((q + 1) * size, L2)) for q in range(world)]
+    if not all(layers):
+        raise ValueError(f"save_materialized_distributed: {L2} large layers leave a rank of {world} without any")
     mine = layers[me]
     split = {t.name for t in m.plan.tensors if t.rule == Rule.SPLIT}
     full: dict[str, Tensor] = {}
@@ -322,18 +322,11 @@ def save_materialized_distributed(
                 owner[n] = q
     ranks = [[e for e in entries if owner.get(e.name, 0) == q] for q in range(world)]
 
-    def chunks():
-        for part in parts(m.plan.slots, m.plan.aliases):
-            if part.vectors or part.slots[0].layered:
-                if len(mine):
-                    yield produce(part.slots, rows, layers=mine, aliases=m.plan.aliases, vectors=part.vectors,
-                                  matrices=not part.vectors)  # fmt: skip
-            elif all(owner[n] == me for n in part.names):
-                yield produce_part(part, rows, aliases=m.plan.aliases)
-        if me == 0:
-            yield leftovers
-
+    chunks = m._state_parts(
+        row_blocks=True, share=mine, get=rows, mine=lambda part: all(owner[n] == me for n in part.names),
+        leftovers=leftovers if me == 0 else None,
+    )  # fmt: skip
     return write_checkpoint(
-        save_directory, entries, chunks(), max_shard_size=max_shard_size, extra=extra, total_parameters=total,
+        save_directory, entries, chunks, max_shard_size=max_shard_size, extra=extra, total_parameters=total,
         ranks=ranks, rank=me, barrier=dist.barrier,
     )  # fmt: skip

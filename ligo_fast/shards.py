@@ -65,8 +65,9 @@ def write_checkpoint(
     Args:
         directory: the output directory (created if needed).
         entries: every tensor to write, in the order the chunks produce them.
-        chunks: mappings name -> tensor, in order; names not in ``entries`` (tied aliases) are skipped. A chunk may
-            be dropped by the caller once the next is asked for: nothing of it is kept. With ``ranks``: only this
+        chunks: mappings name -> tensor, in order; names not in ``entries`` (tied aliases) are skipped. A tensor
+            may also come as consecutive blocks of its first dim's rows, one per chunk. A chunk may be dropped by the
+            caller once the next is asked for: nothing of it is kept. With ``ranks``: only this
             rank's tensors.
         max_shard_size: bytes per shard (int, or a string such as ``"5GB"``).
         extra: ``extra(tmp_dir)`` writes the other files (``config.json``, ...) next to the weights (rank 0's job).
@@ -152,13 +153,15 @@ def _remove_stale(directory: Path) -> None:
 def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks: Iterable[Mapping[str, Tensor]]):
     """Append each tensor to its shard as its chunk arrives (the entries' order: shard by shard)."""
     order = [(i, e) for i, shard in enumerate(shards) for e in shard]
-    pos, current, f = 0, -1, None
+    pos, current, f, done = 0, -1, None, 0  # done: rows of order[pos] written (it may come in row blocks)
     try:
         for chunk in chunks:
             while pos < len(order) and order[pos][1].name in chunk:
                 i, e = order[pos]
                 t = chunk[e.name]
-                if tuple(t.shape) != e.shape:
+                whole = tuple(t.shape) == e.shape and not done
+                if not whole and (not e.shape or t.dim() != len(e.shape) or tuple(t.shape[1:]) != e.shape[1:]
+                                  or not 0 < done + t.shape[0] <= e.shape[0]):  # fmt: skip
                     raise RuntimeError(f"write_checkpoint: {e.name} has shape {tuple(t.shape)}, announced {e.shape}")
                 if i != current:
                     if f is not None:
@@ -167,7 +170,10 @@ def _write_shards(tmp: Path, shards: list[list[Entry]], names: list[str], chunks
                     f.write(safetensors_header(shards[i]))
                     current = i
                 f.write(tensor_bytes(t.to(e.dtype)))
-                pos += 1
+                done = 0 if whole else done + t.shape[0]
+                if done and done < e.shape[0]:
+                    break  # its next rows come with the next chunk
+                pos, done = pos + 1, 0
             chunk = t = None  # before the next chunk is produced: this one can go
         if pos != len(order):
             raise RuntimeError(f"write_checkpoint: no value for {order[pos][1].name!r} (or it came out of order)")

@@ -176,3 +176,49 @@ def test_the_reader_reads_what_safetensors_wrote(tmp_path):
         with pytest.raises(ValueError, match="cannot read it into"):
             r.read("b", torch.empty(3, 5))
     assert os.path.getsize(tmp_path / "w.safetensors") > 0
+
+
+# ---------------------------------------------------------------------------------------------- the streamed save
+def test_the_shard_writer_takes_a_tensor_in_row_blocks(tmp_path):
+    from ligo_fast import shards
+
+    g = torch.Generator().manual_seed(5)
+    a, b, c = torch.randn(7, 3, generator=g), torch.randn(5, generator=g), torch.tensor(1.5)
+    entries = [shards.Entry(n, tuple(t.shape), torch.float32) for n, t in (("a", a), ("b", b), ("c", c))]
+    chunks = [{"a": a[:2]}, {"a": a[2:6]}, {"a": a[6:], "b": b, "c": c}]
+    shards.write_checkpoint(tmp_path / "blocks", entries, chunks)
+    shards.write_checkpoint(tmp_path / "whole", entries, [{"a": a, "b": b, "c": c}])
+    assert (tmp_path / "blocks" / shards.WEIGHTS).read_bytes() == (tmp_path / "whole" / shards.WEIGHTS).read_bytes()
+    for bad in ([{"a": a[:2]}, {"a": a[2:], "b": b[:4], "c": c}], [{"a": a[:5]}, {"a": a[3:], "b": b, "c": c}]):
+        with pytest.raises(RuntimeError, match="announced|no value for 'b'"):  # short, or rows past the end
+            shards.write_checkpoint(tmp_path / "bad", entries, bad)
+
+
+def test_the_streamed_save_produces_the_vocabulary_matrices_in_row_blocks(tmp_path, monkeypatch):
+    """Embedding and head of a Llama come in row blocks (as many as the per-layer kinds' chunks) and the result is
+    ``materialize()``'s, bit for bit."""
+    from ligo_fast import model as model_module
+
+    torch.manual_seed(2)
+    small, large = _llama(24, 2, vocab=97), _llama(40, 5, vocab=97)
+    model = ligo_fast.grow(T.LlamaForCausalLM(small), large, seed=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    rows = []
+    real = model_module.produce
+
+    def spy(slots, *args, **kwargs):
+        if kwargs.get("vectors") is False:  # a weight matrix's call (the vectors' call holds every slot)
+            rows.extend(s.shape_w[0] for s in slots if not s.layered)
+        return real(slots, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "produce", spy)
+    model.save_materialized(tmp_path, max_shard_size="40KB")
+    assert sorted(rows) == [48, 48, 49, 49]  # 97 rows in 2 blocks (5 layers: 2 chunks, of 3 and 2), twice
+    monkeypatch.undo()
+    want = model.materialize().state_dict()
+    got = T.LlamaForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k

@@ -324,7 +324,7 @@ def save_materialized_distributed(
 
     chunks = m._state_parts(
         row_blocks=True, share=mine, get=rows, mine=lambda part: all(owner[n] == me for n in part.names),
-        leftovers=leftovers if me == 0 else None,
+        leftovers=leftovers if me == 0 else None, ranks=world,
     )  # fmt: skip
     return write_checkpoint(
         save_directory, entries, chunks, max_shard_size=max_shard_size, extra=extra, total_parameters=total,

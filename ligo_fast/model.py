@@ -454,8 +454,9 @@ class LiGOModel(nn.Module):
         return entries, extra, meta.num_parameters()
 
     def _state_parts(
-        self, row_blocks: bool = False, *, share: range | None = None, get=None, mine=None, leftovers=None
-    ) -> Iterator[dict[str, Tensor]]:
+        self, row_blocks: bool = False, *, share: range | None = None, get=None, mine=None, leftovers=None,
+        ranks: int = 1,
+    ) -> Iterator[dict[str, Tensor]]:  # fmt: skip
         """The large model's state by name, in parts: the vectors, then each module kind with a weight matrix (a
         per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as lean mode chunks them, so
         about a square root of the layers' share of it is alive at a time), then the leftovers. The same op calls
@@ -468,13 +469,16 @@ class LiGOModel(nn.Module):
         One rank's share of a sharded save (:func:`ligo_fast.distributed.save_materialized_distributed`): the large
         layers ``share`` of every per-layer kind and of the vectors, ``get`` giving the operator's tensors (the
         per-layer ones as the rows of those layers), the global matrices whose part ``mine(part)`` holds, and
-        ``leftovers`` (None: none) in place of the large model's own.
+        ``leftovers`` (None: none) in place of the large model's own; with ``ranks`` sharing the work, each call
+        covers 1/ranks of one process's layers or rows.
         """
         single = share is None
         share = range(self.L2) if single else share
         get = get or self.tensor
         split = {t.name for t in self.plan.tensors if t.rule == Rule.SPLIT}
-        chunks = chunk_layers(self.L2, default_chunk(self.L2))
+        # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
+        chunks = chunk_layers(self.L2, -(-default_chunk(self.L2) // ranks))
+        blocks = len(chunk_layers(self.L2, default_chunk(self.L2))) * ranks
         for part in parts(self.plan.slots, self.plan.aliases):
             slot = part.slots[0]
             if part.vectors:
@@ -491,7 +495,7 @@ class LiGOModel(nn.Module):
                 continue
             elif row_blocks and _rows_separable(slot):
                 n = slot.shape_w[0]
-                for block in chunk_layers(n, -(-n // len(chunks))):
+                for block in chunk_layers(n, -(-n // blocks)):
                     yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block),
                                   aliases=self.plan.aliases, vectors=False)  # fmt: skip
             else:

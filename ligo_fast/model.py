@@ -378,9 +378,10 @@ class LiGOModel(nn.Module):
     def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:
         """A fresh plain HF model of the large config holding the produced weights (no references to this model).
 
-        The large model is built with its parameters on meta and each module kind's weights are produced (all large
-        layers in one call, as in the forward) and assigned, one kind after the other: no random init is thrown
-        away and no second copy of the state is made, so the peak is about the large model plus one module kind.
+        The large model is built with its parameters on meta and each module kind's weights are produced (a chunk
+        of about sqrt(L2) large layers per call, the forward's op calls over fewer layers: the same values) and
+        assigned, one after the other: no random init is thrown away and no second copy of the state is made, so
+        the peak is about the large model plus one chunk.
 
         Args:
             dtype: the floating dtype of the result's parameters and buffers (as ``model.to(dtype)`` would give);
@@ -404,8 +405,9 @@ class LiGOModel(nn.Module):
     ) -> list[str]:
         """Write what ``materialize(dtype).save_pretrained(save_directory)`` would, without building the large model.
 
-        One module kind is produced at a time (all its large layers), cast layer by layer to ``dtype`` and appended
-        to its safetensors shard, then dropped: the peak is about the largest module kind, not the model. The
+        One module kind is produced at a time, a chunk of about sqrt(L2) large layers (or, for a vocabulary matrix,
+        a block of rows) per call, cast to ``dtype`` and appended to its safetensors shard, then dropped: the peak
+        is about one such chunk, not the model. The
         directory gets ``config.json``, ``generation_config.json`` (models that generate), and ``model.safetensors``
         or shards of at most ``max_shard_size`` with ``model.safetensors.index.json``, as transformers names them;
         tied weights are written once. It loads with ``AutoModel*.from_pretrained`` and equals

@@ -35,6 +35,14 @@ Typical use (every rank)::
     ... train ...
     save_operator_distributed(model, "op/")               # collective; rank 0 writes
     hf = materialize_distributed(model)                   # collective; the HF model on rank 0, None elsewhere
+    save_materialized_distributed(model, "hf/")           # collective; each rank writes its own shards
+
+* **Sharded save (FSDP2).** :func:`save_materialized_distributed` writes the large model without gathering it
+  anywhere: rank ``r`` produces rows ``r`` of every per-layer module kind (the large layers FSDP2's dim-0 split of
+  the per-layer operator tensors gives it, so those are read from its own shard) and its share of the global
+  weight matrices (embeddings, head: whole, balanced by bytes), writes them into safetensors shards of its own,
+  and rank 0 writes the index naming every rank's shards, last. Only the operator's tensors that are not per
+  layer (the small weights, shared width matrices) are gathered, once.
 """
 
 from __future__ import annotations
@@ -50,7 +58,10 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .model import LiGOModel
+from .plan import Rule
+from .produce import parts
 from .serialization import write_operator
+from .shards import DEFAULT_SHARD_SIZE, write_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +85,7 @@ __all__ = [
     "is_sharded",
     "materialize_distributed",
     "rank",
+    "save_materialized_distributed",
     "save_operator_distributed",
     "shard",
     "unused_parameters",
@@ -244,3 +256,77 @@ def materialize_distributed(model: nn.Module, rank0_only: bool = True) -> nn.Mod
         return m.materialize() if mine else None
     finally:
         m.reshard()
+
+
+@torch.no_grad()
+def save_materialized_distributed(
+    model: nn.Module, save_directory, dtype: torch.dtype | None = None, max_shard_size: int | str = DEFAULT_SHARD_SIZE
+) -> list[str]:
+    """``LiGOModel.save_materialized`` by every rank at once, each writing its own shards (collective).
+
+    Rank ``r`` produces the large layers of its FSDP2 share (``ceil(L2 / world)`` consecutive layers, as FSDP2
+    splits dim 0: the per-layer operator tensors are read from the rank's own shard) of every per-layer module
+    kind, and whole global weight matrices (embeddings, head) assigned to ranks by bytes; the large model is never
+    gathered. The files are those of ``save_materialized`` (safetensors shards and ``model.safetensors.index.json``,
+    written by rank 0 after every shard is in place; always sharded), and the tensors equal its bit for bit. A
+    plain, DDP-wrapped or FSDP2-sharded model; without a process group it is ``save_materialized``.
+
+    Returns:
+        The names of the files this rank wrote.
+    """
+    m = unwrap(model)
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world == 1:
+        return m.save_materialized(save_directory, dtype, max_shard_size)
+    me, L2 = rank(), m.L2
+    size = -(-L2 // world)
+    layers = [range(min(q * size, L2), min((q + 1) * size, L2)) for q in range(world)]
+    if not all(layers):
+        raise ValueError(f"save_materialized_distributed: {L2} large layers leave a rank of {world} without any")
+    mine = layers[me]
+    split = {t.name for t in m.plan.tensors if t.rule == Rule.SPLIT}
+    full: dict[str, Tensor] = {}
+    for t in m.plan.tensors:  # the same order on every rank: full_tensor is a collective
+        v = m.tensor(t.name)
+        if t.name not in split:
+            full[t.name] = v.full_tensor() if _is_dtensor(v) else v
+    leftovers = OrderedDict(
+        (k, v.full_tensor() if _is_dtensor(v) else v) for k, v in m.large.state_dict(keep_vars=True).items()
+    )  # fmt: skip
+
+    def rows(name: str | None) -> Tensor | None:
+        if name is None or name not in split:
+            return None if name is None else full[name]
+        v = m.tensor(name)
+        local = v.to_local() if _is_dtensor(v) else v[mine.start : mine.stop]
+        if local.shape[0] != len(mine):
+            raise RuntimeError(f"save_materialized_distributed: {name} holds {local.shape[0]} layers on rank {me}, "
+                               f"expected {len(mine)} (a dim-0 split over {world} ranks)")  # fmt: skip
+        return local.detach()
+
+    entries, extra, total = m._checkpoint_layout(dtype)
+    owner = {n: 0 for n in leftovers}
+    load = [0] * world
+    for part in parts(m.plan.slots, m.plan.aliases):
+        slot = part.slots[0]
+        if part.vectors or slot.layered:
+            for s in part.slots:
+                for names in (s.targets_w, s.targets_b or ()):
+                    for l, n in enumerate(names):
+                        for alias in (n, *m.plan.aliases.get(n, ())):
+                            owner[alias] = min(l // size, world - 1) if s.layered else 0
+        else:
+            q = min(range(world), key=lambda q: load[q])
+            load[q] += sum(e.nbytes for e in entries if e.name in part.names)
+            for n in part.names:
+                owner[n] = q
+    ranks = [[e for e in entries if owner.get(e.name, 0) == q] for q in range(world)]
+
+    chunks = m._state_parts(
+        row_blocks=True, share=mine, get=rows, mine=lambda part: all(owner[n] == me for n in part.names),
+        leftovers=leftovers if me == 0 else None, ranks=world,
+    )  # fmt: skip
+    return write_checkpoint(
+        save_directory, entries, chunks, max_shard_size=max_shard_size, extra=extra, total_parameters=total,
+        ranks=ranks, rank=me, barrier=dist.barrier,
+    )  # fmt: skip

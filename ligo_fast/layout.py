@@ -23,9 +23,11 @@ from .plan import Rule
 Rules = Iterable[tuple[str, str, Rule]]
 
 
-def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Official ``{key: tensor}`` of the internal ``tensors`` (FSDP2 DTensors along a layer axis are gathered:
-    a collective, so every rank must call it)."""
+def official_views(rules: Rules, tensors: Mapping[str, Tensor], own: bool = False) -> dict[str, Tensor]:
+    """Official ``{key: tensor}`` of the internal ``tensors``: views (a stacked tensor's is not contiguous, a
+    per-layer tensor's rows share its storage), or with ``own`` tensors of their own (copies where a view would
+    be: savers that drop tensors sharing a storage, such as accelerate's, would lose rows). FSDP2 DTensors along a
+    layer axis are gathered: a collective, so every rank must call it."""
     out: dict[str, Tensor] = {}
     for internal, official, rule in rules:
         v = tensors[internal]
@@ -34,11 +36,16 @@ def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor
         if rule == Rule.PLAIN:
             out[official] = v
         elif rule == Rule.STACK:
-            out[official] = v.movedim(0, -1).contiguous()
-        else:  # own storage per row: savers that drop tensors sharing a storage (accelerate) would lose rows
+            out[official] = v.movedim(0, -1).contiguous() if own else v.movedim(0, -1)
+        else:
             for l, row in enumerate(v.unbind(0)):
-                out[official.format(l=l)] = row.clone()
+                out[official.format(l=l)] = row.clone() if own else row
     return out
+
+
+def to_official(rules: Rules, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official ``{key: tensor}`` of the internal ``tensors``, each with storage of its own (:func:`official_views`)."""
+    return official_views(rules, tensors, own=True)
 
 
 def keys_of(official: str, rule: Rule, L2: int) -> list[str]:

@@ -19,23 +19,25 @@ serialization, shards) and spec (the prepared growth) and hf_surface on its own 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from . import factored, hf_surface
+from . import factored, hf_surface, operator_io
 from .arch import Arch
 from .binding import Binding
 from .config import ExecutionOptions, LiGOConfig
 from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, budget_for, decide
 from .hf import empty_model, materialized, storage_keys
-from .layout import check_state_fits, from_official, keys_of, to_official
+from .layout import check_state_fits, from_official, keys_of
+from .lean import chunk_layers, default_chunk
 from .memory import MemoryPlan
-from .plan import Plan
+from .plan import Plan, Rule
 from .produce import parts, produce, produce_part
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
@@ -271,9 +273,10 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
     def materialize(self, dtype: torch.dtype | None = None) -> nn.Module:
         """A fresh plain HF model of the large config holding the produced weights (no references to this model).
 
-        The large model is built with its parameters on meta and each module kind's weights are produced (all large
-        layers in one call, as in the forward) and assigned, one kind after the other: no random init is thrown
-        away and no second copy of the state is made, so the peak is about the large model plus one module kind.
+        The large model is built with its parameters on meta and each module kind's weights are produced (a chunk
+        of about sqrt(L2) large layers per call, the forward's op calls over fewer layers: the same values) and
+        assigned, one after the other: no random init is thrown away and no second copy of the state is made, so
+        the peak is about the large model plus one chunk.
 
         Args:
             dtype: the floating dtype of the result's parameters and buffers (as ``model.to(dtype)`` would give);
@@ -295,8 +298,9 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
     ) -> list[str]:
         """Write what ``materialize(dtype).save_pretrained(save_directory)`` would, without building the large model.
 
-        One module kind is produced at a time (all its large layers), cast layer by layer to ``dtype`` and appended
-        to its safetensors shard, then dropped: the peak is about the largest module kind, not the model. The
+        One module kind is produced at a time, a chunk of about sqrt(L2) large layers (or, for a vocabulary matrix,
+        a block of rows) per call, cast to ``dtype`` and appended to its safetensors shard, then dropped: the peak
+        is about one such chunk, not the model. The
         directory gets ``config.json``, ``generation_config.json`` (models that generate), and ``model.safetensors``
         or shards of at most ``max_shard_size`` with ``model.safetensors.index.json``, as transformers names them;
         tied weights are written once. It loads with ``AutoModel*.from_pretrained`` and equals
@@ -306,6 +310,16 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         Returns:
             The names of the files written.
         """
+        entries, extra, total = self._checkpoint_layout(dtype)
+        return write_checkpoint(
+            save_directory, entries, self._state_parts(row_blocks=True), max_shard_size=max_shard_size, extra=extra,
+            total_parameters=total,
+        )  # fmt: skip
+
+    def _checkpoint_layout(self, dtype: torch.dtype | None) -> tuple[list[Entry], Callable[[Path], None], int]:
+        """What :meth:`save_materialized` writes, before any value exists: the entries (name, shape, dtype: the
+        produced names part by part, then the leftovers; tied names once, the first, as ``save_pretrained``), the
+        writer of ``config.json`` and ``generation_config.json``, and the parameter count for the index."""
         dtype = dtype or self.tensor(self.plan.slots[0].w).dtype
         meta = empty_model(self.hf_class, self.config)
         state = meta.state_dict(keep_vars=True)
@@ -332,42 +346,71 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             if generation is not None:
                 generation.save_pretrained(d)
 
-        return write_checkpoint(
-            save_directory, entries, self._state_parts(), max_shard_size=max_shard_size, extra=extra,
-            total_parameters=meta.num_parameters(),
-        )  # fmt: skip
+        return entries, extra, meta.num_parameters()
 
-    def _state_parts(self) -> Iterator[dict[str, Tensor]]:
-        """The large model's state by name, in parts: the produced tensors one :class:`ligo_fast.produce.Part` at a
-        time (the same calls as the forward's production, so the same values), then the leftovers."""
+    def _state_parts(
+        self, row_blocks: bool = False, *, share: range | None = None, get=None, mine=None, leftovers=None,
+        ranks: int = 1,
+    ) -> Iterator[dict[str, Tensor]]:  # fmt: skip
+        """The large model's state by name, in parts: the vectors, then each module kind with a weight matrix (a
+        per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as lean mode chunks them, so
+        about a square root of the layers' share of it is alive at a time), then the leftovers. The same op calls
+        as the forward's production, over fewer layers: each layer's values are the forward's bit for bit.
+
+        ``row_blocks`` (the streamed save, whose writer takes a tensor in consecutive row blocks): a global matrix
+        whose rows the operator does not widen (a vocabulary embedding or head) comes as many blocks of rows as a
+        per-layer kind has chunks, each the same op call over fewer rows.
+
+        One rank's share of a sharded save (:func:`ligo_fast.distributed.save_materialized_distributed`): the large
+        layers ``share`` of every per-layer kind and of the vectors, ``get`` giving the operator's tensors (the
+        per-layer ones as the rows of those layers), the global matrices whose part ``mine(part)`` holds, and
+        ``leftovers`` (None: none) in place of the large model's own; with ``ranks`` sharing the work, each call
+        covers 1/ranks of one process's layers or rows.
+        """
+        single = share is None
+        share = range(self.L2) if single else share
+        get = get or self.tensor
+        split = {t.name for t in self.plan.tensors if t.rule == Rule.SPLIT}
+        # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
+        chunks = chunk_layers(self.L2, -(-default_chunk(self.L2) // ranks))
+        blocks = len(chunk_layers(self.L2, default_chunk(self.L2))) * ranks
         for part in parts(self.plan.slots, self.plan.aliases):
-            yield produce_part(part, self.tensor, aliases=self.plan.aliases)
-        yield self.large.state_dict()
+            slot = part.slots[0]
+            if part.vectors:
+                yield produce(part.slots, get, layers=None if single else share, aliases=self.plan.aliases,
+                              matrices=False)  # fmt: skip
+            elif slot.layered:
+                for layers in chunks:
+                    layers = range(max(layers.start, share.start), min(layers.stop, share.stop))
+                    if len(layers):
+                        local = range(layers.start - share.start, layers.stop - share.start)
+                        yield produce(part.slots, _layer_rows(get, split, local), layers=layers,
+                                      aliases=self.plan.aliases, vectors=False)  # fmt: skip
+            elif mine is not None and not mine(part):
+                continue
+            elif row_blocks and _rows_separable(slot):
+                n = slot.shape_w[0]
+                for block in chunk_layers(n, -(-n // blocks)):
+                    yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block),
+                                  aliases=self.plan.aliases, vectors=False)  # fmt: skip
+            else:
+                yield produce_part(part, get, aliases=self.plan.aliases)
+        if single or leftovers is not None:
+            yield self.large.state_dict() if single else leftovers
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""
-        return {
-            "ligo_config": self.ligo_config.to_dict(),
-            "small_class": self.hf_class.__name__,
-            "large_config": self.config.to_dict(),
-        }
+        return operator_io.operator_meta(self)
 
     def save_operator(self, path) -> None:
-        """Save the operator (safetensors, official layout) and a JSON of its configuration into directory ``path``."""
-        write_operator(path, self.state_dict(), self.operator_meta())
+        """Save the operator (safetensors, official layout) and a JSON of its configuration into directory ``path``,
+        streamed one tensor at a time (:func:`ligo_fast.operator_io.save`)."""
+        operator_io.save(self, path)
 
     def official_state(self, internal: dict[str, Tensor], prefix: str = "") -> OrderedDict:
         """The official layout of ``internal``: this model's entries as ``nn.Module.state_dict`` collects them
         (``<prefix>op.*``, ``<prefix>large.*``); FSDP2 DTensors along a layer axis are gathered (collective)."""
-        op_pre, large_pre = prefix + "op.", prefix + "large."
-        ops = {k[len(op_pre) :]: v for k, v in internal.items() if k.startswith(op_pre)}
-        new = OrderedDict((prefix + k, v) for k, v in to_official(self.plan.rules, ops).items())
-        for k, v in internal.items():
-            if k.startswith(large_pre):
-                new[prefix + k[len(large_pre) :]] = v
-            elif not k.startswith(op_pre):
-                new[k] = v
-        return new
+        return operator_io.official_state(self, internal, prefix)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         check_state_fits({k: tuple(v.shape) for k, v in self.state_dict().items()}, state_dict, strict)
@@ -378,6 +421,39 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
+def _layer_rows(get, rows: set[str], layers: range):
+    """``get`` for producing ``layers`` only: the per-layer operator tensors (``rows``) sliced to those layers."""
+
+    def sliced(name: str | None) -> Tensor | None:
+        t = get(name)
+        return t[layers.start : layers.stop] if name in rows else t
+
+    return sliced
+
+
+def _rows_separable(s) -> bool:
+    """Whether global slot ``s``'s weight is produced row by row: its rows are not widened (no ``E_out``), it is
+    not fused from parts, has no residual, and its 2-D view's rows are the tensor's first dim."""
+    return (
+        not s.layered and s.e_rows == (None,) and len(s.e_cols) == 1 and s.res_w is None and not s.split_rows
+        and len(s.shape_w) == 2 and s.view_w[0] == s.shape_w[0]
+    )  # fmt: skip
+
+
+def _row_block(s, block: range):
+    """Slot ``s`` restricted to the rows ``block`` of its weight (:func:`_rows_separable` slots)."""
+    n = len(block)
+    return dataclasses.replace(s, shape_w=(n, *s.shape_w[1:]), view_w=(n, *s.view_w[1:]))
+
+
+def _row_rows(get, w: str, block: range):
+    """``get`` with the small weight ``w`` cut to the rows ``block``."""
+
+    def sliced(name: str | None) -> Tensor | None:
+        t = get(name)
+        return t[block.start : block.stop] if name == w else t
+
+    return sliced
 
 
 def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> None:

@@ -14,7 +14,9 @@ gradient of the whole tensor.
 For materialising and saving (:meth:`ligo_fast.LiGOModel.materialize`, ``save_materialized``), :func:`parts`
 splits the production into one part holding every vector and one part per module kind with a weight matrix
 (all its large layers): the same op calls, with the same inputs, as :func:`produce` of every slot at once, so the
-values are bit for bit those of the forward, while at most one module kind's weights are alive at a time.
+values are bit for bit those of the forward, while at most one module kind's weights are alive at a time
+(``LiGOModel`` goes further: a per-layer kind's part in chunks of layers, a vocabulary matrix's in blocks of rows,
+each the same call over fewer layers or rows).
 Imports: ``ops``, ``plan`` and ``reference`` (the accumulation dtype).
 """
 

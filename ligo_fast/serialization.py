@@ -9,11 +9,18 @@ the safetensors header, restored on load as the same tensor object. The header a
 every name, dtype, shape and byte (:func:`state_digest`), checked on load, so a truncated, bit-flipped or mixed file
 is refused rather than loaded.
 
+Streamed both ways, so no copy of the operator is ever made: :func:`write_operator` writes the safetensors header
+first and then each tensor, made contiguous one at a time (its values may be views of a model's tensors), and
+:class:`OperatorReader` (over :class:`SafetensorsReader`: plain reads, no map of the file) reads each tensor into
+the caller's (:mod:`ligo_fast.operator_io` reads them into a model's own tensors). The header primitives
+(:class:`Entry`, :func:`safetensors_header`, :func:`tensor_bytes`) also serve the large model's shards
+(:mod:`ligo_fast.shards`).
+
 Every file is written crash-safely (:func:`atomic_write`: a temporary in the same directory, fsync, rename, fsync of
 the directory), so a reader sees the old file or the new one, never a part; a full disk is a
 :class:`DiskFullError` naming the path and the free space, and leaves no temporary behind.
 
-Imports: torch and safetensors only.
+Imports: torch only (the files are safetensors files: ``safetensors``' own loaders read them).
 """
 
 from __future__ import annotations
@@ -24,12 +31,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 try:
@@ -199,81 +205,298 @@ def state_digest(state: dict[str, Tensor], digests: dict[str, str] | None = None
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------- safetensors, streamed
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+_BY_NAME = {v: k for k, v in _DTYPES.items()}
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor of a safetensors file: its name, shape and dtype (as written)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def safetensors_header(entries: list[Entry], metadata: dict[str, str] | None = None) -> bytes:
+    """The head of a safetensors file whose data are ``entries``' values in this order: the 8-byte length and the
+    JSON (``metadata`` as its ``__metadata__``, ``{"format": "pt"}`` by default), padded to 8 bytes."""
+    head: dict = {"__metadata__": {"format": "pt"} if metadata is None else metadata}
+    offset = 0
+    for e in entries:
+        if e.dtype not in _DTYPES:
+            raise ValueError(f"{e.name}: safetensors has no dtype {e.dtype}")
+        head[e.name] = {"dtype": _DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        offset += e.nbytes
+    raw = json.dumps(head, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return len(raw).to_bytes(8, "little") + raw
+
+
+def tensor_bytes(t: Tensor):
+    """The bytes of ``t`` (C order, little-endian) without a copy where it is contiguous on the CPU."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy() if t.numel() else b""
+
+
+def write_safetensors(path, entries: list[Entry], get: Callable[[str], Tensor], metadata: dict[str, str]) -> None:
+    """Write the safetensors file ``path``: the header of ``entries``, then each value ``get(name)``, asked for and
+    written one at a time (cast to the entry's dtype), so no more than one tensor is held besides the caller's."""
+    with open(path, "wb") as f:
+        f.write(safetensors_header(entries, metadata))
+        for e in entries:
+            t = get(e.name)
+            if tuple(t.shape) != e.shape:
+                raise RuntimeError(f"{path}: {e.name} has shape {tuple(t.shape)}, announced {e.shape}")
+            f.write(tensor_bytes(t.to(e.dtype)))
+            t = None  # noqa: F841 - the cast or contiguous copy can go before the next is made
+
+
+class SafetensorsReader:
+    """A safetensors file read one tensor at a time by plain reads into the caller's tensors: nothing is mapped, so
+    only what the caller keeps is resident. The header is checked on opening (its JSON, every entry's dtype, shape
+    and offsets, data that cover the file exactly); a file that fails raises ``ValueError`` naming it."""
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close() / the context manager
+        try:
+            self.metadata, self.entries, self._data = self._parse()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __enter__(self) -> SafetensorsReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def damaged(self, why: str) -> ValueError:
+        return ValueError(f"{self.path}: not a readable safetensors file, truncated or damaged ({why})")
+
+    def _parse(self) -> tuple[dict[str, str], dict[str, tuple[Entry, int]], int]:
+        size = os.fstat(self._file.fileno()).st_size
+        raw = self._file.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if not 0 < n <= min(size - 8, _MAX_HEADER):
+            raise self.damaged("no header" if n < 0 else f"header length {n} past the end")
+        try:
+            head = json.loads(self._file.read(n))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise self.damaged("its header is not JSON") from e
+        meta = head.pop("__metadata__", None) if isinstance(head, dict) else None
+        meta = {} if meta is None else meta
+        if (
+            not isinstance(head, dict)
+            or not isinstance(meta, dict)
+            or not all(isinstance(v, str) for v in meta.values())
+        ):
+            raise self.damaged("its header is not a safetensors header")
+        entries: dict[str, tuple[Entry, int]] = {}
+        for name, d in head.items():
+            try:
+                shape, (start, end) = d["shape"], d["data_offsets"]
+                if not all(isinstance(x, int) and x >= 0 for x in (*shape, start, end)):
+                    raise TypeError
+                e = Entry(name, tuple(shape), _BY_NAME[d["dtype"]])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise self.damaged(f"entry {name!r}") from exc
+            if end - start != e.nbytes:
+                raise self.damaged(f"entry {name!r}: {end - start} bytes for {e.nbytes}")
+            entries[name] = (e, start)
+        pos = 0
+        for e, start in sorted(entries.values(), key=lambda x: x[1]):
+            if start != pos:
+                raise self.damaged(f"entry {e.name!r} does not follow the one before it")
+            pos = start + e.nbytes
+        if 8 + n + pos != size:
+            raise self.damaged(f"{size} bytes for {8 + n + pos}")
+        return meta, entries, 8 + n
+
+    def entry(self, name: str) -> Entry:
+        return self.entries[name][0]
+
+    def read(self, name: str, out: Tensor | None = None) -> Tensor:
+        """Tensor ``name``: read into ``out`` (contiguous, on the CPU, of the entry's shape and dtype) or a new one."""
+        e, start = self.entries[name]
+        if out is None:
+            out = torch.empty(e.shape, dtype=e.dtype)
+        elif tuple(out.shape) != e.shape or out.dtype != e.dtype or not out.is_contiguous() or out.device.type != "cpu":
+            raise ValueError(f"{self.path}: {name} is {e.dtype} {e.shape}; cannot read it into {out.dtype} {out.shape}")
+        if e.nbytes:
+            self._file.seek(self._data + start)
+            if self._file.readinto(memoryview(out.reshape(-1).view(torch.uint8).numpy())) != e.nbytes:
+                raise self.damaged(f"{name} is cut short")
+        return out
+
+
 # ---------------------------------------------------------------------------------------------- operator files
-def write_operator(path, state: dict[str, Tensor], meta: dict) -> None:
+def write_operator(path, state: Mapping[str, Tensor], meta: dict) -> None:
     """Write ``state`` into ``path/operator.safetensors`` (each distinct tensor once, with its aliases and digest in
-    the header) and ``meta`` (with ``"format"``) into ``path/ligo_config.json``, each crash-safely."""
+    the header) and ``meta`` (with ``"format"``) into ``path/ligo_config.json``, each crash-safely.
+
+    Streamed: ``state``'s values may be views (non-contiguous, e.g. :func:`ligo_fast.layout.official_views`); each
+    is made contiguous on the CPU one at a time, once for its digest and once to be written, so the peak is one
+    tensor besides the caller's, never a copy of the whole state.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    digests = {k: tensor_digest(v) for k, v in sd.items()}
+    keys = sorted(state)
+    digests = {k: tensor_digest(state[k]) for k in keys}
     first: dict[tuple, str] = {}
     aliases: dict[str, str] = {}
-    for k in sorted(sd):
-        key = (sd[k].dtype, tuple(sd[k].shape), digests[k])
-        if key in first and torch.equal(sd[first[key]], sd[k]):
+    for k in keys:
+        v = state[k]
+        key = (v.dtype, tuple(v.shape), digests[k])
+        if key in first and torch.equal(state[first[key]].detach().cpu(), v.detach().cpu()):
             aliases[k] = first[key]
         else:
             first.setdefault(key, k)
-    stored = {k: v.clone() for k, v in sd.items() if k not in aliases}  # safetensors refuses shared storage
-    header = {"format": f"{_TAG}{FORMAT}", "sha256": state_digest(sd, digests), "aliases": json.dumps(aliases)}
-    nbytes = sum(v.numel() * v.element_size() for v in stored.values())
-    atomic_write(path / WEIGHTS, lambda p: save_file(stored, str(p), metadata=header), nbytes=nbytes)
+    header = {"format": f"{_TAG}{FORMAT}", "sha256": state_digest(state, digests), "aliases": json.dumps(aliases)}
+    entries = [Entry(k, tuple(state[k].shape), state[k].dtype) for k in keys if k not in aliases]
+    nbytes = sum(e.nbytes for e in entries)
+    atomic_write(path / WEIGHTS, lambda p: write_safetensors(p, entries, state.__getitem__, header), nbytes=nbytes)
     write_json(path / META, {"format": FORMAT, **meta})
 
 
-def read_tensors(path: Path, *, require_digest: bool = False) -> dict[str, Tensor]:
-    """Tensors of a directory (ours or official), a ``.safetensors`` file or a ``pytorch_model.bin``.
+class OperatorReader:
+    """The tensors of an operator file, read one at a time: ours (``.safetensors``: the format tag and the alias table
+    checked on opening, the digest by :meth:`verify` once the tensors were read) or an official ``pytorch_model.bin``
+    (loaded whole with ``weights_only=True``: no code runs). Open it with :func:`open_operator`."""
 
-    Our safetensors files are checked (their digest, aliases restored); a format-2 file, or any safetensors file
-    when ``require_digest`` (its ``ligo_config.json`` says format 2), must carry its digest. An unreadable file
-    raises ``ValueError`` naming it, a missing one ``FileNotFoundError``. ``.bin`` files load with
-    ``weights_only=True`` (no code runs).
+    def __init__(self, path: Path, require_digest: bool = False, tensors: dict[str, Tensor] | None = None) -> None:
+        self.path = path
+        self._tensors = tensors
+        self._file = None if tensors is not None else SafetensorsReader(path)
+        self.aliases: dict[str, str] = {}
+        self._sha256: str | None = None
+        self._digests: dict[str, str] = {}
+        if self._file is not None:
+            try:
+                self._check_header(require_digest)
+            except BaseException:
+                self._file.close()
+                raise
+
+    def _check_header(self, require_digest: bool) -> None:
+        header = self._file.metadata
+        tag = header.get("format", "")
+        if tag.startswith(_TAG):
+            version = tag[len(_TAG) :]
+            if version not in {str(v) for v in FORMATS}:
+                raise ValueError(f"{self.path}: operator format {version!r}, this ligo_fast reads {list(FORMATS)}")
+        if "aliases" in header:
+            try:
+                aliases = json.loads(header["aliases"])
+                if not isinstance(aliases, dict) or not all(
+                    isinstance(a, str) and t in self._file.entries and a not in self._file.entries
+                    for a, t in aliases.items()
+                ):
+                    raise TypeError
+            except (TypeError, ValueError, RecursionError) as e:
+                raise ValueError(f"{self.path}: damaged alias table in its header") from e
+            self.aliases = aliases
+        if (require_digest or tag == f"{_TAG}{FORMAT}") and "sha256" not in header:  # format 2 always writes one
+            raise ValueError(
+                f"{self.path}: format-{FORMAT} operator file without its digest (edited or damaged); refusing it"
+            )
+        self._sha256 = header.get("sha256")
+
+    def __enter__(self) -> OperatorReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+    def keys(self) -> list[str]:
+        """Every name, aliases included, sorted."""
+        stored = self._tensors if self._file is None else self._file.entries
+        return sorted([*stored, *self.aliases])
+
+    def entry(self, name: str) -> Entry:
+        """Name, shape and dtype of tensor ``name`` (an alias's are its target's), without reading it."""
+        if self._file is None:
+            t = self._tensors[name]
+            return Entry(name, tuple(t.shape), t.dtype)
+        return self._file.entry(self.aliases.get(name, name))
+
+    def read(self, name: str, out: Tensor | None = None) -> Tensor:
+        """Tensor ``name``, into ``out`` (contiguous, on the CPU, of its shape and dtype) or a new tensor (for a
+        ``.bin``: the loaded one)."""
+        if self._file is None:
+            t = self._tensors[name]
+            return t if out is None else out.copy_(t)
+        stored = self.aliases.get(name, name)
+        t = self._file.read(stored, out)
+        if self._sha256 is not None and stored not in self._digests:
+            self._digests[stored] = tensor_digest(t)
+        return t
+
+    def verify(self) -> None:
+        """Check the digest in the header against every tensor (those not read yet are read, one at a time)."""
+        if self._sha256 is None:
+            return
+        for k in self._file.entries:
+            if k not in self._digests:
+                self.read(k)
+        state = {k: self.entry(k) for k in self.keys()}
+        if state_digest(state, {k: self._digests[self.aliases.get(k, k)] for k in state}) != self._sha256:
+            raise ValueError(f"{self.path}: contents do not match the digest in its header (damaged or partly written)")
+
+
+def open_operator(path, *, require_digest: bool = False) -> OperatorReader:
+    """An :class:`OperatorReader` of a directory (ours or official), a ``.safetensors`` file or a ``pytorch_model.bin``.
+
+    A format-2 file, or any safetensors file when ``require_digest`` (its ``ligo_config.json`` says format 2), must
+    carry its digest. An unreadable file raises ``ValueError`` naming it, a missing one ``FileNotFoundError``.
     """
     path = Path(path)
     if path.is_dir():
         for name in (WEIGHTS, OFFICIAL):
             if (path / name).exists():
-                return read_tensors(path / name, require_digest=require_digest)
+                return open_operator(path / name, require_digest=require_digest)
         raise FileNotFoundError(f"{path} holds neither {WEIGHTS} nor {OFFICIAL}")
     if not path.exists():
         raise FileNotFoundError(f"no operator checkpoint at {path}")
     if path.suffix == ".safetensors":
-        return _read_safetensors(path, require_digest)
+        return OperatorReader(path, require_digest)
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: pickle errors, zip errors, refused globals
         raise ValueError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from e
     if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
         raise ValueError(f"{path}: expected a state dict (names -> tensors)")
-    return sd
+    return OperatorReader(path, tensors=sd)
 
 
-def _read_safetensors(path: Path, require_digest: bool = False) -> dict[str, Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), no __iter__
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({_first_line(e)})") from e
-    tag = header.get("format", "")
-    if tag.startswith(_TAG):
-        version = tag[len(_TAG) :]
-        if version not in {str(v) for v in FORMATS}:
-            raise ValueError(f"{path}: operator format {version!r}, this ligo_fast reads {list(FORMATS)}")
-    if "aliases" in header:
-        try:
-            aliases = json.loads(header["aliases"])
-            if not isinstance(aliases, dict):
-                raise TypeError
-            for alias, target in aliases.items():
-                sd[alias] = sd[target]
-        except (TypeError, ValueError, KeyError, RecursionError) as e:
-            raise ValueError(f"{path}: damaged alias table in its header") from e
-    if (require_digest or tag == f"{_TAG}{FORMAT}") and "sha256" not in header:  # format 2 always writes one
-        raise ValueError(f"{path}: format-{FORMAT} operator file without its digest (edited or damaged); refusing it")
-    if "sha256" in header and state_digest(sd) != header["sha256"]:
-        raise ValueError(f"{path}: contents do not match the digest in its header (damaged or partly written)")
+def read_tensors(path, *, require_digest: bool = False) -> dict[str, Tensor]:
+    """Every tensor of an operator file (:func:`open_operator`) by name, checked; an alias is the same tensor object
+    as its target."""
+    with open_operator(path, require_digest=require_digest) as r:
+        stored = {k: r.read(k) for k in r.keys() if k not in r.aliases}
+        sd = {k: stored[r.aliases.get(k, k)] for k in r.keys()}
+        r.verify()
     return sd
 
 

@@ -110,7 +110,7 @@ def _run_child(argv: list[str], kill_at: int | None) -> tuple[bool, list[int], i
 
             for name in ("replace", "rename", "fsync", "unlink", "rmdir", "mkdir"):
                 _wrap(os, name, tick)
-            _wrap(serialization, "save_file", tick)
+            _wrap(serialization, "write_safetensors", tick)
             _wrap(torch, "save", tick)
             save = training.save_checkpoint
 

@@ -278,14 +278,14 @@ def test_n18_a_full_disk_while_continuing_keeps_the_previous_outputs(fx, ref, tm
     files are staged first: the 4-step outputs stay complete and verified until the 6-step ones replace them."""
     out = tmp_path / "out"
     shutil.copytree(ref, out)
-    real_save = ligo_fast.serialization.save_file
+    real_save = ligo_fast.serialization.write_safetensors
 
-    def full(tensors, path, *a, **k):
+    def full(path, *a, **k):
         if ".staging.tmp" in str(path):
             raise OSError(28, "No space left on device", str(path))
-        return real_save(tensors, path, *a, **k)
+        return real_save(path, *a, **k)
 
-    monkeypatch.setattr(ligo_fast.serialization, "save_file", full)
+    monkeypatch.setattr(ligo_fast.serialization, "write_safetensors", full)
     more = ("--keep-checkpoints", "--warmup", "4")  # the 4-step run's warm-up (the default's is the budget's)
     rc = cli.main(grow_argv(fx, out, *more, steps=6))
     monkeypatch.undo()

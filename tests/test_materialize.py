@@ -184,15 +184,19 @@ def test_save_materialized_failure_leaves_the_previous_save(tmp_path, monkeypatc
         for p in model.parameters():
             p.add_(1.0)
     calls = {"n": 0}
-    real = model_module.produce_part
 
-    def failing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise OSError("disk went away")
-        return real(*args, **kwargs)
+    def failing(real):
+        def call(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise OSError("disk went away")
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(model_module, "produce_part", failing)
+        return call
+
+    # a part (vectors, a global matrix) or a chunk of a per-layer kind's layers: the fourth fails
+    for name in ("produce_part", "produce"):
+        monkeypatch.setattr(model_module, name, failing(getattr(model_module, name)))
     with pytest.raises(OSError, match="disk went away"):
         model.save_materialized(tmp_path, max_shard_size=3000)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -262,13 +266,16 @@ model = _grown("LlamaForCausalLM", False)
 with torch.no_grad():
     for p in model.parameters():
         p.add_(1.0)
-real, calls = model_module.produce_part, [0]
-def dying(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == 4:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-model_module.produce_part = dying
+calls = [0]
+def dying(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:  # a part or a chunk of a per-layer kind's layers
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+model_module.produce_part = dying(model_module.produce_part)
+model_module.produce = dying(model_module.produce)
 model.save_materialized({out!r}, max_shard_size=3000)
 """
 

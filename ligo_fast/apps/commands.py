@@ -11,6 +11,7 @@ the training run is :mod:`.training` (checkpoints: :mod:`.checkpoints`), the out
 from __future__ import annotations
 
 import argparse
+import ctypes
 import math
 import os
 import sys
@@ -511,12 +512,32 @@ def write_outputs(out: Path, model, tokenizer, record: dict, max_shard_size: str
             tokenizer.save_pretrained(str(d))
 
     elem = next(model.parameters()).element_size()
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) + model.num_parameters() * elem
+    own = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])  # the operator file's
+    nbytes = own + model.num_parameters() * elem  # (no state_dict(): it would copy the operator)
     outputs.write_outputs(out, write, record, nbytes=nbytes)
 
 
 # ---------------------------------------------------------------------------------------------- materialize
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+_MMAP_THRESHOLD = 1 << 20
+
+
+def hand_back_freed_memory() -> bool:
+    """Make this process hand freed tensors of 1 MiB or more back to the system at once (glibc; False elsewhere).
+
+    The streamed load and save allocate and free tensors of 1-100 MB one after the other. glibc serves a block of
+    at least its mmap threshold with its own mapping, unmapped when freed, but raises that threshold (up to 32 MiB)
+    each time such a block is freed, so later blocks of that size come from the heap, where freed memory stays
+    resident. A fixed threshold (setting one turns the adjustment off, mallopt(3)) keeps the resident set at what
+    is alive. The process is this command's, so the setting is ours to choose; the library never makes it."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def cmd_materialize(args) -> int:
+    hand_back_freed_memory()
     op = Path(args.operator)
     if not op.exists():
         raise UserError(f"--operator {args.operator}: no such file or directory")

@@ -17,19 +17,18 @@ import os
 import shutil
 import socket
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _spawn import TIMEOUT_S, run_spawned
 
 import ligo_fast
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parent.parent
-WORLD, TIMEOUT_S = 2, 240
+WORLD = 2
 PER_RANK, SEQ, OP_STEPS, LARGE_STEPS, SAVE_EVERY = 2, 12, 3, 2, 2
 OP_LR, LR, WARMUP = 1e-2, 3e-3, 1
 
@@ -110,13 +109,7 @@ def runs(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path_factory.mktemp("accelerate")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD} accelerate processes did not finish in {TIMEOUT_S} s")
+    run_spawned(_worker, (_free_port(), str(out)), WORLD, "accelerate")
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from _models import build, configs
+from _spawn import TIMEOUT_S, run_spawned
 
 import ligo_fast
 from ligo_fast import distributed as D
 
 WORLD = 2
 NAME = "LlamaForCausalLM"
-TIMEOUT_S = 240
 LR = 0.5
 GLOBAL_BATCH, SEQ = 4, 9
 HAS_LEAN = "lean" in {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}
@@ -117,15 +115,7 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
 
 
 def _run(out_dir) -> dict:
-    ctx = mp.start_processes(
-        _worker, args=(f"file://{out_dir}/store", str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD} gloo processes did not finish in {TIMEOUT_S} s")
+    run_spawned(_worker, (f"file://{out_dir}/store", str(out_dir)), WORLD)
     results = torch.load(out_dir / "results.pt", weights_only=True)
     for r in results.values():
         r["dir"] = out_dir

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import transformers as T
 from _models import build, configs
+from _spawn import TIMEOUT_S, run_spawned
 from safetensors import safe_open
 
 import ligo_fast
@@ -22,7 +21,6 @@ from ligo_fast import shards
 
 WORLD = 2
 NAME = "LlamaForCausalLM"
-TIMEOUT_S = 240
 # (id, wrapper, train_small, tie, output dtype, max_shard_size): 3 large layers over 2 ranks (2 + 1), several
 # shards per rank where the size is small
 CASES = [
@@ -70,15 +68,7 @@ def saved(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
     out = tmp_path_factory.mktemp("dsave")
-    ctx = mp.start_processes(
-        _worker, args=(f"file://{out}/store", str(out)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=5):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the {WORLD} gloo processes did not finish in {TIMEOUT_S} s")
+    run_spawned(_worker, (f"file://{out}/store", str(out)), WORLD)
     return out, [torch.load(out / f"written-{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

@@ -72,12 +72,15 @@ def _output(model, x: dict) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
-def _deviation(name: str, k: int, layers: int, *, tied_embeddings: bool = False, **options) -> tuple[float, float]:
-    """Max relative deviation of the grown and of the materialised model's output from the small model's."""
+def _deviation(
+    name: str, k: int, layers: int, *, tied_embeddings: bool = False, defaults: bool = False, **options
+) -> tuple[float, float]:
+    """Max relative deviation of the grown and of the materialised model's output from the small model's (grown
+    with the lossless inits and ``options``, or with ``grow()``'s defaults and nothing else)."""
     small_cfg, large_cfg = _configs(name, k, layers, tie=tied_embeddings)
     small = build(name, small_cfg, seed=3)
     x = inputs(name)
-    opts = dict(depth_init="lossless", width_init="lossless") | options
+    opts = {} if defaults else dict(depth_init="lossless", width_init="lossless") | options
     grown = ligo_fast.grow(small, large_cfg, **opts).eval()
     with torch.no_grad():
         ref = _output(small, x)
@@ -262,3 +265,11 @@ def test_a_changed_setting_is_noted_and_changes_the_function(name, field, value,
     with torch.no_grad():
         ref, out = _output(small, x), _output(grown, x)
     assert ((out - ref).abs().max() / ref.abs().max()).item() > 1e-4  # the note is not a false alarm
+
+
+@pytest.mark.parametrize("name", PRE_NORM + POST_NORM)
+def test_grow_without_options_is_the_exact_start(name):
+    """Issue 19's goal: ``grow()`` with no options starts at the small model's function wherever the growth can be
+    exact (every family 2x wide; pre-norm families also 1.5x deep): its defaults are the lossless inits."""
+    grown, materialised = _deviation(name, 2, layers=3 if name in PRE_NORM else 2, defaults=True)
+    assert grown < 1e-5 and materialised < 1e-5, (grown, materialised)

@@ -105,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the numbers here")
     ap.add_argument("--select", choices=("best", "last"), default="best", help="the CLI's --select (default best)")
     ap.add_argument("--lr", default=None, help="the CLI's --lr (default: the budget rule's)")
+    ap.add_argument("--seed", default="0", help="the CLI's --seed (its batches; default 0)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
             argv = ["grow", "--small", str(tmp / "small"), "--large-config", str(tmp / "large.json"), "--data",
                     str(tmp / "data"), "--out", str(tmp / "out"), "--steps", str(a.steps), "--batch-size",
                     str(a.batch_size), "--seq-len", str(a.seq_len), "--no-progress", "--log-every", "1",
-                    "--select", a.select, *(["--lr", a.lr] if a.lr else [])]  # fmt: skip
+                    "--select", a.select, "--seed", a.seed, *(["--lr", a.lr] if a.lr else [])]  # fmt: skip
             res["cli_command"] = "ligo-fast " + " ".join(argv)
             t = time.perf_counter()
             rc = cli.main(argv)

@@ -3,13 +3,15 @@
 A tiny grown model (Llama with grouped-query attention and BERT, odd sizes, ``rand`` depth and width so no
 coefficient is zero) is built once on the CPU in float64 and run eagerly (every weight produced, the ``torch``
 backend): the oracle. Its copy on ``--device`` (float32) then runs forward and backward under each
-:class:`ligo_fast.ExecutionOptions` of :data:`VARIANTS` with each backend that loads there:
+:class:`ligo_fast.ExecutionOptions` of :data:`VARIANTS` (lean and eager, factored and produced, the defaults) with
+each backend that loads there:
 
 - ``plan``: output and every operator gradient against the oracle (relative to the largest entry of each tensor,
-  the worst reported), and the execution plan really is what was asked (lean on, factored linears present);
+  the worst reported), and the execution plan is what was asked (lean or eager; factored linears or none);
 - ``binder``: nothing is left installed on the large model after the forward and the backward
   (:func:`ligo_fast.binding.installed`);
-- ``materialize`` / ``save_materialized``: the device's produced weights against the oracle's, and the saved
+- ``materialize`` / ``save_materialized`` (the automatic backend: Triton on CUDA, with the extension's multi-tensor
+  vector op where it loaded): the device's produced weights against the oracle's (the CPU's), and the saved
   shards (small ``max_shard_size``: several files) against the oracle and against ``materialize()`` on the same
   device (whether bit-equal is in the note).
 
@@ -39,11 +41,13 @@ import ligo_fast
 from ligo_fast import backends
 from ligo_fast.binding import installed
 
-# (label, options): lean with both linear modes (the brief's pair), and the eager factored path
+# (label, options): lean with both linear modes, the eager factored path, and the defaults (the plan decided from the
+# device's memory budget and the cost model: whatever it picks must be right)
 VARIANTS = [
     ("lean factored", dict(lean=True, linear_mode="factored")),
     ("lean materialize", dict(lean=True, linear_mode="materialize")),
     ("eager factored", dict(lean=False, linear_mode="factored")),
+    ("auto", dict()),
 ]
 # float32 on the device vs float64, relative to each tensor's largest entry: a few depth gradients (BERT's post-norm
 # LayerNorm coefficients) sum terms that cancel, and reach 2e-4 with the CPU's float32 alone; a wrong kernel is off
@@ -146,13 +150,15 @@ def check_model(name: str, backend_names: list[str], checks: Checks) -> None:
                 model.execution_options = ligo_fast.ExecutionOptions(backend=backend, **options)
                 with torch.enable_grad():  # the plan of the step below (one is decided per gradient mode)
                     plan = model.execution_plan((), dict(input_ids=ids_dev))
-                want_factored = options["linear_mode"] == "factored"
-                if plan.lean != options["lean"] or bool(plan.forms) != want_factored:
+                want_factored = options.get("linear_mode", "auto") == "factored"
+                if options and (plan.lean != options["lean"] or bool(plan.forms) != want_factored):
                     raise AssertionError(f"plan is lean={plan.lean} with {len(plan.forms)} factored linears")
                 out, grads, left = _step(model, ids_dev, up)
                 rel_out = _rel(out, ref_out)
                 rel_grad, where = _worst(grads, ref_grads)
                 note = f"lean={plan.lean} chunk={plan.chunk} factored={len(plan.forms)}; output rel {rel_out:.1e}"
+                if not options:
+                    note += f"; budget {model.memory_budget / 2**30:.1f} GiB"
                 worst, where = max((rel_out, "the output"), (rel_grad, where))
                 checks.record(name, f"plan: {what}", worst <= tol, worst, tol, where, note=note)
                 checks.record(name, f"binder: {what}", left == 0, note=f"{left} value(s) left installed")

@@ -220,6 +220,7 @@ else
     STEP_DTYPE=""
 fi
 EXP_SHOW='^\| [a-z]|vs torch path|skipped|failed|Error'
+STEP_SHOW='^\| bert|^- bert|FAILED|Error'
 # the whole model on $DEV in float32 against the float64 CPU oracle (each check one PASS/FAIL/SKIP line); on a GPU
 # the Triton kernels compile for the model's shapes with heuristic configs (autotuning off: the configs have their
 # own tests) and the cpp backend runs the extension's CUDA kernels where it loaded
@@ -230,7 +231,6 @@ model_check() {  # model_check WANT [gpu_model_check.py arguments...]
         section "model on $DEV: execution plan, binder, materialize (float32 vs float64 CPU)" "$want" \
         "$OUT/model.log" "$PY" benchmarks/gpu_model_check.py --device "$DEV" --jsonl "$ROWS" "$@"
 }
-STEP_SHOW='^\| bert|^- bert|FAILED|Error'
 
 part1() {
     # The Triton tests run beside the extension's build (autotuning off for their fixed shapes: heuristic configs;

@@ -16,9 +16,10 @@ each backend that loads there:
   device (whether bit-equal is in the note).
 
 Each check prints one ``PASS``/``FAIL`` line with its numbers (an error is a FAIL with its first line; a backend
-that does not load is a ``SKIP``) and never stops the others; ``--jsonl`` appends each as a row
-(``"section": "model", "kind": "check"``) that ``gpu_summary.py`` puts in the correctness table. Exit status 1 when
-any check failed. Run by ``gpu_check.sh`` (part 2 on a GPU; its dry run on the CPU with Triton interpreted)::
+that does not load is a ``SKIP``, but Triton on CUDA a ``FAIL``) and never stops the others; ``--jsonl`` appends
+each as a row (``"section": "model", "kind": "check"``, or ``"skip"``) that ``gpu_summary.py`` puts in the
+correctness table. Exit status 1 when any check failed. Run by ``gpu_check.sh`` (part 2 on a GPU; its dry run on
+the CPU with Triton interpreted)::
 
     python benchmarks/gpu_model_check.py --device cuda --jsonl out/rows.jsonl
 """
@@ -112,7 +113,13 @@ class Checks:
         nums = f"rel {rel:.1e} (tol {tol:.0e}), worst in {where};" if rel is not None else ""
         print(f"{word} model {shape} {self.dtype_name} {label}: {nums} {note} {error or ''}".rstrip(),
               flush=True)  # fmt: skip
-        if self.jsonl and ok is not None:
+        if self.jsonl and ok is None:  # gpu_summary.py lists skips under the correctness table
+            with open(self.jsonl, "a") as f:
+                f.write(
+                    json.dumps(dict(section="model", kind="skip", note=f"model {shape} {label}: {note or error}"))
+                    + "\n"
+                )
+        elif self.jsonl:
             row = dict(section="model", kind="check", ref=f"vs float64 CPU, {self.device}", shape=shape,
                        dtype=self.dtype_name, provider=label, label=label, ok=ok, rel=rel, tol=tol,
                        where=where or None, error=error, note=note or None)  # fmt: skip
@@ -163,8 +170,9 @@ def check_model(name: str, backend_names: list[str], checks: Checks) -> None:
                 checks.record(name, f"plan: {what}", worst <= tol, worst, tol, where, note=note)
                 checks.record(name, f"binder: {what}", left == 0, note=f"{left} value(s) left installed")
 
-            if backend in unavailable:
-                checks.record(name, f"plan: {what}", None, note=unavailable[backend])
+            if backend in unavailable:  # Triton must load on a GPU; the extension's build has its own section
+                must = backend == "triton" and dev.type == "cuda"
+                checks.record(name, f"plan: {what}", False if must else None, error=unavailable[backend])
                 continue
             checks.guarded(name, f"plan: {what}", plan_and_binder)
 

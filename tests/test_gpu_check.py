@@ -156,3 +156,27 @@ def test_model_check_catches_a_fault_and_goes_on(monkeypatch, model_check, tmp_p
         assert got["plan: torch lean factored"]["rel"] > 1e-3
     out = capsys.readouterr().out
     assert out.count("FAIL model llama") == len(failed) and "model checks: " in out
+
+
+@pytest.mark.filterwarnings("ignore:backend 'cpp' is unavailable")  # materialize's automatic choice falls back
+def test_model_check_skips_a_backend_that_does_not_load(monkeypatch, model_check, bench_modules, tmp_path):
+    """A backend that does not load (the extension's build failed) is a SKIP, listed in the summary; the rest runs."""
+    _, gpu_summary = bench_modules
+    real = model_check.backends.load
+
+    def load(name):
+        if name == "cpp":
+            raise model_check.backends.BackendUnavailable("backend 'cpp' is unavailable: no build")
+        return real(name)
+
+    monkeypatch.setattr(model_check.backends, "load", load)
+    rows = tmp_path / "rows.jsonl"
+    args = ["--device", "cpu", "--models", "llama", "--backends", "cpp,torch", "--jsonl", str(rows)]
+    assert model_check.main(args) == 0
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert sum(r["kind"] == "skip" for r in got) == 4 and sum(r["kind"] == "check" and r["ok"] for r in got) == 10
+    gpu_summary.main([str(tmp_path)])
+    assert (
+        "- skipped: model llama plan: cpp lean factored: backend 'cpp' is unavailable"
+        in (tmp_path / "summary.md").read_text()
+    )

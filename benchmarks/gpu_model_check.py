@@ -55,6 +55,7 @@ VARIANTS = [
 # by far more
 TOL = {torch.float32: 1e-3}
 BATCH, SEQ = 3, 5
+unavailable: dict[str, str] = {}  # backend -> why it does not load (filled by main)
 
 
 def _configs(name: str):
@@ -88,7 +89,10 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 def _worst(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> tuple[float, str]:
     if sorted(got) != sorted(want):
         raise AssertionError(f"names differ: {sorted(set(got) ^ set(want))[:3]}")
-    return max((_rel(got[k], want[k]), k) for k in want)
+    missing = [k for k in want if (got[k] is None) != (want[k] is None)]
+    if missing:
+        raise AssertionError(f"a tensor (gradient) on one side only: {missing[:3]}")
+    return max((_rel(got[k], want[k]), k) for k in want if want[k] is not None)
 
 
 def _step(model: ligo_fast.LiGOModel, ids: torch.Tensor, up: torch.Tensor):
@@ -187,7 +191,7 @@ def check_model(name: str, backend_names: list[str], checks: Checks) -> None:
             for f in sorted(Path(tmp).glob("*.safetensors")):
                 saved.update(load_file(f))
             mine = {k: v.cpu() for k, v in got.items() if k in saved}
-            rel_mine, at = _worst(saved, mine)  # raises when a name is missing from either
+            rel_mine, _ = _worst(saved, mine)  # raises when a name is missing from either
             unequal = [k for k in saved if not torch.equal(saved[k], mine[k])]
             rel, where = _worst(saved, {k: want[k] for k in saved})
             note = (f"{len(saved)} tensors in {len(files)} files; vs materialize() here: rel {rel_mine:.1e}, "
@@ -196,9 +200,6 @@ def check_model(name: str, backend_names: list[str], checks: Checks) -> None:
             checks.record(name, "save_materialized()", worst <= tol, worst, tol, where, note=note)
 
     checks.guarded(name, "materialize()", materialize)
-
-
-unavailable: dict[str, str] = {}
 
 
 def main(argv=None) -> int:

@@ -5,18 +5,23 @@
 #   bash benchmarks/gpu_check.sh              # = --part 1, ~6.5 min: environment, the C++/CUDA extension built once,
 #                                             #   GPU tests (every autotune config in bf16, tests/test_ops.py's matrix in
 #                                             #   bf16/fp16/fp32), the bf16 operator step, bf16 expansion (BERT, GQA Llama)
-#   bash benchmarks/gpu_check.sh --part 2     # ~4 min: fp32 step and expansion, llama-xl (only where the GPU has the
-#                                             #   memory), fp32/fp16 config tests, the multi-tensor vector op when the
-#                                             #   extension is cached from part 1 on the same machine
+#   bash benchmarks/gpu_check.sh --part 2     # ~4 min: the whole model on the GPU against the float64 CPU oracle
+#                                             #   (gpu_model_check.py: execution plan lean/factored per backend, the
+#                                             #   binder, materialize/save_materialized), fp32 step and expansion,
+#                                             #   llama-xl (only where the GPU has the memory), fp32/fp16 config tests,
+#                                             #   the multi-tensor vector op when the extension is cached from part 1
+#                                             #   on the same machine
 #   OUT=dir bash benchmarks/gpu_check.sh --dry-run [--part N]   # on a CPU: every section's plumbing, tiny shapes,
 #                                             #   Triton interpreted, torch.compile on its eager backend; both parts
 #                                             #   unless --part names one
-#   OUT=dir bash benchmarks/gpu_check.sh --smoke   # a dry run of part 1 with one shape and one test: what the test
+#   OUT=dir bash benchmarks/gpu_check.sh --smoke   # a dry run of part 1 with one shape and one test, and part 2's
+#                                             #   model check on Llama with the cpp and torch backends: what the test
 #                                             #   suite runs (tests/test_gpu_check.py)
 #
 # Each section has a time limit and none runs past BUDGET seconds (part 1: 390, part 2: 240, dry run: 300) after the
 # start; a section without time left is skipped and says so. $OUT (default ./out) gets at most 8 files (all a lent
-# machine returns): env.txt (versions, nvidia-smi), ext.log, tests.log, step.log, expand.log, rows.jsonl (every
+# machine returns): env.txt (versions, nvidia-smi), ext.log, tests.log, step.log, expand.log, model.log (one
+# PASS/FAIL line per model check, with its numbers), rows.jsonl (every
 # measured row and check as JSON, appended as measured) and summary.md (benchmarks/gpu_summary.py: correctness,
 # speed-ups vs eager and torch.compile, % of roofline; written even when sections fail). Exit status 0 only when
 # every section passed. Caches (Triton kernels and autotuning results, the extension's JIT build, inductor) live
@@ -33,7 +38,7 @@ while [ $# -gt 0 ]; do
         --part=*) PART="${1#--part=}"; shift ;;
         --dry-run) DRY=1; shift ;;
         --smoke) DRY=1 SMOKE=1 PART=1; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument '$1' (use --part 1|2, --dry-run, --smoke)" >&2; exit 2 ;;
     esac
 done
@@ -51,7 +56,7 @@ PY="${PYTHON:-python3}"
 STATUS=0
 ROWS="$OUT/rows.jsonl"
 : >"$ROWS"
-for f in env.txt ext.log tests.log step.log expand.log summary.md; do : >"$OUT/$f"; done
+for f in env.txt ext.log tests.log step.log expand.log model.log summary.md; do : >"$OUT/$f"; done
 
 if [ "$DRY" = 1 ]; then
     DEFAULT_BUDGET=300  # a loaded 2-core machine: ~130-150 s; the budget only stops a hang
@@ -216,6 +221,16 @@ else
 fi
 EXP_SHOW='^\| [a-z]|vs torch path|skipped|failed|Error'
 STEP_SHOW='^\| bert|^- bert|FAILED|Error'
+# the whole model on $DEV in float32 against the float64 CPU oracle (each check one PASS/FAIL/SKIP line); on a GPU
+# the Triton kernels compile for the model's shapes with heuristic configs (autotuning off: the configs have their
+# own tests) and the cpp backend runs the extension's CUDA kernels where it loaded
+model_check() {  # model_check WANT [gpu_model_check.py arguments...]
+    local want="$1"
+    shift
+    LIGO_FAST_AUTOTUNE=0 SHOW='^(PASS|FAIL|SKIP)|model checks|Error' \
+        section "model on $DEV: execution plan, binder, materialize (float32 vs float64 CPU)" "$want" \
+        "$OUT/model.log" "$PY" benchmarks/gpu_model_check.py --device "$DEV" --jsonl "$ROWS" "$@"
+}
 
 part1() {
     # The Triton tests run beside the extension's build (autotuning off for their fixed shapes: heuristic configs;
@@ -242,11 +257,15 @@ part1() {
         LIGO_FAST_AUTOTUNE=0 section "tests: the C++/CUDA extension" 45 "$OUT/tests.log" "${TESTS[@]}" \
             -k "$([ "$DRY" = 1 ] && echo "cpp and size-1" || echo cpp)" tests/test_ops.py tests/test_cpp_ext.py
     fi
+    if [ "$SMOKE" = 1 ]; then  # part 2's model check, its quickest case: the smoke covers its plumbing
+        model_check 60 --models llama --backends cpp,torch
+    fi
 }
 
 part2() {
     finish_extension  # a cached build loads in seconds; nothing runs beside a timing
     local ext=$?
+    model_check 60  # correctness first: Llama (GQA) and BERT, backends triton, cpp, torch
     if [ "$DRY" = 0 ]; then  # a dry run's part 1 ran the step in float32 already
         SHOW="$STEP_SHOW" section "operator step, BERT-Base shape, float32" 60 "$OUT/step.log" \
             "$PY" "${STEP[@]}" --dtype float32

@@ -1,11 +1,11 @@
 """Write ``summary.md`` for ``gpu_check.sh`` from what its sections left in ``$OUT``: numbers, not tests.
 
 Reads ``rows.jsonl`` (one JSON object per line: the script's section statuses, ``bench_expand.py --jsonl`` and
-``bench_operator_step.py --jsonl`` rows and checks, appended as they were measured) and the pytest lines of
-``tests.log``; writes ``summary.md`` (and prints it): sections, tests, correctness, the expansion and operator-step
-tables (speed-ups vs the eager official math and its torch.compile, % of the measured roofline) and the issue's
-goals. Standard library only, and whatever is missing or malformed is reported, never fatal, so a summary exists
-even when every section failed.
+``bench_operator_step.py --jsonl`` rows and checks, ``gpu_model_check.py --jsonl`` checks, appended as they were
+measured) and the pytest lines of ``tests.log``; writes ``summary.md`` (and prints it): sections, tests,
+correctness, the expansion and operator-step tables (speed-ups vs the eager official math and its torch.compile,
+% of the measured roofline) and the issue's goals. Standard library only, and whatever is missing or malformed is
+reported, never fatal, so a summary exists even when every section failed.
 
     python benchmarks/gpu_summary.py OUT_DIR [--title TEXT]
 """
@@ -79,8 +79,9 @@ def summarize(rows: list[dict], bad: int, tests: list[str], title: str) -> str:
             "|---|---|---|---|---|---:|---:|---|",
         ]
         for r in checks:
-            ref = "vs torch path" if r["section"] == "expand" else "loss vs official"
+            ref = r.get("ref") or ("vs torch path" if r["section"] == "expand" else "loss vs official")
             note = r.get("error") or (f"worst in {r['where']}" if r.get("where") else "")
+            note = "; ".join(n for n in (note, r.get("note")) if n)
             who = r.get("label", r.get("provider"))
             out.append(f"| {r['section']} ({ref}) | {r.get('shape')} | {r.get('dtype')} | {who} "
                        f"| {'yes' if r.get('ok') else 'NO'} | {_f(r.get('rel'), '.1e')} | {_f(r.get('tol'), '.0e')} "

@@ -26,6 +26,15 @@ def bench_modules(monkeypatch):
     return bench_expand, gpu_summary
 
 
+@pytest.fixture
+def model_check(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import gpu_model_check
+
+    monkeypatch.setattr(gpu_model_check, "unavailable", {})
+    return gpu_model_check
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is the CPU stand-in for the GPU check")
 def test_smoke_dry_run(tmp_path):
@@ -52,6 +61,16 @@ def test_smoke_dry_run(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| environment | ok |" in summary and "## Expansion" in summary and "| bert | float16 | fwd+bwd |" in summary
     assert "passed" in summary  # the pytest line of the tests section
+    # part 2's model check, its smoke case: every check of the torch backend (cpp where it built) ran and passed
+    model = [r for r in rows if r["section"] == "model"]
+    labels = {r["label"] for r in model if r["ok"]}
+    want = {
+        f"{c}: torch {v}" for c in ("plan", "binder") for v in ("lean factored", "lean materialize", "eager factored")
+    }
+    assert want | {"materialize()", "save_materialized()"} <= labels and all(r["ok"] for r in model), model
+    assert any(k.startswith("model on cpu") and v == "ok" for k, v in sections.items()), sections
+    assert "| model (vs float64 CPU, cpu) | llama | float32 | plan: torch lean factored | yes |" in summary
+    assert (out / "model.log").read_text().count("PASS model llama") == len(model)
 
 
 def test_summary_survives_failed_sections(tmp_path, bench_modules):
@@ -106,3 +125,58 @@ def test_agreement_catches_a_wrong_provider(monkeypatch, bench_modules):
     res = bench_expand.check_agreement(problem, ["official", "torch", "triton"], tol=1e-3)
     assert res["official"]["ok"] and not res["triton"]["ok"]
     assert res["triton"]["error"] == "RuntimeError: no kernel"
+
+
+@pytest.mark.parametrize("fault", ["binder", "factored"])
+def test_model_check_catches_a_fault_and_goes_on(monkeypatch, model_check, tmp_path, capsys, fault):
+    """gpu_model_check.py: a binder that leaves its values installed, or a factored linear off by 1%, fails those
+    checks (a FAIL line with the numbers, a row with ok false) and every other check still runs."""
+    from ligo_fast import binding, factored
+
+    if fault == "binder":
+        monkeypatch.setattr(binding.Binding, "close", lambda self: None)
+    else:
+        real = factored.factored_linear
+        monkeypatch.setattr(factored, "factored_linear", lambda *a, **k: real(*a, **k) * 1.01)
+    rows = tmp_path / "rows.jsonl"
+    assert model_check.main(["--device", "cpu", "--models", "llama", "--backends", "torch", "--jsonl", str(rows)]) == 1
+    got = {r["label"]: r for r in map(json.loads, rows.read_text().splitlines())}
+    assert {f"plan: torch {v}" for v in ("lean factored", "lean materialize", "eager factored")} <= set(got), got
+    assert got["materialize()"]["ok"] and got["save_materialized()"]["ok"], got  # ran after the failures
+    failed = sorted(k for k, r in got.items() if not r["ok"])
+    if fault == "binder":  # its first forward leaves 100 values bound; the next ones may break on them (an error)
+        assert (
+            not got["binder: torch lean factored"]["ok"]
+            and "left installed" in got["binder: torch lean factored"]["note"]
+        )
+        assert all(not r["ok"] for k, r in got.items() if k.startswith("binder")), got
+    else:  # the plans that ran factored linears (auto's too, on a CPU) fail; lean with every weight produced is right
+        factored_runs = sorted(k for k, r in got.items() if k.startswith("plan") and "factored=0" not in r["note"])
+        assert len(got) == 10 and failed == factored_runs and "plan: torch eager factored" in failed, failed
+        assert got["plan: torch lean factored"]["rel"] > 1e-3
+    out = capsys.readouterr().out
+    assert out.count("FAIL model llama") == len(failed) and "model checks: " in out
+
+
+@pytest.mark.filterwarnings("ignore:backend 'cpp' is unavailable")  # materialize's automatic choice falls back
+def test_model_check_skips_a_backend_that_does_not_load(monkeypatch, model_check, bench_modules, tmp_path):
+    """A backend that does not load (the extension's build failed) is a SKIP, listed in the summary; the rest runs."""
+    _, gpu_summary = bench_modules
+    real = model_check.backends.load
+
+    def load(name):
+        if name == "cpp":
+            raise model_check.backends.BackendUnavailable("backend 'cpp' is unavailable: no build")
+        return real(name)
+
+    monkeypatch.setattr(model_check.backends, "load", load)
+    rows = tmp_path / "rows.jsonl"
+    args = ["--device", "cpu", "--models", "llama", "--backends", "cpp,torch", "--jsonl", str(rows)]
+    assert model_check.main(args) == 0
+    got = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert sum(r["kind"] == "skip" for r in got) == 4 and sum(r["kind"] == "check" and r["ok"] for r in got) == 10
+    gpu_summary.main([str(tmp_path)])
+    assert (
+        "- skipped: model llama plan: cpp lean factored: backend 'cpp' is unavailable"
+        in (tmp_path / "summary.md").read_text()
+    )

@@ -71,9 +71,10 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             :func:`ligo_fast.budget.operator_budget` that picks the continued-training learning rate.
     """
 
-    def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
+    def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig, *, draw: bool = True):
         super().__init__()
-        spec = GrowthSpec.prepare(small_model, large_config, config)  # the steps: ligo_fast.spec
+        # the steps: ligo_fast.spec; draw=False: the operator's tensors uninitialised, for a loader that fills them all
+        spec = GrowthSpec.prepare(small_model, large_config, config, draw=draw)
         if spec.plan.notes:
             logger.warning("this growth's start is not function-preserving: %s", "; ".join(spec.plan.notes))
         self.plan: Plan = spec.plan

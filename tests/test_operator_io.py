@@ -16,6 +16,7 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
+from ligo_fast import produce as produce_module
 from ligo_fast import serialization, spec
 
 
@@ -197,8 +198,6 @@ def test_the_shard_writer_takes_a_tensor_in_row_blocks(tmp_path):
 def test_the_streamed_save_produces_the_vocabulary_matrices_in_row_blocks(tmp_path, monkeypatch):
     """Embedding and head of a Llama come in row blocks (as many as the per-layer kinds' chunks) and the result is
     ``materialize()``'s, bit for bit."""
-    from ligo_fast import model as model_module
-
     torch.manual_seed(2)
     small, large = _llama(24, 2, vocab=97), _llama(40, 5, vocab=97)
     model = ligo_fast.grow(T.LlamaForCausalLM(small), large, seed=1)
@@ -206,14 +205,14 @@ def test_the_streamed_save_produces_the_vocabulary_matrices_in_row_blocks(tmp_pa
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     rows = []
-    real = model_module.produce
+    real = produce_module.produce
 
     def spy(slots, *args, **kwargs):
         if kwargs.get("vectors") is False:  # a weight matrix's call (the vectors' call holds every slot)
             rows.extend(s.shape_w[0] for s in slots if not s.layered)
         return real(slots, *args, **kwargs)
 
-    monkeypatch.setattr(model_module, "produce", spy)
+    monkeypatch.setattr(produce_module, "produce", spy)
     model.save_materialized(tmp_path, max_shard_size="40KB")
     assert sorted(rows) == [48, 48, 49, 49]  # 97 rows in 2 blocks (5 layers: 2 chunks, of 3 and 2), twice
     monkeypatch.undo()

@@ -49,7 +49,7 @@ def load_operator(path, small_model, large_config=None) -> LiGOModel:
             cfg = operator_io.infer_config(reader.keys())
             if large_config is None:
                 raise ValueError(f"{path} has no {META}: pass large_config")
-        model = LiGOModel(small_model, large_config, cfg)
+        model = LiGOModel(small_model, large_config, cfg, draw=False)  # no initial draws: load_into fills every tensor
         differs = operator_io.load_into(model, reader, small_model)
     if differs is not None:
         logger.warning(

@@ -19,7 +19,6 @@ serialization, shards) and spec (the prepared growth) and hf_surface on its own 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -35,10 +34,9 @@ from .config import ExecutionOptions, LiGOConfig
 from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, budget_for, decide
 from .hf import empty_model, materialized, storage_keys
 from .layout import check_state_fits, from_official, keys_of
-from .lean import chunk_layers, default_chunk
 from .memory import MemoryPlan
-from .plan import Plan, Rule
-from .produce import parts, produce, produce_part
+from .plan import Plan
+from .produce import parts, produce, produce_parts
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
 from .spec import GrowthSpec
@@ -71,9 +69,10 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             :func:`ligo_fast.budget.operator_budget` that picks the continued-training learning rate.
     """
 
-    def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig):
+    def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig, *, draw: bool = True):
         super().__init__()
-        spec = GrowthSpec.prepare(small_model, large_config, config)  # the steps: ligo_fast.spec
+        # the steps: ligo_fast.spec; draw=False: the operator's tensors uninitialised, for a loader that fills them all
+        spec = GrowthSpec.prepare(small_model, large_config, config, draw=draw)
         if spec.plan.notes:
             logger.warning("this growth's start is not function-preserving: %s", "; ".join(spec.plan.notes))
         self.plan: Plan = spec.plan
@@ -352,51 +351,20 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         self, row_blocks: bool = False, *, share: range | None = None, get=None, mine=None, leftovers=None,
         ranks: int = 1,
     ) -> Iterator[dict[str, Tensor]]:  # fmt: skip
-        """The large model's state by name, in parts: the vectors, then each module kind with a weight matrix (a
-        per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as lean mode chunks them, so
-        about a square root of the layers' share of it is alive at a time), then the leftovers. The same op calls
-        as the forward's production, over fewer layers: each layer's values are the forward's bit for bit.
+        """The large model's state by name, in parts: the produced ones (:func:`ligo_fast.produce.produce_parts`:
+        the vectors, then each module kind with a weight matrix, a per-layer kind in chunks of layers, bit for bit
+        the forward's values), then the leftovers.
 
-        ``row_blocks`` (the streamed save, whose writer takes a tensor in consecutive row blocks): a global matrix
-        whose rows the operator does not widen (a vocabulary embedding or head) comes as many blocks of rows as a
-        per-layer kind has chunks, each the same op call over fewer rows.
-
-        One rank's share of a sharded save (:func:`ligo_fast.distributed.save_materialized_distributed`): the large
-        layers ``share`` of every per-layer kind and of the vectors, ``get`` giving the operator's tensors (the
-        per-layer ones as the rows of those layers), the global matrices whose part ``mine(part)`` holds, and
-        ``leftovers`` (None: none) in place of the large model's own; with ``ranks`` sharing the work, each call
-        covers 1/ranks of one process's layers or rows.
+        ``row_blocks``, ``share``, ``get``, ``mine``, ``ranks``: as :func:`~ligo_fast.produce.produce_parts` takes
+        them (``get`` None: this model's tensors); a rank's share of a sharded save
+        (:func:`ligo_fast.distributed.save_materialized_distributed`) gets ``leftovers`` (None: none) in place of
+        the large model's own.
         """
-        single = share is None
-        share = range(self.L2) if single else share
-        get = get or self.tensor
-        split = {t.name for t in self.plan.tensors if t.rule == Rule.SPLIT}
-        # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
-        chunks = chunk_layers(self.L2, -(-default_chunk(self.L2) // ranks))
-        blocks = len(chunk_layers(self.L2, default_chunk(self.L2))) * ranks
-        for part in parts(self.plan.slots, self.plan.aliases):
-            slot = part.slots[0]
-            if part.vectors:
-                yield produce(part.slots, get, layers=None if single else share, aliases=self.plan.aliases,
-                              matrices=False)  # fmt: skip
-            elif slot.layered:
-                for layers in chunks:
-                    layers = range(max(layers.start, share.start), min(layers.stop, share.stop))
-                    if len(layers):
-                        local = range(layers.start - share.start, layers.stop - share.start)
-                        yield produce(part.slots, _layer_rows(get, split, local), layers=layers,
-                                      aliases=self.plan.aliases, vectors=False)  # fmt: skip
-            elif mine is not None and not mine(part):
-                continue
-            elif row_blocks and _rows_separable(slot):
-                n = slot.shape_w[0]
-                for block in chunk_layers(n, -(-n // blocks)):
-                    yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block),
-                                  aliases=self.plan.aliases, vectors=False)  # fmt: skip
-            else:
-                yield produce_part(part, get, aliases=self.plan.aliases)
-        if single or leftovers is not None:
-            yield self.large.state_dict() if single else leftovers
+        yield from produce_parts(
+            self.plan, get or self.tensor, row_blocks=row_blocks, share=share, mine=mine, ranks=ranks
+        )
+        if share is None or leftovers is not None:
+            yield self.large.state_dict() if share is None else leftovers
 
     def operator_meta(self) -> dict:
         """What ``ligo_config.json`` records: the options, the small model's class, the large config."""
@@ -421,41 +389,6 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
 
 
 # ---------------------------------------------------------------------- helpers
-def _layer_rows(get, rows: set[str], layers: range):
-    """``get`` for producing ``layers`` only: the per-layer operator tensors (``rows``) sliced to those layers."""
-
-    def sliced(name: str | None) -> Tensor | None:
-        t = get(name)
-        return t[layers.start : layers.stop] if name in rows else t
-
-    return sliced
-
-
-def _rows_separable(s) -> bool:
-    """Whether global slot ``s``'s weight is produced row by row: its rows are not widened (no ``E_out``), it is
-    not fused from parts, has no residual, and its 2-D view's rows are the tensor's first dim."""
-    return (
-        not s.layered and s.e_rows == (None,) and len(s.e_cols) == 1 and s.res_w is None and not s.split_rows
-        and len(s.shape_w) == 2 and s.view_w[0] == s.shape_w[0]
-    )  # fmt: skip
-
-
-def _row_block(s, block: range):
-    """Slot ``s`` restricted to the rows ``block`` of its weight (:func:`_rows_separable` slots)."""
-    n = len(block)
-    return dataclasses.replace(s, shape_w=(n, *s.shape_w[1:]), view_w=(n, *s.view_w[1:]))
-
-
-def _row_rows(get, w: str, block: range):
-    """``get`` with the small weight ``w`` cut to the rows ``block``."""
-
-    def sliced(name: str | None) -> Tensor | None:
-        t = get(name)
-        return t[block.start : block.stop] if name == w else t
-
-    return sliced
-
-
 def _state_dict_to_official(module: LiGOModel, sd, prefix, local_metadata) -> None:
     mine = OrderedDict((k, sd.pop(k)) for k in [k for k in sd if k.startswith(prefix)])
     sd.update(module.official_state(mine, prefix))

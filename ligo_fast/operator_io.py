@@ -118,6 +118,9 @@ def save(model: nn.Module, path) -> None:
 def load_into(model: nn.Module, reader: OperatorReader, small_model: nn.Module) -> str | None:
     """Fill ``model`` (just built from ``small_model``) with ``reader``'s operator and leftover tensors, one at a time.
 
+    Every tensor of the model's state is overwritten (the file must hold them all: strict), so the model may be
+    built without its initial draws (``LiGOModel(..., draw=False)``, as :func:`ligo_fast.load_operator` does).
+
     Before anything is read: the file's names and shapes fit the model's state (missing, unexpected, wrong shape)
     and no integer tensor stands where the model has a floating one. Each tensor is read straight into its place
     when that is a contiguous CPU tensor of the file's dtype, else through one temporary (cast as

@@ -14,15 +14,17 @@ gradient of the whole tensor.
 For materialising and saving (:meth:`ligo_fast.LiGOModel.materialize`, ``save_materialized``), :func:`parts`
 splits the production into one part holding every vector and one part per module kind with a weight matrix
 (all its large layers): the same op calls, with the same inputs, as :func:`produce` of every slot at once, so the
-values are bit for bit those of the forward, while at most one module kind's weights are alive at a time
-(``LiGOModel`` goes further: a per-layer kind's part in chunks of layers, a vocabulary matrix's in blocks of rows,
-each the same call over fewer layers or rows).
-Imports: ``ops``, ``plan`` and ``reference`` (the accumulation dtype).
+values are bit for bit those of the forward, while at most one module kind's weights are alive at a time;
+:func:`produce_parts` goes further (a per-layer kind's part in chunks of layers, a vocabulary matrix's in blocks of
+rows, each the same call over fewer layers or rows): the one production of ``LiGOModel``'s ``materialize`` and
+``save_materialized`` and of :func:`ligo_fast.compat.materialize_compat`.
+Imports: ``ops``, ``plan``, ``reference`` (the accumulation dtype) and ``lean`` (its chunks of layers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +32,8 @@ from torch import Tensor
 
 from . import ops
 from .arch import NORM
-from .plan import Slot, view2d
+from .lean import chunk_layers, default_chunk
+from .plan import Plan, Rule, Slot, view2d
 from .reference import compute_dtype
 
 Getter = Callable[[str | None], Tensor | None]
@@ -180,3 +183,83 @@ def parts(slots: Iterable[Slot], aliases: Mapping[str, Iterable[str]] | None = N
 def produce_part(part: Part, get: Getter, *, backend: str = "auto", aliases=None) -> dict[str, Tensor]:
     """The tensors of one :class:`Part` by large-model name (``part.names``)."""
     return produce(part.slots, get, backend=backend, aliases=aliases, vectors=part.vectors, matrices=not part.vectors)
+
+
+def produce_parts(
+    plan: Plan, get: Getter, *, row_blocks: bool = False, share: range | None = None, mine=None, ranks: int = 1
+) -> Iterator[dict[str, Tensor]]:
+    """The produced large-model tensors of ``plan`` by name, in parts: the vectors, then each module kind with a
+    weight matrix (:func:`parts`), a per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as
+    lean mode chunks them, so about a square root of the layers' share of it is alive at a time. The same op calls
+    as :func:`produce` of every slot, over fewer layers: each layer's values are the forward's bit for bit.
+
+    ``row_blocks`` (the streamed save, whose writer takes a tensor in consecutive row blocks): a global matrix
+    whose rows the operator does not widen (a vocabulary embedding or head) comes as many blocks of rows as a
+    per-layer kind has chunks, each the same op call over fewer rows.
+
+    One rank's share of a sharded save (:func:`ligo_fast.distributed.save_materialized_distributed`): the large
+    layers ``share`` of every per-layer kind and of the vectors, ``get`` giving the operator's tensors (the
+    per-layer ones as the rows of those layers), and the global matrices whose part ``mine(part)`` holds; with
+    ``ranks`` sharing the work, each call covers 1/ranks of one process's layers or rows.
+    """
+    single = share is None
+    share = range(plan.L2) if single else share
+    split = {t.name for t in plan.tensors if t.rule == Rule.SPLIT}
+    # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
+    chunks = chunk_layers(plan.L2, -(-default_chunk(plan.L2) // ranks))
+    blocks = len(chunk_layers(plan.L2, default_chunk(plan.L2))) * ranks
+    for part in parts(plan.slots, plan.aliases):
+        slot = part.slots[0]
+        if part.vectors:
+            yield produce(part.slots, get, layers=None if single else share, aliases=plan.aliases, matrices=False)
+        elif slot.layered:
+            for layers in chunks:
+                layers = range(max(layers.start, share.start), min(layers.stop, share.stop))
+                if len(layers):
+                    local = range(layers.start - share.start, layers.stop - share.start)
+                    yield produce(part.slots, _layer_rows(get, split, local), layers=layers, aliases=plan.aliases,
+                                  vectors=False)  # fmt: skip
+        elif mine is not None and not mine(part):
+            continue
+        elif row_blocks and _rows_separable(slot):
+            n = slot.shape_w[0]
+            for block in chunk_layers(n, -(-n // blocks)):
+                yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block), aliases=plan.aliases,
+                              vectors=False)  # fmt: skip
+        else:
+            yield produce_part(part, get, aliases=plan.aliases)
+
+
+def _layer_rows(get: Getter, rows: set[str], layers: range) -> Getter:
+    """``get`` for producing ``layers`` only: the per-layer operator tensors (``rows``) sliced to those layers."""
+
+    def sliced(name: str | None) -> Tensor | None:
+        t = get(name)
+        return t[layers.start : layers.stop] if name in rows else t
+
+    return sliced
+
+
+def _rows_separable(s: Slot) -> bool:
+    """Whether global slot ``s``'s weight is produced row by row: its rows are not widened (no ``E_out``), it is
+    not fused from parts, has no residual, and its 2-D view's rows are the tensor's first dim."""
+    return (
+        not s.layered and s.e_rows == (None,) and len(s.e_cols) == 1 and s.res_w is None and not s.split_rows
+        and len(s.shape_w) == 2 and s.view_w[0] == s.shape_w[0]
+    )  # fmt: skip
+
+
+def _row_block(s: Slot, block: range) -> Slot:
+    """Slot ``s`` restricted to the rows ``block`` of its weight (:func:`_rows_separable` slots)."""
+    n = len(block)
+    return dataclasses.replace(s, shape_w=(n, *s.shape_w[1:]), view_w=(n, *s.view_w[1:]))
+
+
+def _row_rows(get: Getter, w: str, block: range) -> Getter:
+    """``get`` with the small weight ``w`` cut to the rows ``block``."""
+
+    def sliced(name: str | None) -> Tensor | None:
+        t = get(name)
+        return t[block.start : block.stop] if name == w else t
+
+    return sliced

@@ -11,6 +11,8 @@
    (:func:`ligo_fast.memory.ensure_fits`), before anything large is allocated;
 5. :func:`skeleton`: the large HF model with its parameters on meta and the produced ones deleted;
 6. :func:`initial_tensors`: the operator's tensors at their initial values, in plan order (the order of the draws);
+   or, for a model that a file fills next (:func:`ligo_fast.load_operator`), :func:`empty_tensors`: the same shapes,
+   dtypes and device, uninitialised (no draws, no copies of the small weights);
 7. :func:`leftovers`: the large model's other parameters given real storage
    (:func:`ligo_fast.hf.materialize_leftovers`), frozen, on the small model's device and dtype.
 
@@ -183,6 +185,19 @@ def initial_tensors(
     return {t.name: _initial(t, small_state, config, plan, gen).to(device) for t in plan.tensors}
 
 
+def empty_tensors(plan: Plan, small_state: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Step 6 for a model whose every operator tensor is filled next (:func:`ligo_fast.operator_io.load_into`,
+    which requires the file to hold them all): :func:`initial_tensors`' shapes, dtypes and device, uninitialised.
+
+    The small model's tensors keep its dtype; the others are in the default floating dtype, as the init schemes
+    draw them (float32 unless ``torch.set_default_dtype`` changed it)."""
+    return {t.name: torch.empty(t.shape, dtype=_dtype(t, small_state), device=device) for t in plan.tensors}
+
+
+def _dtype(t: OpTensor, small_state: dict[str, Tensor]) -> torch.dtype:
+    return small_state[t.sources[0]].dtype if t.role == Role.SMALL else torch.get_default_dtype()
+
+
 def _initial(t: OpTensor, small_sd: dict[str, Tensor], cfg: LiGOConfig, plan: Plan, gen) -> Tensor:
     """The initial value of operator tensor ``t`` (draws from ``gen`` for the random ones)."""
     if t.role == Role.SMALL:
@@ -264,7 +279,8 @@ class GrowthSpec:
         pair: the resolved small model and large config (:class:`GrowthPair`).
         config: the operator options.
         plan: the growth plan, built once.
-        initial: every operator tensor's initial value by internal name, in plan order, on the small model's device.
+        initial: every operator tensor's initial value by internal name, in plan order, on the small model's device
+            (uninitialised when prepared with ``draw=False``: :func:`empty_tensors`).
         large: the large HF model without the produced parameters (:func:`skeleton`).
         budget: the memory budget of the small model's device (bytes, source), read once.
         preserved_width: the small model's hidden width when the operator starts from the small model's function
@@ -280,8 +296,11 @@ class GrowthSpec:
     preserved_width: int | None
 
     @classmethod
-    def prepare(cls, small_model: nn.Module, large_config, config: LiGOConfig) -> GrowthSpec:
+    def prepare(cls, small_model: nn.Module, large_config, config: LiGOConfig, *, draw: bool = True) -> GrowthSpec:
         """Run the steps of this module in order for ``small_model`` (never modified) grown to ``large_config``.
+
+        ``draw=False``: the operator's tensors are left uninitialised (:func:`empty_tensors`), for a caller that
+        fills every one of them next (loading a saved operator); no init scheme runs, no draw is taken.
 
         Raises ValueError for a small model with NaN/Inf, a family mismatch or a plan that cannot be built, and
         MemoryError for a growth whose grown model or operator step cannot fit (before anything large is built).
@@ -297,6 +316,9 @@ class GrowthSpec:
         early = growth_estimate(plan, large_config, elem=ref.element_size(), device=ref.device, chunk=1, budget=budget)
         ensure_fits(early, f"growing {pair.hf_class.__name__} to {pair.L2} layers")
         large = skeleton(pair, plan, layout)
-        initial = initial_tensors(plan, small_state, config, ref.device)  # drawn before the leftovers' own init
+        if draw:
+            initial = initial_tensors(plan, small_state, config, ref.device)  # drawn before the leftovers' own init
+        else:
+            initial = empty_tensors(plan, small_state, ref.device)
         leftovers(large, small_state, ref)
         return cls(pair, config, plan, initial, large, budget, preserved_width(pair, plan, config))

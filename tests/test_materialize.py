@@ -20,8 +20,8 @@ from _models import build, configs, inputs, main_output
 from safetensors import safe_open
 
 import ligo_fast
-from ligo_fast import model as model_module
-from ligo_fast import shards
+from ligo_fast import compat, shards
+from ligo_fast import produce as produce_module
 from ligo_fast.compat import _produced, create_ligo_from_model, ligo_args, materialize_compat
 from ligo_fast.model import LiGOModel
 from ligo_fast.serialization import parse_bytes
@@ -121,6 +121,27 @@ def test_compat_materialise_equals_the_copying_path():
     _assert_same(_everything(ligo_fast.materialize(wrapped, torch.bfloat16)), _everything(ref.to(torch.bfloat16)))
 
 
+def test_compat_produces_as_the_model_does_in_chunks_of_layers():
+    """Issue 24: the official API's materialisation runs the model's production (``produce.produce_parts``): a
+    per-layer kind comes in chunks of layers, and the parts together are every slot produced in one call, bit for
+    bit."""
+    small_cfg, large_cfg = configs("BertForMaskedLM")
+    small = build("BertForMaskedLM", small_cfg, seed=6)
+    wrapped = create_ligo_from_model(T.BertForMaskedLM(large_cfg), ligo_args(tune_residual=True), source_model=small)
+    plan = wrapped.__dict__["_ligo_plan"]
+    with torch.no_grad():
+        for p in wrapped.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # trained: differs from its start
+        got = list(compat._produced_parts(wrapped))
+        whole = produce_module.produce(plan.slots, compat._getter(wrapped, plan))
+    assert plan.L2 == 3 and len(got) > len(produce_module.parts(plan.slots, plan.aliases))  # layers in 2 chunks
+    names = [k for part in got for k in part]
+    assert len(names) == len(set(names)) and set(names) == set(whole)
+    for part in got:
+        for k, v in part.items():
+            assert torch.equal(v, whole[k]), k
+
+
 @pytest.mark.parametrize(
     ("name", "tie", "dtype"),
     [("LlamaForCausalLM", True, torch.bfloat16), ("GPT2LMHeadModel", True, None), ("BertForMaskedLM", False, None)],
@@ -196,7 +217,7 @@ def test_save_materialized_failure_leaves_the_previous_save(tmp_path, monkeypatc
 
     # a part (vectors, a global matrix) or a chunk of a per-layer kind's layers: the fourth fails
     for name in ("produce_part", "produce"):
-        monkeypatch.setattr(model_module, name, failing(getattr(model_module, name)))
+        monkeypatch.setattr(produce_module, name, failing(getattr(produce_module, name)))
     with pytest.raises(OSError, match="disk went away"):
         model.save_materialized(tmp_path, max_shard_size=3000)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -223,9 +244,9 @@ def test_memory_estimate_of_materialising_and_saving(name, tie):
     sizes = [
         sum(
             t.numel() * t.element_size()
-            for t in {id(t): t for t in model_module.produce_part(p, model.tensor).values()}.values()
+            for t in {id(t): t for t in produce_module.produce_part(p, model.tensor).values()}.values()
         )
-        for p in model_module.parts(model.plan.slots, model.plan.aliases)
+        for p in produce_module.parts(model.plan.slots, model.plan.aliases)
     ]
     assert mp.produced_largest == max(sizes) and mp.produced == sum(sizes)
     assert mp.materialize() == mp.produced + max(sizes) and mp.streamed_save() == 2 * max(sizes)
@@ -261,7 +282,7 @@ import os, signal, sys
 sys.path.insert(0, {tests!r})
 import torch
 from test_materialize import _grown
-from ligo_fast import model as model_module
+from ligo_fast import produce as produce_module
 model = _grown("LlamaForCausalLM", False)
 with torch.no_grad():
     for p in model.parameters():
@@ -274,8 +295,8 @@ def dying(real):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
     return call
-model_module.produce_part = dying(model_module.produce_part)
-model_module.produce = dying(model_module.produce)
+produce_module.produce_part = dying(produce_module.produce_part)
+produce_module.produce = dying(produce_module.produce)
 model.save_materialized({out!r}, max_shard_size=3000)
 """
 

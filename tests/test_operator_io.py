@@ -16,7 +16,8 @@ import transformers as T
 from safetensors.torch import load_file
 
 import ligo_fast
-from ligo_fast import serialization
+from ligo_fast import produce as produce_module
+from ligo_fast import serialization, spec
 
 
 def _llama(h: int, layers: int, vocab: int = 12001) -> T.LlamaConfig:
@@ -197,8 +198,6 @@ def test_the_shard_writer_takes_a_tensor_in_row_blocks(tmp_path):
 def test_the_streamed_save_produces_the_vocabulary_matrices_in_row_blocks(tmp_path, monkeypatch):
     """Embedding and head of a Llama come in row blocks (as many as the per-layer kinds' chunks) and the result is
     ``materialize()``'s, bit for bit."""
-    from ligo_fast import model as model_module
-
     torch.manual_seed(2)
     small, large = _llama(24, 2, vocab=97), _llama(40, 5, vocab=97)
     model = ligo_fast.grow(T.LlamaForCausalLM(small), large, seed=1)
@@ -206,14 +205,14 @@ def test_the_streamed_save_produces_the_vocabulary_matrices_in_row_blocks(tmp_pa
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     rows = []
-    real = model_module.produce
+    real = produce_module.produce
 
     def spy(slots, *args, **kwargs):
         if kwargs.get("vectors") is False:  # a weight matrix's call (the vectors' call holds every slot)
             rows.extend(s.shape_w[0] for s in slots if not s.layered)
         return real(slots, *args, **kwargs)
 
-    monkeypatch.setattr(model_module, "produce", spy)
+    monkeypatch.setattr(produce_module, "produce", spy)
     model.save_materialized(tmp_path, max_shard_size="40KB")
     assert sorted(rows) == [48, 48, 49, 49]  # 97 rows in 2 blocks (5 layers: 2 chunks, of 3 and 2), twice
     monkeypatch.undo()
@@ -242,3 +241,55 @@ def test_identical_operators_are_identical_files(tmp_path):
     for name in files:
         first = (tmp_path / "a" / name).read_bytes()
         assert (tmp_path / "a2" / name).read_bytes() == first == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loading_runs_no_init_scheme_and_equals_the_drawn_start_filled(dtype, tmp_path, monkeypatch):
+    """Issue 20: ``load_operator`` builds the operator's tensors uninitialised (``draw=False``) and fills them all
+    from the file; the result equals a model built with its initial draws and then loaded (the way before), every
+    operator tensor (read from the model's own modules, not the state dict), dtype and value, and its forward."""
+    torch.manual_seed(6)
+    small, large = _llama(24, 2, vocab=67), _llama(40, 3, vocab=67)
+    src = T.LlamaForCausalLM(small).to(dtype)
+    model = ligo_fast.grow(src, large, seed=7, depth_init="stackbert_noisy", width_init="rand", residual=True)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # trained: differs from any start
+    model.save_operator(tmp_path)
+    oracle = ligo_fast.LiGOModel(src, large, model.ligo_config)  # the way before: drawn, then overwritten
+    oracle.load_state_dict(serialization.read_tensors(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an initial draw while loading")
+
+    for name in ("depth_init", "width_init", "_initial", "initial_tensors"):
+        monkeypatch.setattr(spec, name, refuse)
+    rng = torch.get_rng_state()
+    loaded = ligo_fast.load_operator(tmp_path, src)
+    assert torch.equal(torch.get_rng_state(), rng)  # no draw from the global generator either
+
+    def own(m):
+        return {**m.op._parameters, **m.op._buffers, **m.large.state_dict()}
+
+    got, want = own(loaded), own(oracle)
+    assert got.keys() == want.keys() and len(got) > 20
+    for k, v in want.items():
+        g = got[k]
+        assert (g.dtype, g.shape, g.stride(), g.requires_grad) == (v.dtype, v.shape, v.stride(), v.requires_grad), k
+        assert torch.equal(g, v), k
+    ids = torch.randint(0, 67, (2, 5), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, oracle(input_ids=ids).logits)
+
+
+def test_empty_tensors_have_the_initial_tensors_shapes_dtypes_and_layout():
+    """The uninitialised operator of a load (``spec.empty_tensors``) is laid out as the drawn one."""
+    torch.manual_seed(9)
+    small = T.LlamaForCausalLM(_llama(24, 2, vocab=67)).to(torch.bfloat16)
+    for cfg in (ligo_fast.LiGOConfig(seed=1), ligo_fast.LiGOConfig.official(residual=True, tie=False, seed=1)):
+        drawn = spec.GrowthSpec.prepare(small, _llama(40, 3, vocab=67), cfg).initial
+        empty = spec.GrowthSpec.prepare(small, _llama(40, 3, vocab=67), cfg, draw=False).initial
+        assert list(empty) == list(drawn)
+        for k, v in drawn.items():
+            e = empty[k]
+            assert (e.dtype, e.shape, e.stride(), e.device) == (v.dtype, v.shape, v.stride(), v.device), k

@@ -36,7 +36,7 @@ from ..hf import materialized, storage_keys
 from ..init import check_depth_reach
 from ..layout import from_official
 from ..plan import SM, Plan, Role, Rule, build_plan
-from ..produce import parts, produce_part
+from ..produce import produce_parts
 from ..serialization import OFFICIAL
 from .modules import (
     FUSED,
@@ -380,12 +380,12 @@ def _produced(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _produced_parts(model: nn.Module) -> Iterable[dict[str, Tensor]]:
-    """The produced tensors of a compat-wrapped model by HF parameter name, in parts: one module kind at a time
-    through the plan (:func:`ligo_fast.produce.parts`, lazily), else module by module in one part."""
+    """The produced tensors of a compat-wrapped model by HF parameter name, in parts: through the plan as
+    :class:`ligo_fast.LiGOModel` produces them (:func:`ligo_fast.produce.produce_parts`, lazily), else (a wrapped
+    model without a plan) module by module in one part."""
     plan = model.__dict__.get(_PLAN)
     if plan is not None:
-        get = _getter(model, plan)
-        return (produce_part(part, get) for part in parts(plan.slots))
+        return produce_parts(plan, _getter(model, plan))
     out: dict[str, Tensor] = {}
     for name, m in model.named_modules():
         if isinstance(m, FusedEmbedding):
@@ -402,8 +402,9 @@ def _produced_parts(model: nn.Module) -> Iterable[dict[str, Tensor]]:
 def materialize_compat(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """A fresh plain model of ``model``'s class and config holding the produced weights (copies).
 
-    Built as :meth:`ligo_fast.LiGOModel.materialize` builds its result (:func:`ligo_fast.hf.fill`: parameters on
-    meta, each module kind's weights assigned as produced), with the same values as producing them all at once.
+    Built as :meth:`ligo_fast.LiGOModel.materialize` builds its result, by the same production
+    (:func:`ligo_fast.produce.produce_parts`: a per-layer kind in chunks of layers) and :func:`ligo_fast.hf.fill`
+    (parameters on meta, each part assigned as produced), with the same values as producing them all at once.
 
     Args:
         model: what :func:`create_ligo_from_model` returned.

@@ -185,6 +185,13 @@ def produce_part(part: Part, get: Getter, *, backend: str = "auto", aliases=None
     return produce(part.slots, get, backend=backend, aliases=aliases, vectors=part.vectors, matrices=not part.vectors)
 
 
+ROW_BLOCK_MIN = 256
+"""Fewest rows of a block of a global matrix in the streamed save: a matrix of fewer rows than two blocks is produced
+in one call, because a call over a few rows may take another kernel path than the whole matrix's (a one-row call
+is a matrix-vector product on the C++ backend) and round differently, and the save must equal ``materialize()``
+bit for bit (BERT's 2-row token-type table differed in the last bit)."""
+
+
 def produce_parts(
     plan: Plan, get: Getter, *, row_blocks: bool = False, share: range | None = None, mine=None, ranks: int = 1
 ) -> Iterator[dict[str, Tensor]]:
@@ -195,7 +202,7 @@ def produce_parts(
 
     ``row_blocks`` (the streamed save, whose writer takes a tensor in consecutive row blocks): a global matrix
     whose rows the operator does not widen (a vocabulary embedding or head) comes as many blocks of rows as a
-    per-layer kind has chunks, each the same op call over fewer rows.
+    per-layer kind has chunks (at least :data:`ROW_BLOCK_MIN` rows each), each the same op call over fewer rows.
 
     One rank's share of a sharded save (:func:`ligo_fast.distributed.save_materialized_distributed`): the large
     layers ``share`` of every per-layer kind and of the vectors, ``get`` giving the operator's tensors (the
@@ -221,9 +228,9 @@ def produce_parts(
                                   vectors=False)  # fmt: skip
         elif mine is not None and not mine(part):
             continue
-        elif row_blocks and _rows_separable(slot):
+        elif row_blocks and _rows_separable(slot) and slot.shape_w[0] >= 2 * ROW_BLOCK_MIN:
             n = slot.shape_w[0]
-            for block in chunk_layers(n, -(-n // blocks)):
+            for block in chunk_layers(n, max(ROW_BLOCK_MIN, -(-n // blocks))):
                 yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block), aliases=plan.aliases,
                               vectors=False)  # fmt: skip
         else:

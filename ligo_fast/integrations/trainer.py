@@ -15,7 +15,7 @@ The run's ``max_steps`` is the large model's whole budget and the operator's ste
 them against the budget the same way). The operator's steps, learning rate and warm-up follow
 :func:`ligo_fast.budget.operator_budget` of ``max_steps`` and the ``TrainingArguments``' learning rate (5% of the
 steps within [10, 100]; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
-square root of the small model's width, else the same; a tenth of its steps as linear warm-up, then constant), unless
+small model's width, else the same; a tenth of its steps as linear warm-up, then constant), unless
 overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
 one-line warning says so and what to try. At the growth step the callback materialises the operator, gives the Trainer
 a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
@@ -230,7 +230,7 @@ class GrowthCallback(TrainerCallback):
         operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
             :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
         operator_lr: the operator's peak learning rate; None: the budget rule's from the ``TrainingArguments``'
-            ``learning_rate`` (divided by the square root of the small width from a function-preserving start).
+            ``learning_rate`` (divided by the small width from a function-preserving start).
         operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's
             (a tenth of its steps, rounded up).
         operator_weight_decay: the operator's weight decay (default 0: the operator's coefficients are not weights

@@ -2,7 +2,6 @@
 rate (divided by the small width from a function-preserving start), a tenth as warm-up; the overrides; the
 errors."""
 
-
 import pytest
 
 from ligo_fast import budget

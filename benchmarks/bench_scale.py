@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import append_markdown, run_header
+from common import publish, run_header
 
 import ligo_fast
 
@@ -249,9 +249,7 @@ def main(argv=None) -> int:
         f"{mp.materialize(2) / GIB:.1f}), streamed save {mp.streamed_save() / GIB:.2f} GiB (bf16 "
         f"{mp.streamed_save(2) / GIB:.2f})",
     ]
-    text = "\n".join(lines)
-    print(text)
-    append_markdown(args.out, text)
+    publish(lines, args.out)
     return 0
 
 

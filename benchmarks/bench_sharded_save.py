@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import transformers
 from bench_scale import _peak, _reset_peak, _status, setup
-from common import append_markdown, run_header
+from common import publish, run_header
 from safetensors import safe_open
 
 import ligo_fast
@@ -125,9 +125,7 @@ def main(argv=None) -> int:
             f"{x['delta'] / big:.2f} | {x['delta'] / one['delta']:.2f} | {x['peak'] / GIB:.2f} | "
             f"{x['peak'] / one['peak']:.2f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    append_markdown(args.out, text)
+    publish(lines, args.out)
     return 0
 
 

@@ -744,6 +744,13 @@ def append_markdown(path: str | None, text: str) -> None:
             f.write("\n" + text.rstrip("\n") + "\n")
 
 
+def publish(lines: list[str], path: str | None) -> None:
+    """Print a benchmark's markdown ``lines`` and append them to ``path`` (:func:`append_markdown`)."""
+    text = "\n".join(lines)
+    print(text)
+    append_markdown(path, text)
+
+
 def run_header(title: str, device, script: str, argv: list[str] | None) -> list[str]:
     """Markdown lines: title with UTC date, machine, versions, load average, the command."""
     try:

@@ -82,7 +82,7 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool) -> dic
         opt.step()
     end = _status("VmHWM")
     out |= {"steps_delta": end - steps_start, "run_delta": max(end, start + out["grown_delta"]) - start,
-            "loss": float(loss), "large_bytes": model.num_parameters() * 4 if not sharded else None}  # fmt: skip
+            "loss": float(loss.detach()), "large_bytes": model.num_parameters() * 4 if not sharded else None}  # fmt: skip
     return out
 
 

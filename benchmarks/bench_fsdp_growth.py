@@ -82,7 +82,8 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool) -> dic
         opt.step()
     end = _status("VmHWM")
     out |= {"steps_delta": end - steps_start, "run_delta": max(end, start + out["grown_delta"]) - start,
-            "loss": float(loss.detach()), "large_bytes": model.num_parameters() * 4 if not sharded else None}  # fmt: skip
+            "loss": float(loss.detach()),
+            "large_bytes": model.num_parameters() * 4 if not sharded else None}  # fmt: skip
     return out
 
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="250m", choices=("tiny", "250m", "1b"))
     ap.add_argument("--tokens", type=int, default=128, help="tokens of the fixed batch (one sequence)")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="operator steps (at least 1)")
     ap.add_argument("--configs", default="default,lean", help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--out", default=None)
     ap.add_argument("--single", default=None, help=argparse.SUPPRESS)

@@ -47,12 +47,18 @@ def _reset() -> int:
     return _reset_peak()
 
 
-def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool) -> dict:
-    """Grow (and shard), then ``steps`` operator steps; the memory rises of the whole run and of the steps."""
+def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool, split: bool = False) -> dict:
+    """Grow (and shard), then ``steps`` operator steps; the memory rises of the whole run and of the steps.
+
+    ``split``: the batch is WORLD sequences of ``tokens / WORLD``; a rank (``sharded``) takes its own one.
+    """
     lean, train_small = CONFIGS[config]
     small = transformers.LlamaForCausalLM.from_pretrained(work / "small", dtype=torch.float32)
     large_cfg = transformers.LlamaConfig.from_pretrained(work / "large")
-    ids = torch.randint(0, large_cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    shape = (WORLD, tokens // WORLD) if split else (1, tokens)
+    ids = torch.randint(0, large_cfg.vocab_size, shape, generator=torch.Generator().manual_seed(0))
+    if split and sharded:
+        ids = ids[dist.get_rank() : dist.get_rank() + 1]
     start = _reset()
     model = ligo_fast.grow(small, large_cfg, seed=0, train_small=train_small)
     del small
@@ -87,12 +93,12 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool) -> dic
     return out
 
 
-def _rank(rank: int, work: str, config: str, tokens: int, steps: int) -> None:
+def _rank(rank: int, work: str, config: str, tokens: int, steps: int, split: bool) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{work}/store_{config}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=1800))  # fmt: skip
     try:
-        res = _run(Path(work), config, tokens, steps, sharded=True)
+        res = _run(Path(work), config, tokens, steps, sharded=True, split=split)
         Path(f"{work}/{config}_rank{rank}.json").write_text(json.dumps(res))
     finally:
         dist.destroy_process_group()
@@ -104,6 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=128, help="tokens of the fixed batch (one sequence)")
     ap.add_argument("--steps", type=int, default=3, help="operator steps (at least 1)")
     ap.add_argument("--configs", default="default,lean", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--split", action="store_true", help="data parallel: each rank takes 1/world of the batch")
     ap.add_argument("--out", default=None)
     ap.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown config(s) {', '.join(unknown)}; valid: {', '.join(CONFIGS)}")
     if args.single:
         work, config = args.single.split("::")
-        print(json.dumps(_run(Path(work), config, args.tokens, args.steps, sharded=False)))
+        print(json.dumps(_run(Path(work), config, args.tokens, args.steps, sharded=False, split=args.split)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench_fsdp_growth_"))
     results = {}
@@ -121,18 +128,24 @@ def main(argv=None) -> int:
         setup(work, args.size, torch.float32)
         for config in configs:
             cmd = [sys.executable, __file__, "--single", f"{work}::{config}", "--tokens", str(args.tokens),
-                   "--steps", str(args.steps)]  # fmt: skip
+                   "--steps", str(args.steps), *(["--split"] if args.split else [])]  # fmt: skip
             one = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-            mp.start_processes(_rank, args=(str(work), config, args.tokens, args.steps), nprocs=WORLD,
+            mp.start_processes(_rank, args=(str(work), config, args.tokens, args.steps, args.split), nprocs=WORLD,
                                start_method="spawn")  # fmt: skip
             results[config] = (one, [json.loads((work / f"{config}_rank{r}.json").read_text()) for r in range(WORLD)])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     big = next(iter(results.values()))[0]["large_bytes"]
     lines = run_header("A whole growth under FSDP2 (issue 20 item 4's goal)", "cpu", "bench_fsdp_growth.py", argv)
+    batch = (
+        f"{WORLD} x {args.tokens // WORLD} tokens, one sequence per rank (data parallel; the ranks' mean loss "
+        "is the single process's)"
+        if args.split
+        else f"1 x {args.tokens} tokens, the same on every rank"
+    )
     lines += [
         f"- Llama {args.size} ({big / 4 / 1e6:.0f}M parameters, {big / GIB:.2f} GiB in fp32), grow + {args.steps} "
-        f"AdamW operator steps on 1 x {args.tokens} tokens; {WORLD} gloo processes (FSDP2) vs 1; run Δ = the whole "
+        f"AdamW operator steps on {batch}; {WORLD} gloo processes (FSDP2) vs 1; run Δ = the whole "
         "run's rise of the resident high-water mark over the process with the small model loaded; steps Δ = the "
         "rise during the steps over the grown (and sharded) model",
         "",

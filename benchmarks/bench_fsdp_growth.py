@@ -37,8 +37,11 @@ from ligo_fast import distributed as D
 
 GIB = 2**30
 WORLD = 2
-CONFIGS = {"default": (None, False), "lean": (True, False), "default+train_small": (None, True),
-           "lean+train_small": (True, True)}  # fmt: skip
+CONFIGS = {  # name -> (ExecutionOptions.lean, train_small, ExecutionOptions.linear_mode)
+    "default": (None, False, "auto"), "lean": (True, False, "auto"), "default+train_small": (None, True, "auto"),
+    "lean+train_small": (True, True, "auto"), "materialize": (False, False, "materialize"),
+    "lean+materialize": (True, False, "materialize"),
+}  # fmt: skip
 
 
 def _reset() -> int:
@@ -52,7 +55,7 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool, split:
 
     ``split``: the batch is WORLD sequences of ``tokens / WORLD``; a rank (``sharded``) takes its own one.
     """
-    lean, train_small = CONFIGS[config]
+    lean, train_small, linear_mode = CONFIGS[config]
     small = transformers.LlamaForCausalLM.from_pretrained(work / "small", dtype=torch.float32)
     large_cfg = transformers.LlamaConfig.from_pretrained(work / "large")
     shape = (WORLD, tokens // WORLD) if split else (1, tokens)
@@ -62,7 +65,7 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool, split:
     start = _reset()
     model = ligo_fast.grow(small, large_cfg, seed=0, train_small=train_small)
     del small
-    model.execution_options = ligo_fast.ExecutionOptions(lean=lean)
+    model.execution_options = ligo_fast.ExecutionOptions(lean=lean, linear_mode=linear_mode)
     out: dict = {}
     if not sharded:
         m = model.memory_plan(input_ids=ids)

@@ -8,7 +8,10 @@ batch; ``run Δ`` = the mark at the end minus the resident set at the reset, ``s
 reset again after the growth (so it holds what the steps add on top of the grown/sharded model). The loss of the
 last step is printed for each process: the ranks must agree with the single process (same batch on every rank).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_fsdp_growth.py --size 250m --tokens 128 --steps 3 --out x.md
+``--split``: data parallel, each rank takes its sequence of the batch (the ranks' mean loss is the single
+process's). ``--configs``: default, lean, their ``train_small`` variants and ``linear_mode="materialize"`` ones.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fsdp_growth.py --size 250m --tokens 64 --steps 3 --split --out x.md
 """
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ and gloo on CPU (``tests/test_distributed.py``):
   :func:`gather_state_dict` gathers tensor by tensor, then applies the layout. Load checkpoints
   (``load_operator``) before sharding.
 * **Memory (FSDP2).** The produced large weights are full tensors on every rank: FSDP2 shards the operator and
-  its optimizer state, not the produced weights or the activations. A rank needs the large model's weights (one
-  layer's with ``LiGOConfig.lean``) plus its activations, as without FSDP.
+  its optimizer state, not the produced weights or the activations. A rank needs the weights its execution plan
+  produces (none for the linears that run factored, one chunk of layers' with memory-lean mode), the small
+  weights (buffers, replicated), the operator gathered for the step and its activations, as without FSDP; measured
+  per-rank peaks: ``benchmarks/results/bench_fsdp_growth_2026-12-06.md``.
 
 Typical use (every rank)::
 

@@ -59,8 +59,7 @@ torch.set_num_threads(1)
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]  # this checkout's ligo_fast; tests/_models.py
 
-import transformers as T  # noqa: E402
-from _models import build, cli_small_config, configs  # noqa: E402
+from _models import build, configs, write_cli_inputs  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
@@ -73,7 +72,6 @@ from ligo_fast.integrations import GrowingModel, GrowthCallback, latest_complete
 SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PATHS = ("grow", "materialize", "trainer")
 GROW_STEPS = 6
-LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
 GROW_ARGS = ["--steps", str(GROW_STEPS), "--batch-size", "2", "--seq-len", "8", "--save-every", "2"]
 GROW_ARGS += ["--log-every", "2", "--no-progress", "--device", "cpu"]
 TRAINER_STEPS, TRAINER_OP_STEPS = 6, 3
@@ -86,11 +84,7 @@ def make_inputs(root: Path) -> Path:
     """The small model, the large config and the corpus of the CLI runs (as in tests/test_cli_guarantees.py)."""
     fx = root / "inputs"
     fx.mkdir(parents=True)
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(cli_small_config()).save_pretrained(fx / "small")
-    (fx / "large.json").write_text(json.dumps(LARGE))
-    (fx / "corpus").mkdir()
-    (fx / "corpus" / "a.txt").write_text("Growing models from smaller ones saves compute. " * 30)
+    write_cli_inputs(fx, "corpus/a.txt")
     return fx
 
 

@@ -108,6 +108,22 @@ def qk_norm_configs(name: str, *, d, heads, kv, layers, ffn, tie=False, head_dim
     )  # fmt: skip
 
 
+CLI_LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
+"""The command-line tests' large config: the fields that change from :func:`cli_small_config`."""
+CLI_TEXT = "Growing models from smaller ones saves compute. " * 30
+"""The command-line tests' training text."""
+
+
+def write_cli_inputs(d: Path, text: str) -> None:
+    """The command-line tests' inputs in ``d``: the small model of :func:`cli_small_config` (seed 0) in ``small/``,
+    :data:`CLI_LARGE` as ``large.json`` and :data:`CLI_TEXT` at ``d / text`` (its folder made)."""
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(cli_small_config()).save_pretrained(d / "small")
+    (d / "large.json").write_text(json.dumps(CLI_LARGE))
+    (d / text).parent.mkdir(parents=True, exist_ok=True)
+    (d / text).write_text(CLI_TEXT)
+
+
 def cli_small_config() -> T.LlamaConfig:
     """The command-line tests' small model: a byte-level (260 tokens) Llama of width 16, 2 layers, GQA 2/1."""
     return T.LlamaConfig(

@@ -21,7 +21,6 @@ Scenario ``rewrite``: a finished 4-step run (kept checkpoint) continued to 6 ste
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -30,8 +29,7 @@ import sys
 
 import pytest
 import torch
-import transformers as T
-from _models import cli_small_config
+from _models import write_cli_inputs
 from safetensors.torch import load_file
 
 from ligo_fast import serialization
@@ -40,7 +38,6 @@ from ligo_fast.apps import checkpoints, cli, outputs, training
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 TRIALS = {"fresh": 18, "rewrite": 12}
-SMALL = cli_small_config()
 # one warm-up for 4 and 6 steps (the default's is the whole budget below 10 steps), so a 4-step run continues to 6
 ARGS = ["--batch-size", "2", "--seq-len", "8", "--save-every", "2", "--no-progress", "--device", "cpu",
         "--warmup", "4"]  # fmt: skip
@@ -49,10 +46,7 @@ ARGS = ["--batch-size", "2", "--seq-len", "8", "--save-every", "2", "--no-progre
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("faults")
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(SMALL).save_pretrained(d / "small")
-    (d / "large.json").write_text(json.dumps({"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}))
-    (d / "text.txt").write_text("Growing models from smaller ones saves compute. " * 30)
+    write_cli_inputs(d, "text.txt")
 
     def argv(out, steps: int, *extra) -> list[str]:
         return [

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 import transformers as T
-from _models import cli_small_config
+from _models import CLI_LARGE, cli_small_config, write_cli_inputs
 from safetensors.torch import load_file, save_file
 
 import ligo_fast
@@ -25,7 +25,7 @@ from ligo_fast.apps import cli, training
 
 SMALL = cli_small_config()
 VOCAB = SMALL.vocab_size
-LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
+LARGE = CLI_LARGE
 ARGS = ["--batch-size", "2", "--seq-len", "8", "--save-every", "2", "--log-every", "2", "--no-progress"]
 ARGS += ["--device", "cpu"]
 
@@ -33,11 +33,7 @@ ARGS += ["--device", "cpu"]
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     d = tmp_path_factory.mktemp("guarantees")
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(SMALL).save_pretrained(d / "small")
-    (d / "large.json").write_text(json.dumps(LARGE))
-    (d / "corpus").mkdir()
-    (d / "corpus" / "a.txt").write_text("Growing models from smaller ones saves compute. " * 30)
+    write_cli_inputs(d, "corpus/a.txt")
     return d
 
 
@@ -216,18 +212,24 @@ def test_f3_a_really_full_disk(fx, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- F4: SIGTERM
-def test_f4_sigterm_saves_like_ctrl_c(fx, ref, tmp_path, capsys, monkeypatch):
-    """F4: SIGTERM (kill, job schedulers) saved nothing. Now it finishes the step, saves it and exits 143."""
-    out = tmp_path / "out"
+def signalled_at_step(step: int, signum: int):
+    """``training.forward_backward`` that sends ``signum`` to this process after its ``step``-th call."""
     original, calls = training.forward_backward, []
 
     def patched(*args):
         calls.append(None)
         result = original(*args)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if len(calls) == step:
+            os.kill(os.getpid(), signum)
         return result
 
+    return patched
+
+
+def test_f4_sigterm_saves_like_ctrl_c(fx, ref, tmp_path, capsys, monkeypatch):
+    """F4: SIGTERM (kill, job schedulers) saved nothing. Now it finishes the step, saves it and exits 143."""
+    out = tmp_path / "out"
+    patched = signalled_at_step(3, signal.SIGTERM)
     with monkeypatch.context() as m:
         m.setattr(training, "forward_backward", patched)
         rc = cli.main(grow_argv(fx, out))

@@ -13,7 +13,16 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from test_cli_guarantees import fx, grow_argv, one_line_error, operator, ref, same, steps_of  # noqa: F401
+from test_cli_guarantees import (  # noqa: F401
+    fx,
+    grow_argv,
+    one_line_error,
+    operator,
+    ref,
+    same,
+    signalled_at_step,
+    steps_of,
+)
 
 import ligo_fast
 from ligo_fast import memory
@@ -244,14 +253,7 @@ def test_n7_hangup_quit_usr1_save_like_sigterm(fx, ref, tmp_path, capsys, monkey
     lost, a .tmp left). Now they finish the step, save it and exit 128 + the signal's number."""
     signum = getattr(signal, name)
     out = tmp_path / "out"
-    original, calls = training.forward_backward, []
-
-    def patched(*args):
-        calls.append(None)
-        result = original(*args)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signum)
-        return result
+    patched = signalled_at_step(3, signum)
 
     def unhandled(*a):  # what the default action (killing this test process) would mean
         raise AssertionError(f"{name} reached the default handler")

@@ -12,23 +12,18 @@ import sys
 
 import pytest
 import torch
-import transformers as T
-from _models import build, cli_small_config, configs
+from _models import CLI_LARGE, build, configs, write_cli_inputs
 
 import ligo_fast
 from ligo_fast.apps import cli, commands, errors
 
-SMALL = cli_small_config()
-LARGE = {"hidden_size": 24, "intermediate_size": 32, "num_hidden_layers": 3}
+LARGE = CLI_LARGE
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("oneline")
-    torch.manual_seed(0)
-    T.LlamaForCausalLM(SMALL).save_pretrained(d / "small")
-    (d / "large.json").write_text(json.dumps(LARGE))
-    (d / "text.txt").write_text("Growing models from smaller ones saves compute. " * 30)
+    write_cli_inputs(d, "text.txt")
     return d
 
 

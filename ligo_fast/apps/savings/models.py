@@ -15,10 +15,14 @@ from .corpus import BOS, EOS, PAD, VOCAB_SIZE
 from .presets import ModelSize
 
 
-def make_config(size: ModelSize, seq_len: int, family: str = "llama"):
-    """HF config of a byte-level causal LM of this shape (no dropout, untied Llama head)."""
+def _check_heads(size: ModelSize) -> None:
     if size.hidden % size.heads:
         raise ValueError(f"heads={size.heads} does not divide hidden={size.hidden}")
+
+
+def make_config(size: ModelSize, seq_len: int, family: str = "llama"):
+    """HF config of a byte-level causal LM of this shape (no dropout, untied Llama head)."""
+    _check_heads(size)
     if family == "llama":
         return transformers.LlamaConfig(
             vocab_size=VOCAB_SIZE,
@@ -55,8 +59,7 @@ def grown_config(small_config, size: ModelSize):
     """The large config of a growth from ``small_config`` to ``size``: :func:`ligo_fast.large_config` (what users
     call; derived fields recomputed), the shape given in full (Llama: the head size ``hidden / heads`` too), so it
     equals :func:`make_config` of ``size``."""
-    if size.hidden % size.heads:
-        raise ValueError(f"heads={size.heads} does not divide hidden={size.hidden}")
+    _check_heads(size)
     if small_config.model_type == "llama":
         changes = dict(hidden_size=size.hidden, intermediate_size=size.ffn, num_hidden_layers=size.layers,
                        num_attention_heads=size.heads, num_key_value_heads=size.heads,

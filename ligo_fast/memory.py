@@ -17,13 +17,16 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 Beyond the step (what grow builds and what turning the operator into a plain model needs):
 
 * ``growth`` (:func:`ligo_fast.grow`): ``resident``; the large model's produced weights are never allocated;
-* ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus one module kind
-  (all its large layers, ``produced_largest``) in the operator's dtype, produced before it is split into one tensor
-  per layer (:func:`ligo_fast.hf.fill`);
-* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): one module kind while it
-  is produced, counted twice (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as
-  large as its output), plus one of its layers cast to the output dtype (the shards are written from the tensors'
-  own memory). ``materialize`` needs no such term: the last kinds are produced where the model is not complete yet.
+* ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus the largest call
+  of its production (``produced_largest``: a chunk of about sqrt(L2) layers of one module kind, a global matrix, or
+  the vectors; the calls are :func:`ligo_fast.produce.pieces`, the schedule the production runs) in the operator's
+  dtype, produced before it is split into one tensor per layer (:func:`ligo_fast.hf.fill`);
+* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): the largest call of the
+  save's production (``save_largest``: as materialize's, the vocabulary matrices in blocks of rows) counted twice
+  (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as large as its output),
+  plus its largest tensor cast to the output dtype (``save_tensor``; the shards are written from the tensors' own
+  memory). ``materialize`` needs no such doubling: a call's intermediates are freed before its output is copied into
+  the model, and the model is not complete while it runs.
 
 The memory a run plans with, its budget (:func:`memory_budget`), is read once when the model is built: an explicit
 ``LiGOConfig.memory_budget``, else the environment variable ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at that
@@ -34,7 +37,8 @@ Memory-lean mode turns itself on only when the eager step would not fit in ``mar
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
 is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
 it needs at least its weights.
-Imports: ``plan`` (for shapes and roles) and ``serialization`` (byte sizes) only.
+Imports: ``plan`` (for shapes and roles), ``produce`` (the schedule of the production's calls) and
+``serialization`` (byte sizes) only.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from .plan import Plan, Role
+from .produce import pieces
 from .serialization import parse_bytes
 
 MARGIN = 0.9  # use at most this share of the free memory: the estimate is approximate and others allocate too
@@ -166,7 +171,9 @@ class MemoryPlan:
     margin: float = MARGIN
     source: str = "free memory now"  # where ``available`` came from (:func:`memory_budget`)
     elem: int = 4  # bytes per element of the operator (and of the produced weights)
-    produced_largest: int = 0  # the largest module kind, all large layers (or all vectors together)
+    produced_largest: int = 0  # the largest call of materialize's production (produce.pieces)
+    save_largest: int = 0  # the largest call of the streamed save's production (row_blocks=True)
+    save_tensor: int = 0  # the largest single tensor of such a call (one layer's weight, one block of rows)
     layers: int = 1  # large layers (L2)
     step_global: int | None = None  # what the step produces outside the blocks (None: produced_global)
     step_layer: int | None = None  # and per block (None: produced_layer): less where linears run factored
@@ -200,15 +207,15 @@ class MemoryPlan:
 
     def materialize(self, out_elem: int | None = None) -> int:
         """What ``materialize`` allocates besides the operator: the large model in ``out_elem`` bytes per element
-        (None: the operator's) plus one module kind being produced."""
+        (None: the operator's) plus the largest call of its production."""
         out = self.produced if out_elem is None else self.produced * out_elem // self.elem
         return out + self.produced_largest
 
     def streamed_save(self, out_elem: int | None = None) -> int:
-        """What ``save_materialized`` allocates besides the operator: one module kind being produced (output and
-        intermediates), one layer of it cast."""
-        cast = 0 if out_elem in (None, self.elem) else self.produced_largest * out_elem // (self.elem * self.layers)
-        return 2 * self.produced_largest + cast
+        """What ``save_materialized`` allocates besides the operator: the largest call of its production (output
+        and intermediates), its largest tensor cast to ``out_elem`` bytes per element."""
+        cast = 0 if out_elem in (None, self.elem) else self.save_tensor * out_elem // self.elem
+        return 2 * self.save_largest + cast
 
     @property
     def use_lean(self) -> bool:
@@ -269,11 +276,9 @@ def estimate(
     produced = produced_global = 0
     per_layer = 0
     step_global = step_layer = 0  # what the step produces, in the forms it runs
-    vectors = largest = 0  # the production's parts (ligo_fast.produce.parts): all vectors, one part per matrix
     for i, s in enumerate(plan.slots):
         w = 0 if s.tied_weight else _numel(s.shape_w)
-        b = (s.shape_w[-1] if s.mod.transposed else s.shape_w[0]) if s.b is not None else 0  # the output size
-        n = plan.L2 if s.layered else 1
+        b = s.bias_size
         step = (_step_numel(s, (forms or {}).get(i)) + b) * elem
         if s.layered:
             per_layer += (w + b) * elem
@@ -282,12 +287,10 @@ def estimate(
         else:
             produced_global += (w + b) * elem
             step_global += step
-        if len(s.shape_w) == 1:
-            vectors += (w + b) * elem * n
-        else:
-            vectors += b * elem * n
-            largest = max(largest, w * elem * n)
     produced += produced_global
+    calls = list(pieces(plan)), list(pieces(plan, row_blocks=True))
+    largest = [max((p.numel(plan.L2) for p in c), default=0) * elem for c in calls]
+    save_tensor = max((p.largest_tensor(plan.L2) for p in calls[1]), default=0) * elem
     return MemoryPlan(
         device=str(device),
         available=available_bytes(device) if available is None else available,
@@ -301,7 +304,9 @@ def estimate(
         chunk=chunk,
         source=source,
         elem=elem,
-        produced_largest=max(largest, vectors),
+        produced_largest=largest[0],
+        save_largest=largest[1],
+        save_tensor=save_tensor,
         layers=plan.L2,
         step_global=step_global,
         step_layer=step_layer,

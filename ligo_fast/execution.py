@@ -230,8 +230,16 @@ def bind(
         rows = {t.name: get(t.name).unbind(0) for t in growth.tensors if t.rule == Rule.SPLIT}
 
         def chunk(layers: range) -> dict[str, Tensor]:
+            # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy
+            # per module kind that reads it (q/k/v, gate/up/down share width matrices) stayed alive per chunk
+            stacked: dict[str, Tensor] = {}
+
             def rows_of(name: str | None) -> Tensor | None:
-                return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else get(name)
+                if name not in rows:
+                    return get(name)
+                if name not in stacked:
+                    stacked[name] = torch.stack(rows[name][layers.start : layers.stop])
+                return stacked[name]
 
             return produce(layered, rows_of, layers=layers, skip_weights=skip, backend=plan.backend)
 

@@ -4,9 +4,15 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 
 * ``resident``: the operator's tensors (small weights, coefficients) and the large model's own leftovers;
 * ``optimizer``: gradients and two AdamW moments of every trainable operator tensor;
-* ``produced``: every produced large weight. The eager path keeps them for backward and, in backward, their
-  gradients (``2 * produced``); memory-lean mode keeps the global ones and one chunk of layers' block weights at a
-  time (``2 * global + 3 * chunk * layer``: the chunk in use, its gradient, the next one being produced). A step
+* ``produced``: every produced large weight. The eager path keeps them for backward, and backward adds their
+  gradients: the peak is at the end of the blocks' backward, every block weight and its gradient alive
+  (``2 * L2 * layer``), or earlier at the head's, where the block weights meet a global weight and its gradient
+  (``L2 * layer + 2 * global``); the global weights are gone by the blocks' end (an embedding keeps no weight for
+  backward, the head's is freed after its backward), so they are not counted twice beside ``2 * L2 * layer``
+  (they were until issue 20: 2.37 GiB estimated against 1.87 measured at 246M). Memory-lean mode keeps one chunk
+  of layers' block weights at a time (``3 * chunk * layer``: the chunk in use, its gradient, the next one being
+  produced) or the global ones and their gradients, and every chunk's stacked rows of the per-layer operator
+  tensors (``stacked``: the op calls keep their inputs until backward). A step
   whose linears run in the factored forms (``forms``, :mod:`ligo_fast.factored`) produces less: a factored weight
   only its depth mix (small-width), a one-side form one side (``step_global``, ``step_layer``);
 * ``activations``: what the large model keeps for backward, per token and layer about
@@ -50,7 +56,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import Plan, Role
+from .plan import Plan, Role, Rule
 from .produce import pieces
 from .serialization import parse_bytes
 
@@ -177,6 +183,7 @@ class MemoryPlan:
     layers: int = 1  # large layers (L2)
     step_global: int | None = None  # what the step produces outside the blocks (None: produced_global)
     step_layer: int | None = None  # and per block (None: produced_layer): less where linears run factored
+    stacked: int = 0  # the per-layer operator tensors, which lean mode's chunks stack (kept until backward)
 
     @property
     def _step(self) -> tuple[int, int]:
@@ -193,12 +200,15 @@ class MemoryPlan:
 
     @property
     def eager(self) -> int:
-        return self.resident + self.optimizer + 2 * self.step_produced + self.activations
+        glob = self._step[0]
+        blocks = self.step_produced - glob  # every block's weights
+        return self.resident + self.optimizer + blocks + max(2 * glob, blocks) + self.activations
 
     @property
     def lean(self) -> int:
         glob, layer = self._step
-        return self.resident + self.optimizer + 2 * glob + 3 * self.chunk * layer + self.activations
+        chunks = 3 * self.chunk * layer
+        return self.resident + self.optimizer + self.stacked + max(2 * glob, chunks) + self.activations
 
     @property
     def growth(self) -> int:
@@ -267,12 +277,14 @@ def estimate(
     the memory free now); ``forms``: ``{slot index: form}`` of the linears that run factored in the step (what
     :func:`ligo_fast.factored.choose` returns; None: every weight produced)."""
     resident = leftover_bytes
-    optimizer = 0
+    optimizer = stacked = 0
     for t in plan.tensors:
         n = _numel(t.shape) * (elem if t.role in (Role.SMALL, Role.RESIDUAL) else 4)
         resident += n
         if t.trainable:
             optimizer += 3 * n
+        if t.rule == Rule.SPLIT:
+            stacked += n
     produced = produced_global = 0
     per_layer = 0
     step_global = step_layer = 0  # what the step produces, in the forms it runs
@@ -310,6 +322,7 @@ def estimate(
         layers=plan.L2,
         step_global=step_global,
         step_layer=step_layer,
+        stacked=stacked,
     )
 
 

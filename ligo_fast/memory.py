@@ -34,6 +34,10 @@ Beyond the step (what grow builds and what turning the operator into a plain mod
   memory). ``materialize`` needs no such doubling: a call's intermediates are freed before its output is copied into
   the model, and the model is not complete while it runs.
 
+Every term counts live tensors. What a process holds can be more: glibc's allocator raises its mmap threshold after a
+large free, so later temporaries of up to 32 MiB come from its heap and often stay resident after they are freed
+(``ligo-fast`` fixes the threshold at 1 MiB; ``benchmarks/bench_scale.py --malloc`` measures both).
+
 The memory a run plans with, its budget (:func:`memory_budget`), is read once when the model is built: an explicit
 ``LiGOConfig.memory_budget``, else the environment variable ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at that
 moment (``MemAvailable`` and the cgroup/container limit on CPU). Every later decision is a function of it, so the

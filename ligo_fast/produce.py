@@ -130,6 +130,26 @@ def produce(
     return out
 
 
+def chunk_producer(
+    plan: Plan, get: Getter, *, skip_weights: frozenset[str] = frozenset(), backend: str = "auto"
+) -> Callable[[range], dict[str, Tensor]]:
+    """Memory-lean mode's production: ``f(layers)`` -> the per-layer slots' tensors of those large layers.
+
+    The per-layer operator tensors are sliced once here, for the whole forward (one ``unbind``, whose backward
+    stacks the layers' gradients once, where slicing per chunk would write a zero gradient of the whole tensor per
+    chunk); each call stacks its chunk's rows."""
+    layered = [s for s in plan.slots if s.layered]
+    rows = {t.name: get(t.name).unbind(0) for t in plan.tensors if t.rule == Rule.SPLIT}
+
+    def chunk(layers: range) -> dict[str, Tensor]:
+        def rows_of(name: str | None) -> Tensor | None:
+            return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else get(name)
+
+        return produce(layered, rows_of, layers=layers, skip_weights=skip_weights, backend=backend)
+
+    return chunk
+
+
 def _residual_2d(s: Slot, res: Tensor | None) -> Tensor | None:
     """A residual (L, *large shape) as the op's (L, rows, cols) view."""
     if res is None:

@@ -124,6 +124,13 @@ def _finite_positive(name: str, value) -> float:
     return float(value)
 
 
+def warmup_factor(step: int, warmup: int) -> float:
+    """The share of the operator's peak learning rate at its step ``step`` (1-based): ``step / warmup`` during a
+    linear warm-up of ``warmup`` steps, then 1. The command line and ``GrowthCallback`` share it: the first step
+    already moves, at ``1 / warmup`` of the peak (transformers' warm-up would give it 0, wasting a step)."""
+    return min(1.0, step / warmup) if warmup > 0 else 1.0
+
+
 def operator_lr(large_lr: float, preserved_width: int | None = None) -> float:
     """The operator's peak learning rate: ``large_lr / preserved_width`` from a function-preserving start of a
     small model ``preserved_width`` wide, ``large_lr`` from the official inits (None); the reasons: the module doc."""

@@ -42,8 +42,8 @@ from .config import ExecutionOptions
 from .factored import Form
 from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, estimate, memory_budget
-from .plan import Plan, Rule, Slot
-from .produce import Getter, produce
+from .plan import Plan, Slot
+from .produce import Getter, chunk_producer, produce
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def decide(
 # ------------------------------------------------------------------------------------------------ bind
 def batch_shape(args, kwargs, config) -> tuple[int, int]:
     """(tokens, sequence length) of a forward's arguments: what the plan depends on."""
-    tokens = factored.count_tokens(args, kwargs, config)
+    tokens = count_tokens(args, kwargs, config)
     ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], Tensor) else None)
     if ids is not None and ids.dim() >= 1:
         return tokens, ids.shape[-1]
@@ -202,82 +202,41 @@ def batch_shape(args, kwargs, config) -> tuple[int, int]:
     return tokens, tokens
 
 
+def count_tokens(args, kwargs, config) -> int:
+    """Tokens in this batch, from input_ids / inputs_embeds / pixel_values (1 when none is found)."""
+    for key in ("input_ids", "inputs_embeds", "pixel_values"):
+        t = kwargs.get(key)
+        if t is None and args and key == "input_ids" and isinstance(args[0], Tensor):
+            t = args[0]
+        if t is None:
+            continue
+        if key == "input_ids":
+            return t.numel()
+        if key == "inputs_embeds":
+            return t.numel() // t.shape[-1]
+        patches = (getattr(config, "image_size", 1) // max(getattr(config, "patch_size", 1), 1)) ** 2 + 1
+        return t.shape[0] * patches
+    return 1
+
+
 @contextmanager
 def bind(
     large: nn.Module, growth: Plan, get: Getter, plan: ExecutionPlan, blocks: Sequence[nn.Module]
 ) -> Iterator[None]:
     """Context: ``large``'s modules run ``plan`` with the operator tensors ``get`` returns: the factored forwards
-    and the produced weights are installed, and removed on exit.
+    (:func:`ligo_fast.factored.forwards`) and the produced weights (all of them, or in lean mode the global ones,
+    the blocks' chunk by chunk: :func:`ligo_fast.produce.chunk_producer`) are installed, and removed on exit.
 
     ``blocks``: the large model's transformer blocks in order (lean mode's chunks hook them).
     """
-    slots, skip = growth.slots, plan.skip
+    forwards = factored.forwards(large, growth.slots, get, growth.aliases, plan.forms, plan.backend)
+    chunk = chunk_producer(growth, get, skip_weights=plan.skip, backend=plan.backend) if plan.lean else None
+    produced = [s for s in growth.slots if not (plan.lean and s.layered)]
+    weights = produce(produced, get, skip_weights=plan.skip, aliases=growth.aliases, backend=plan.backend)
     with ExitStack() as stack:
         binding = stack.enter_context(Binding())
-        _bind_factored(binding, large, growth, get, plan.forms)
-        if not plan.lean:
-            binding.install_named(large, produce(slots, get, skip_weights=skip, aliases=growth.aliases,
-                                                 backend=plan.backend))  # fmt: skip
-            yield
-            return
-        glob = [s for s in slots if not s.layered]
-        binding.install_named(
-            large, produce(glob, get, skip_weights=skip, aliases=growth.aliases, backend=plan.backend)
-        )
-        layered = [s for s in slots if s.layered]
-        # per-layer tensors sliced once for the whole forward (one unbind: its backward stacks the layers' gradients
-        # once, where slicing per chunk would write a zero gradient of the whole tensor per chunk)
-        rows = {t.name: get(t.name).unbind(0) for t in growth.tensors if t.rule == Rule.SPLIT}
-
-        def chunk(layers: range) -> dict[str, Tensor]:
-            # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy
-            # per module kind that reads it (q/k/v, gate/up/down share width matrices) stayed alive per chunk
-            stacked: dict[str, Tensor] = {}
-
-            def rows_of(name: str | None) -> Tensor | None:
-                if name not in rows:
-                    return get(name)
-                if name not in stacked:
-                    stacked[name] = torch.stack(rows[name][layers.start : layers.stop])
-                return stacked[name]
-
-            return produce(layered, rows_of, layers=layers, skip_weights=skip, backend=plan.backend)
-
-        chunks = chunk_layers(growth.L2, plan.chunk)
-        stack.enter_context(lean_layers(large, blocks, chunks, chunk, plan.checkpointed, binding))
+        if chunk is not None:
+            chunks = chunk_layers(growth.L2, plan.chunk)
+            stack.enter_context(lean_layers(large, blocks, chunks, chunk, plan.checkpointed, binding))
+        binding.install_named(large, {**forwards, **weights})
         yield
-
-
-def _bind_factored(binding: Binding, large: nn.Module, growth: Plan, get: Getter, forms: Mapping[int, Form]) -> None:
-    """Install the factored forward of every module of the slots in ``forms`` (and of the modules tied to them)."""
-    if not forms:
-        return
-    chosen = [growth.slots[i] for i in forms]
-    by_name = {growth.slots[i].name: form for i, form in forms.items()}
-    shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
-    # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
-    gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in chosen if s.mod.output_scale for p in factored.paths(s)}
-    for path, (w, eo, ei, r) in factored.layer_factors(chosen, get, aliases=growth.aliases, forms=by_name).items():
-        mod = large.get_submodule(path)
-        if isinstance(mod, nn.Embedding) or hasattr(mod, "num_embeddings"):  # nn.Embedding or compat's FusedEmbedding
-            fwd = _embedding_forward(w, ei, mod.padding_idx, gains.get(path))
-        else:
-            fwd = _linear_forward(mod, w, eo, ei, r, shared)
-        binding.install(mod, "forward", fwd)
-
-
-def _embedding_forward(w: Tensor, ei: Tensor | None, pad: int | None, gain: float | None) -> Callable:
-    def forward(ids: Tensor) -> Tensor:
-        out = factored.factored_embedding(ids, w, ei, pad)
-        # as HF does: the factor as a float32 scalar, rounded to the table's dtype
-        return out if gain is None else out * torch.tensor(gain).to(out.dtype)
-
-    return forward
-
-
-def _linear_forward(mod: nn.Module, w, eo, ei, r, shared: dict) -> Callable:
-    def forward(x: Tensor) -> Tensor:
-        # the bias as the module holds it at the call (a produced one is installed as the module's ``bias``)
-        return factored.factored_linear(x, w, eo, ei, r, getattr(mod, "bias", None), shared)
-
-    return forward

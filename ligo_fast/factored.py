@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 from . import ops
 from .arch import EMBEDDING, LINEAR
 from .plan import Slot
-from .reference import compute_dtype, depth_mix
 
 
 @dataclass(frozen=True)
@@ -333,23 +333,6 @@ def step_flops(
     return round(total)
 
 
-def count_tokens(args, kwargs, config) -> int:
-    """Tokens in this batch, from input_ids / inputs_embeds / pixel_values (1 when none is found)."""
-    for key in ("input_ids", "inputs_embeds", "pixel_values"):
-        t = kwargs.get(key)
-        if t is None and args and key == "input_ids" and isinstance(args[0], Tensor):
-            t = args[0]
-        if t is None:
-            continue
-        if key == "input_ids":
-            return t.numel()
-        if key == "inputs_embeds":
-            return t.numel() // t.shape[-1]
-        patches = (getattr(config, "image_size", 1) // max(getattr(config, "patch_size", 1), 1)) ** 2 + 1
-        return t.shape[0] * patches
-    return 1
-
-
 def _per_layer(t: Tensor | None, n: int) -> Sequence[Tensor | None]:
     """``t``'s rows for each of ``n`` layers: a 3-D per-layer tensor unbound, a shared one repeated, None as None."""
     if t is not None and t.dim() == 3:
@@ -362,38 +345,78 @@ def layer_factors(
     get: Callable[[str | None], Tensor | None],
     aliases: Mapping[str, Sequence[str]] | None = None,
     forms: Mapping[str, Form] | None = None,
+    backend: str = "auto",
 ) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
     """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
     :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
 
     ``forms``: slot (by :attr:`ligo_fast.plan.Slot.name`) -> form (:data:`FORMS`, default ``factored``).
-    ``factored``: W is the depth mix, one per slot for all its layers (outside the blocks the small weight itself,
-    times the fixed scale if any); ``out`` / ``in``: W is the weight produced on that side only
-    (:func:`ligo_fast.ops.ligo_expand`), and the factors keep the other side's E.
+    ``factored``: W is the depth mix (:func:`ligo_fast.ops.ligo_expand` without widths), one per slot for all its
+    layers (outside the blocks the small weight itself, times the fixed scale if any); ``out`` / ``in``: W is the
+    weight produced on that side only, and the factors keep the other side's E. ``backend``: the ops' backend.
     """
     out = {}
     for s in slots:
-        W = get(s.w)
+        targets = paths(s, aliases)
+        form = (forms or {}).get(s.name, Form.FACTORED)
         n = len(s.targets_w)
         Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
-        form = (forms or {}).get(s.name, Form.FACTORED)
-        if form == Form.FACTORED:
-            ct = compute_dtype(W.dtype)
-            if s.layered:
-                Wf = depth_mix(W.to(ct), get(s.depth_w).to(ct))  # (L2, o1, i1): small-width sized
-            else:
-                scale = get(s.scale_w)
-                Wf = (W if scale is None else depth_mix(W[None].to(ct), scale.to(ct))[0])[None]
+        W = get(s.w) if s.layered else get(s.w)[None]
+        depth = get(s.depth_w) if s.layered else get(s.scale_w)
+        if form == Form.FACTORED and depth is None:  # a global weight without a scale: the small weight itself
+            Wf = W
         else:
-            depth = get(s.depth_w) if s.layered else get(s.scale_w)
             depth = torch.ones(1, 1, device=W.device) if depth is None else depth
-            Wl = W if s.layered else W[None]
-            E_out, E_in = get(s.e_rows[0]), get(s.e_cols[0])
-            Wf = ops.ligo_expand(Wl, depth, E_out if form == Form.OUT else None, E_in if form == Form.IN else None)
-            Eo, Ei = ([None] * n, Ei) if form == Form.OUT else (Eo, [None] * n)
+            E_out = get(s.e_rows[0]) if form == Form.OUT else None
+            E_in = get(s.e_cols[0]) if form == Form.IN else None
+            Wf = ops.ligo_expand(W, depth, E_out, E_in, backend=backend)  # (L2, o, i): one side or none widened
+        if form == Form.OUT:
+            Eo = [None] * n
+        elif form == Form.IN:
+            Ei = [None] * n
         # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
         # gradient of the whole (L2, ...) tensor
         layers = list(zip(Wf.unbind(0), Eo, Ei, R, strict=True))
-        for k, path in enumerate(paths(s, aliases)):
+        for k, path in enumerate(targets):
             out[path] = layers[min(k, n - 1)]  # a tied module (after the slot's own) shares the global factors
     return out
+
+
+def forwards(
+    large: nn.Module,
+    slots: Sequence[Slot],
+    get: Callable[[str | None], Tensor | None],
+    aliases: Mapping[str, Sequence[str]] | None,
+    forms: Mapping[int, Form],
+    backend: str = "auto",
+) -> dict[str, Callable]:
+    """``{"<module path>.forward": factored forward}`` for every module of the slots in ``forms`` (slot index ->
+    form) and the modules tied to them: what :class:`ligo_fast.binding.Binding` installs on ``large``'s modules."""
+    if not forms:
+        return {}
+    chosen = [slots[i] for i in forms]
+    by_name = {slots[i].name: form for i, form in forms.items()}
+    shared: dict = {}  # x @ B_in, shared by the layers that read the same input (q/k/v, gate/up)
+    # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
+    gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in chosen if s.mod.output_scale for p in paths(s)}
+    out = {}
+    for path, (w, eo, ei, r) in layer_factors(chosen, get, aliases=aliases, forms=by_name, backend=backend).items():
+        mod = large.get_submodule(path)
+        if isinstance(mod, nn.Embedding) or hasattr(mod, "num_embeddings"):  # nn.Embedding or compat's FusedEmbedding
+            out[f"{path}.forward"] = partial(_embedding_call, w, ei, mod.padding_idx, gains.get(path))
+        else:
+            out[f"{path}.forward"] = partial(_linear_call, mod, w, eo, ei, r, shared)
+    return out
+
+
+def _embedding_call(w: Tensor, ei: Tensor | None, pad: int | None, gain: float | None, ids: Tensor) -> Tensor:
+    """An embedding's factored forward (``partial`` of all but ``ids``), scaled as the module's own would be."""
+    out = factored_embedding(ids, w, ei, pad)
+    # as HF does: the factor as a float32 scalar, rounded to the table's dtype
+    return out if gain is None else out * torch.tensor(gain).to(out.dtype)
+
+
+def _linear_call(mod: nn.Module, w, eo, ei, r, shared: dict, x: Tensor) -> Tensor:
+    """A linear's factored forward (``partial`` of all but ``x``) with the bias the module holds at the call (a
+    produced one is installed as its ``bias``)."""
+    return factored_linear(x, w, eo, ei, r, getattr(mod, "bias", None), shared)

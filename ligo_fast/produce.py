@@ -131,6 +131,34 @@ def produce(
     return out
 
 
+def chunk_producer(
+    plan: Plan, get: Getter, *, skip_weights: frozenset[str] = frozenset(), backend: str = "auto"
+) -> Callable[[range], dict[str, Tensor]]:
+    """Memory-lean mode's production: ``f(layers)`` -> the per-layer slots' tensors of those large layers.
+
+    The per-layer operator tensors are sliced once here, for the whole forward (one ``unbind``, whose backward
+    stacks the layers' gradients once, where slicing per chunk would write a zero gradient of the whole tensor per
+    chunk); each call stacks its chunk's rows, once per tensor."""
+    layered = [s for s in plan.slots if s.layered]
+    rows = {t.name: get(t.name).unbind(0) for t in plan.tensors if t.rule == Rule.SPLIT}
+
+    def chunk(layers: range) -> dict[str, Tensor]:
+        # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy per
+        # module kind that reads it (q/k/v, gate/up/down share width matrices) stayed alive per chunk
+        stacked: dict[str, Tensor] = {}
+
+        def rows_of(name: str | None) -> Tensor | None:
+            if name not in rows:
+                return get(name)
+            if name not in stacked:
+                stacked[name] = torch.stack(rows[name][layers.start : layers.stop])
+            return stacked[name]
+
+        return produce(layered, rows_of, layers=layers, skip_weights=skip_weights, backend=backend)
+
+    return chunk
+
+
 def _residual_2d(s: Slot, res: Tensor | None) -> Tensor | None:
     """A residual (L, *large shape) as the op's (L, rows, cols) view."""
     if res is None:

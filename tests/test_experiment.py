@@ -301,6 +301,28 @@ def test_exact_lossless_start_equals_the_small_model(texts, one_thread):
     assert res.methods["lossless"].notes["val_loss_grown"] == start
 
 
+@pytest.mark.parametrize("part", ["depth", "width"])
+def test_ligo_train_freezes_the_other_operator_tensors(part):
+    # issue 21's ablation 4: the operator phase trains the depth coefficients alone, or the width matrices alone
+    small_cfg = models.make_config(presets.PRESETS["toy"].small, 16, "llama")
+    small = models.new_model(small_cfg, 0, torch.device("cpu"))
+    op = ligo_fast.grow(small, models.grown_config(small_cfg, presets.PRESETS["toy"].large), seed=0)
+    before = {t.name: op.tensor(t.name).detach().clone() for t in op.plan.tensors if t.trainable}
+    trained = run.trained_tensors(op, part)
+    roles = {t.name: t.role for t in op.plan.tensors}
+    names = {n for n in before if any(op.tensor(n) is q for q in trained)}
+    assert names and names == {n for n in before if roles[n] in presets.LIGO_TRAIN[part]}
+    opt = torch.optim.SGD(trained, lr=0.1)
+    ids = torch.randint(0, small_cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+    op(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    for n, old in before.items():  # the trained ones moved, the frozen ones did not (and got no gradient)
+        assert (not torch.equal(op.tensor(n), old)) == (n in names), n
+        assert (op.tensor(n).grad is None) == (n not in names), n
+    with pytest.raises(ValueError, match="ligo_train must be one of"):
+        run.trained_tensors(op, "heads")
+
+
 def test_unknown_method_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown method.*bogus.*choose from ligo"):
         run.check_methods(["ligo", "bogus"])

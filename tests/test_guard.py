@@ -42,6 +42,35 @@ def test_rise_is_quiet_while_the_loss_does_not_rise(losses):
     assert _feed(RiseGuard(), losses) == []
 
 
+def _windows(n: int, mean: float, spread: float, seed: int) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    return (mean + spread * torch.randn(n, generator=g, dtype=torch.float64)).tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rise_is_quiet_on_batch_noise_after_a_low_first_batch(seed):
+    # batch 1: each step's loss is one window of text, spread 0.3 around 3.0; the first window happened to be low
+    # (2.65, as in the real Gemma run G). The model does not change: the mean of 3 windows exceeds the start by more
+    # than the 10% margin, yet that is the windows' spread, not a rise.
+    losses = [2.65, *_windows(19, 3.0, 0.3, seed)]
+    assert any(sum(losses[k : k + 3]) / 3 > 2.65 * 1.1 for k in range(1, 18))  # the margin alone would fire
+    assert _feed(RiseGuard(), losses) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rise_fires_when_the_same_noise_rises_for_real(seed):
+    # the same windows, shifted up by 1.5 from step 4 on (a destroyed model rises several-fold): fires within steps
+    losses = [2.65, *_windows(19, 3.0, 0.3, seed)]
+    losses[3:] = [x + 1.5 for x in losses[3:]]
+    fired = _feed(RiseGuard(), losses)
+    assert len(fired) == 1 and 4 <= fired[0][0] <= 7
+
+
+def test_rise_fires_on_an_erratic_destroyed_loss():
+    # erratic losses inflate the noise estimate; a rise above 50% of the start fires whatever the estimate
+    assert [k for k, _ in _feed(RiseGuard(), [3.1, 14.0, 6.0, 16.0, 5.0, 15.0])] == [4]
+
+
 def test_rise_watches_only_the_first_steps_and_finite_losses():
     g = RiseGuard(window=4)
     assert _feed(g, [3.0, float("nan"), 3.0, 3.0, 3.0, 9.0, 9.0, 9.0]) == []  # the rise comes after step 4
@@ -94,7 +123,7 @@ def test_cli_defaults_start_at_the_small_models_loss_and_record_the_evaluation(f
 
 
 def test_cli_warns_about_a_rise_and_records_a_worse_model(fx, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(commands.guard, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0))  # any loss "rises"
+    monkeypatch.setattr(commands.guard, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0, certain=-1.0))  # any loss "rises"
     monkeypatch.setattr(commands.guard, "worse_than_small", lambda small, grown: "the grown model is worse (test)")
     assert cli.main(_grow(fx, tmp_path / "out")) == 0  # the outputs are written; exit 0 (documented)
     err = capsys.readouterr().err
@@ -172,7 +201,7 @@ def test_growth_callback_warns_in_one_line(tmp_path, monkeypatch, caplog):
     from ligo_fast.integrations import GrowingModel, GrowthCallback
     from ligo_fast.integrations import trainer as trainer_mod
 
-    monkeypatch.setattr(trainer_mod, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0))
+    monkeypatch.setattr(trainer_mod, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0, certain=-1.0))
     torch.manual_seed(0)
     small = T.LlamaForCausalLM(T.LlamaConfig(vocab_size=64, max_position_embeddings=32, **SMALL))
     large = ligo_fast.large_config(small.config, **LARGE)

@@ -10,7 +10,7 @@ import transformers as T
 from _models import build, configs, inputs, main_output
 
 import ligo_fast
-from ligo_fast import execution as execution_module
+from ligo_fast import produce as produce_module
 from ligo_fast.factored import CPU, H200, break_even_tokens, costs, factored_linear, module_ok
 
 CASES = ["BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "ViTForImageClassification", "Gemma3ForCausalLM"]
@@ -60,7 +60,7 @@ def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, b
     assert model.lean_chunk((), inputs(name)) == 3
     refs: list[tuple[int | None, weakref.ref]] = []
     alive_others: list[int] = []
-    real = execution_module.produce
+    real = produce_module.produce
 
     def spy(slots, get, *, layers=None, **k):
         chunk = None if layers is None else layers.start
@@ -70,7 +70,7 @@ def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, b
         refs.extend((chunk, weakref.ref(t)) for t in out.values())
         return out
 
-    monkeypatch.setattr(execution_module, "produce", spy)
+    monkeypatch.setattr(produce_module, "produce", spy)
     loss = model(**inputs(name), labels=inputs(name)["input_ids"]).loss
     gc.collect()
     assert [c for c, r in refs if c is not None and r() is not None] == []  # nothing of a block kept for backward
@@ -90,14 +90,14 @@ def test_lean_stacks_each_per_layer_tensor_once_per_chunk(monkeypatch):
     widths = [e for s in model.plan.slots if s.layered for e in (*s.e_rows, *s.e_cols) if e is not None]
     assert len(set(widths)) < len(widths)  # kinds share width matrices
     same: list[bool] = []
-    real = execution_module.produce
+    real = produce_module.produce
 
     def spy(slots, get, *, layers=None, **k):
         if layers is not None:  # a chunk's production, in forward and again in backward
             same.append(all(get(e) is get(e) for e in widths))
         return real(slots, get, layers=layers, **k)
 
-    monkeypatch.setattr(execution_module, "produce", spy)
+    monkeypatch.setattr(produce_module, "produce", spy)
     model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
     assert len(same) == 6 and all(same)
 
@@ -112,11 +112,11 @@ def test_lean_cost_is_linear_in_depth_in_production_calls(monkeypatch):
         model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
         calls: list = []
 
-        def counting(*a, _calls=calls, _real=execution_module.produce, **k):
+        def counting(*a, _calls=calls, _real=produce_module.produce, **k):
             _calls.append(k.get("layers"))
             return _real(*a, **k)
 
-        monkeypatch.setattr(execution_module, "produce", counting)
+        monkeypatch.setattr(produce_module, "produce", counting)
         model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
         monkeypatch.undo()
         counts[layers] = len([c for c in calls if c is not None])

@@ -206,6 +206,30 @@ def test_growth_callback_budget_follows_the_rule(tmp_path):
         GrowthCallback(tr, operator_warmup_steps=21).resolve(400, 2e-3)
 
 
+def test_growth_callback_warms_up_as_the_command_line(tmp_path):
+    """The operator's lr per step under GrowthCallback is the command line's (ligo_fast.apps.training.warmup_lr):
+    a linear warm-up whose first step already moves, at 1 / warmup of the peak, then the peak."""
+    from transformers import TrainerCallback
+
+    from ligo_fast.apps import training
+
+    small, large_cfg = _small()
+    seen: list[float] = []
+
+    class Spy(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step < 4:
+                seen.append(kw["optimizer"].param_groups[0]["lr"])
+
+    tr = Trainer(model=GrowingModel(ligo_fast.grow(small, large_cfg, seed=0)), args=_args(tmp_path, max_steps=6),
+                 train_dataset=_data(12))  # fmt: skip
+    tr.add_callback(GrowthCallback(tr, operator_steps=4, operator_lr=1e-3, operator_warmup_steps=3))
+    tr.add_callback(Spy())
+    tr.train()
+    cli = training.warmup_lr(1e-3, 3)
+    assert seen == pytest.approx([cli(k) for k in range(1, 5)])  # 1/3, 2/3, 1, 1 of the peak
+
+
 def test_resume_skips_a_checkpoint_torn_by_a_kill(tmp_path):
     """Issue 22 N10: a kill inside Trainer's save leaves checkpoint-N without trainer_state.json (written last);
     ``resume_from_checkpoint=True`` fails on it, ``latest_complete_checkpoint`` resumes from the one before and

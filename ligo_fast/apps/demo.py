@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .progress import on_terminal
-from .savings.presets import ALL_METHODS, METHODS, PRESETS, Preset, Seeds
+from .savings.presets import ALL_METHODS, LIGO_TRAIN, METHODS, PRESETS, Preset, Seeds
 from .savings.report import (
     SHORT_LABELS,
     format_sweep,
@@ -112,6 +112,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         choices=("lossless_noisy", "lossless"),
         default=None,
         help="width init of the lossless and ligo_lossless methods (default lossless_noisy: copies made unequal)",
+    )
+    ap.add_argument(
+        "--ligo-train",
+        choices=tuple(LIGO_TRAIN),
+        default=None,
+        help="operator tensors trained (an ablation): all (default), depth (coefficients alone), width (E, residuals)",
     )
     ap.add_argument("--large-steps", type=int, default=None, help="training steps of each large model (the 1x budget)")
     ap.add_argument("--small-steps", type=int, default=None, help="pretraining steps of the small model")
@@ -230,6 +236,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> list[Result]:
             ("ligo_lr", args.ligo_lr),
             ("grown_schedule", args.grown_schedule),
             ("lossless_width", args.lossless_width),
+            ("ligo_train", args.ligo_train),
             ("large_steps", args.large_steps),
             ("small_steps", args.small_steps),
             ("max_files", args.max_files),

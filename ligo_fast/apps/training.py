@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ligo_fast import budget
+
 from .checkpoints import (
     KEEP,
     CheckpointError,
@@ -66,7 +68,7 @@ def warmup_lr(lr: float, warmup: int) -> Callable[[int], float]:
     warm-up), then ``lr`` (constant)."""
 
     def lr_at(k: int) -> float:
-        return lr * min(1.0, k / warmup) if warmup > 0 else lr
+        return lr * budget.warmup_factor(k, warmup)
 
     return lr_at
 

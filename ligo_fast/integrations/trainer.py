@@ -41,9 +41,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import TrainerCallback, get_constant_schedule_with_warmup
+from transformers import TrainerCallback
 
-from ..budget import OperatorBudget, operator_budget
+from ..budget import OperatorBudget, operator_budget, warmup_factor
 from ..guard import RiseGuard
 from ..hf_surface import HFSurface, enable_checkpointing
 from ..model import LiGOModel
@@ -349,8 +349,8 @@ class GrowthCallback(TrainerCallback):
         """After growth the ``TrainingArguments``' schedule over the remaining steps; before, the operator's."""
         tr, b = self.trainer, self.budget
         if not grown:
-            # HF's warm-up gives step 0 a zero learning rate: a 1-step warm-up would waste the step (as in the CLI)
-            return get_constant_schedule_with_warmup(tr.optimizer, b.warmup if b.warmup > 1 else 0)
+            # the command line's warm-up (its first step at 1 / warmup of the lr; the scheduler counts from 0)
+            return torch.optim.lr_scheduler.LambdaLR(tr.optimizer, lambda k: warmup_factor(k + 1, b.warmup))
         old = tr.lr_scheduler
         tr.lr_scheduler = None  # create_scheduler builds one only when there is none
         try:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 METHODS = ("ligo", "ligo_lossless", "lossless", "stack", "scratch")
 OPERATOR_METHODS = ("ligo", "ligo_lossless")
+LIGO_TRAIN = {"all": ("depth", "width", "residual", "small"), "depth": ("depth",), "width": ("width", "residual")}
+"""``Preset.ligo_train`` -> the roles (``ligo_fast.plan.Role``) of the operator tensors the operator phase trains."""
 BASELINE_METHODS = ("gstack", "hypercloning", "llama_pro")
 ALL_METHODS = (*METHODS[:-1], *BASELINE_METHODS, "scratch")
 """Every method the experiment knows, in run order (scratch last)."""
@@ -65,6 +67,8 @@ class Preset:
         lr, small_lr: peak AdamW learning rates of the large models and the small model.
         grown_schedule: the learning-rate schedule of every grown model (``schedule.GROWN_SCHEDULES``).
         lossless_width: width init of ``lossless`` and ``ligo_lossless`` (``lossless_noisy`` or ``lossless``).
+        ligo_train: which operator tensors the operator phase trains (:data:`LIGO_TRAIN`): ``all``, ``depth`` (the
+            depth coefficients alone) or ``width`` (the width matrices and residuals alone); an ablation.
         weight_decay: AdamW weight decay of model weights (the operator uses none).
         warmup_frac: linear warm-up fraction of the small and large runs; then cosine decay to ``min_lr_frac * peak``
             (the operator's: ``min_lr_frac`` too).
@@ -89,6 +93,7 @@ class Preset:
     small_lr: float = 3e-3
     grown_schedule: str = "same"
     lossless_width: str = "lossless_noisy"
+    ligo_train: str = "all"
     weight_decay: float = 0.1
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1

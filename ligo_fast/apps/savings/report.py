@@ -154,7 +154,8 @@ def _setup_lines(result: Result, command: str) -> list[str]:
         f"steps, cosine floor reached at step {gs.get('decay_end')})",
         f"- LiGO operator (both LiGO rows): {ob['steps']} steps ({100 * ob['steps'] / ob['large_steps']:.1f}% of "
         f"the large steps; {ob['source']}, `ligo_fast.budget`), AdamW lr {ob['lr']:g}, warm-up {ob['warmup']}, no "
-        f"weight decay, {ob['steps'] * p.batch_size * p.seq_len:,} extra tokens, counted in its FLOPs; "
+        f"weight decay, {ob['steps'] * p.batch_size * p.seq_len:,} extra tokens, counted in its FLOPs"
+        f"{'' if p.ligo_train == 'all' else f'; trains the `{p.ligo_train}` tensors alone (ablation)'}; "
         f"lossless rows: depth `lossless`, width `{p.lossless_width}`",
     ]
 

@@ -45,7 +45,7 @@ from ..progress import Progress
 from .corpus import load_corpus
 from .flops import forward_flops_per_token, operator_step_flops, production_flops, train_step_flops
 from .models import grown_config, make_config, model_class, new_model, param_count
-from .presets import ALL_METHODS, METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
+from .presets import ALL_METHODS, LIGO_TRAIN, METHODS, OPERATOR_METHODS, PRESETS, Preset, Seeds
 from .results import MethodResult, Result, run_metadata
 from .schedule import grown_schedule, operator_schedule, run_schedule
 from .train import EvalPoint, evaluate, sync, train
@@ -74,6 +74,20 @@ def grow_options(method: str, p: Preset) -> dict | None:
         **{name: b.options for name, b in BASELINES.items()},
         "scratch": None,
     }[method]
+
+
+def trained_tensors(op_model: ligo_fast.LiGOModel, part: str) -> list[torch.Tensor]:
+    """The operator parameters of ``part`` (:data:`~.presets.LIGO_TRAIN`); the others are frozen
+    (``requires_grad_(False)``, so backward computes no gradient for them)."""
+    if part not in LIGO_TRAIN:
+        raise ValueError(f"ligo_train must be one of {', '.join(LIGO_TRAIN)}, got {part!r}")
+    out = []
+    for t in op_model.plan.tensors:
+        if t.trainable:
+            q = op_model.tensor(t.name)
+            q.requires_grad_(t.role in LIGO_TRAIN[part])
+            out += [q] if q.requires_grad else []
+    return out
 
 
 def check_methods(methods: Sequence[str]) -> list[str]:
@@ -185,7 +199,7 @@ def run_experiment(
             op_model = ligo_fast.grow(small, large_cfg, seed=seeds.ligo, **options)
             sync(dev)
             grow_wall = time.perf_counter() - t0
-            op_params = [q for q in op_model.parameters() if q.requires_grad]
+            op_params = trained_tensors(op_model, p.ligo_train)
             op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
             op_step = notes["operator_step_flops"] = operator_step_flops(op_model, large_cfg, p.batch_size, p.seq_len)
             op_budget = budget_of(p, op_model.preserved_width)  # same steps; lr by the start (ligo_fast.budget)

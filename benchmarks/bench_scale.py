@@ -10,10 +10,17 @@ with the resident set of a process that only imports and reads its inputs (every
   starts from); ``cli``: ``ligo-fast materialize`` itself (load the operator, stream the large model to disk);
 * ``small``: imports and the small model; ``grown``: ``small`` plus ``ligo_fast.grow``;
 * ``materialize``, ``produce`` (the bare production of every weight, the time yardstick), ``save``
-  (``save_materialized``), ``step`` (one operator step, default mode, AdamW), ``old`` (the previous materialize:
-  a randomly initialised model loaded with copies), each from ``grown``.
+  (``save_materialized``), ``step`` (an operator step, default mode, AdamW), ``step_mat`` (every weight
+  produced: ``linear_mode="materialize"``), ``step_lean`` (the same, memory-lean), ``old`` (the previous
+  materialize: a randomly initialised model loaded with copies), each from ``grown``. A step is measured after one
+  warm-up step, as in training: AdamW's moments exist, which the estimate counts.
 
-The estimate (``LiGOModel.memory_plan`` / ``ligo_fast.plan_growth``) is printed next to each measured increase.
+The small model's weights are read (every page touched) before a stage's mark is reset, so its increase is what the
+stage allocates, not the pages of the model file it maps. The estimate (``LiGOModel.memory_plan`` /
+``ligo_fast.plan_growth``) is printed next to each measured increase, with their ratio; the cli's against the
+resident set of a process that read only the small model (it loads the operator itself). ``--malloc fixed`` runs the
+stages with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``, as ``ligo-fast`` sets it itself):
+freed tensors then go back to the system, so the resident set follows the live tensors the estimate counts.
 A third shape (1B -> 7B, Llama-2-7B's widths) is only planned: its small model lives on meta.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scale.py --sizes 250m --out benchmarks/RESULTS.md
@@ -22,6 +29,7 @@ A third shape (1B -> 7B, Llama-2-7B's widths) is only planned: its small model l
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -39,7 +47,9 @@ from common import publish, run_header
 import ligo_fast
 
 GIB = 2**30
-STAGES = ("inputs", "cli", "small", "grown", "produce", "materialize", "save", "step", "old")
+STAGES = ("inputs", "cli", "small", "grown", "produce", "materialize", "save", "step", "step_mat", "step_lean", "old")
+STEP_OPTIONS = {"step": {}, "step_mat": {"linear_mode": "materialize", "lean": False},
+                "step_lean": {"linear_mode": "materialize", "lean": True}}  # fmt: skip
 
 
 def _llama(L: int, h: int, f: int, heads: int, kv: int) -> transformers.LlamaConfig:
@@ -93,6 +103,8 @@ def stage(name: str, work: Path, dtype: torch.dtype, tokens: int, repeats: int) 
     if name in ("inputs", "cli"):
         if name == "inputs":
             small = transformers.LlamaForCausalLM.from_pretrained(small_dir, dtype=dtype)
+            _touch(small.state_dict().values())
+            out["rss_small"] = _status("VmRSS")
             op = load_file(str(op_dir / "operator.safetensors"))
             sum(float(t.float().sum()) for t in [*small.state_dict().values(), *op.values()])  # every page read
             out["rss"] = _status("VmRSS")
@@ -106,6 +118,7 @@ def stage(name: str, work: Path, dtype: torch.dtype, tokens: int, repeats: int) 
     small = transformers.LlamaForCausalLM.from_pretrained(small_dir, dtype=dtype)
     if name == "small":
         return {"peak": _peak()}
+    _touch(small.state_dict().values())  # the mapped file's pages: the input's, not the stage's
     large_cfg = transformers.LlamaConfig.from_pretrained(work / "large")
     start = _reset_peak()
     t = time.perf_counter()
@@ -113,10 +126,13 @@ def stage(name: str, work: Path, dtype: torch.dtype, tokens: int, repeats: int) 
     out["grow_seconds"] = time.perf_counter() - t
     out["grow_delta"] = _status("VmHWM") - start
     ids = torch.randint(0, large_cfg.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+    if name in STEP_OPTIONS:
+        model.execution_options = ligo_fast.ExecutionOptions(**STEP_OPTIONS[name])
     mp = model.memory_plan(input_ids=ids)
+    lean = model.lean_now((), {"input_ids": ids})
     out["estimate"] = {
         "growth": mp.growth, "materialize": mp.materialize(), "save": mp.streamed_save(),
-        "step": (mp.lean if mp.use_lean else mp.eager) - mp.resident, "lean": mp.use_lean, "produced": mp.produced,
+        "step": (mp.lean if lean else mp.eager) - mp.resident, "lean": lean, "produced": mp.produced,
     }  # fmt: skip
     out["large_bytes"] = mp.produced
     if name == "grown":
@@ -126,14 +142,20 @@ def stage(name: str, work: Path, dtype: torch.dtype, tokens: int, repeats: int) 
         with torch.no_grad():
             model.produce()
 
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
     def step() -> None:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        opt.zero_grad(set_to_none=True)
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
 
-    run = {"produce": produce, "materialize": model.materialize, "save": lambda: model.save_materialized(work / "py"),
-           "step": step, "old": lambda: _old_materialize(model)}[name]  # fmt: skip
+    runs = {"produce": produce, "materialize": model.materialize, "save": lambda: model.save_materialized(work / "py"),
+            "old": lambda: _old_materialize(model)}  # fmt: skip
+    run = step if name in STEP_OPTIONS else runs[name]
+    gc.collect()
     start = _reset_peak()
+    if name in STEP_OPTIONS:  # the warm-up step, inside the mark: AdamW's moments stay, as the estimate counts
+        step()
     out["seconds"] = _timed(run)
     out["delta"] = _status("VmHWM") - start
     if name in ("materialize", "save"):  # against the bare production, interleaved: the machine is shared
@@ -152,10 +174,16 @@ def _old_materialize(model) -> torch.nn.Module:
     return large
 
 
-def _run_stage(name: str, work: Path, dtype: str, tokens: int, repeats: int) -> dict:
+def _touch(tensors) -> None:
+    """Read every page of ``tensors`` (a model loaded from a mapped file becomes resident)."""
+    sum(float(t.float().sum()) for t in tensors)
+
+
+def _run_stage(name: str, work: Path, dtype: str, tokens: int, repeats: int, malloc: str = "default") -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--dtype", dtype, "--tokens", str(tokens),
            "--repeats", str(repeats)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = os.environ | ({"MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if malloc == "fixed" else {})
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -188,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=128, help="tokens of the operator step's batch (one sequence)")
     ap.add_argument("--repeats", type=int, default=2, help="materialize/save vs produce timings, interleaved")
     ap.add_argument("--out", default=None, help="append the markdown to this file")
+    ap.add_argument("--malloc", default="default", choices=("default", "fixed"),
+                    help="glibc's allocator as is, or its mmap threshold fixed at 1 MiB in every stage")  # fmt: skip
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -202,17 +232,19 @@ def main(argv=None) -> int:
         "ru_maxrss; Δ = the stage's increase of the resident high-water mark over its starting resident set (cli: "
         "its peak over the resident set of a process that imported, read the small model and the operator file and "
         "touched every page of them); x = Δ / the large model's bytes; estimate: "
-        "memory_plan (step: the eager or lean estimate in the forms the step runs; results before issue 24 counted "
-        "every weight as produced, an upper bound for the factored step)",
+        "memory_plan (step: the eager or lean estimate in the forms the step runs, above the operator, a "
+        "warm-up step and the measured one inside the mark); Δ / est.: the ratio (cli: its peak over a process "
+        f"that read only the small model, against growth + streamed save); allocator: {args.malloc}",
         "",
-        "| growth | stage | seconds | peak GiB | Δ GiB | Δ x large | estimate GiB | goal |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| growth | stage | seconds | peak GiB | Δ GiB | Δ x large | estimate GiB | Δ / est. | goal |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size in [s for s in args.sizes.split(",") if s]:
         work = Path(tempfile.mkdtemp(prefix=f"bench_scale_{size}_"))
         try:
             setup(work, size, dtype)
-            res = {s: _run_stage(s, work, args.dtype, args.tokens, args.repeats) for s in args.stages.split(",")}
+            res = {s: _run_stage(s, work, args.dtype, args.tokens, args.repeats, args.malloc)
+                   for s in args.stages.split(",")}  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
         ref = next(r for r in res.values() if "large_bytes" in r)
@@ -221,12 +253,15 @@ def main(argv=None) -> int:
         goals = {"cli": 0.5, "materialize": 1.25}
         for s, r in res.items():
             if s in ("inputs", "small"):
-                lines.append(f"| {label} | {s} | | {r['peak'] / GIB:.2f} | | | | |")
+                lines.append(f"| {label} | {s} | | {r['peak'] / GIB:.2f} | | | | | |")
                 continue
             secs = r["grow_seconds"] if s == "grown" else r["seconds"]
             d = r["peak"] - res["inputs"]["rss"] if s == "cli" else r["grow_delta" if s == "grown" else "delta"]
-            e = {"grown": est["growth"], "materialize": est["materialize"], "save": est["save"], "step": est["step"],
-                 "cli": est["growth"] + est["save"], "produce": est["materialize"]}.get(s)  # fmt: skip
+            own = r.get("estimate", est)  # a step's own: its options change the plan
+            e = {"grown": own["growth"], "materialize": own["materialize"], "save": own["save"],
+                 "cli": own["growth"] + own["save"], "produce": own["materialize"]}.get(s)  # fmt: skip
+            e = own["step"] if s in STEP_OPTIONS else e
+            vs = r["peak"] - res["inputs"]["rss_small"] if s == "cli" else d  # what the estimate covers
             goal = ""
             if s in goals:
                 goal = f"Δ ≤ {goals[s]}x: {'met' if d <= goals[s] * big else 'missed'}"
@@ -237,7 +272,7 @@ def main(argv=None) -> int:
                 goal += f" (≤ 1.2x: {'met' if max(q) <= 1.2 else 'missed'})" if s == "materialize" else ""
             lines.append(
                 f"| {label} | {s} | {secs:.1f} | {r['peak'] / GIB:.2f} | {d / GIB:.2f} | {d / big:.2f} | "
-                f"{'' if e is None else f'{e / GIB:.2f}'} | {goal} |"
+                f"{'' if e is None else f'{e / GIB:.2f}'} | {'' if not e else f'{vs / e:.2f}'} | {goal} |"
             )
     secs, mp, n = plan_only("7b")
     lines += [

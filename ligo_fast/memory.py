@@ -4,9 +4,15 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 
 * ``resident``: the operator's tensors (small weights, coefficients) and the large model's own leftovers;
 * ``optimizer``: gradients and two AdamW moments of every trainable operator tensor;
-* ``produced``: every produced large weight. The eager path keeps them for backward and, in backward, their
-  gradients (``2 * produced``); memory-lean mode keeps the global ones and one chunk of layers' block weights at a
-  time (``2 * global + 3 * chunk * layer``: the chunk in use, its gradient, the next one being produced). A step
+* ``produced``: every produced large weight. The eager path keeps them for backward, and backward adds their
+  gradients: the peak is at the end of the blocks' backward, every block weight and its gradient alive
+  (``2 * L2 * layer``), or earlier at the head's, where the block weights meet a global weight and its gradient
+  (``L2 * layer + 2 * global``); the global weights are gone by the blocks' end (an embedding keeps no weight for
+  backward, the head's is freed after its backward), so they are not counted twice beside ``2 * L2 * layer``
+  (they were until issue 20: 2.37 GiB estimated against 1.87 measured at 246M). Memory-lean mode keeps one chunk
+  of layers' block weights at a time (``3 * chunk * layer``: the chunk in use, its gradient, the next one being
+  produced) or the global ones and their gradients, and every chunk's stacked rows of the per-layer operator
+  tensors (``stacked``: the op calls keep their inputs until backward). A step
   whose linears run in the factored forms (``forms``, :mod:`ligo_fast.factored`) produces less: a factored weight
   only its depth mix (small-width), a one-side form one side (``step_global``, ``step_layer``);
 * ``activations``: what the large model keeps for backward, per token and layer about
@@ -17,13 +23,20 @@ An estimate, not a measurement, from the growth plan and the large config (all i
 Beyond the step (what grow builds and what turning the operator into a plain model needs):
 
 * ``growth`` (:func:`ligo_fast.grow`): ``resident``; the large model's produced weights are never allocated;
-* ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus one module kind
-  (all its large layers, ``produced_largest``) in the operator's dtype, produced before it is split into one tensor
-  per layer (:func:`ligo_fast.hf.fill`);
-* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): one module kind while it
-  is produced, counted twice (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as
-  large as its output), plus one of its layers cast to the output dtype (the shards are written from the tensors'
-  own memory). ``materialize`` needs no such term: the last kinds are produced where the model is not complete yet.
+* ``materialize(out_elem)`` (``LiGOModel.materialize``): the large model in the output dtype plus the largest call
+  of its production (``produced_largest``: a chunk of about sqrt(L2) layers of one module kind, a global matrix, or
+  the vectors; the calls are :func:`ligo_fast.produce.pieces`, the schedule the production runs) in the operator's
+  dtype, produced before it is split into one tensor per layer (:func:`ligo_fast.hf.fill`);
+* ``streamed_save(out_elem)`` (``LiGOModel.save_materialized``, ``ligo-fast materialize``): the largest call of the
+  save's production (``save_largest``: as materialize's, the vocabulary matrices in blocks of rows) counted twice
+  (the expand op's intermediates, the depth-mixed and half-expanded weights, are about as large as its output),
+  plus its largest tensor cast to the output dtype (``save_tensor``; the shards are written from the tensors' own
+  memory). ``materialize`` needs no such doubling: a call's intermediates are freed before its output is copied into
+  the model, and the model is not complete while it runs.
+
+Every term counts live tensors. What a process holds can be more: glibc's allocator raises its mmap threshold after a
+large free, so later temporaries of up to 32 MiB come from its heap and often stay resident after they are freed
+(``ligo-fast`` fixes the threshold at 1 MiB; ``benchmarks/bench_scale.py --malloc`` measures both).
 
 The memory a run plans with, its budget (:func:`memory_budget`), is read once when the model is built: an explicit
 ``LiGOConfig.memory_budget``, else the environment variable ``LIGO_FAST_MEMORY_BUDGET``, else the memory free at that
@@ -34,7 +47,8 @@ Memory-lean mode turns itself on only when the eager step would not fit in ``mar
 whose operator step cannot fit even lean, or whose grown model (what ``materialize`` returns) cannot be held at all,
 is refused before anything is allocated (:func:`ensure_fits`): the product of growth is the large model, and training
 it needs at least its weights.
-Imports: ``plan`` (for shapes and roles) and ``serialization`` (byte sizes) only.
+Imports: ``plan`` (for shapes and roles), ``produce`` (the schedule of the production's calls) and
+``serialization`` (byte sizes) only.
 """
 
 from __future__ import annotations
@@ -46,7 +60,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .plan import Plan, Role
+from .plan import Plan, Role, Rule
+from .produce import pieces
 from .serialization import parse_bytes
 
 MARGIN = 0.9  # use at most this share of the free memory: the estimate is approximate and others allocate too
@@ -166,10 +181,13 @@ class MemoryPlan:
     margin: float = MARGIN
     source: str = "free memory now"  # where ``available`` came from (:func:`memory_budget`)
     elem: int = 4  # bytes per element of the operator (and of the produced weights)
-    produced_largest: int = 0  # the largest module kind, all large layers (or all vectors together)
+    produced_largest: int = 0  # the largest call of materialize's production (produce.pieces)
+    save_largest: int = 0  # the largest call of the streamed save's production (row_blocks=True)
+    save_tensor: int = 0  # the largest single tensor of such a call (one layer's weight, one block of rows)
     layers: int = 1  # large layers (L2)
     step_global: int | None = None  # what the step produces outside the blocks (None: produced_global)
     step_layer: int | None = None  # and per block (None: produced_layer): less where linears run factored
+    stacked: int = 0  # the per-layer operator tensors, which lean mode's chunks stack (kept until backward)
 
     @property
     def _step(self) -> tuple[int, int]:
@@ -186,12 +204,15 @@ class MemoryPlan:
 
     @property
     def eager(self) -> int:
-        return self.resident + self.optimizer + 2 * self.step_produced + self.activations
+        glob = self._step[0]
+        blocks = self.step_produced - glob  # every block's weights
+        return self.resident + self.optimizer + blocks + max(2 * glob, blocks) + self.activations
 
     @property
     def lean(self) -> int:
         glob, layer = self._step
-        return self.resident + self.optimizer + 2 * glob + 3 * self.chunk * layer + self.activations
+        chunks = 3 * self.chunk * layer
+        return self.resident + self.optimizer + self.stacked + max(2 * glob, chunks) + self.activations
 
     @property
     def growth(self) -> int:
@@ -200,15 +221,15 @@ class MemoryPlan:
 
     def materialize(self, out_elem: int | None = None) -> int:
         """What ``materialize`` allocates besides the operator: the large model in ``out_elem`` bytes per element
-        (None: the operator's) plus one module kind being produced."""
+        (None: the operator's) plus the largest call of its production."""
         out = self.produced if out_elem is None else self.produced * out_elem // self.elem
         return out + self.produced_largest
 
     def streamed_save(self, out_elem: int | None = None) -> int:
-        """What ``save_materialized`` allocates besides the operator: one module kind being produced (output and
-        intermediates), one layer of it cast."""
-        cast = 0 if out_elem in (None, self.elem) else self.produced_largest * out_elem // (self.elem * self.layers)
-        return 2 * self.produced_largest + cast
+        """What ``save_materialized`` allocates besides the operator: the largest call of its production (output
+        and intermediates), its largest tensor cast to ``out_elem`` bytes per element."""
+        cast = 0 if out_elem in (None, self.elem) else self.save_tensor * out_elem // self.elem
+        return 2 * self.save_largest + cast
 
     @property
     def use_lean(self) -> bool:
@@ -260,20 +281,20 @@ def estimate(
     the memory free now); ``forms``: ``{slot index: form}`` of the linears that run factored in the step (what
     :func:`ligo_fast.factored.choose` returns; None: every weight produced)."""
     resident = leftover_bytes
-    optimizer = 0
+    optimizer = stacked = 0
     for t in plan.tensors:
         n = _numel(t.shape) * (elem if t.role in (Role.SMALL, Role.RESIDUAL) else 4)
         resident += n
         if t.trainable:
             optimizer += 3 * n
+        if t.rule == Rule.SPLIT:
+            stacked += n
     produced = produced_global = 0
     per_layer = 0
     step_global = step_layer = 0  # what the step produces, in the forms it runs
-    vectors = largest = 0  # the production's parts (ligo_fast.produce.parts): all vectors, one part per matrix
     for i, s in enumerate(plan.slots):
         w = 0 if s.tied_weight else _numel(s.shape_w)
-        b = (s.shape_w[-1] if s.mod.transposed else s.shape_w[0]) if s.b is not None else 0  # the output size
-        n = plan.L2 if s.layered else 1
+        b = s.bias_size
         step = (_step_numel(s, (forms or {}).get(i)) + b) * elem
         if s.layered:
             per_layer += (w + b) * elem
@@ -282,12 +303,10 @@ def estimate(
         else:
             produced_global += (w + b) * elem
             step_global += step
-        if len(s.shape_w) == 1:
-            vectors += (w + b) * elem * n
-        else:
-            vectors += b * elem * n
-            largest = max(largest, w * elem * n)
     produced += produced_global
+    calls = list(pieces(plan)), list(pieces(plan, row_blocks=True))
+    largest = [max((p.numel(plan.L2) for p in c), default=0) * elem for c in calls]
+    save_tensor = max((p.largest_tensor(plan.L2) for p in calls[1]), default=0) * elem
     return MemoryPlan(
         device=str(device),
         available=available_bytes(device) if available is None else available,
@@ -301,10 +320,13 @@ def estimate(
         chunk=chunk,
         source=source,
         elem=elem,
-        produced_largest=max(largest, vectors),
+        produced_largest=largest[0],
+        save_largest=largest[1],
+        save_tensor=save_tensor,
         layers=plan.L2,
         step_global=step_global,
         step_layer=step_layer,
+        stacked=stacked,
     )
 
 

@@ -139,6 +139,13 @@ class Slot:
         return len(self.e_rows) > 1
 
     @property
+    def bias_size(self) -> int:
+        """Elements of one bias target (the weight's output side; 0 without a bias)."""
+        if self.b is None:
+            return 0
+        return self.shape_w[-1] if self.mod.transposed else self.shape_w[0]
+
+    @property
     def bias_widths(self) -> tuple[str | None, ...]:
         """Width matrices of the bias (the output side: the rows, or the columns of a transposed weight)."""
         if self.mod.kind == EMBEDDING:

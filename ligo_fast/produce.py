@@ -24,6 +24,7 @@ Imports: ``ops``, ``plan``, ``reference`` (the accumulation dtype) and ``lean`` 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -137,13 +138,21 @@ def chunk_producer(
 
     The per-layer operator tensors are sliced once here, for the whole forward (one ``unbind``, whose backward
     stacks the layers' gradients once, where slicing per chunk would write a zero gradient of the whole tensor per
-    chunk); each call stacks its chunk's rows."""
+    chunk); each call stacks its chunk's rows, once per tensor."""
     layered = [s for s in plan.slots if s.layered]
     rows = {t.name: get(t.name).unbind(0) for t in plan.tensors if t.rule == Rule.SPLIT}
 
     def chunk(layers: range) -> dict[str, Tensor]:
+        # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy per
+        # module kind that reads it (q/k/v, gate/up/down share width matrices) stayed alive per chunk
+        stacked: dict[str, Tensor] = {}
+
         def rows_of(name: str | None) -> Tensor | None:
-            return torch.stack(rows[name][layers.start : layers.stop]) if name in rows else get(name)
+            if name not in rows:
+                return get(name)
+            if name not in stacked:
+                stacked[name] = torch.stack(rows[name][layers.start : layers.stop])
+            return stacked[name]
 
         return produce(layered, rows_of, layers=layers, skip_weights=skip_weights, backend=backend)
 
@@ -212,13 +221,75 @@ is a matrix-vector product on the C++ backend) and round differently, and the sa
 bit for bit (BERT's 2-row token-type table differed in the last bit)."""
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One production call of :func:`produce_parts`: ``part`` for the large ``layers`` (a per-layer kind's chunk;
+    the vectors of a rank's share; None: every layer), or a global matrix's block of ``rows`` (None: all rows)."""
+
+    part: Part
+    layers: range | None = None
+    rows: range | None = None
+
+    def numel(self, L2: int) -> int:
+        """Elements this call produces (a tied alias once), of a plan of ``L2`` large layers."""
+        return sum(n * count for n, count in self._tensors(L2))
+
+    def largest_tensor(self, L2: int) -> int:
+        """Elements of the largest single tensor this call yields (one layer's weight, one block of rows)."""
+        return max((n for n, _ in self._tensors(L2)), default=0)
+
+    def _tensors(self, L2: int) -> Iterator[tuple[int, int]]:
+        """(elements of one tensor, how many) per kind of tensor this call yields."""
+        layers = L2 if self.layers is None else len(self.layers)
+        for s in self.part.slots:
+            count = layers if s.layered else 1
+            if not self.part.vectors:
+                rows = s.shape_w[0] if self.rows is None else len(self.rows)
+                yield rows * math.prod(s.shape_w[1:]), count
+                continue
+            if weight_kind(s) == "vector":
+                yield math.prod(s.shape_w), count
+            if s.b is not None:
+                yield s.bias_size, count
+
+
+def pieces(
+    plan: Plan, *, row_blocks: bool = False, share: range | None = None, mine=None, ranks: int = 1
+) -> Iterator[Piece]:
+    """The calls of :func:`produce_parts` (same arguments), in order, without producing anything: what its memory
+    depends on (:mod:`ligo_fast.memory` sizes the materialisation and the streamed save by the largest)."""
+    single = share is None
+    share = range(plan.L2) if single else share
+    # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
+    chunks = chunk_layers(plan.L2, -(-default_chunk(plan.L2) // ranks))
+    blocks = len(chunk_layers(plan.L2, default_chunk(plan.L2))) * ranks
+    for part in parts(plan.slots, plan.aliases):
+        slot = part.slots[0]
+        if part.vectors:
+            yield Piece(part, None if single else share)
+        elif slot.layered:
+            for layers in chunks:
+                layers = range(max(layers.start, share.start), min(layers.stop, share.stop))
+                if len(layers):
+                    yield Piece(part, layers)
+        elif mine is not None and not mine(part):
+            continue
+        elif row_blocks and _rows_separable(slot) and slot.shape_w[0] >= 2 * ROW_BLOCK_MIN:
+            n = slot.shape_w[0]
+            for block in chunk_layers(n, max(ROW_BLOCK_MIN, -(-n // blocks))):
+                yield Piece(part, rows=block)
+        else:
+            yield Piece(part)
+
+
 def produce_parts(
     plan: Plan, get: Getter, *, row_blocks: bool = False, share: range | None = None, mine=None, ranks: int = 1
 ) -> Iterator[dict[str, Tensor]]:
-    """The produced large-model tensors of ``plan`` by name, in parts: the vectors, then each module kind with a
-    weight matrix (:func:`parts`), a per-layer kind in chunks of :func:`ligo_fast.lean.default_chunk` layers, as
-    lean mode chunks them, so about a square root of the layers' share of it is alive at a time. The same op calls
-    as :func:`produce` of every slot, over fewer layers: each layer's values are the forward's bit for bit.
+    """The produced large-model tensors of ``plan`` by name, in parts (one per :func:`pieces` call): the vectors,
+    then each module kind with a weight matrix (:func:`parts`), a per-layer kind in chunks of
+    :func:`ligo_fast.lean.default_chunk` layers, as lean mode chunks them, so about a square root of the layers'
+    share of it is alive at a time. The same op calls as :func:`produce` of every slot, over fewer layers: each
+    layer's values are the forward's bit for bit.
 
     ``row_blocks`` (the streamed save, whose writer takes a tensor in consecutive row blocks): a global matrix
     whose rows the operator does not widen (a vocabulary embedding or head) comes as many blocks of rows as a
@@ -229,30 +300,20 @@ def produce_parts(
     per-layer ones as the rows of those layers), and the global matrices whose part ``mine(part)`` holds; with
     ``ranks`` sharing the work, each call covers 1/ranks of one process's layers or rows.
     """
-    single = share is None
-    share = range(plan.L2) if single else share
+    start = 0 if share is None else share.start
     split = {t.name for t in plan.tensors if t.rule == Rule.SPLIT}
-    # a rank's share: calls 1/ranks the size of one process's (its share of the memory as of the work)
-    chunks = chunk_layers(plan.L2, -(-default_chunk(plan.L2) // ranks))
-    blocks = len(chunk_layers(plan.L2, default_chunk(plan.L2))) * ranks
-    for part in parts(plan.slots, plan.aliases):
+    for piece in pieces(plan, row_blocks=row_blocks, share=share, mine=mine, ranks=ranks):
+        part = piece.part
         slot = part.slots[0]
         if part.vectors:
-            yield produce(part.slots, get, layers=None if single else share, aliases=plan.aliases, matrices=False)
+            yield produce(part.slots, get, layers=piece.layers, aliases=plan.aliases, matrices=False)
         elif slot.layered:
-            for layers in chunks:
-                layers = range(max(layers.start, share.start), min(layers.stop, share.stop))
-                if len(layers):
-                    local = range(layers.start - share.start, layers.stop - share.start)
-                    yield produce(part.slots, _layer_rows(get, split, local), layers=layers, aliases=plan.aliases,
-                                  vectors=False)  # fmt: skip
-        elif mine is not None and not mine(part):
-            continue
-        elif row_blocks and _rows_separable(slot) and slot.shape_w[0] >= 2 * ROW_BLOCK_MIN:
-            n = slot.shape_w[0]
-            for block in chunk_layers(n, max(ROW_BLOCK_MIN, -(-n // blocks))):
-                yield produce([_row_block(slot, block)], _row_rows(get, slot.w, block), aliases=plan.aliases,
-                              vectors=False)  # fmt: skip
+            local = range(piece.layers.start - start, piece.layers.stop - start)
+            yield produce(part.slots, _layer_rows(get, split, local), layers=piece.layers, aliases=plan.aliases,
+                          vectors=False)  # fmt: skip
+        elif piece.rows is not None:
+            yield produce([_row_block(slot, piece.rows)], _row_rows(get, slot.w, piece.rows), aliases=plan.aliases,
+                          vectors=False)  # fmt: skip
         else:
             yield produce_part(part, get, aliases=plan.aliases)
 

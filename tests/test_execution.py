@@ -108,13 +108,29 @@ def test_the_memory_estimate_counts_the_forms_weights(growth):
     """A factored linear produces its small-width depth mix only, a one-side form one side (per layer)."""
     slots = growth[0].slots
     full, fact = _eager(growth, 14, "materialize"), _eager(growth, 14, "factored")
-    saved = 0
+    saved = {True: 0, False: 0}  # in the blocks, outside them
     for i in factored.candidates(slots):
         s = slots[i]
         (o1, i1), (o2, i2) = s.view_w, s.shape_w
-        saved += (o2 * i2 - o1 * i1) * 4 * (L2 if s.layered else 1)
-    assert full.step_produced == full.produced and full.produced - fact.step_produced == saved
-    assert full.eager - fact.eager == 2 * saved
+        saved[s.layered] += (o2 * i2 - o1 * i1) * 4 * (L2 if s.layered else 1)
+    assert full.step_produced == full.produced and full.produced - fact.step_produced == sum(saved.values())
+    # here the blocks' weights and gradients are the peak either way (more than the global weights twice)
+    for m in (full, fact):
+        assert 2 * m._step[0] < m.layers * m._step[1]
+    assert full.eager - fact.eager == 2 * saved[True]
+
+
+def test_the_eager_estimate_peaks_at_the_blocks_end_or_at_the_head():
+    """Backward holds every block weight and its gradient at the blocks' end (the global weights are freed by
+    then), or the block weights and a global weight with its gradient at the head: the larger of the two."""
+    base = dict(device="cpu", available=2**40, resident=7, optimizer=11, produced=0, produced_global=0,
+                produced_layer=0, activations=13, tokens=1, layers=4)  # fmt: skip
+    blocks_peak = MemoryPlan(**base, step_global=5, step_layer=3)  # blocks 12, globals 5: 2 * 12 > 12 + 2 * 5
+    head_peak = MemoryPlan(**base, step_global=9, step_layer=2)  # blocks 8, globals 9: 8 + 2 * 9 > 2 * 8
+    assert blocks_peak.eager == 7 + 11 + 13 + 2 * 12 and head_peak.eager == 7 + 11 + 13 + 8 + 2 * 9
+    # lean: one chunk's weights, its gradients and the next chunk, or the globals with theirs; and the stacked rows
+    lean = dataclasses.replace(blocks_peak, chunk=1, stacked=17)
+    assert lean.lean == 7 + 11 + 13 + 17 + max(2 * 5, 3 * 3)
 
 
 def test_decide_computes_each_plan_once(growth):

@@ -80,6 +80,28 @@ def test_lean_keeps_no_chunk_weights_between_forward_and_backward(monkeypatch, b
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_lean_stacks_each_per_layer_tensor_once_per_chunk(monkeypatch):
+    """The op calls save their inputs until backward: a chunk's module kinds that read one per-layer tensor (q/k/v
+    and gate/up/down share width matrices) read one stacked copy of its chunk's rows, not a copy each."""
+    name = "LlamaForCausalLM"
+    small_cfg, large_cfg = configs(name)
+    large_cfg.num_hidden_layers = 7
+    model = ligo_fast.grow(build(name, small_cfg), large_cfg, lean=True)
+    widths = [e for s in model.plan.slots if s.layered for e in (*s.e_rows, *s.e_cols) if e is not None]
+    assert len(set(widths)) < len(widths)  # kinds share width matrices
+    same: list[bool] = []
+    real = produce_module.produce
+
+    def spy(slots, get, *, layers=None, **k):
+        if layers is not None:  # a chunk's production, in forward and again in backward
+            same.append(all(get(e) is get(e) for e in widths))
+        return real(slots, get, layers=layers, **k)
+
+    monkeypatch.setattr(produce_module, "produce", spy)
+    model(**inputs(name), labels=inputs(name)["input_ids"]).loss.backward()
+    assert len(same) == 6 and all(same)
+
+
 def test_lean_cost_is_linear_in_depth_in_production_calls(monkeypatch):
     # per step: forward one production per chunk, backward one more per chunk (cpp ops save only their inputs)
     name = "LlamaForCausalLM"

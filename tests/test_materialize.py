@@ -233,6 +233,16 @@ def test_shard_sizes_and_errors():
     assert [[x.name for x in s] for s in shards.split(e, 24)] == [["0", "1"], ["2"], ["3", "4"]]
 
 
+def _call_bytes(calls) -> tuple[int, int]:
+    """(the largest call, the largest single tensor) in bytes, measured on the tensors a production yields."""
+    largest = tensor = 0
+    for out in calls:
+        unique = {id(t): t for t in out.values()}.values()  # a tied alias once
+        largest = max(largest, sum(t.numel() * t.element_size() for t in unique))
+        tensor = max([tensor, *(t.numel() * t.element_size() for t in unique)])
+    return largest, tensor
+
+
 @pytest.mark.parametrize(
     ("name", "tie"), [("LlamaForCausalLM", False), ("GPT2LMHeadModel", False), ("LlamaForCausalLM", True)]
 )
@@ -240,7 +250,7 @@ def test_memory_estimate_of_materialising_and_saving(name, tie):
     small_cfg, large_cfg = configs(name, tie=tie)
     model = _grown(name, tie)
     mp = model.memory_plan(**inputs(name))
-    # the largest part, and all parts together, measured on the tensors production returns
+    # every part together, and the largest call of each production, measured on the tensors production returns
     sizes = [
         sum(
             t.numel() * t.element_size()
@@ -248,18 +258,40 @@ def test_memory_estimate_of_materialising_and_saving(name, tie):
         )
         for p in produce_module.parts(model.plan.slots, model.plan.aliases)
     ]
-    assert mp.produced_largest == max(sizes) and mp.produced == sum(sizes)
-    assert mp.materialize() == mp.produced + max(sizes) and mp.streamed_save() == 2 * max(sizes)
-    assert mp.materialize(2) == mp.produced // 2 + max(sizes)
+    largest, _ = _call_bytes(produce_module.produce_parts(model.plan, model.tensor))
+    save_largest, save_tensor = _call_bytes(produce_module.produce_parts(model.plan, model.tensor, row_blocks=True))
+    assert mp.produced == sum(sizes) and mp.produced_largest == largest and largest < max(sizes)  # chunks of layers
+    assert (mp.save_largest, mp.save_tensor) == (save_largest, save_tensor)
+    assert mp.materialize() == mp.produced + largest and mp.streamed_save() == 2 * save_largest
+    assert mp.materialize(2) == mp.produced // 2 + largest
+    assert mp.streamed_save(2) == 2 * save_largest + save_tensor // 2
     # planned from shapes only: the small model on meta
     with torch.device("meta"):
         meta_small = getattr(T, name)(small_cfg)
     planned = ligo_fast.plan_growth(meta_small, large_cfg, tokens=mp.tokens, seq_len=7)
-    assert (planned.produced, planned.produced_largest, planned.activations) == (
-        mp.produced,
-        mp.produced_largest,
-        mp.activations,
-    )
+    fields = ("produced", "produced_largest", "save_largest", "save_tensor", "activations")
+    assert [getattr(planned, f) for f in fields] == [getattr(mp, f) for f in fields]
+
+
+def test_the_save_estimate_is_the_largest_call_of_the_chunked_production():
+    """Issue 20 item 3: the streamed save produces a per-layer kind in chunks of about sqrt(L2) layers and a
+    vocabulary matrix in blocks of rows; its estimate counts the largest such call, not a whole module kind."""
+    small_cfg, large_cfg = (
+        T.LlamaConfig(num_hidden_layers=L, hidden_size=h, intermediate_size=f, num_attention_heads=heads,
+                      num_key_value_heads=kv, vocab_size=1000, max_position_embeddings=32, tie_word_embeddings=False)
+        for L, h, f, heads, kv in ((3, 16, 88, 2, 1), (9, 32, 176, 4, 2))
+    )  # fmt: skip
+    model = ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg)
+    mp = model.memory_plan(input_ids=torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(3)))
+    # by hand: chunks of 3 of the 9 layers (a 176 x 32 MLP weight each); the 1000 x 32 vocabulary matrices in 3
+    # blocks (as many as the layers' chunks) of at most 334 rows; fp32
+    chunk, block, vocab = 3 * 176 * 32 * 4, 334 * 32 * 4, 1000 * 32 * 4
+    assert (mp.save_largest, mp.save_tensor, mp.produced_largest) == (chunk, block, vocab)
+    assert mp.streamed_save() == 2 * chunk and mp.streamed_save(2) == 2 * chunk + block // 2
+    assert mp.materialize() == mp.produced + vocab
+    # and that is what the production yields, call by call
+    assert _call_bytes(produce_module.produce_parts(model.plan, model.tensor, row_blocks=True)) == (chunk, block)
+    assert _call_bytes(produce_module.produce_parts(model.plan, model.tensor))[0] == vocab
 
 
 def test_grow_checks_finiteness_with_an_overflowing_sum():

@@ -279,6 +279,8 @@ def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
     assert f"tokens per parameter: each large model {res.tokens_per_param:.2f}" in text
     assert "Verdict" in text and "Loss trace" in text and "train steps to target" in text
     assert "4 steps (33.3% of the large steps; steps" in text
+    lr = res.methods["ligo_lossless"].notes["operator_lr"]  # each LiGO row's own lr and warm-up, by its start
+    assert f"LiGO lr {preset.lr:g}, warm-up 1; LiGO (lossless init) lr {lr:g}, warm-up 4" in text
     for label in (report.METHOD_LABELS[m] for m in presets.METHODS):
         assert f"| {label} |" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -19,7 +19,7 @@ from .presets import OPERATOR_METHODS
 from .results import Result, run_metadata
 
 METHOD_LABELS = {
-    "ligo": "LiGO (default init: operator + materialise)",
+    "ligo": "LiGO (official init: operator + materialise)",
     "ligo_lossless": "LiGO (lossless init: operator + materialise)",
     "lossless": "Lossless expansion (no operator)",
     "stack": "Stacking (stackbert + sel, no operator)",
@@ -153,11 +153,22 @@ def _setup_lines(result: Result, command: str) -> list[str]:
         f"cosine to {p.min_lr_frac:.0%}); grown models' schedule `{p.grown_schedule}` (warm-up {gs.get('warmup')} "
         f"steps, cosine floor reached at step {gs.get('decay_end')})",
         f"- LiGO operator (both LiGO rows): {ob['steps']} steps ({100 * ob['steps'] / ob['large_steps']:.1f}% of "
-        f"the large steps; {ob['source']}, `ligo_fast.budget`), AdamW lr {ob['lr']:g}, warm-up {ob['warmup']}, no "
+        f"the large steps; {ob['source']}, `ligo_fast.budget`), AdamW {_operator_lrs(result)}, no "
         f"weight decay, {ob['steps'] * p.batch_size * p.seq_len:,} extra tokens, counted in its FLOPs"
         f"{'' if p.ligo_train == 'all' else f'; trains the `{p.ligo_train}` tensors alone (ablation)'}; "
         f"lossless rows: depth `lossless`, width `{p.lossless_width}`",
     ]
+
+
+def _operator_lrs(result: Result) -> str:
+    """The operator's peak lr and warm-up per LiGO row (the rule picks them by the row's start), else the budget's."""
+    ob = result.operator_budget
+    rows = [
+        f"{SHORT_LABELS[name]} lr {m.notes['operator_lr']:g}, warm-up {m.notes.get('operator_warmup', ob['warmup'])}"
+        for name, m in result.methods.items()
+        if "operator_lr" in m.notes
+    ]
+    return "; ".join(rows) if rows else f"lr {ob['lr']:g}, warm-up {ob['warmup']}"
 
 
 def write_table(result: Result, path: str | os.PathLike, command: str = "") -> Path:

@@ -203,7 +203,7 @@ def run_experiment(
             op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
             op_step = notes["operator_step_flops"] = operator_step_flops(op_model, large_cfg, p.batch_size, p.seq_len)
             op_budget = budget_of(p, op_model.preserved_width)  # same steps; lr by the start (ligo_fast.budget)
-            notes["operator_lr"] = op_budget.lr
+            notes["operator_lr"], notes["operator_warmup"] = op_budget.lr, op_budget.warmup
             pbar.set_description(f"{name} operator")
             pre_curve = train(
                 op_model,

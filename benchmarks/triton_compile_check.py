@@ -11,7 +11,10 @@ finds them before a GPU is lent:
    constants, 16-divisible pointers and ints get the divisibility hint), adds each autotuning config that
    ``tuning.prune_gemm_configs`` keeps for that launch (what the H200 would benchmark), and
 3. compiles every distinct variant with ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` (PTX and cubin,
-   Triton's own ptxas), then asks ptxas for registers and spills.
+   Triton's own ptxas), then asks ptxas for registers and spills, and reads the TTGIR for the loop that holds the
+   dots: how many ``scf.for`` enclose it (1: one flat loop; each enclosing loop drains and refills the software
+   pipeline once per trip) and whether its loads were pipelined (asynchronous copies to shared memory issued
+   ``num_stages - 1`` iterations ahead); ``--ttgir DIR`` also writes each variant's TTGIR there.
 
 It fails (exit 1) when a variant does not compile or needs more shared memory than an H100/H200 block may have
 (227 KiB); spills are reported, not fatal. It must run without ``TRITON_INTERPRET`` (it removes it and
@@ -47,6 +50,8 @@ from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+# the checkout this script lives in, before an installed ligo_fast (a worktree's kernels, not the venv's editable copy)
+sys.path.insert(0, str(HERE.parent))
 try:
     from ligo_fast.kernels import expand, tuning
 except ImportError:  # a source tree without an install: kernels/ is ligo_fast.kernels' source
@@ -144,8 +149,9 @@ def _record_module(m, dtype: torch.dtype) -> None:
         expand.expand_bwd(torch.empty_like(out), W, depth, Eo, Ei)
 
 
-def variants(calls: list, autotune: bool) -> dict:
-    """Distinct compile jobs: key -> (kernel name, signature, constexprs, attrs, options dict, label)."""
+def variants(calls: list, autotune: bool, ttgir_dir: Path | None = None) -> dict:
+    """Distinct compile jobs: key -> (kernel name, signature, constexprs, attrs, options dict, label, TTGIR folder,
+    index)."""
     backend = make_backend(TARGET)
     binders = {n: create_function_from_signature(ORIGINAL[n].signature, ORIGINAL[n].params, backend) for n in KERNELS}
     jobs: dict = {}
@@ -164,7 +170,8 @@ def variants(calls: list, autotune: bool) -> dict:
             key = repr((name, sorted(sig.items()), sorted(consts.items()), sorted(attrs.items()), options.num_warps,
                         options.num_stages))  # fmt: skip
             if key not in jobs:
-                jobs[key] = (name, sig, consts, attrs, dict(options.__dict__), _label(name, bound, options))
+                label = _label(name, bound, options)
+                jobs[key] = (name, sig, consts, attrs, dict(options.__dict__), label, ttgir_dir, len(jobs))
     return jobs
 
 
@@ -179,10 +186,37 @@ def _label(name: str, bound: dict, options) -> str:
     return f"{short} {dtype} {' '.join(flags)} tile {tile} w{options.num_warps} s{options.num_stages}"
 
 
+def dot_loop(ttgir: str) -> str:
+    """The loops holding the dots, from the TTGIR: ``depth D, pipelined`` for each (D = the ``scf.for`` loops around
+    it, itself included: 1 when the dots sit in one flat loop; pipelined = asynchronous global-to-shared copies in
+    it), ``no loop`` when no loop holds a dot, ``-`` for a kernel without dots."""
+    stack: list[list] = []  # open regions: [is_for, holds a dot, holds an async copy] (not counting inner loops)
+    loops = set()
+    for line in ttgir.splitlines():
+        text = line.strip()
+        if text.startswith("}"):
+            is_for, dot, copy = stack.pop()
+            if is_for and dot:
+                depth = 1 + sum(1 for r in stack if r[0])
+                loops.add(f"depth {depth}, {'pipelined' if copy else 'not pipelined'}")
+            if stack and not is_for:  # an scf.if's contents belong to the loop around it
+                stack[-1][1] |= dot
+                stack[-1][2] |= copy
+        if stack and re.search(r"\b(ttng\.warp_group_dot|tt\.dot)\b ", text):
+            stack[-1][1] = True
+        if stack and ("async_copy_global_to_local" in text or "async_tma_copy_global_to_local" in text):
+            stack[-1][2] = True
+        if text.endswith("{"):
+            stack.append([text.startswith("scf.for") or " scf.for " in text, False, False])
+    if loops:
+        return "; ".join(sorted(loops))
+    return "no loop" if re.search(r"\b(ttng\.warp_group_dot|tt\.dot)\b ", ttgir) else "-"
+
+
 def compile_one(job) -> dict:
-    name, sig, consts, attrs, options, label = job
+    name, sig, consts, attrs, options, label, ttgir_dir, index = job
     t0 = time.perf_counter()
-    row = dict(label=label, error="", regs=-1, spill=-1, smem=-1, mma="-")
+    row = dict(label=label, error="", regs=-1, spill=-1, smem=-1, mma="-", loop="-")
     try:
         compiled = triton.compile(ASTSource(ORIGINAL[name], sig, consts, attrs), target=TARGET, options=options)
         row["smem"] = int(compiled.metadata.shared)
@@ -190,6 +224,10 @@ def compile_one(job) -> dict:
         row.update(_ptxas_usage(ptx))
         # which units the dots run on: Hopper's async warpgroup MMA, Ampere-style mma.sync, or plain FMAs
         row["mma"] = "wgmma" if "wgmma.mma_async" in ptx else "mma.sync" if "mma.sync" in ptx else "fma"
+        row["loop"] = dot_loop(compiled.asm["ttgir"])
+        if ttgir_dir:
+            stem = re.sub(r"[^A-Za-z0-9]+", "_", label)
+            Path(ttgir_dir, f"{stem}_{index}.ttgir").write_text(compiled.asm["ttgir"])
     except Exception as e:  # noqa: BLE001 - reported per variant
         row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
     row["seconds"] = time.perf_counter() - t0
@@ -220,6 +258,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="BERT-quick shapes, bf16 + fp32, no autotune configs")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    ap.add_argument("--ttgir", type=Path, help="write each variant's TTGIR into this folder")
     args = ap.parse_args(argv)
 
     if args.quick:
@@ -229,7 +268,9 @@ def main(argv=None) -> int:
         dtypes, autotune = [torch.bfloat16, torch.float16, torch.float32], True
     t0 = time.perf_counter()
     calls = record_launches(shapes, dtypes)
-    jobs = variants(calls, autotune)
+    if args.ttgir:
+        args.ttgir.mkdir(parents=True, exist_ok=True)
+    jobs = variants(calls, autotune, args.ttgir)
     print(f"triton {triton.__version__}, target sm_90: {len(calls)} launches recorded, {len(jobs)} distinct variants",
           flush=True)  # fmt: skip
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -243,8 +284,8 @@ def main(argv=None) -> int:
         f"{len(rows)} variants from {len(calls)} launches, {time.perf_counter() - t0:.0f} s",
         "",
         "| kernel, dtype, flags, tile, warps, stages | variants | dot units | max registers | max spill bytes "
-        "| max shared KiB | status |",
-        "|---|---:|---|---:|---:|---:|---|",
+        "| max shared KiB | dot loop | status |",
+        "|---|---:|---|---:|---:|---:|---|---|",
     ]
     for label in sorted(groups):
         g = groups[label]
@@ -254,7 +295,7 @@ def main(argv=None) -> int:
         lines.append(
             f"| {label} | {len(g)} | {'/'.join(sorted({r['mma'] for r in g}))} | {max(r['regs'] for r in g)} "
             f"| {max(r['spill'] for r in g)} "
-            f"| {smem / 1024:.1f} | {status} |"
+            f"| {smem / 1024:.1f} | {'; '.join(sorted({r['loop'] for r in g}))} | {status} |"
         )
     spilled = sum(1 for r in rows if r["spill"] > 0)
     lines += ["", f"compiled {len(rows) - len(bad)}/{len(rows)}; with spills: {spilled}; failed: {len(bad)}"]

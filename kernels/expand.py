@@ -90,6 +90,58 @@ def _ligo_mix_kernel(
 
 
 @triton.jit
+def _ligo_gemm_tile(
+    A, B, C, D,
+    rm, rn, l_lo, n_l, out_l,
+    M, N, K,
+    s_al, s_am, s_ak,
+    s_bl, s_bk, s_bn,
+    s_cl, s_cm, s_cn,
+    s_dl, s_dm, s_dn,
+    HAS_D: tl.constexpr, REDUCE_L: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``C[out_l][rm, rn] = sum over layers l_lo .. l_lo + n_l - 1 of A[l][rm, :] @ B[l][:, rn] (+ D[out_l][rm, rn])``.
+
+    One loop over the (layer, K tile) pairs, not a K loop per layer: the software pipeline (``num_stages``) then
+    fetches the next layer's first K tiles while this layer's last ones are multiplied, instead of draining and
+    refilling at every layer. The dots accumulate in the same order as a K loop nested in a layer loop.
+    """
+    rk = tl.arange(0, BLOCK_K)
+    n_k = tl.cdiv(K, BLOCK_K)
+    a_tile = A + rm[:, None] * s_am + rk[None, :] * s_ak
+    b_tile = B + rk[:, None] * s_bk + rn[None, :] * s_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(0, n_l * n_k):
+        if REDUCE_L:
+            dl = it // n_k
+            k0 = (it - dl * n_k) * BLOCK_K
+        else:  # one layer
+            dl = 0
+            k0 = it * BLOCK_K
+        l64 = (l_lo + dl).to(tl.int64)
+        k64 = k0.to(tl.int64)
+        a = tl.load(a_tile + (l64 * s_al + k64 * s_ak), mask=(rm[:, None] < M) & (rk[None, :] < K - k0), other=0.0)
+        b = tl.load(b_tile + (l64 * s_bl + k64 * s_bk), mask=(rk[:, None] < K - k0) & (rn[None, :] < N), other=0.0)
+        if DOT == 1:
+            a = a.to(tl.float16)
+            b = b.to(tl.float16)
+        elif DOT == 2:
+            a = a.to(tl.bfloat16)
+            b = b.to(tl.bfloat16)
+        else:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_D:
+        d_ptrs = D + out_l * s_dl + rm[:, None] * s_dm + rn[None, :] * s_dn
+        acc += tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
+    c_ptrs = C + out_l * s_cl + rm[:, None] * s_cm + rn[None, :] * s_cn
+    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _ligo_gemm_kernel(
     A, B, C, D, T, R,
     M, N, K, NL, MT, LPER,
@@ -109,66 +161,30 @@ def _ligo_gemm_kernel(
     layers: grid axis 1 is s; one run of all NL layers when C is the gradient itself, else C holds fp32 partials).
     STRIP: each program owns a column strip of C (all M tiles) and, after them, adds R to the strip of T
     (``T[l][:MT, strip] += R[l][:MT, strip]``): the residual of the rows that B read, fused race-free.
-    DOT: operand dtype, 0 fp32, 1 fp16, 2 bf16.
+    DOT: operand dtype, 0 fp32, 1 fp16, 2 bf16. Each output tile is one flat (layer, K tile) loop (``_ligo_gemm_tile``);
+    STRIP's loop over its M tiles is flattened into it too (``tl.range(flatten=True)``: the compiler fuses the nest
+    into one pipelined loop, each tile's epilogue predicated on its last iteration, with the next tile's first loads
+    already in flight).
     """
     pid = tl.program_id(0)
     pid_l = tl.program_id(1)
     num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    if STRIP:
-        pid_n = pid
-        m_lo = pid * 0
-        m_hi = num_m
-    else:
-        # grouped tile order: GROUP_M row tiles share each B column tile while it is in L2 cache
-        group = GROUP_M * num_n
-        first_m = (pid // group) * GROUP_M
-        gsize = tl.minimum(num_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % gsize
-        pid_n = (pid % group) // gsize
-        m_lo = pid_m
-        m_hi = pid_m + 1
     if REDUCE_L:
         l_lo = pid_l * LPER
-        l_hi = tl.minimum(NL, l_lo + LPER)
+        n_l = tl.minimum(NL, l_lo + LPER) - l_lo
     else:
         l_lo = pid_l
-        l_hi = pid_l + 1
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
+        n_l = 1
     out_l = pid_l.to(tl.int64)
-    for pm in range(m_lo, m_hi):
-        rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        a_l = A + l_lo.to(tl.int64) * s_al
-        b_l = B + l_lo.to(tl.int64) * s_bl
-        for _l in range(l_lo, l_hi):
-            a_ptrs = a_l + rm[:, None] * s_am + rk[None, :] * s_ak
-            b_ptrs = b_l + rk[:, None] * s_bk + rn[None, :] * s_bn
-            for k0 in range(0, K, BLOCK_K):
-                a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (rk[None, :] < K - k0), other=0.0)
-                b = tl.load(b_ptrs, mask=(rk[:, None] < K - k0) & (rn[None, :] < N), other=0.0)
-                if DOT == 1:
-                    a = a.to(tl.float16)
-                    b = b.to(tl.float16)
-                elif DOT == 2:
-                    a = a.to(tl.bfloat16)
-                    b = b.to(tl.bfloat16)
-                else:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
-                a_ptrs += BLOCK_K * s_ak
-                b_ptrs += BLOCK_K * s_bk
-            a_l += s_al
-            b_l += s_bl
-        mask = (rm[:, None] < M) & (rn[None, :] < N)
-        if HAS_D:
-            d_ptrs = D + out_l * s_dl + rm[:, None] * s_dm + rn[None, :] * s_dn
-            acc += tl.load(d_ptrs, mask=mask, other=0.0).to(tl.float32)
-        c_ptrs = C + out_l * s_cl + rm[:, None] * s_cm + rn[None, :] * s_cn
-        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=mask)
     if STRIP:
+        rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        for pm in tl.range(0, num_m, flatten=True):
+            rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
+            _ligo_gemm_tile(
+                A, B, C, D, rm, rn, l_lo, n_l, out_l, M, N, K,
+                s_al, s_am, s_ak, s_bl, s_bk, s_bn, s_cl, s_cm, s_cn, s_dl, s_dm, s_dn,
+                HAS_D, REDUCE_L, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+            )  # fmt: skip
         # every read of T's strip by this launch was done above, by this program
         for pm in range(0, tl.cdiv(MT, BLOCK_M)):
             rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -178,6 +194,21 @@ def _ligo_gemm_kernel(
             t = tl.load(t_ptrs, mask=mask, other=0.0).to(tl.float32)
             t += tl.load(r_ptrs, mask=mask, other=0.0).to(tl.float32)
             tl.store(t_ptrs, t.to(T.dtype.element_ty), mask=mask)
+    else:
+        # grouped tile order: GROUP_M row tiles share each B column tile while it is in L2 cache
+        num_n = tl.cdiv(N, BLOCK_N)
+        group = GROUP_M * num_n
+        first_m = (pid // group) * GROUP_M
+        gsize = tl.minimum(num_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % gsize
+        pid_n = (pid % group) // gsize
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        _ligo_gemm_tile(
+            A, B, C, D, rm, rn, l_lo, n_l, out_l, M, N, K,
+            s_al, s_am, s_ak, s_bl, s_bk, s_bn, s_cl, s_cm, s_cn, s_dl, s_dm, s_dn,
+            HAS_D, REDUCE_L, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
 
 
 @triton.jit

@@ -112,7 +112,9 @@ def max_acc_per_thread(args: dict) -> int:
     without spills in the plain kernel (<= 254 registers) but spill 200-300 bytes in the STRIP (residual) and
     REDUCE_L (shared-E gradient) variants, whose extra loop state pushes them past 255 registers; 64 per thread
     never spill. fp32 operands on the FMA units ("ieee") need registers for the operand fragments too: 64 per
-    thread spill in every variant, 32 do not (but for a few bytes in REDUCE_L).
+    thread spill in every variant, 32 do not (but for a few bytes in REDUCE_L). Measured with the GEMM's nested
+    layer and K loops; since they are one loop, REDUCE_L's 128-accumulator tiles compiled without spills in a first
+    look (benchmarks/results/triton_compile_sm90_flat_pipeline.md): the limit may be raised there after the full check.
     """
     if args.get("DOT", 1) == 0 and args.get("PRECISION", "ieee") == "ieee":
         return 32

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from _checks import DEV, check_op, expand_inputs, oracle_expand, oracle_expand_vec, vec_inputs  # noqa: E402
 
@@ -153,3 +153,27 @@ def test_layer_gradient_kernels(dot_max, monkeypatch, poison_empty):
     for dtype in (torch.float32, torch.float16):
         check_op(T.expand_triton, oracle_expand, expand_inputs((3, 5, 19, 13, 30, 27, "layer", True), dtype))
         check_op(T.expand_vec_triton, oracle_expand_vec, vec_inputs(VEC, dtype))
+
+
+# (L1, L2, o1, i1, o2, i2, E layout, residual) for a 16x16x16 tile: the shared-E gradients' K (i1 = 37, o1 = 21) spans
+# several K tiles with a ragged last one, over 7 layers in runs of 3, 3 and 1; K below one tile; a single layer;
+# per-layer E over many layers (STRIP with several M tiles per strip)
+FLAT_CASES = {
+    "shared-ragged-K": (2, 7, 21, 37, 34, 50, "shared", True),
+    "shared-K<tile": (2, 5, 9, 5, 20, 11, "shared", False),
+    "shared-one-layer": (3, 1, 21, 37, 40, 50, "shared", True),
+    "layer-many": (2, 9, 37, 21, 50, 34, "layer", True),
+}
+
+
+@pytest.mark.parametrize("split", [1, 3], ids=["one-run", "runs-3-3-1"])
+@pytest.mark.parametrize("dt", ["fp32", "fp16"])
+def test_flat_layer_k_loop(split, dt, monkeypatch, poison_empty):
+    """The GEMM's one loop over (layer, K tile) pairs: the layer and K offsets it derives from the iteration agree with
+    the oracle where K is not a multiple of BLOCK_K, K < BLOCK_K, one layer, many layers, and the shared-E gradient's
+    runs of layers do not divide the layer count (fp32 partials summed after: tuning.layer_split)."""
+    monkeypatch.setattr(tuning, "layer_split", lambda L, M, N, sms: min(L, split))
+    small = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2}, num_warps=4, num_stages=2)
+    with tuning.force_config(small):
+        for case in FLAT_CASES.values():
+            check_op(T.expand_triton, oracle_expand, expand_inputs(case, DTYPES[dt]))

@@ -2,7 +2,8 @@
 
 The interpreter tests (test_triton_ops.py) check the kernels' numbers; these check that every variant the
 launchers produce lowers to sm_90 code (PTX + cubin through Triton's own ptxas), that 16-bit and tf32 dots run on
-wgmma, and that no variant asks for more shared memory than a Hopper block may have.
+wgmma, that the GEMM's dots sit in one software-pipelined loop (no drain between layers or M tiles), and that no
+variant asks for more shared memory than a Hopper block may have.
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ def test_compile_every_launch_variant_for_sm90(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out.read_text())
     assert {r[0].split()[0] for r in rows} == {"mix", "gemm", "layer_grad", "layer_grad_dot", "vec"}
-    for label, _n, units, regs, spill, smem, status in rows:
+    for label, _n, units, regs, spill, smem, loop, status in rows:
         assert status == "ok", label
         assert 0 < int(regs) <= 255 and float(smem) <= 227, label
         tensor_cores = "bfloat16" in label or "PRECISION=tf32" in label  # tf32x3 included
         if label.startswith("gemm") and tensor_cores:
             assert units == "wgmma", label  # Hopper's warpgroup MMA
+        if label.startswith("gemm"):  # one software-pipelined loop per program over (M tile,) layer and K tile
+            # ("no loop": K = 1 specialised to a constant, the one-trip loop folded away)
+            assert set(loop.split("; ")) <= {"depth 1, pipelined", "no loop"}, (label, loop)
         if label.startswith("layer_grad_dot") and tensor_cores:
             assert units in ("wgmma", "mma.sync"), label  # 16-row tiles: warp-level MMA
             assert int(spill) == 0, label

@@ -48,12 +48,14 @@ for f in sorted(glob.glob(f"{W}/*_default*.json")):
     rows.append(
         f"| {axis_of(new.preset)} | {new.preset.large_steps / 400:g}x | {new.base_seed} | {pct(d['flops_saved'])} "
         f"| {others} | {SHORT_LABELS[best]} | {'-' if gap is None else f'{gap:+.1f}'} | {d['operator_steps']} "
-        f"({100 * d['operator_share']:.1f}%) | {d['steps']:.0f} / {o[best]['steps']:.0f} |"
+        f"({100 * d['operator_share']:.1f}%) | {d['val_loss_grown']:.4f} -> {d['val_loss_start']:.4f} "
+        f"| {d['steps']:.0f} / {o[best]['steps']:.0f} |"
     )
 print("```\n" + "\n".join(checks) + "\n```\n")
 print(
     "| axis | budget | seed | default: % saved | plan-code rows: % saved | best baseline | default - best "
-    "(points) | default's operator steps (FLOPs share) | train steps to target: default / best |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "(points) | default's operator steps (FLOPs share) | default's loss: grown -> after operator "
+    "| train steps to target: default / best |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 print("\n".join(rows))

@@ -1,0 +1,61 @@
+"""Issue 21 addendum: each current-default run (``*_default.json``) against the plan-code run of the same preset,
+seed and budget. Prints scratch's final loss in both (the target is comparable only if they are equal) and a
+markdown table of % FLOPs saved per seed (``Result.summary``'s ``flops_saved``): the default beside every method of
+the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR``."""
+
+import glob
+import json
+import os
+import sys
+
+from ligo_fast.apps.savings.axes import axis_of
+from ligo_fast.apps.savings.report import SHORT_LABELS
+from ligo_fast.apps.savings.results import Result
+
+W = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/axis"
+BASELINES = ("lossless", "stack", "gstack", "hypercloning", "llama_pro")
+
+
+def load(path):
+    with open(path) as f:
+        return Result.from_json(json.load(f))
+
+
+def pct(x):
+    return "miss" if x is None else f"{100 * x:.1f}"
+
+
+checks, rows = [], []
+for f in sorted(glob.glob(f"{W}/*_default*.json")):
+    new = load(f)
+    old_path = f.replace("_default", "")
+    if not os.path.exists(old_path):
+        checks.append(f"{os.path.basename(f)}: scratch {new.target!r}; no plan-code run of this cell")
+        continue
+    old = load(old_path)
+    same = new.target == old.target
+    checks.append(
+        f"{os.path.basename(f)}: scratch {new.target!r}, plan code {old.target!r}: {'EQUAL' if same else 'DIFFER'}"
+    )
+    if not same:
+        continue
+    d = {r["method"]: r for r in new.summary()}["ligo_lossless"]
+    o = {r["method"]: r for r in old.summary()}
+    base = {m: r["flops_saved"] for m, r in o.items() if m in BASELINES}
+    best = max(base, key=lambda m: -1 if base[m] is None else base[m])
+    others = ", ".join(f"{SHORT_LABELS[m]} {pct(r['flops_saved'])}" for m, r in o.items() if m != "scratch")
+    gap = None if d["flops_saved"] is None or base[best] is None else 100 * (d["flops_saved"] - base[best])
+    rows.append(
+        f"| {axis_of(new.preset)} | {new.preset.large_steps / 400:g}x | {new.base_seed} | {pct(d['flops_saved'])} "
+        f"| {others} | {SHORT_LABELS[best]} | {'-' if gap is None else f'{gap:+.1f}'} | {d['operator_steps']} "
+        f"({100 * d['operator_share']:.1f}%) | {d['val_loss_grown']:.4f} -> {d['val_loss_start']:.4f} "
+        f"| {d['steps']:.0f} / {o[best]['steps']:.0f} |"
+    )
+print("```\n" + "\n".join(checks) + "\n```\n")
+print(
+    "| axis | budget | seed | default: % saved | plan-code rows: % saved | best baseline | default - best "
+    "(points) | default's operator steps (FLOPs share) | default's loss: grown -> after operator "
+    "| train steps to target: default / best |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+print("\n".join(rows))

@@ -100,7 +100,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     op.add_argument(
         "--ligo-fraction", type=float, default=None, help="operator steps as a share of the large steps (no floor/cap)"
     )
-    ap.add_argument("--ligo-lr", type=float, default=None, help="operator peak lr (default: the large models' lr)")
+    ap.add_argument(
+        "--ligo-lr",
+        type=float,
+        default=None,
+        help="operator peak lr of both LiGO rows (default: ligo_fast.budget's rule per row: the large models' lr, "
+        "divided by the small width from a function-preserving start)",
+    )
     ap.add_argument(
         "--grown-schedule",
         choices=GROWN_SCHEDULES,

@@ -305,7 +305,7 @@ def estimate(
             step_global += step
     produced += produced_global
     calls = list(pieces(plan)), list(pieces(plan, row_blocks=True))
-    largest = [max((p.numel(plan.L2) for p in c), default=0) * elem for c in calls]
+    largest = [max((p.elements(plan.L2) for p in c), default=0) * elem for c in calls]
     save_tensor = max((p.largest_tensor(plan.L2) for p in calls[1]), default=0) * elem
     return MemoryPlan(
         device=str(device),

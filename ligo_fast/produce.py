@@ -230,7 +230,7 @@ class Piece:
     layers: range | None = None
     rows: range | None = None
 
-    def numel(self, L2: int) -> int:
+    def elements(self, L2: int) -> int:
         """Elements this call produces (a tied alias once), of a plan of ``L2`` large layers."""
         return sum(n * count for n, count in self._tensors(L2))
 

@@ -9,10 +9,10 @@ An estimate, not a measurement, from the growth plan and the large config (all i
   (``2 * L2 * layer``), or earlier at the head's, where the block weights meet a global weight and its gradient
   (``L2 * layer + 2 * global``); the global weights are gone by the blocks' end (an embedding keeps no weight for
   backward, the head's is freed after its backward), so they are not counted twice beside ``2 * L2 * layer``
-  (they were until issue 20: 2.37 GiB estimated against 1.87 measured at 246M). Memory-lean mode keeps one chunk
-  of layers' block weights at a time (``3 * chunk * layer``: the chunk in use, its gradient, the next one being
-  produced) or the global ones and their gradients, and every chunk's stacked rows of the per-layer operator
-  tensors (``stacked``: the op calls keep their inputs until backward). A step
+  (they were until issue 20; measured peaks against this estimate: ``benchmarks/results/bench_scale_*.md``).
+  Memory-lean mode keeps one chunk of layers' block weights at a time (``3 * chunk * layer``: the chunk in use, its
+  gradient, the next one being produced) or the global ones and their gradients, and every chunk's stacked rows of
+  the per-layer operator tensors (``stacked``: the op calls keep their inputs until backward). A step
   whose linears run in the factored forms (``forms``, :mod:`ligo_fast.factored`) produces less: a factored weight
   only its depth mix (small-width), a one-side form one side (``step_global``, ``step_layer``);
 * ``activations``: what the large model keeps for backward, per token and layer about

@@ -146,10 +146,15 @@ def test_more_ctrl_c_while_exiting_is_ignored(files, tmp_path, capsys, monkeypat
         real_print(*a, **k)
 
     monkeypatch.setattr("builtins.print", print_and_press_again)
-    rc = cli.main(_argv(files, tmp_path / "a"))
-    monkeypatch.undo()
-    assert rc == errors.EXIT_INTERRUPTED and "ligo-fast grow: interrupted" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored for the caller
+    # Python's own handler, as a terminal leaves it (a job started in the background inherits SIGINT ignored)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = cli.main(_argv(files, tmp_path / "a"))
+        monkeypatch.undo()
+        assert rc == errors.EXIT_INTERRUPTED and "ligo-fast grow: interrupted" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored for the caller
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_a_closed_stdout_stops_quietly(files, tmp_path):

@@ -309,21 +309,22 @@ def produce_parts(
             yield produce(part.slots, get, layers=piece.layers, aliases=plan.aliases, matrices=False)
         elif slot.layered:
             local = range(piece.layers.start - start, piece.layers.stop - start)
-            yield produce(part.slots, _layer_rows(get, split, local), layers=piece.layers, aliases=plan.aliases,
+            yield produce(part.slots, _sliced(get, split, local), layers=piece.layers, aliases=plan.aliases,
                           vectors=False)  # fmt: skip
         elif piece.rows is not None:
-            yield produce([_row_block(slot, piece.rows)], _row_rows(get, slot.w, piece.rows), aliases=plan.aliases,
+            yield produce([_row_block(slot, piece.rows)], _sliced(get, {slot.w}, piece.rows), aliases=plan.aliases,
                           vectors=False)  # fmt: skip
         else:
             yield produce_part(part, get, aliases=plan.aliases)
 
 
-def _layer_rows(get: Getter, rows: set[str], layers: range) -> Getter:
-    """``get`` for producing ``layers`` only: the per-layer operator tensors (``rows``) sliced to those layers."""
+def _sliced(get: Getter, names: set[str], span: range) -> Getter:
+    """``get`` with the tensors ``names`` cut to ``span`` on their first dim: the per-layer operator tensors to a
+    chunk of layers, or a global small weight to a block of rows."""
 
     def sliced(name: str | None) -> Tensor | None:
         t = get(name)
-        return t[layers.start : layers.stop] if name in rows else t
+        return t[span.start : span.stop] if name in names else t
 
     return sliced
 
@@ -341,13 +342,3 @@ def _row_block(s: Slot, block: range) -> Slot:
     """Slot ``s`` restricted to the rows ``block`` of its weight (:func:`_rows_separable` slots)."""
     n = len(block)
     return dataclasses.replace(s, shape_w=(n, *s.shape_w[1:]), view_w=(n, *s.view_w[1:]))
-
-
-def _row_rows(get: Getter, w: str, block: range) -> Getter:
-    """``get`` with the small weight ``w`` cut to the rows ``block``."""
-
-    def sliced(name: str | None) -> Tensor | None:
-        t = get(name)
-        return t[block.start : block.stop] if name == w else t
-
-    return sliced

@@ -72,19 +72,17 @@ class RiseGuard:
     fired: bool = False
     _recent: deque = field(default_factory=deque, repr=False)
     _changes: list = field(default_factory=list, repr=False)  # |loss - previous step's loss|
-    _last: float | None = field(default=None, repr=False)
 
     def update(self, step: int, loss: float) -> str | None:
         """Record the loss of operator step ``step`` (1-based); one line the first time the loss has risen."""
         if self.fired or not math.isfinite(loss):
             return None
         if self.start is None:
-            self.start = self._last = loss
+            self.start = loss
             return None
         if step > self.window:
             return None
-        self._changes.append(abs(loss - self._last))
-        self._last = loss
+        self._changes.append(abs(loss - (self._recent[-1] if self._recent else self.start)))
         self._recent.append(loss)
         if len(self._recent) > self.mean:
             self._recent.popleft()

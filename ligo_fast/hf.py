@@ -145,11 +145,11 @@ def fill(
 
     Each part maps state-dict names to tensors; names tied in ``model`` (one meta parameter) get one Parameter,
     from the first of them to arrive (tied weights stay tied). Every tensor is taken as it is where it owns its
-    storage and is in ``dtype`` on ``device``, else copied into the parameter's storage, allocated (untouched) for
-    every parameter before the first part (see :func:`_take`), so a caller that drops a part after this call holds
-    each produced value once and the parts' temporaries do not sit between the model's tensors. The model's own
-    buffers move to ``device`` (floating ones to ``dtype``, as ``model.to`` would). RuntimeError names a parameter
-    left on meta or a name the model does not have.
+    storage and is in ``dtype`` on ``device``, else copied into the parameter's storage (on CPU allocated,
+    untouched, for every parameter before the first part: see :func:`_take`), so a caller that drops a part after
+    this call holds each produced value once and the parts' temporaries do not sit between the model's tensors.
+    The model's own buffers move to ``device`` (floating ones to ``dtype``, as ``model.to`` would). RuntimeError
+    names a parameter left on meta or a name the model does not have.
     """
     for module in model.modules():
         for leaf, b in module._buffers.items():
@@ -158,15 +158,18 @@ def fill(
     params = {n: n.rpartition(".") for n, _ in model.named_parameters(remove_duplicate=False)}
     buffers = {n: n.rpartition(".") for n, _ in model.named_buffers(remove_duplicate=False)}
     made: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id of a meta parameter -> (it, its replacement)
-    # every parameter's storage first, uninitialised (no page touched, so nothing resident until a value is copied
-    # in): the production's temporaries, freed after each part, then come after the model's tensors in the heap,
-    # not between them, where glibc kept their freed pages resident (materialize peaked up to 0.3x the model higher)
+    # on CPU every parameter's storage first, uninitialised (no page touched, so nothing resident until a value is
+    # copied in): the production's temporaries, freed after each part, then come after the model's tensors in the
+    # heap, not between them, where glibc kept their freed pages resident (materialize peaked up to 0.3x the model
+    # higher); not on an accelerator, where an allocation counts at once (an owned tensor taken as is would have
+    # cost its size twice)
+    cpu = torch.device(device).type == "cpu"
     room = {
         id(p): torch.empty(p.shape, dtype=_out_dtype(p, dtype), device=device)
-        for p in model.parameters()  # tied names once
+        for p in (model.parameters() if cpu else ())  # tied names once
         if p.device.type == "meta"
     }
-    trimmer, kept = heap.Trimmer() if torch.device(device).type == "cpu" else None, 0
+    trimmer, kept = heap.Trimmer() if cpu else None, 0
     for part in parts:
         for name, t in part.items():
             if name in params:
@@ -180,7 +183,8 @@ def fill(
                         f"{name}: a tensor of shape {tuple(t.shape)} for a parameter of {tuple(old.shape)}"
                     )
                 if id(old) not in made:  # names tied in the model share the meta parameter: one replacement
-                    value = _take(t, room.pop(id(old)), dtype, avoid)
+                    dst = room.pop(id(old), None)
+                    value = _own(t, device, dtype, avoid) if dst is None else _take(t, dst, dtype, avoid)
                     kept += value.nbytes
                     made[id(old)] = (old, nn.Parameter(value, requires_grad=old.requires_grad))
                 module._parameters[leaf] = made[id(old)][1]
@@ -189,7 +193,7 @@ def fill(
                 model.get_submodule(parent)._buffers[leaf] = _own(t, device, dtype, avoid)
             else:
                 raise RuntimeError(f"{type(model).__name__} has no parameter or buffer {name!r}")
-        part = t = value = None  # before the next part is produced: this one's (copied) tensors can go
+        part = t = value = dst = None  # before the next part is produced: this one's (copied) tensors can go
         if trimmer is not None:  # and the pages its temporaries freed between the kept tensors (ligo_fast.heap)
             trimmer.kept(kept)
     left = [n for n, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"]

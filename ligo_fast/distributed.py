@@ -119,21 +119,21 @@ def is_sharded(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def broadcast_module_states(model: nn.Module, src: int = 0, group=None) -> None:
-    """Copy rank ``src``'s parameters and buffers to every rank (one broadcast per dtype and device).
+    """Copy rank ``src``'s parameters and buffers to every rank, one tensor at a time, into the tensor itself.
 
-    Call it before sharding: it refuses DTensor parameters.
+    Call it before sharding: it refuses DTensor parameters. A contiguous tensor is received in place, so nothing
+    beside the model is allocated (one flat copy of every tensor per dtype, as before, held the whole operator and
+    small weights twice while ``shard`` ran); a non-contiguous one goes through a contiguous copy of itself.
     """
     tensors = list(unwrap(model).parameters()) + list(unwrap(model).buffers())
     if any(_is_dtensor(t) for t in tensors):
         raise RuntimeError("broadcast_module_states: the model is sharded already; call it before fully_shard")
-    groups: dict[tuple, list[Tensor]] = {}
     for t in tensors:
-        groups.setdefault((t.dtype, t.device), []).append(t)
-    for ts in groups.values():
-        flat = torch.cat([t.detach().reshape(-1) for t in ts])
-        dist.broadcast(flat, src, group=group)
-        for t, v in zip(ts, flat.split([t.numel() for t in ts]), strict=True):
-            t.copy_(v.view_as(t))
+        t = t.detach()
+        buf = t if t.is_contiguous() else t.contiguous()
+        dist.broadcast(buf, src, group=group)
+        if buf is not t:
+            t.copy_(buf)
 
 
 def unused_parameters(model: nn.Module) -> list[str]:

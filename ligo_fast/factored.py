@@ -356,11 +356,21 @@ def layer_factors(
     weight produced on that side only, and the factors keep the other side's E. ``backend``: the ops' backend.
     """
     out = {}
+    # each per-layer tensor unbound once for every slot that reads it (gate/up/down share the ffn width matrices):
+    # an unbind's backward holds its layers' gradients until the last one arrives, so one unbind per slot held a
+    # full-size gradient of the tensor per slot; through one, the slots' gradients of a layer are summed at once
+    unbound: dict[tuple[str | None, int], Sequence[Tensor | None]] = {}
+
+    def per_layer(name: str | None, n: int) -> Sequence[Tensor | None]:
+        if (name, n) not in unbound:
+            unbound[name, n] = _per_layer(get(name), n)
+        return unbound[name, n]
+
     for s in slots:
         targets = paths(s, aliases)
         form = (forms or {}).get(s.name, Form.FACTORED)
         n = len(s.targets_w)
-        Eo, Ei, R = (_per_layer(get(name), n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
+        Eo, Ei, R = (per_layer(name, n) for name in (s.e_rows[0], s.e_cols[0], s.res_w))
         W = get(s.w) if s.layered else get(s.w)[None]
         depth = get(s.depth_w) if s.layered else get(s.scale_w)
         if form == Form.FACTORED and depth is None:  # a global weight without a scale: the small weight itself

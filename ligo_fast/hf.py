@@ -7,7 +7,7 @@ a config with another layer count, for estimates that must not build every layer
 ``fill`` build a plain model from produced tensors without a throw-away init or a second copy: the model is built
 with its parameters on meta and each tensor is assigned (not copied) as it arrives; ``materialized`` does both, for
 ``LiGOModel.materialize`` and the official API's ``materialize_compat``.
-Imports: torch and the HF config/model objects it is given; nothing of ligo_fast.
+Imports: torch and the HF config/model objects it is given; of ligo_fast only ``heap``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from . import heap
 
 logger = logging.getLogger(__name__)
 
@@ -96,20 +98,38 @@ def storage_keys(tensors: Iterable[Tensor]) -> frozenset[int]:
     return frozenset(keys)
 
 
+def _shared(t: Tensor, avoid: frozenset[int]) -> bool:
+    """Whether ``t`` does not own its storage: a view into a larger tensor (one layer of a module kind), a tensor
+    in a storage of ``avoid``, or one without plain storage (a DTensor, ...)."""
+    try:
+        storage = t.untyped_storage()
+        return storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in avoid
+    except (RuntimeError, NotImplementedError):  # no plain storage: copy to be safe
+        return True
+
+
+def _out_dtype(t: Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype ``t`` gets: ``dtype`` for a floating tensor, its own otherwise (as ``model.to(dtype)`` does)."""
+    return dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+
+
 def _own(t: Tensor, device: torch.device, dtype: torch.dtype | None, avoid: frozenset[int]) -> Tensor:
     """``t`` on ``device`` in ``dtype`` (floating tensors only) in a storage of its own, copied only where needed:
     ``t`` is a view into a larger tensor (one layer of a module kind) or lives in a storage of ``avoid``."""
     t = t.detach()
-    out = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else t.dtype)
-    if out is t:
-        try:
-            storage = t.untyped_storage()
-            shared = storage.nbytes() != t.numel() * t.element_size() or storage.data_ptr() in avoid
-        except (RuntimeError, NotImplementedError):  # no plain storage (a DTensor, ...): copy to be safe
-            shared = True
-        if shared:
-            out = t.clone()
-    return out
+    out = t.to(device=device, dtype=_out_dtype(t, dtype))
+    return t.clone() if out is t and _shared(t, avoid) else out
+
+
+def _take(t: Tensor, dst: Tensor, dtype: torch.dtype | None, avoid: frozenset[int]) -> Tensor:
+    """What :func:`_own` gives, written into ``dst`` (an untouched tensor of the parameter's shape on the device)
+    where a copy is needed: ``t`` itself where it owns its storage in the right dtype and device (``dst`` is then
+    dropped, never touched)."""
+    t = t.detach()
+    want = _out_dtype(t, dtype)
+    if t.device == dst.device and t.dtype == want and not _shared(t, avoid):
+        return t
+    return dst.copy_(t) if dst.dtype == want else _own(t, dst.device, dtype, avoid)
 
 
 @torch.no_grad()
@@ -125,10 +145,11 @@ def fill(
 
     Each part maps state-dict names to tensors; names tied in ``model`` (one meta parameter) get one Parameter,
     from the first of them to arrive (tied weights stay tied). Every tensor is taken as it is where it owns its
-    storage and is in ``dtype`` on ``device`` (else converted or copied, see :func:`_own`), so a caller that drops
-    a part after this call holds each produced value once. The model's own buffers move to ``device`` (floating
-    ones to ``dtype``, as ``model.to`` would). RuntimeError names a parameter left on meta or a name the model
-    does not have.
+    storage and is in ``dtype`` on ``device``, else copied into the parameter's storage (on CPU allocated,
+    untouched, for every parameter before the first part: see :func:`_take`), so a caller that drops a part after
+    this call holds each produced value once and the parts' temporaries do not sit between the model's tensors.
+    The model's own buffers move to ``device`` (floating ones to ``dtype``, as ``model.to`` would). RuntimeError
+    names a parameter left on meta or a name the model does not have.
     """
     for module in model.modules():
         for leaf, b in module._buffers.items():
@@ -137,6 +158,18 @@ def fill(
     params = {n: n.rpartition(".") for n, _ in model.named_parameters(remove_duplicate=False)}
     buffers = {n: n.rpartition(".") for n, _ in model.named_buffers(remove_duplicate=False)}
     made: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id of a meta parameter -> (it, its replacement)
+    # on CPU every parameter's storage first, uninitialised (no page touched, so nothing resident until a value is
+    # copied in): the production's temporaries, freed after each part, then come after the model's tensors in the
+    # heap, not between them, where glibc kept their freed pages resident (materialize peaked up to 0.3x the model
+    # higher); not on an accelerator, where an allocation counts at once (an owned tensor taken as is would have
+    # cost its size twice)
+    cpu = torch.device(device).type == "cpu"
+    room = {
+        id(p): torch.empty(p.shape, dtype=_out_dtype(p, dtype), device=device)
+        for p in (model.parameters() if cpu else ())  # tied names once
+        if p.device.type == "meta"
+    }
+    trimmer, kept = heap.Trimmer() if cpu else None, 0
     for part in parts:
         for name, t in part.items():
             if name in params:
@@ -150,14 +183,19 @@ def fill(
                         f"{name}: a tensor of shape {tuple(t.shape)} for a parameter of {tuple(old.shape)}"
                     )
                 if id(old) not in made:  # names tied in the model share the meta parameter: one replacement
-                    made[id(old)] = (old, nn.Parameter(_own(t, device, dtype, avoid), requires_grad=old.requires_grad))
+                    dst = room.pop(id(old), None)
+                    value = _own(t, device, dtype, avoid) if dst is None else _take(t, dst, dtype, avoid)
+                    kept += value.nbytes
+                    made[id(old)] = (old, nn.Parameter(value, requires_grad=old.requires_grad))
                 module._parameters[leaf] = made[id(old)][1]
             elif name in buffers:
                 parent, _, leaf = buffers[name]
                 model.get_submodule(parent)._buffers[leaf] = _own(t, device, dtype, avoid)
             else:
                 raise RuntimeError(f"{type(model).__name__} has no parameter or buffer {name!r}")
-        part = t = None  # before the next part is produced: this one's (copied) tensors can go
+        part = t = value = dst = None  # before the next part is produced: this one's (copied) tensors can go
+        if trimmer is not None:  # and the pages its temporaries freed between the kept tensors (ligo_fast.heap)
+            trimmer.kept(kept)
     left = [n for n, p in model.named_parameters(remove_duplicate=False) if p.device.type == "meta"]
     if left:
         raise RuntimeError(f"{type(model).__name__}: no value for {len(left)} parameters ({', '.join(left[:3])}, ...)")

@@ -197,3 +197,27 @@ def test_single_process_helpers():
     _close(D.materialize_distributed(model).state_dict(), model.materialize().state_dict(), "materialised")
     with pytest.raises(TypeError, match="LiGOModel"):
         D.unwrap(small)
+
+
+def test_broadcast_receives_into_the_models_own_tensors(monkeypatch):
+    """broadcast_module_states allocates nothing beside the model (shard() runs it while the whole operator is
+    alive): every contiguous tensor is broadcast in place, a non-contiguous one through its copy, then written back;
+    the received values land in the model (here a fake broadcast writes its own)."""
+    small, large_cfg = _small()
+    model = ligo_fast.grow(small, large_cfg, seed=0)
+    with torch.no_grad():
+        model.op.register_buffer("strided", torch.randn(5, 4).t())  # a non-contiguous tensor too
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    sent = []
+
+    def fake_broadcast(t, src, group=None):
+        sent.append(t)
+        t.copy_(torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape).to(t.dtype))
+
+    monkeypatch.setattr(D.dist, "broadcast", fake_broadcast)
+    D.broadcast_module_states(model)
+    assert len(sent) == len([*model.parameters(), *model.buffers()])
+    assert sum(t.untyped_storage().data_ptr() not in own for t in sent) == 1  # only the strided buffer's copy
+    for t in [*model.parameters(), *model.buffers()]:
+        want = torch.arange(t.numel(), dtype=torch.float64).reshape(t.shape).to(t.dtype)
+        assert torch.equal(t.detach(), want)

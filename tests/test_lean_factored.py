@@ -484,3 +484,28 @@ def test_execution_options_are_split_from_the_structure(tmp_path):
     again = ligo_fast.load_operator(tmp_path / "op", small, large_cfg)
     assert again.ligo_config.to_dict() == model.ligo_config.to_dict()
     assert again.ligo_config.execution == ExecutionOptions()
+
+
+def test_factored_slots_unbind_a_shared_per_layer_tensor_once():
+    """gate/up/down read the same per-layer ffn width matrix: through one unbind, whose backward sums the three
+    slots' gradients of a layer as they come; an unbind per slot held a full-size gradient of the tensor per slot
+    until its last layer (the factored step's peak, benchmarks/results/bench_fsdp_growth_2026-12-06.md)."""
+    torch.manual_seed(0)
+    small_cfg, large_cfg = configs("LlamaForCausalLM")
+    model = ligo_fast.grow(build("LlamaForCausalLM", small_cfg), large_cfg, seed=0, linear_mode="factored")
+    loss = main_output(model(**inputs("LlamaForCausalLM"))).float().pow(2).mean()
+    assert model.factored_plan((), inputs("LlamaForCausalLM")), "no block linear ran factored"
+    unbinds: dict[int, int] = {}  # id of a leaf tensor -> UnbindBackward nodes reading it
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nxt = [f for f, _ in node.next_functions]
+        if type(node).__name__.startswith("UnbindBackward") and hasattr(nxt[0], "variable"):
+            unbinds[id(nxt[0].variable)] = unbinds.get(id(nxt[0].variable), 0) + 1
+        todo += nxt
+    per_layer = {id(p): n for n, p in model.named_parameters() if p.dim() == 3}
+    assert any("ffn" in per_layer.get(k, "") for k in unbinds), "no per-layer ffn width matrix unbound"
+    assert {per_layer.get(k, k): c for k, c in unbinds.items() if c > 1} == {}

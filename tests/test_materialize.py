@@ -372,3 +372,35 @@ def test_materialized_fills_from_parts_then_the_rest(training):
     avoided = storage_keys(rest.values())  # copied; the parts' tensors are taken as they are
     assert not any(got[k].untyped_storage().data_ptr() in avoided for k in rest if k in got)
     assert all(got[k].untyped_storage().data_ptr() == first[k].untyped_storage().data_ptr() for k in first)
+
+
+def test_fill_allocates_every_parameter_before_the_first_part_and_reports_what_it_keeps(monkeypatch):
+    """materialize() allocates the large model's storage before producing (the production's freed temporaries then
+    lie above it in the heap, not between its tensors), and tells the heap trimmer, after each part, the bytes of
+    the parameters kept so far (ligo_fast.heap.Trimmer)."""
+    from ligo_fast import hf
+
+    model = _grown("LlamaForCausalLM", False)
+    params = len(list(hf.empty_model(model.hf_class, model.config).parameters()))
+    empties, kept = [], []
+    real_empty = torch.empty
+    # the output's dtype (float64) tells the storage apart from the float32 meta model's construction
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empties.append(k.get("dtype")) or real_empty(*a, **k))
+
+    class Spy:
+        def kept(self, nbytes: int) -> bool:
+            kept.append(nbytes)
+            return False
+
+    monkeypatch.setattr(hf.heap, "Trimmer", Spy)
+    real_parts = model._state_parts
+
+    def parts(*a, **k):
+        assert empties.count(torch.float64) == params  # every parameter's storage, before the first part
+        yield from real_parts(*a, **k)
+
+    monkeypatch.setattr(model, "_state_parts", parts)
+    ours = model.materialize(dtype=torch.float64)
+    assert len(kept) == len(list(real_parts())) and kept == sorted(kept)
+    assert kept[-1] == sum(p.nbytes for p in ours.parameters())
+    _assert_same(_everything(ours), _everything(_oracle(model, torch.float64)))

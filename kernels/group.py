@@ -257,10 +257,14 @@ def _s3(t: Tensor) -> tuple[int, int, int]:
 
 def _add_mix(batch: _Batch, entries: list) -> None:
     """entries: (O, W, depth): O[l] = sum_j depth[l, j] W[j]; O: (L2, M, N), W: (L1, M, N)."""
-    key = lambda e: (e[0].dtype, e[1].dtype, e[2].dtype, e[1].stride(2) == 1, e[0].stride(2) == 1)  # noqa: E731
-    for (o_dt, w_dt, d_dt, w_n1, o_n1), group in _by(entries, key).items():
-        L2max = max(e[0].shape[0] for e in group)
-        bl, bm, bn, warps = (4, 32, 32, 4) if INTERPRETED else (min(8, triton.next_power_of_2(L2max)), 16, 64, 4)
+
+    def key(e):
+        O, W, depth = e
+        bl = 4 if INTERPRETED else min(8, triton.next_power_of_2(O.shape[0]))
+        return O.dtype, W.dtype, depth.dtype, W.stride(2) == 1, O.stride(2) == 1, bl
+
+    for (o_dt, w_dt, d_dt, w_n1, o_n1, bl), group in _by(entries, key).items():
+        bm, bn, warps = (32, 32, 4) if INTERPRETED else (16, 64, 4)
         rows = []
         for O, W, depth in group:
             L2, M, N = O.shape
@@ -277,18 +281,20 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
     """entries: (C, A, B, D or None, reduce): ``C[l] = A[l] @ B[l] (+ D[l])``, or with reduce ``C[0] = sum over l``.
     A: (L, M, K), B: (L, K, N), C and D: (L or 1, M, N); any strides (0 for shared)."""
 
+    code, precision = dot
+
     def key(e):
         C, A, B, D, _ = e
         Dx = C if D is None else D
-        return (A.dtype, B.dtype, C.dtype, Dx.dtype, D is not None, A.stride(2) == 1, A.stride(1) == 1 != A.stride(2),
-                B.stride(2) == 1, B.stride(1) == 1 != B.stride(2), C.stride(2) == 1, Dx.stride(2) == 1)  # fmt: skip
+        # the tile from the problem's own sizes: its numbers do not depend on what it is grouped with
+        cfg = tuple(sorted(tuning.gemm_heuristic(A.shape[1], B.shape[2], code != 0, INTERPRETED).items()))
+        units = (A.stride(2) == 1, A.stride(1) == 1 != A.stride(2), B.stride(2) == 1, B.stride(1) == 1 != B.stride(2),
+                 C.stride(2) == 1, Dx.stride(2) == 1)  # fmt: skip
+        return (A.dtype, B.dtype, C.dtype, Dx.dtype, D is not None, *units, cfg)
 
-    code, precision = dot
     for sig, group in _by(entries, key).items():
-        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1 = sig
-        Mmax = max(e[1].shape[1] for e in group)
-        Nmax = max(e[2].shape[2] for e in group)
-        cfg = tuning.gemm_heuristic(Mmax, Nmax, code != 0, INTERPRETED)
+        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, cfg = sig
+        cfg = dict(cfg)
         bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
         rows = []
         for C, A, B, D, reduce in group:
@@ -465,38 +471,38 @@ def _add_layer_grads(batch: _Batch, entries: list, need_W: list[bool], need_dept
     if not entries:
         return
     device = batch.device
-    bj = max(16, triton.next_power_of_2(max(e[2].shape[0] for e in entries)))
-    bl = max(16, triton.next_power_of_2(max(e[3].shape[0] for e in entries)))
-    if INTERPRETED:
-        bt, cap = 64, 4
-    else:
-        bt, cap = max(32, min(64, 1024 // bl)), 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    nprogs = [min(triton.cdiv(e[1].shape[1] * e[1].shape[2], bt), cap) for e in entries]
-    total = sum(n for n, e in zip(nprogs, entries, strict=True) if need_depth[e[0]])
-    pd = torch.empty((max(total, 1), bl, bj), dtype=torch.float32, device=device)
+    cap = 4 if INTERPRETED else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    plans = []  # per entry: layer and small-layer blocks, tile, programs (from its own sizes, as in _layer_grads)
+    for _, G, W, _, _ in entries:
+        bj, bl = max(16, triton.next_power_of_2(W.shape[0])), max(16, triton.next_power_of_2(G.shape[0]))
+        bt = 64 if INTERPRETED else max(32, min(64, 1024 // bl))
+        plans.append((bj, bl, bt, min(triton.cdiv(G.shape[1] * G.shape[2], bt), cap)))
+    sizes = [n * bl * bj if need_depth[e[0]] else 0 for e, (bj, bl, _, n) in zip(entries, plans, strict=True)]
+    pd = torch.empty(max(sum(sizes), 1), dtype=torch.float32, device=device)  # every problem's partials
     batch.alive.append(pd)
     grads, sums, first = [], [], 0
-    for (p, G, W, depth, vec), nprog in zip(entries, nprogs, strict=True):
+    for (p, G, W, depth, vec), (bj, bl, bt, nprog), size in zip(entries, plans, sizes, strict=True):
         L2, M, N = G.shape
         L1 = W.shape[0]
         out = torch.empty_like(W, memory_format=torch.contiguous_format) if need_W[p] else W
         if need_W[p]:
             dW[p] = out.squeeze(-1) if vec else out
-        part = pd[first:] if need_depth[p] else pd
+        part = pd[first:]
+        first += size
         if need_depth[p]:
             dd[p] = torch.empty((L2, L1), dtype=depth.dtype, device=device)
-            sums.append(((part.data_ptr(), nprog, L1, L2, dd[p].data_ptr(), *dd[p].stride()), 1, dd[p].dtype))
-            first += nprog
+            sums.append(((part.data_ptr(), nprog, L1, L2, dd[p].data_ptr(), *dd[p].stride()), 1, (dd[p].dtype, bj, bl)))
         row = (G.data_ptr(), W.data_ptr(), depth.data_ptr(), out.data_ptr(), part.data_ptr(), nprog, L1, L2, M, N,
                triton.cdiv(M * N, bt), *_s3(G), *_s3(W), *depth.stride(), *_s3(out))  # fmt: skip
-        key = (G.dtype, W.dtype, depth.dtype, out.dtype, G.stride(2) == 1, W.stride(2) == 1, need_W[p], need_depth[p])
+        key = (G.dtype, W.dtype, depth.dtype, out.dtype, G.stride(2) == 1, W.stride(2) == 1, need_W[p], need_depth[p],
+               bj, bl, bt)  # fmt: skip
         grads.append((key, row, nprog))
     for key, group in _by(grads, lambda e: e[0]).items():
-        g_dt, w_dt, d_dt, o_dt, g_n1, w_n1, has_dw, has_pd = key
+        g_dt, w_dt, d_dt, o_dt, g_n1, w_n1, has_dw, has_pd, bj, bl, bt = key
         opts = dict(G_T=_TL[g_dt], W_T=_TL[w_dt], D_T=_TL[d_dt], DW_T=_TL[o_dt], G_N1=g_n1, W_N1=w_n1, HAS_DW=has_dw,
                     HAS_PD=has_pd, PRECISION=tuning.fp32_precision(INTERPRETED), BLOCK_J=bj, BLOCK_L=bl, BLOCK_T=bt,
                     num_warps=4)  # fmt: skip
         batch.add(_ligo_group_layer_grad_kernel, GRAD_FIELDS, [(r, n) for _, r, n in group], opts)
-    for dt, group in _by(sums, lambda e: e[2]).items():
+    for (dt, bj, bl), group in _by(sums, lambda e: e[2]).items():
         opts = dict(DD_T=_TL[dt], BLOCK_J=bj, BLOCK_L=bl, num_warps=4)
         batch.add(_ligo_group_depth_sum_kernel, SUM_FIELDS, [(r, n) for r, n, _ in group], opts)

@@ -69,33 +69,57 @@ def _problem(T, P, F: tl.constexpr):
 
 
 @triton.jit
-def _field(row, i: tl.constexpr, UNIT: tl.constexpr):
-    """Field i of a row (a stride), or the constant 1 when the launch's problems all have a unit stride there."""
+def _field(row, i: tl.constexpr, UNIT: tl.constexpr, ALIGNED: tl.constexpr):
+    """Field i of a row, a stride within a layer: the constant 1 when every problem of the launch has a unit stride
+    there; else int32, as the per-kind kernels' int arguments (offsets within one layer fit; int64 offsets for every
+    element of a tile cost registers), a multiple of 8 elements when ``ALIGNED`` (16-byte vector loads)."""
     if UNIT:
         return 1
     else:
-        return tl.load(row + i)
+        s = tl.load(row + i).to(tl.int32)
+        if ALIGNED:
+            s = tl.multiple_of(s, 8)
+        return s
+
+
+@triton.jit
+def _layer_stride(row, i: tl.constexpr, ALIGNED: tl.constexpr):
+    """Field i of a row, a layer stride: int64 (a layer's offset may pass 2^31), a multiple of 8 when ``ALIGNED``."""
+    s = tl.load(row + i)
+    if ALIGNED:
+        s = tl.multiple_of(s, 8)
+    return s
+
+
+@triton.jit
+def _ptr(row, i: tl.constexpr, T: tl.constexpr, ALIGNED: tl.constexpr):
+    """Field i of a row as a pointer to T; 16-byte aligned when ``ALIGNED``."""
+    p = tl.load(row + i).to(tl.pointer_type(T))
+    if ALIGNED:
+        p = tl.multiple_of(p, 16)
+    return p
 
 
 @triton.jit
 def _ligo_group_mix_kernel(
     T, P,
     W_T: tl.constexpr, O_T: tl.constexpr, D_T: tl.constexpr, W_N1: tl.constexpr, O_N1: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """``_ligo_mix_kernel`` for P problems: O[l] = sum_j Dp[l, j] W[j] (rows of ``MIX_FIELDS``)."""
     row, local = _problem(T, P, 16)
-    W = tl.load(row + 1).to(tl.pointer_type(W_T))
+    W = _ptr(row, 1, W_T, ALIGNED)
     Dp = tl.load(row + 2).to(tl.pointer_type(D_T))
-    O = tl.load(row + 3).to(tl.pointer_type(O_T))
+    O = _ptr(row, 3, O_T, ALIGNED)
     L1 = tl.load(row + 4).to(tl.int32)
     L2 = tl.load(row + 5).to(tl.int32)
     M = tl.load(row + 6).to(tl.int32)
     N = tl.load(row + 7).to(tl.int32)
     _ligo_mix_tile(
         W, Dp, O, O, L1, L2, M, N,
-        tl.load(row + 8), tl.load(row + 9), _field(row, 10, W_N1), tl.load(row + 11), tl.load(row + 12),
-        tl.load(row + 13), tl.load(row + 14), _field(row, 15, O_N1), 0, 0, 0,
+        _layer_stride(row, 8, ALIGNED), _field(row, 9, False, ALIGNED), _field(row, 10, W_N1, ALIGNED),
+        tl.load(row + 11).to(tl.int32), tl.load(row + 12).to(tl.int32),
+        _layer_stride(row, 13, ALIGNED), _field(row, 14, False, ALIGNED), _field(row, 15, O_N1, ALIGNED), 0, 0, 0,
         local, False, BLOCK_L, BLOCK_M, BLOCK_N,
     )  # fmt: skip
 
@@ -105,21 +129,26 @@ def _ligo_group_gemm_kernel(
     T, P,
     A_T: tl.constexpr, B_T: tl.constexpr, C_T: tl.constexpr, D_T: tl.constexpr,
     A_K1: tl.constexpr, A_M1: tl.constexpr, B_N1: tl.constexpr, B_K1: tl.constexpr,
-    C_N1: tl.constexpr, D_N1: tl.constexpr,
+    C_N1: tl.constexpr, D_N1: tl.constexpr, ALIGNED: tl.constexpr,
     HAS_D: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """``_ligo_gemm_kernel`` for P problems (rows of ``GEMM_FIELDS``): ``C[o] = sum of A[l] @ B[l] (+ D[o])`` over the
     o-th run of LPER layers (LPER = 1: one layer per output; LPER = NL: a shared-E gradient over all layers).
-    ``*_K1``, ``*_M1``, ``*_N1``: that stride is 1 for every problem of the launch (a constant: vectorised loads)."""
+    ``*_K1``, ``*_M1``, ``*_N1``: that stride is 1 for every problem of the launch (a constant: vectorised loads);
+    ``ALIGNED``: every pointer 16-byte aligned; M, N, K and every non-unit stride multiples of 8."""
     row, local = _problem(T, P, 22)
-    A = tl.load(row + 1).to(tl.pointer_type(A_T))
-    B = tl.load(row + 2).to(tl.pointer_type(B_T))
-    C = tl.load(row + 3).to(tl.pointer_type(C_T))
-    D = tl.load(row + 4).to(tl.pointer_type(D_T))
+    A = _ptr(row, 1, A_T, ALIGNED)
+    B = _ptr(row, 2, B_T, ALIGNED)
+    C = _ptr(row, 3, C_T, ALIGNED)
+    D = _ptr(row, 4, D_T, ALIGNED)
     M = tl.load(row + 5).to(tl.int32)
     N = tl.load(row + 6).to(tl.int32)
     K = tl.load(row + 7).to(tl.int32)
+    if ALIGNED:  # the masks then keep whole 16-byte vectors: asynchronous copies (the software pipeline) need them
+        M = tl.multiple_of(M, 8)
+        N = tl.multiple_of(N, 8)
+        K = tl.multiple_of(K, 8)
     NL = tl.load(row + 8).to(tl.int32)
     LPER = tl.load(row + 9).to(tl.int32)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -135,10 +164,10 @@ def _ligo_group_gemm_kernel(
     n_l = tl.minimum(NL, l_lo + LPER) - l_lo
     _ligo_gemm_tile(
         A, B, C, D, rm, rn, l_lo, n_l, o.to(tl.int64), M, N, K,
-        tl.load(row + 10), _field(row, 11, A_M1), _field(row, 12, A_K1),
-        tl.load(row + 13), _field(row, 14, B_K1), _field(row, 15, B_N1),
-        tl.load(row + 16), tl.load(row + 17), _field(row, 18, C_N1),
-        tl.load(row + 19), tl.load(row + 20), _field(row, 21, D_N1),
+        _layer_stride(row, 10, ALIGNED), _field(row, 11, A_M1, ALIGNED), _field(row, 12, A_K1, ALIGNED),
+        _layer_stride(row, 13, ALIGNED), _field(row, 14, B_K1, ALIGNED), _field(row, 15, B_N1, ALIGNED),
+        _layer_stride(row, 16, ALIGNED), _field(row, 17, False, ALIGNED), _field(row, 18, C_N1, ALIGNED),
+        _layer_stride(row, 19, ALIGNED), _field(row, 20, False, ALIGNED), _field(row, 21, D_N1, ALIGNED),
         HAS_D, True, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
 
@@ -163,10 +192,10 @@ def _ligo_group_layer_grad_kernel(
         G, W, Dp, DW, PD,
         tl.load(row + 7).to(tl.int32), tl.load(row + 8).to(tl.int32), tl.load(row + 9).to(tl.int32),
         tl.load(row + 10).to(tl.int32), tl.load(row + 11).to(tl.int32),
-        tl.load(row + 12), tl.load(row + 13), _field(row, 14, G_N1),
-        tl.load(row + 15), tl.load(row + 16), _field(row, 17, W_N1),
+        tl.load(row + 12), _field(row, 13, False, False), _field(row, 14, G_N1, False),
+        tl.load(row + 15), _field(row, 16, False, False), _field(row, 17, W_N1, False),
         tl.load(row + 18), tl.load(row + 19),
-        tl.load(row + 20), tl.load(row + 21), tl.load(row + 22),
+        tl.load(row + 20), _field(row, 21, False, False), _field(row, 22, False, False),
         local, tl.load(row + 6).to(tl.int32), HAS_DW, HAS_PD, PRECISION, BLOCK_J, BLOCK_L, BLOCK_T,
     )  # fmt: skip
 
@@ -255,15 +284,20 @@ def _s3(t: Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _aligned(*ts: Tensor) -> bool:
+    """Every tensor 16-byte aligned, with every non-unit stride a multiple of 8 elements."""
+    return all(t.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in t.stride() if st != 1) for t in ts)
+
+
 def _add_mix(batch: _Batch, entries: list) -> None:
     """entries: (O, W, depth): O[l] = sum_j depth[l, j] W[j]; O: (L2, M, N), W: (L1, M, N)."""
 
     def key(e):
         O, W, depth = e
         bl = 4 if INTERPRETED else min(8, triton.next_power_of_2(O.shape[0]))
-        return O.dtype, W.dtype, depth.dtype, W.stride(2) == 1, O.stride(2) == 1, bl
+        return O.dtype, W.dtype, depth.dtype, W.stride(2) == 1, O.stride(2) == 1, _aligned(O, W), bl
 
-    for (o_dt, w_dt, d_dt, w_n1, o_n1, bl), group in _by(entries, key).items():
+    for (o_dt, w_dt, d_dt, w_n1, o_n1, aligned, bl), group in _by(entries, key).items():
         bm, bn, warps = (32, 32, 4) if INTERPRETED else (16, 64, 4)
         rows = []
         for O, W, depth in group:
@@ -272,8 +306,8 @@ def _add_mix(batch: _Batch, entries: list) -> None:
             row = (W.data_ptr(), depth.data_ptr(), O.data_ptr(), W.shape[0], L2, M, N, *_s3(W), *depth.stride(),
                    *_s3(O))  # fmt: skip
             rows.append((row, nprog))
-        opts = dict(W_T=_TL[w_dt], O_T=_TL[o_dt], D_T=_TL[d_dt], W_N1=w_n1, O_N1=o_n1, BLOCK_L=bl, BLOCK_M=bm,
-                    BLOCK_N=bn, num_warps=warps)  # fmt: skip
+        opts = dict(W_T=_TL[w_dt], O_T=_TL[o_dt], D_T=_TL[d_dt], W_N1=w_n1, O_N1=o_n1, ALIGNED=aligned,
+                    BLOCK_L=bl, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)  # fmt: skip
         batch.add(_ligo_group_mix_kernel, MIX_FIELDS, rows, opts)
 
 
@@ -290,10 +324,11 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
         cfg = tuple(sorted(tuning.gemm_heuristic(A.shape[1], B.shape[2], code != 0, INTERPRETED).items()))
         units = (A.stride(2) == 1, A.stride(1) == 1 != A.stride(2), B.stride(2) == 1, B.stride(1) == 1 != B.stride(2),
                  C.stride(2) == 1, Dx.stride(2) == 1)  # fmt: skip
-        return (A.dtype, B.dtype, C.dtype, Dx.dtype, D is not None, *units, cfg)
+        aligned = _aligned(A, B, C, Dx) and A.shape[1] % 8 == 0 and B.shape[2] % 8 == 0 and A.shape[2] % 8 == 0
+        return (A.dtype, B.dtype, C.dtype, Dx.dtype, D is not None, *units, aligned, cfg)
 
     for sig, group in _by(entries, key).items():
-        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, cfg = sig
+        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, aligned, cfg = sig
         cfg = dict(cfg)
         bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
         rows = []
@@ -306,8 +341,8 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
                    *_s3(A), *_s3(B), *_s3(C), *_s3(Dx))  # fmt: skip
             rows.append((row, nprog))
         opts = dict(A_T=_TL[a_dt], B_T=_TL[b_dt], C_T=_TL[c_dt], D_T=_TL[d_dt], A_K1=a_k1, A_M1=a_m1, B_N1=b_n1,
-                    B_K1=b_k1, C_N1=c_n1, D_N1=d_n1, HAS_D=has_d, DOT=code, PRECISION=precision, BLOCK_M=bm,
-                    BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+                    B_K1=b_k1, C_N1=c_n1, D_N1=d_n1, ALIGNED=aligned, HAS_D=has_d, DOT=code, PRECISION=precision,
+                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
                     num_stages=cfg["num_stages"])  # fmt: skip
         batch.add(_ligo_group_gemm_kernel, GEMM_FIELDS, rows, opts)
 

@@ -9,10 +9,9 @@ through Triton's interpreter (tests/conftest.py).
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
+import transformers
 
 pytest.importorskip("triton")
 
@@ -26,7 +25,9 @@ from _checks import (  # noqa: E402
     oracle_expand_vec,
     vec_inputs,
 )
+from _models import configs  # noqa: E402
 
+import ligo_fast  # noqa: E402
 from ligo_fast import backends, ops  # noqa: E402
 from ligo_fast import triton_ops as T  # noqa: E402
 from ligo_fast.kernels import group as KG  # noqa: E402
@@ -190,13 +191,6 @@ def test_torch_compile_fullgraph_group():
 def test_model_production_is_one_grouped_call(monkeypatch):
     """A grown model's production on the Triton backend: one grouped forward call for every module kind, numbers as
     the torch backend's (forward and gradients, random operator tensors); LIGO_FAST_TRITON_GROUPED=0: per kind."""
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    import transformers
-
-    from _models import configs
-
-    import ligo_fast
-
     small, large = configs("LlamaForCausalLM")
     for c, layers in ((small, 1), (large, 2)):  # small: the interpreter's time grows with the programs
         c.num_hidden_layers, c.vocab_size = layers, 7

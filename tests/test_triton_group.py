@@ -122,7 +122,7 @@ def test_group_needs_subsets():
     leaves = [[t if t is None else t.detach().clone().requires_grad_(k == (i % 4)) for k, t in enumerate(p)]
               for i, p in enumerate(mats)]  # fmt: skip
     outs, _ = ops.ligo_expand_many([(*m, None) for m in leaves], [], backend="triton")
-    gs = [torch.randn(o.shape) for o in outs]
+    gs = [torch.randn(o.shape, device=o.device) for o in outs]
     wanted = [p[i % 4] for i, p in enumerate(leaves)]
     got = torch.autograd.grad(outs, wanted, gs)
     for i, (p, g, w) in enumerate(zip(leaves, gs, got, strict=True)):
@@ -194,7 +194,7 @@ def test_model_production_is_one_grouped_call(monkeypatch):
     small, large = configs("LlamaForCausalLM")
     for c, layers in ((small, 1), (large, 2)):  # small: the interpreter's time grows with the programs
         c.num_hidden_layers, c.vocab_size = layers, 7
-    m = ligo_fast.grow(transformers.LlamaForCausalLM(small), large)
+    m = ligo_fast.grow(transformers.LlamaForCausalLM(small), large).to(DEV)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.1 * torch.randn_like(p))  # off the exact (copying) start: every term counts
@@ -205,8 +205,8 @@ def test_model_production_is_one_grouped_call(monkeypatch):
     def produced(backend):
         out = m.produce(backend=backend)
         names = sorted(k for k, v in out.items() if v.requires_grad)
-        gen = torch.Generator().manual_seed(2)
-        loss = sum((out[k].float() * torch.randn(out[k].shape, generator=gen)).sum() for k in names)
+        gen = torch.Generator(device=DEV).manual_seed(2)
+        loss = sum((out[k].float() * torch.randn(out[k].shape, generator=gen, device=DEV)).sum() for k in names)
         params = [p for p in m.parameters() if p.requires_grad]
         return [out[k].detach() for k in names], torch.autograd.grad(loss, params, allow_unused=True)
 

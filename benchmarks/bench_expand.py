@@ -46,6 +46,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 from common import (
@@ -378,8 +379,28 @@ def count_launches(fn) -> tuple[int, int]:
     return n[0], sum(1 for e in prof.events() if kernel(e) and not counted_parent(e))
 
 
+def host_ms(fn, reps: int = 15) -> float:
+    """Median host milliseconds of ``fn()`` with every Triton launch stubbed out (returns at once): the Python, dispatch
+    and table-building cost a GPU run pays per call too (other ops run for real: on tiny widths, mostly overhead)."""
+    from triton.runtime import interpreter, jit
+
+    real = {cls: cls.run for cls in (jit.JITFunction, interpreter.InterpretedFunction)}
+    for cls in real:
+        cls.run = lambda self, *a, **k: None
+    try:
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    finally:
+        for cls, run in real.items():
+            cls.run = run
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
 def launch_counts(kinds: list[Kind], providers: list[str], dtype, device: str, shape: str) -> list[tuple]:
-    """Rows (shape, mode, provider, Triton launches, other kernels, total) for forward and fwd+bwd."""
+    """Rows (shape, mode, provider, Triton launches, other kernels, total, host ms) for forward and fwd+bwd."""
     problem = Problem(kinds, dtype, device)
     rows = []
     for p in providers:
@@ -389,7 +410,8 @@ def launch_counts(kinds: list[Kind], providers: list[str], dtype, device: str, s
             fn = step_fn(problem, p, mode)
             fn()  # warm: compiles, autotuning, the backend's first load
             tri, other = count_launches(fn)
-            rows.append((shape, mode, p, tri, other, tri + other))
+            host = host_ms(fn) if device == "cpu" else float("nan")
+            rows.append((shape, mode, p, tri, other, tri + other, round(host, 2)))
     return rows
 
 
@@ -539,14 +561,17 @@ def main_count(args, argv) -> int:
             print("| " + " | ".join(map(str, row)) + " |", flush=True)
             if args.jsonl:
                 with open(args.jsonl, "a") as f:
-                    keys = ("shape", "mode", "provider", "triton_launches", "other_kernels", "total")
+                    keys = ("shape", "mode", "provider", "triton_launches", "other_kernels", "total", "host_ms")
                     f.write(json.dumps({"section": "expand", "kind": "launches", **dict(zip(keys, row, strict=True))})
                             + "\n")  # fmt: skip
     head = run_header(f"bench_expand launch counts, {dtype_name}", device, "bench_expand.py", argv)
-    table = "| shapes | mode | provider | Triton launches | other kernels | total |\n|---|---|---|---:|---:|---:|\n"
+    table = "| shapes | mode | provider | Triton launches | other kernels | total | host ms, Triton stubbed |\n"
+    table += "|---|---|---|---:|---:|---:|---:|\n"
     table += "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows) + "\n"
     note = ("Whole model, every module kind (layer counts and copies as in the shape, widths / 32). Other kernels: "
-            "aten ops that launch one (torch.profiler's CPU events; see count_launches).")  # fmt: skip
+            "aten ops that launch one (torch.profiler's CPU events; see count_launches). Host ms: the median time of "
+            "one call on this CPU with the Triton launches stubbed out (host_ms; CPU only; noisy on a shared "
+            "machine).")  # fmt: skip
     text = "\n".join(head + ["", note, "", table])
     print("\n" + text)
     append_markdown(args.out, text)

@@ -9,6 +9,8 @@ once: in a few launches for all where the backend has a grouped op (Triton).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -170,7 +172,7 @@ VecProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # (b, depth, E
 
 
 def ligo_expand_many(
-    matrices: list[MatrixProblem], vectors: list[VecProblem] = (), *, backend: str = "auto"
+    matrices: Sequence[MatrixProblem], vectors: Sequence[VecProblem] = (), *, backend: str = "auto"
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Many :func:`ligo_expand` and :func:`ligo_expand_vec` problems (a model's module kinds) at once.
 

@@ -25,6 +25,7 @@ per-kind launchers, in the same call.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import torch
@@ -249,28 +250,31 @@ class _Batch:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.launches: list = []  # (kernel, fields per row, rows, programs, constexpr and launch options)
+        self.launches: list = []  # (kernel, rows, programs, constexpr and launch options)
+        self.values: list[int] = []  # every row of every launch, in order
         self.alive: list[Tensor] = []  # buffers only the tables point to, kept until the launches are queued
 
     def add(self, kernel, fields: int, entries: list, options: dict) -> None:
         """entries: (row without its first field, programs); one launch for all of them."""
-        rows, start = [], 0
+        start = 0
         for row, nprog in entries:
-            rows.append([start, *row])
+            assert len(row) + 1 == fields
+            self.values.append(start)
+            self.values.extend(row)
             start += nprog
         if start:
-            self.launches.append((kernel, fields, rows, start, options))
+            self.launches.append((kernel, len(entries) * fields, len(entries), start, options))
+        else:
+            del self.values[len(self.values) - len(entries) * fields :]
 
     def run(self) -> None:
         if not self.launches:
             return
-        values = [int(v) for _, _, rows, _, _ in self.launches for row in rows for v in row]
-        table = _device_table(values, self.device)
+        table = _device_table(self.values, self.device)
         offset = 0
-        for kernel, fields, rows, programs, options in self.launches:
-            assert all(len(r) == fields for r in rows)
-            kernel[(programs,)](table[offset:], len(rows), **options)
-            offset += len(rows) * fields
+        for kernel, size, n_rows, programs, options in self.launches:
+            kernel[(programs,)](table[offset:], n_rows, **options)
+            offset += size
 
 
 def _by(entries: list, key) -> dict:
@@ -280,32 +284,48 @@ def _by(entries: list, key) -> dict:
     return groups
 
 
-def _s3(t: Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # not triton.cdiv: a host-side call of it costs microseconds (constexpr unwrapping)
 
 
-def _aligned(*ts: Tensor) -> bool:
-    """Every tensor 16-byte aligned, with every non-unit stride a multiple of 8 elements."""
-    return all(t.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in t.stride() if st != 1) for t in ts)
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class _T:
+    """What the tables need of a tensor, read once: address, shape, strides, dtype, and whether it is aligned
+    (16-byte address, every non-unit stride a multiple of 8 elements)."""
+
+    __slots__ = ("ptr", "shape", "st", "dtype", "aligned")
+
+    def __init__(self, t: Tensor):
+        self.ptr = t.data_ptr()
+        self.shape = t.shape
+        self.st = t.stride()
+        self.dtype = t.dtype
+        self.aligned = self.ptr % 16 == 0 and all(x % 8 == 0 for x in self.st if x != 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _gemm_cfg(M: int, N: int, sixteen_bit: bool) -> tuple:
+    return tuple(sorted(tuning.gemm_heuristic(M, N, sixteen_bit, INTERPRETED).items()))
 
 
 def _add_mix(batch: _Batch, entries: list) -> None:
     """entries: (O, W, depth): O[l] = sum_j depth[l, j] W[j]; O: (L2, M, N), W: (L1, M, N)."""
-
-    def key(e):
-        O, W, depth = e
-        bl = 4 if INTERPRETED else min(8, triton.next_power_of_2(O.shape[0]))
-        return O.dtype, W.dtype, depth.dtype, W.stride(2) == 1, O.stride(2) == 1, _aligned(O, W), bl
-
-    for (o_dt, w_dt, d_dt, w_n1, o_n1, aligned, bl), group in _by(entries, key).items():
-        bm, bn, warps = (32, 32, 4) if INTERPRETED else (16, 64, 4)
+    groups: dict = {}
+    for O, W, depth in entries:
+        O, W, depth = _T(O), _T(W), _T(depth)
+        bl = 4 if INTERPRETED else min(8, _pow2(O.shape[0]))
+        key = (O.dtype, W.dtype, depth.dtype, W.st[2] == 1, O.st[2] == 1, O.aligned and W.aligned, bl)
+        groups.setdefault(key, []).append((O, W, depth))
+    bm, bn, warps = (32, 32, 4) if INTERPRETED else (16, 64, 4)
+    for (o_dt, w_dt, d_dt, w_n1, o_n1, aligned, bl), group in groups.items():
         rows = []
         for O, W, depth in group:
             L2, M, N = O.shape
-            nprog = triton.cdiv(L2, bl) * triton.cdiv(M, bm) * triton.cdiv(N, bn)
-            row = (W.data_ptr(), depth.data_ptr(), O.data_ptr(), W.shape[0], L2, M, N, *_s3(W), *depth.stride(),
-                   *_s3(O))  # fmt: skip
-            rows.append((row, nprog))
+            nprog = _cdiv(L2, bl) * _cdiv(M, bm) * _cdiv(N, bn)
+            rows.append(((W.ptr, depth.ptr, O.ptr, W.shape[0], L2, M, N, *W.st, *depth.st, *O.st), nprog))
         opts = dict(W_T=_TL[w_dt], O_T=_TL[o_dt], D_T=_TL[d_dt], W_N1=w_n1, O_N1=o_n1, ALIGNED=aligned,
                     BLOCK_L=bl, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)  # fmt: skip
         batch.add(_ligo_group_mix_kernel, MIX_FIELDS, rows, opts)
@@ -314,31 +334,29 @@ def _add_mix(batch: _Batch, entries: list) -> None:
 def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
     """entries: (C, A, B, D or None, reduce): ``C[l] = A[l] @ B[l] (+ D[l])``, or with reduce ``C[0] = sum over l``.
     A: (L, M, K), B: (L, K, N), C and D: (L or 1, M, N); any strides (0 for shared)."""
-
     code, precision = dot
-
-    def key(e):
-        C, A, B, D, _ = e
-        Dx = C if D is None else D
+    groups: dict = {}
+    for C, A, B, D, reduce in entries:
+        has_d = D is not None
+        C, A, B = _T(C), _T(A), _T(B)
+        D = _T(D) if has_d else C
+        L, M, K = A.shape
+        N = B.shape[2]
         # the tile from the problem's own sizes: its numbers do not depend on what it is grouped with
-        cfg = tuple(sorted(tuning.gemm_heuristic(A.shape[1], B.shape[2], code != 0, INTERPRETED).items()))
-        units = (A.stride(2) == 1, A.stride(1) == 1 != A.stride(2), B.stride(2) == 1, B.stride(1) == 1 != B.stride(2),
-                 C.stride(2) == 1, Dx.stride(2) == 1)  # fmt: skip
-        aligned = _aligned(A, B, C, Dx) and A.shape[1] % 8 == 0 and B.shape[2] % 8 == 0 and A.shape[2] % 8 == 0
-        return (A.dtype, B.dtype, C.dtype, Dx.dtype, D is not None, *units, aligned, cfg)
-
-    for sig, group in _by(entries, key).items():
+        cfg = _gemm_cfg(M, N, code != 0)
+        units = (A.st[2] == 1, A.st[1] == 1 != A.st[2], B.st[2] == 1, B.st[1] == 1 != B.st[2], C.st[2] == 1,
+                 D.st[2] == 1)  # fmt: skip
+        aligned = A.aligned and B.aligned and C.aligned and D.aligned and M % 8 == 0 and N % 8 == 0 and K % 8 == 0
+        key = (A.dtype, B.dtype, C.dtype, D.dtype, has_d, *units, aligned, cfg)
+        groups.setdefault(key, []).append((C, A, B, D, reduce, L, M, N, K))
+    for sig, group in groups.items():
         a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, aligned, cfg = sig
         cfg = dict(cfg)
         bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
         rows = []
-        for C, A, B, D, reduce in group:
-            L, M, K = A.shape
-            N = B.shape[2]
-            Dx = C if D is None else D
-            nprog = (1 if reduce else L) * triton.cdiv(M, bm) * triton.cdiv(N, bn)
-            row = (A.data_ptr(), B.data_ptr(), C.data_ptr(), Dx.data_ptr(), M, N, K, L, L if reduce else 1,
-                   *_s3(A), *_s3(B), *_s3(C), *_s3(Dx))  # fmt: skip
+        for C, A, B, D, reduce, L, M, N, K in group:
+            nprog = (1 if reduce else L) * _cdiv(M, bm) * _cdiv(N, bn)
+            row = (A.ptr, B.ptr, C.ptr, D.ptr, M, N, K, L, L if reduce else 1, *A.st, *B.st, *C.st, *D.st)
             rows.append((row, nprog))
         opts = dict(A_T=_TL[a_dt], B_T=_TL[b_dt], C_T=_TL[c_dt], D_T=_TL[d_dt], A_K1=a_k1, A_M1=a_m1, B_N1=b_n1,
                     B_K1=b_k1, C_N1=c_n1, D_N1=d_n1, ALIGNED=aligned, HAS_D=has_d, DOT=code, PRECISION=precision,
@@ -509,9 +527,9 @@ def _add_layer_grads(batch: _Batch, entries: list, need_W: list[bool], need_dept
     cap = 4 if INTERPRETED else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     plans = []  # per entry: layer and small-layer blocks, tile, programs (from its own sizes, as in _layer_grads)
     for _, G, W, _, _ in entries:
-        bj, bl = max(16, triton.next_power_of_2(W.shape[0])), max(16, triton.next_power_of_2(G.shape[0]))
+        bj, bl = max(16, _pow2(W.shape[0])), max(16, _pow2(G.shape[0]))
         bt = 64 if INTERPRETED else max(32, min(64, 1024 // bl))
-        plans.append((bj, bl, bt, min(triton.cdiv(G.shape[1] * G.shape[2], bt), cap)))
+        plans.append((bj, bl, bt, min(_cdiv(G.shape[1] * G.shape[2], bt), cap)))
     sizes = [n * bl * bj if need_depth[e[0]] else 0 for e, (bj, bl, _, n) in zip(entries, plans, strict=True)]
     pd = torch.empty(max(sum(sizes), 1), dtype=torch.float32, device=device)  # every problem's partials
     batch.alive.append(pd)
@@ -528,7 +546,7 @@ def _add_layer_grads(batch: _Batch, entries: list, need_W: list[bool], need_dept
             dd[p] = torch.empty((L2, L1), dtype=depth.dtype, device=device)
             sums.append(((part.data_ptr(), nprog, L1, L2, dd[p].data_ptr(), *dd[p].stride()), 1, (dd[p].dtype, bj, bl)))
         row = (G.data_ptr(), W.data_ptr(), depth.data_ptr(), out.data_ptr(), part.data_ptr(), nprog, L1, L2, M, N,
-               triton.cdiv(M * N, bt), *_s3(G), *_s3(W), *depth.stride(), *_s3(out))  # fmt: skip
+               _cdiv(M * N, bt), *G.stride(), *W.stride(), *depth.stride(), *out.stride())  # fmt: skip
         key = (G.dtype, W.dtype, depth.dtype, out.dtype, G.stride(2) == 1, W.stride(2) == 1, need_W[p], need_depth[p],
                bj, bl, bt)  # fmt: skip
         grads.append((key, row, nprog))

@@ -385,7 +385,8 @@ def expand_group_fwd(
     Ws: list[Tensor], depths: list[Tensor], E_outs: list[Tensor | None], E_ins: list[Tensor | None]
 ) -> list[Tensor]:
     """``expand_fwd`` of every problem (a 2-D W (L1, o1) is a vector: ``expand_vec_fwd`` without residual), in 3
-    grouped launches (fewer when no problem widens a side). Returns (L2, o2, i2), or (L2, o2) for a vector, per
+    grouped stages (each one launch per distinct tile, stride and alignment pattern; fewer when no problem widens a
+    side). Returns (L2, o2, i2), or (L2, o2) for a vector, per
     problem, in its W's dtype. The grouped problems share one W dtype (:func:`expand_group_bwd` too)."""
     if not Ws:
         return []
@@ -438,7 +439,7 @@ def expand_group_bwd(
     need_E_in: list[bool],
 ) -> tuple[list, list, list, list]:
     """Gradients of :func:`expand_group_fwd` per problem: lists (dW, d depth, dE_out, dE_in), None where not needed
-    (or where the E is None or has no rows), in 8 grouped launches (fewer when some stages have no problem)."""
+    (or where the E is None or has no rows), in 8 grouped stages (as :func:`expand_group_fwd`'s)."""
     P = len(Ws)
     dW, dd, dEo, dEi = [None] * P, [None] * P, [None] * P, [None] * P
     if not P:

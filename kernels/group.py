@@ -60,45 +60,26 @@ SUM_FIELDS = 8  # start, PD, nprog, L1, L2, DD, s_d0, s_d1
 @triton.jit
 def _problem(T, P, F: tl.constexpr):
     """(this program's table row, its index among its problem's programs): the last of the P rows whose first field
-    (the problem's first program) is <= the program id."""
+    (the problem's first program; increasing) is <= the program id, by binary search (log2 P loads)."""
     pid = tl.program_id(0)
-    prob = pid * 0
-    for q in range(1, P):
-        prob = tl.where(pid >= tl.load(T + q * F), q, prob)
-    row = T + prob * F
+    lo = pid * 0
+    hi = lo + P - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        after = tl.load(T + mid * F) <= pid
+        lo = tl.where(after, mid, lo)
+        hi = tl.where(after, hi, mid - 1)
+    row = T + lo * F
     return row, (pid - tl.load(row)).to(tl.int32)
 
 
-@triton.jit
-def _field(row, i: tl.constexpr, UNIT: tl.constexpr, ALIGNED: tl.constexpr):
-    """Field i of a row, a stride within a layer: the constant 1 when every problem of the launch has a unit stride
-    there; else int32, as the per-kind kernels' int arguments (offsets within one layer fit; int64 offsets for every
-    element of a tile cost registers), a multiple of 8 elements when ``ALIGNED`` (16-byte vector loads)."""
-    if UNIT:
-        return 1
-    else:
-        s = tl.load(row + i).to(tl.int32)
-        if ALIGNED:
-            s = tl.multiple_of(s, 8)
-        return s
-
-
-@triton.jit
-def _layer_stride(row, i: tl.constexpr, ALIGNED: tl.constexpr):
-    """Field i of a row, a layer stride: int64 (a layer's offset may pass 2^31), a multiple of 8 when ``ALIGNED``."""
-    s = tl.load(row + i)
-    if ALIGNED:
-        s = tl.multiple_of(s, 8)
-    return s
-
-
-@triton.jit
-def _ptr(row, i: tl.constexpr, T: tl.constexpr, ALIGNED: tl.constexpr):
-    """Field i of a row as a pointer to T; 16-byte aligned when ``ALIGNED``."""
-    p = tl.load(row + i).to(tl.pointer_type(T))
-    if ALIGNED:
-        p = tl.multiple_of(p, 16)
-    return p
+# The table fields are read inline, not through small @triton.jit helpers: the interpreter pays ~0.4 ms per call of
+# a nested jit function (it re-patches triton.language each time), which made a grouped GEMM program ~1.8x as slow as
+# a per-kind one there. Strides within a layer are int32, as the per-kind kernels' int arguments (offsets within one
+# layer fit; int64 offsets for every element of a tile cost registers); a stride that is 1 for every problem of the
+# launch is the constant 1 (``*_M1``, ``*_K1``, ``*_N1``); ``ALIGNED``: every pointer 16-byte aligned and every
+# non-unit stride (and a GEMM's M, N, K) a multiple of 8, so the masks keep whole 16-byte vectors (asynchronous
+# copies, hence the software pipeline, need them for 16-bit operands).
 
 
 @triton.jit
@@ -109,18 +90,31 @@ def _ligo_group_mix_kernel(
 ):  # fmt: skip
     """``_ligo_mix_kernel`` for P problems: O[l] = sum_j Dp[l, j] W[j] (rows of ``MIX_FIELDS``)."""
     row, local = _problem(T, P, 16)
-    W = _ptr(row, 1, W_T, ALIGNED)
+    W = tl.load(row + 1).to(tl.pointer_type(W_T))
     Dp = tl.load(row + 2).to(tl.pointer_type(D_T))
-    O = _ptr(row, 3, O_T, ALIGNED)
-    L1 = tl.load(row + 4).to(tl.int32)
-    L2 = tl.load(row + 5).to(tl.int32)
-    M = tl.load(row + 6).to(tl.int32)
-    N = tl.load(row + 7).to(tl.int32)
+    O = tl.load(row + 3).to(tl.pointer_type(O_T))
+    s_wl = tl.load(row + 8)
+    s_wm = tl.load(row + 9).to(tl.int32)
+    s_wn = tl.load(row + 10).to(tl.int32)
+    s_ol = tl.load(row + 13)
+    s_om = tl.load(row + 14).to(tl.int32)
+    s_on = tl.load(row + 15).to(tl.int32)
+    if ALIGNED:
+        W = tl.multiple_of(W, 16)
+        O = tl.multiple_of(O, 16)
+        s_wl = tl.multiple_of(s_wl, 8)
+        s_wm = tl.multiple_of(s_wm, 8)
+        s_ol = tl.multiple_of(s_ol, 8)
+        s_om = tl.multiple_of(s_om, 8)
+    if W_N1:
+        s_wn = 1
+    if O_N1:
+        s_on = 1
     _ligo_mix_tile(
-        W, Dp, O, O, L1, L2, M, N,
-        _layer_stride(row, 8, ALIGNED), _field(row, 9, False, ALIGNED), _field(row, 10, W_N1, ALIGNED),
-        tl.load(row + 11).to(tl.int32), tl.load(row + 12).to(tl.int32),
-        _layer_stride(row, 13, ALIGNED), _field(row, 14, False, ALIGNED), _field(row, 15, O_N1, ALIGNED), 0, 0, 0,
+        W, Dp, O, O,
+        tl.load(row + 4).to(tl.int32), tl.load(row + 5).to(tl.int32), tl.load(row + 6).to(tl.int32),
+        tl.load(row + 7).to(tl.int32),
+        s_wl, s_wm, s_wn, tl.load(row + 11).to(tl.int32), tl.load(row + 12).to(tl.int32), s_ol, s_om, s_on, 0, 0, 0,
         local, False, BLOCK_L, BLOCK_M, BLOCK_N,
     )  # fmt: skip
 
@@ -131,27 +125,66 @@ def _ligo_group_gemm_kernel(
     A_T: tl.constexpr, B_T: tl.constexpr, C_T: tl.constexpr, D_T: tl.constexpr,
     A_K1: tl.constexpr, A_M1: tl.constexpr, B_N1: tl.constexpr, B_K1: tl.constexpr,
     C_N1: tl.constexpr, D_N1: tl.constexpr, ALIGNED: tl.constexpr,
-    HAS_D: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_D: tl.constexpr, REDUCE_L: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """``_ligo_gemm_kernel`` for P problems (rows of ``GEMM_FIELDS``): ``C[o] = sum of A[l] @ B[l] (+ D[o])`` over the
-    o-th run of LPER layers (LPER = 1: one layer per output; LPER = NL: a shared-E gradient over all layers).
-    ``*_K1``, ``*_M1``, ``*_N1``: that stride is 1 for every problem of the launch (a constant: vectorised loads);
-    ``ALIGNED``: every pointer 16-byte aligned; M, N, K and every non-unit stride multiples of 8."""
+    o-th run of LPER layers (LPER = 1: one layer per output; LPER = NL: a shared-E gradient over all layers; some
+    problem of the launch has LPER > 1 only when ``REDUCE_L``)."""
     row, local = _problem(T, P, 22)
-    A = _ptr(row, 1, A_T, ALIGNED)
-    B = _ptr(row, 2, B_T, ALIGNED)
-    C = _ptr(row, 3, C_T, ALIGNED)
-    D = _ptr(row, 4, D_T, ALIGNED)
+    A = tl.load(row + 1).to(tl.pointer_type(A_T))
+    B = tl.load(row + 2).to(tl.pointer_type(B_T))
+    C = tl.load(row + 3).to(tl.pointer_type(C_T))
+    D = tl.load(row + 4).to(tl.pointer_type(D_T))
     M = tl.load(row + 5).to(tl.int32)
     N = tl.load(row + 6).to(tl.int32)
     K = tl.load(row + 7).to(tl.int32)
-    if ALIGNED:  # the masks then keep whole 16-byte vectors: asynchronous copies (the software pipeline) need them
+    NL = tl.load(row + 8).to(tl.int32)
+    LPER = tl.load(row + 9).to(tl.int32)
+    s_al = tl.load(row + 10)
+    s_am = tl.load(row + 11).to(tl.int32)
+    s_ak = tl.load(row + 12).to(tl.int32)
+    s_bl = tl.load(row + 13)
+    s_bk = tl.load(row + 14).to(tl.int32)
+    s_bn = tl.load(row + 15).to(tl.int32)
+    s_cl = tl.load(row + 16)
+    s_cm = tl.load(row + 17).to(tl.int32)
+    s_cn = tl.load(row + 18).to(tl.int32)
+    s_dl = tl.load(row + 19)
+    s_dm = tl.load(row + 20).to(tl.int32)
+    s_dn = tl.load(row + 21).to(tl.int32)
+    if ALIGNED:
+        A = tl.multiple_of(A, 16)
+        B = tl.multiple_of(B, 16)
+        C = tl.multiple_of(C, 16)
+        D = tl.multiple_of(D, 16)
         M = tl.multiple_of(M, 8)
         N = tl.multiple_of(N, 8)
         K = tl.multiple_of(K, 8)
-    NL = tl.load(row + 8).to(tl.int32)
-    LPER = tl.load(row + 9).to(tl.int32)
+        s_al = tl.multiple_of(s_al, 8)
+        s_am = tl.multiple_of(s_am, 8)
+        s_ak = tl.multiple_of(s_ak, 8)
+        s_bl = tl.multiple_of(s_bl, 8)
+        s_bk = tl.multiple_of(s_bk, 8)
+        s_bn = tl.multiple_of(s_bn, 8)
+        s_cl = tl.multiple_of(s_cl, 8)
+        s_cm = tl.multiple_of(s_cm, 8)
+        s_cn = tl.multiple_of(s_cn, 8)
+        s_dl = tl.multiple_of(s_dl, 8)
+        s_dm = tl.multiple_of(s_dm, 8)
+        s_dn = tl.multiple_of(s_dn, 8)
+    if A_M1:
+        s_am = 1
+    if A_K1:
+        s_ak = 1
+    if B_K1:
+        s_bk = 1
+    if B_N1:
+        s_bn = 1
+    if C_N1:
+        s_cn = 1
+    if D_N1:
+        s_dn = 1
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
     per_out = num_m * num_n
@@ -165,11 +198,8 @@ def _ligo_group_gemm_kernel(
     n_l = tl.minimum(NL, l_lo + LPER) - l_lo
     _ligo_gemm_tile(
         A, B, C, D, rm, rn, l_lo, n_l, o.to(tl.int64), M, N, K,
-        _layer_stride(row, 10, ALIGNED), _field(row, 11, A_M1, ALIGNED), _field(row, 12, A_K1, ALIGNED),
-        _layer_stride(row, 13, ALIGNED), _field(row, 14, B_K1, ALIGNED), _field(row, 15, B_N1, ALIGNED),
-        _layer_stride(row, 16, ALIGNED), _field(row, 17, False, ALIGNED), _field(row, 18, C_N1, ALIGNED),
-        _layer_stride(row, 19, ALIGNED), _field(row, 20, False, ALIGNED), _field(row, 21, D_N1, ALIGNED),
-        HAS_D, True, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+        s_al, s_am, s_ak, s_bl, s_bk, s_bn, s_cl, s_cm, s_cn, s_dl, s_dm, s_dn,
+        HAS_D, REDUCE_L, DOT, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
     )  # fmt: skip
 
 
@@ -184,19 +214,22 @@ def _ligo_group_layer_grad_kernel(
     """``_ligo_layer_grad_dot_kernel`` for P problems (rows of ``GRAD_FIELDS``): each problem has its own programs
     (``nprog``) and its own block of float32 partials ``PD`` (nprog, BLOCK_L, BLOCK_J)."""
     row, local = _problem(T, P, 23)
-    G = tl.load(row + 1).to(tl.pointer_type(G_T))
-    W = tl.load(row + 2).to(tl.pointer_type(W_T))
-    Dp = tl.load(row + 3).to(tl.pointer_type(D_T))
-    DW = tl.load(row + 4).to(tl.pointer_type(DW_T))
-    PD = tl.load(row + 5).to(tl.pointer_type(tl.float32))
+    s_gn = tl.load(row + 14).to(tl.int32)
+    s_wn = tl.load(row + 17).to(tl.int32)
+    if G_N1:
+        s_gn = 1
+    if W_N1:
+        s_wn = 1
     _ligo_layer_grad_dot_part(
-        G, W, Dp, DW, PD,
+        tl.load(row + 1).to(tl.pointer_type(G_T)), tl.load(row + 2).to(tl.pointer_type(W_T)),
+        tl.load(row + 3).to(tl.pointer_type(D_T)), tl.load(row + 4).to(tl.pointer_type(DW_T)),
+        tl.load(row + 5).to(tl.pointer_type(tl.float32)),
         tl.load(row + 7).to(tl.int32), tl.load(row + 8).to(tl.int32), tl.load(row + 9).to(tl.int32),
         tl.load(row + 10).to(tl.int32), tl.load(row + 11).to(tl.int32),
-        tl.load(row + 12), _field(row, 13, False, False), _field(row, 14, G_N1, False),
-        tl.load(row + 15), _field(row, 16, False, False), _field(row, 17, W_N1, False),
+        tl.load(row + 12), tl.load(row + 13).to(tl.int32), s_gn,
+        tl.load(row + 15), tl.load(row + 16).to(tl.int32), s_wn,
         tl.load(row + 18), tl.load(row + 19),
-        tl.load(row + 20), _field(row, 21, False, False), _field(row, 22, False, False),
+        tl.load(row + 20), tl.load(row + 21).to(tl.int32), tl.load(row + 22).to(tl.int32),
         local, tl.load(row + 6).to(tl.int32), HAS_DW, HAS_PD, PRECISION, BLOCK_J, BLOCK_L, BLOCK_T,
     )  # fmt: skip
 
@@ -303,7 +336,8 @@ class _T:
         self.shape = t.shape
         self.st = t.stride()
         self.dtype = t.dtype
-        self.aligned = self.ptr % 16 == 0 and all(x % 8 == 0 for x in self.st if x != 1)
+        # the interpreter ignores the alignment hints: never claimed there, fewer interpreted ops per program
+        self.aligned = not INTERPRETED and self.ptr % 16 == 0 and all(x % 8 == 0 for x in self.st if x != 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -347,10 +381,10 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
         units = (A.st[2] == 1, A.st[1] == 1 != A.st[2], B.st[2] == 1, B.st[1] == 1 != B.st[2], C.st[2] == 1,
                  D.st[2] == 1)  # fmt: skip
         aligned = A.aligned and B.aligned and C.aligned and D.aligned and M % 8 == 0 and N % 8 == 0 and K % 8 == 0
-        key = (A.dtype, B.dtype, C.dtype, D.dtype, has_d, *units, aligned, cfg)
+        key = (A.dtype, B.dtype, C.dtype, D.dtype, has_d, *units, aligned, reduce and L > 1, cfg)
         groups.setdefault(key, []).append((C, A, B, D, reduce, L, M, N, K))
     for sig, group in groups.items():
-        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, aligned, cfg = sig
+        a_dt, b_dt, c_dt, d_dt, has_d, a_k1, a_m1, b_n1, b_k1, c_n1, d_n1, aligned, reduce_l, cfg = sig
         cfg = dict(cfg)
         bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
         rows = []
@@ -359,8 +393,8 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
             row = (A.ptr, B.ptr, C.ptr, D.ptr, M, N, K, L, L if reduce else 1, *A.st, *B.st, *C.st, *D.st)
             rows.append((row, nprog))
         opts = dict(A_T=_TL[a_dt], B_T=_TL[b_dt], C_T=_TL[c_dt], D_T=_TL[d_dt], A_K1=a_k1, A_M1=a_m1, B_N1=b_n1,
-                    B_K1=b_k1, C_N1=c_n1, D_N1=d_n1, ALIGNED=aligned, HAS_D=has_d, DOT=code, PRECISION=precision,
-                    BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+                    B_K1=b_k1, C_N1=c_n1, D_N1=d_n1, ALIGNED=aligned, HAS_D=has_d, REDUCE_L=reduce_l, DOT=code,
+                    PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
                     num_stages=cfg["num_stages"])  # fmt: skip
         batch.add(_ligo_group_gemm_kernel, GEMM_FIELDS, rows, opts)
 

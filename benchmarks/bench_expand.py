@@ -11,7 +11,9 @@ Providers, side by side in one run:
   computes 16-bit problems in float32 (``reference.compute_dtype``), so its 16-bit rows are labelled
   ``torch (fp32 math)``: no eager 16-bit baseline (``official`` is that).
 * ``triton``: ``ligo_expand(backend="triton")`` (GPU; on CPU only under Triton's interpreter, ``TRITON_INTERPRET=1``:
-  plumbing, no benchmark).
+  plumbing, no benchmark), one call per module kind.
+* ``triton-grouped``: ``ligo_expand_many(backend="triton")``: every module kind in one grouped call, each stage of the
+  forward and backward one launch for all kinds (``kernels/group.py``), as the model's production runs.
 
 Shapes (``common.SHAPES``, every block tensor of the model: ``common.module_kinds``): ``bert`` (6L/512H ->
 12L/768H: q, k, v, attn-out, ffn-in, ffn-out weights, their biases, 2 LayerNorms), ``llama`` (8L/512H ->
@@ -34,6 +36,7 @@ rate and ``roof%`` is the roofline time (FLOPs and fewest bytes over the measure
     python benchmarks/bench_expand.py --device cuda --dtype bfloat16 --shapes all --out benchmarks/RESULTS.md
     python benchmarks/bench_expand.py --device cpu --quick
     python benchmarks/bench_expand.py --check       # the official provider against the official fixtures
+    TRITON_INTERPRET=1 python benchmarks/bench_expand.py --device cpu --count-launches  # kernel launches, no timing
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 from common import (
@@ -61,7 +65,8 @@ from common import (
 from ligo_fast import ops
 
 MODES = ("forward", "backward", "fwd+bwd")
-PROVIDERS = ("official", "official+compile", "torch", "triton")
+PROVIDERS = ("official", "official+compile", "torch", "triton", "triton-grouped")
+TRITON = ("triton", "triton-grouped")
 # relative Frobenius difference from the torch path allowed per output: 16-bit providers round intermediates (the
 # official math rounds the depth mix and the half-expanded weight); float32 leaves room for TF32-class dots
 TOLERANCE = {"bfloat16": 3e-2, "float16": 1e-2, "float32": 1e-3}
@@ -152,6 +157,8 @@ class Problem:
     def forward_entry(self, provider: str, entry: tuple) -> list[torch.Tensor]:
         """One module kind's outputs: one per large layer for the official providers, else one stacked tensor."""
         m, W, depth, Eo, Ei, W_st = entry
+        if provider == "triton-grouped":
+            return self._grouped([entry])
         if provider.startswith("official"):
             layer_fn = _layer_fn(provider)
             return [layer_fn(W_st, depth[ll], Eo[ll], None if Ei is None else Ei[ll]) for ll in range(m.L2)]
@@ -160,7 +167,18 @@ class Problem:
         return [ops.ligo_expand(W, depth, Eo, Ei, backend=provider)]
 
     def forward(self, provider: str) -> list[torch.Tensor]:
+        if provider == "triton-grouped":
+            return self._grouped(self.inputs)
         return [o for e in self.inputs for o in self.forward_entry(provider, e)]
+
+    @staticmethod
+    def _grouped(entries) -> list[torch.Tensor]:
+        """Every module kind of ``entries`` in one ``ligo_expand_many`` call, outputs in the entries' order."""
+        mats = [(W, d, Eo, Ei, None) for _, W, d, Eo, Ei, _ in entries if Ei is not None]
+        vecs = [(W, d, Eo, None) for _, W, d, Eo, Ei, _ in entries if Ei is None]
+        outs_m, outs_v = ops.ligo_expand_many(mats, vecs, backend="triton")
+        it_m, it_v = iter(outs_m), iter(outs_v)
+        return [next(it_v) if e[4] is None else next(it_m) for e in entries]
 
     def upstream(self, provider: str) -> list[torch.Tensor]:
         """The shared upstream gradients, laid out as ``forward(provider)``'s outputs."""
@@ -306,6 +324,97 @@ def device_memory(device: str) -> int | None:
     return torch.cuda.get_device_properties(0).total_memory if device == "cuda" else None
 
 
+# ------------------------------------------------------------------------------------------- launch counts
+
+# aten ops that launch no device kernel (views, allocations) or only through the ops they call (counted instead)
+_NO_KERNEL = {
+    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view", "as_strided",
+    "slice", "select", "unsqueeze", "squeeze", "t", "transpose", "permute", "expand", "detach", "alias", "unbind",
+    "split", "split_with_sizes", "chunk", "narrow", "movedim", "lift_fresh", "resolve_conj", "resolve_neg",
+    "_reshape_alias", "reshape", "contiguous", "to", "_to_copy", "numpy_T", "mT", "_local_scalar_dense", "item",
+    "result_type", "is_same_size",
+}  # fmt: skip
+
+
+_LAUNCH = "bench_expand: a Triton launch"
+
+
+def count_launches(fn) -> tuple[int, int]:
+    """(Triton kernel launches, other device kernels) of one call of ``fn``, counted on the host: every Triton launch
+    (compiled or interpreted; autotuning's trial runs would count too: warm up first), and every aten op that launches
+    a kernel and is not called by another such op (``torch.profiler``'s CPU events; an approximation: a composite op
+    may launch more than one kernel on a GPU, a CPU-to-GPU table copy of the grouped path counts as none)."""
+    from triton.runtime import interpreter, jit
+
+    n = [0]
+    patched = []
+    for cls in (jit.JITFunction, interpreter.InterpretedFunction):
+        real = cls.run
+
+        def run(self, *a, _real=real, **k):
+            n[0] += not k.get("warmup")
+            with torch.profiler.record_function(_LAUNCH):  # what the interpreter runs inside is no launch of its own
+                return _real(self, *a, **k)
+
+        cls.run = run
+        patched.append((cls, real))
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            fn()
+    finally:
+        for cls, real in patched:
+            cls.run = real
+
+    def kernel(e) -> bool:
+        return e.name.startswith("aten::") and e.name[6:] not in _NO_KERNEL
+
+    def counted_parent(e) -> bool:
+        p = e.cpu_parent
+        while p is not None:
+            if kernel(p) or p.name == _LAUNCH:
+                return True
+            p = p.cpu_parent
+        return False
+
+    return n[0], sum(1 for e in prof.events() if kernel(e) and not counted_parent(e))
+
+
+def host_ms(fn, reps: int = 15) -> float:
+    """Median host milliseconds of ``fn()`` with every Triton launch stubbed out (returns at once): the Python, dispatch
+    and table-building cost a GPU run pays per call too (other ops run for real: on tiny widths, mostly overhead)."""
+    from triton.runtime import interpreter, jit
+
+    real = {cls: cls.run for cls in (jit.JITFunction, interpreter.InterpretedFunction)}
+    for cls in real:
+        cls.run = lambda self, *a, **k: None
+    try:
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    finally:
+        for cls, run in real.items():
+            cls.run = run
+    return 1e3 * sorted(times)[len(times) // 2]
+
+
+def launch_counts(kinds: list[Kind], providers: list[str], dtype, device: str, shape: str) -> list[tuple]:
+    """Rows (shape, mode, provider, Triton launches, other kernels, total, host ms) for forward and fwd+bwd."""
+    problem = Problem(kinds, dtype, device)
+    rows = []
+    for p in providers:
+        if p == "official+compile":
+            continue  # inductor's kernels are not aten ops: not counted here
+        for mode in ("forward", "fwd+bwd"):
+            fn = step_fn(problem, p, mode)
+            fn()  # warm: compiles, autotuning, the backend's first load
+            tri, other = count_launches(fn)
+            host = host_ms(fn) if device == "cpu" else float("nan")
+            rows.append((shape, mode, p, tri, other, tri + other, round(host, 2)))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -323,9 +432,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="append a markdown table to this file")
     ap.add_argument("--jsonl", default=None, help="append every row (and check) as a JSON line to this file")
     ap.add_argument("--mem-fraction", type=float, default=0.85, help="skip a shape needing more of the GPU's memory")
+    ap.add_argument(
+        "--count-launches",
+        action="store_true",
+        help="count kernel launches of forward and fwd+bwd, no "
+        "timing: the shapes' layer counts, widths / 32 (the counts do not depend on the widths)",
+    )
     args = ap.parse_args(argv)
     if args.check:
         return run_check()
+    if args.count_launches:
+        return main_count(args, argv)
 
     device = args.device
     dtype_name = args.dtype or ("bfloat16" if device == "cuda" else "float32")
@@ -335,7 +452,7 @@ def main(argv=None) -> int:
     chosen = list(SHAPES) if shapes == "all" else shapes.split(",")
     providers = (args.providers or ",".join(PROVIDERS)).split(",")
     if device != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        providers = [p for p in providers if p != "triton"]
+        providers = [p for p in providers if p not in TRITON]
     if "torch" not in providers:
         providers.append("torch")  # the agreement reference
     modes = args.modes.split(",")
@@ -417,14 +534,48 @@ def main(argv=None) -> int:
     return status
 
 
-def tiny_kind(m: Kind) -> Kind:
-    """A dry run's version of a module kind: 2 -> 3 layers, widths divided by 32 (at least 2 -> 3), one copy."""
+def tiny_kind(m: Kind, keep: bool = False) -> Kind:
+    """A dry run's version of a module kind: 2 -> 3 layers, widths divided by 32 (at least 2 -> 3), one copy.
+    ``keep``: its layer counts and copies kept (what the launch counts depend on)."""
 
     def d(x: int) -> int:
         return 0 if x == 0 else max(2, x // 32)
 
     o1, i1 = d(m.o1), d(m.i1)
-    return Kind(m.name, 2, 3, o1, max(o1 + 1, d(m.o2)), i1, 0 if m.i1 == 0 else max(i1 + 1, d(m.i2)))
+    layers = dict(L1=m.L1, L2=m.L2, count=m.count) if keep else dict(L1=2, L2=3)
+    return Kind(m.name, o1=o1, o2=max(o1 + 1, d(m.o2)), i1=i1, i2=0 if m.i1 == 0 else max(i1 + 1, d(m.i2)), **layers)
+
+
+def main_count(args, argv) -> int:
+    """``--count-launches``: kernel launches per provider of each shape's whole-model forward and fwd+bwd."""
+    device = args.device
+    dtype_name = args.dtype or "float32"
+    providers = [p for p in (args.providers or ",".join(PROVIDERS)).split(",")]
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        providers = [p for p in providers if p not in TRITON]
+    rows = []
+    for name in (args.shapes or "bert").split(","):
+        kinds = [tiny_kind(m, keep=True) for m in module_kinds(SHAPES[name](False))]
+        for row in launch_counts(kinds, providers, DTYPES[dtype_name], device, name):
+            rows.append(row)
+            print("| " + " | ".join(map(str, row)) + " |", flush=True)
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    keys = ("shape", "mode", "provider", "triton_launches", "other_kernels", "total", "host_ms")
+                    f.write(json.dumps({"section": "expand", "kind": "launches", **dict(zip(keys, row, strict=True))})
+                            + "\n")  # fmt: skip
+    head = run_header(f"bench_expand launch counts, {dtype_name}", device, "bench_expand.py", argv)
+    table = "| shapes | mode | provider | Triton launches | other kernels | total | host ms, Triton stubbed |\n"
+    table += "|---|---|---|---:|---:|---:|---:|\n"
+    table += "\n".join("| " + " | ".join(map(str, r)) + " |" for r in rows) + "\n"
+    note = ("Whole model, every module kind (layer counts and copies as in the shape, widths / 32). Other kernels: "
+            "aten ops that launch one (torch.profiler's CPU events; see count_launches). Host ms: the median time of "
+            "one call on this CPU with the Triton launches stubbed out (host_ms; CPU only; noisy on a shared "
+            "machine).")  # fmt: skip
+    text = "\n".join(head + ["", note, "", table])
+    print("\n" + text)
+    append_markdown(args.out, text)
+    return 0
 
 
 def _fmt_row(r) -> str:

@@ -241,7 +241,7 @@ part1() {
     else
         LIGO_FAST_AUTOTUNE=0 section "GPU tests: Triton (every config in bf16, the ops matrix)" 120 "$OUT/tests.log" \
             "${TESTS[@]}" -k "(not test_forced_config or bf16) and not cpp" tests/test_kernel_configs.py \
-            tests/test_triton_ops.py tests/test_ops.py
+            tests/test_triton_ops.py tests/test_ops.py "tests/test_triton_group.py::test_gpu_group[bf16]"
     fi
     finish_extension
     local ext=$?

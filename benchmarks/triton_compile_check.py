@@ -23,6 +23,7 @@ re-executes itself when set).
     python benchmarks/triton_compile_check.py                  # BERT and Llama shapes, 3 dtypes, autotune configs
     python benchmarks/triton_compile_check.py --quick          # BERT-quick shapes, bf16 + fp32, heuristic configs
     python benchmarks/triton_compile_check.py --out benchmarks/results/triton_compile_sm90.md
+    python benchmarks/triton_compile_check.py --quick --only group   # the grouped launches' kernels only
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ sys.path.insert(0, str(HERE))
 # the checkout this script lives in, before an installed ligo_fast (a worktree's kernels, not the venv's editable copy)
 sys.path.insert(0, str(HERE.parent))
 try:
-    from ligo_fast.kernels import expand, tuning
+    from ligo_fast.kernels import expand, group, tuning
 except ImportError:  # a source tree without an install: kernels/ is ligo_fast.kernels' source
     sys.path.insert(0, str(HERE.parent))
-    from kernels import expand, tuning  # type: ignore[no-redef]
+    from kernels import expand, group, tuning  # type: ignore[no-redef]
 
 from common import bert_shape, llama_xl_shape, module_kinds  # noqa: E402
 
@@ -69,7 +70,15 @@ KERNELS = (
     "_ligo_layer_grad_dot_kernel",
     "_ligo_vec_kernel",
 )
-ORIGINAL = {name: getattr(expand, name) for name in KERNELS}
+# the grouped launches (kernels/group.py): one launch per stage for every module kind of a model
+GROUP_KERNELS = (
+    "_ligo_group_mix_kernel",
+    "_ligo_group_gemm_kernel",
+    "_ligo_group_layer_grad_kernel",
+    "_ligo_group_depth_sum_kernel",
+)
+ORIGINAL = {name: getattr(expand, name) for name in KERNELS} | {name: getattr(group, name) for name in GROUP_KERNELS}
+MODULE = {name: expand for name in KERNELS} | {name: group for name in GROUP_KERNELS}
 
 
 class _Recorder:
@@ -96,8 +105,8 @@ class _Ptr:
 def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
     """Every kernel launch of forward + backward (matrices and vectors) for these module shapes."""
     calls: list = []
-    for name in KERNELS:
-        setattr(expand, name, _Recorder(name, calls))
+    for name in ORIGINAL:
+        setattr(MODULE[name], name, _Recorder(name, calls))
     real_props = torch.cuda.get_device_properties
     torch.cuda.get_device_properties = lambda *_: SimpleNamespace(multi_processor_count=132)  # H200
     tf32, fp32_dot = torch.backends.cuda.matmul.allow_tf32, os.environ.pop("LIGO_FAST_FP32_DOT", None)
@@ -109,6 +118,8 @@ def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
                 os.environ["LIGO_FAST_FP32_DOT"] = dot
                 for m in shapes:
                     _record_module(m, dtype)
+                if not allow_tf32 and not dot:  # the grouped kernels in the default precision only (compile time)
+                    _record_group(shapes, dtype)
         # the layer gradients' FMA pass (more layers than tuning.LAYER_DOT_MAX) on the same shapes
         dot_max, tuning.LAYER_DOT_MAX = tuning.LAYER_DOT_MAX, 0
         try:
@@ -123,9 +134,27 @@ def record_launches(shapes: list, dtypes: list[torch.dtype]) -> list:
         if fp32_dot is not None:
             os.environ["LIGO_FAST_FP32_DOT"] = fp32_dot
         torch.cuda.get_device_properties = real_props
-        for name in KERNELS:
-            setattr(expand, name, ORIGINAL[name])
+        for name in ORIGINAL:
+            setattr(MODULE[name], name, ORIGINAL[name])
     return calls
+
+
+def _record_group(shapes, dtype: torch.dtype) -> None:
+    """The grouped forward and backward of every module kind of ``shapes`` (per-layer E, as bench_expand; and the
+    model's shared E on the input side of the matrices) in one group each."""
+    meta = dict(device="meta", dtype=dtype)
+    coef = torch.float32 if dtype == torch.float32 else dtype
+    for shared in (False, True):
+        Ws, ds, Eos, Eis = [], [], [], []
+        for m in shapes:
+            Ws.append(torch.empty(m.L1, m.o1, **meta) if m.i1 == 0 else torch.empty(m.L1, m.o1, m.i1, **meta))
+            ds.append(torch.empty(m.L2, m.L1, device="meta", dtype=coef))
+            Eos.append(torch.empty(m.L2, m.o2 - m.o1, m.o1, **meta))
+            Ei = None if m.i1 == 0 else torch.empty(m.i2 - m.i1, m.i1, **meta)
+            Eis.append(Ei if Ei is None or shared else Ei.unsqueeze(0).expand(m.L2, -1, -1).contiguous())
+        outs = group.expand_group_fwd(Ws, ds, Eos, Eis)
+        P = len(Ws)
+        group.expand_group_bwd([torch.empty_like(o) for o in outs], Ws, ds, Eos, Eis, *[[True] * P] * 4)
 
 
 def _record_module(m, dtype: torch.dtype) -> None:
@@ -153,7 +182,7 @@ def variants(calls: list, autotune: bool, ttgir_dir: Path | None = None) -> dict
     """Distinct compile jobs: key -> (kernel name, signature, constexprs, attrs, options dict, label, TTGIR folder,
     index)."""
     backend = make_backend(TARGET)
-    binders = {n: create_function_from_signature(ORIGINAL[n].signature, ORIGINAL[n].params, backend) for n in KERNELS}
+    binders = {n: create_function_from_signature(ORIGINAL[n].signature, ORIGINAL[n].params, backend) for n in ORIGINAL}
     jobs: dict = {}
     for name, args, kwargs in calls:
         fn = ORIGINAL[name]
@@ -178,10 +207,15 @@ def variants(calls: list, autotune: bool, ttgir_dir: Path | None = None) -> dict
 def _label(name: str, bound: dict, options) -> str:
     """Kernel, dtype, its constexpr flags and tile: the variants one row of the table sums up."""
     short = name.replace("_ligo_", "").replace("_kernel", "")
-    dtype = next(str(v.dtype).replace("torch.", "") for v in bound.values() if isinstance(v, _Ptr))
+    if name in GROUP_KERNELS:  # pointers come from a table: the element types are constexprs (the first: the operand)
+        dtype = next(str(v) for v in bound.values() if isinstance(v, triton.language.dtype)).replace("fp", "float")
+        dtype = {"float16": "float16", "bf16": "bfloat16", "float32": "float32"}.get(dtype, dtype)
+    else:
+        dtype = next(str(v.dtype).replace("torch.", "") for v in bound.values() if isinstance(v, _Ptr))
     const = {p.name for p in ORIGINAL[name].params if p.is_constexpr}
     flags = [f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in bound.items()
-             if k in const and not k.startswith("BLOCK_") and k not in ("DOT", "GROUP_M")]  # fmt: skip
+             if k in const and not k.startswith("BLOCK_") and k not in ("DOT", "GROUP_M")
+             and not k.endswith("_T")]  # fmt: skip
     tile = "x".join(str(bound[k]) for k in bound if k.startswith("BLOCK_"))
     return f"{short} {dtype} {' '.join(flags)} tile {tile} w{options.num_warps} s{options.num_stages}"
 
@@ -259,6 +293,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
     ap.add_argument("--ttgir", type=Path, help="write each variant's TTGIR into this folder")
+    ap.add_argument("--only", default="", help="compile only the kernels whose name contains this (e.g. group)")
     args = ap.parse_args(argv)
 
     if args.quick:
@@ -267,7 +302,7 @@ def main(argv=None) -> int:
         shapes = module_kinds(bert_shape()) + module_kinds(llama_xl_shape())
         dtypes, autotune = [torch.bfloat16, torch.float16, torch.float32], True
     t0 = time.perf_counter()
-    calls = record_launches(shapes, dtypes)
+    calls = [c for c in record_launches(shapes, dtypes) if args.only in c[0]]
     if args.ttgir:
         args.ttgir.mkdir(parents=True, exist_ok=True)
     jobs = variants(calls, autotune, args.ttgir)

@@ -59,7 +59,25 @@ def _ligo_mix_kernel(
     BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """O[l, m, n] = sum_j Dp[l, j] * W[j, m, n] (+ R[l, m, n]) for a block of layers and a tile of (m, n)."""
-    pid = tl.program_id(0)
+    _ligo_mix_tile(
+        W, Dp, O, R, L1, L2, M, N, s_wl, s_wm, s_wn, s_d0, s_d1, s_ol, s_om, s_on, s_rl, s_rm, s_rn,
+        tl.program_id(0), HAS_R, BLOCK_L, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+
+
+@triton.jit
+def _ligo_mix_tile(
+    W, Dp, O, R,
+    L1, L2, M, N,
+    s_wl, s_wm, s_wn,
+    s_d0, s_d1,
+    s_ol, s_om, s_on,
+    s_rl, s_rm, s_rn,
+    pid,
+    HAS_R: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The work of ``_ligo_mix_kernel``'s program ``pid`` (also one program of a grouped launch)."""
     num_lb = tl.cdiv(L2, BLOCK_L)
     num_n = tl.cdiv(N, BLOCK_N)
     pid_l = pid % num_lb  # layer blocks of one tile run next to each other: W's tile is reused from cache
@@ -280,8 +298,25 @@ def _ligo_layer_grad_dot_kernel(
     PD[program] += G[:, tile] @ W[:, tile]^T  (BLOCK_L x BLOCK_T @ BLOCK_T x BLOCK_J),
     float32 operands (``PRECISION``: tf32x3 on the tensor cores, ieee when interpreted), float32 accumulation.
     """
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
+    _ligo_layer_grad_dot_part(
+        G, W, Dp, DW, PD, L1, L2, M, N, num_tiles, s_gl, s_gm, s_gn, s_wl, s_wm, s_wn, s_d0, s_d1, s_ol, s_om, s_on,
+        tl.program_id(0), tl.num_programs(0), HAS_DW, HAS_PD, PRECISION, BLOCK_J, BLOCK_L, BLOCK_T,
+    )  # fmt: skip
+
+
+@triton.jit
+def _ligo_layer_grad_dot_part(
+    G, W, Dp, DW, PD,
+    L1, L2, M, N, num_tiles,
+    s_gl, s_gm, s_gn,
+    s_wl, s_wm, s_wn,
+    s_d0, s_d1,
+    s_ol, s_om, s_on,
+    pid, nprog,
+    HAS_DW: tl.constexpr, HAS_PD: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """Program ``pid`` of ``nprog`` of ``_ligo_layer_grad_dot_kernel`` (also one program of a grouped launch)."""
     rj = tl.arange(0, BLOCK_J)
     jmask = rj < L1
     rl = tl.arange(0, BLOCK_L)
@@ -404,6 +439,19 @@ def _layered(E: Tensor | None, L: int) -> Tensor | None:
 
 def _s3(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def fwd_flip(Eo: Tensor | None, Ei: Tensor | None, o1: int, i1: int) -> bool:
+    """Whether the forward runs on transposed views. Canonical: columns expanded first (stage 2), rows last (stage 3,
+    where the residual is fused); a lone E goes to stage 3. Both present: expand the smaller small side last
+    (``reference.in_first``)."""
+    return (Eo is None) if (Eo is None or Ei is None) else (o1 > i1)
+
+
+def bwd_flip(Eo: Tensor | None, Ei: Tensor | None, o1: int, i1: int, o2: int, i2: int) -> bool:
+    """Whether the backward runs on transposed views. S = B_out^T G is the bigger scratch, so make it the smaller of
+    o1*i2 / i1*o2; a lone E goes to the input side, where S is G itself (no scratch but X)."""
+    return (Ei is None) if (Eo is None or Ei is None) else (o1 * i2 > i1 * o2)
 
 
 def _mix(O: Tensor, W: Tensor, depth: Tensor, R: Tensor | None = None) -> None:
@@ -544,10 +592,7 @@ def expand_fwd(W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | No
         _mix(out, W, depth, residual)
         return out
     _mix(out[:, :o1, :i1], W, depth)
-    # canonical: columns expanded first (stage 2), rows last (stage 3, where the residual is fused);
-    # a lone E goes to stage 3. Both present: expand the smaller small side last (reference.in_first).
-    flip = (Eo is None) if (Eo is None or Ei is None) else (o1 > i1)
-    if flip:
+    if fwd_flip(Eo, Ei, o1, i1):
         Oc, Eoc, Eic, Rc, o1c, i1c = out.mT, Ei, Eo, (None if residual is None else residual.mT), i1, o1
     else:
         Oc, Eoc, Eic, Rc, o1c, i1c = out, Eo, Ei, residual, o1, i1
@@ -587,11 +632,7 @@ def expand_bwd(
     if Eo is None and Ei is None:
         dW, dd = _layer_grads(grad, W, depth, need_W, need_depth)
         return dW, dd, None, None
-    # canonical orientation: S = B_out^T G is the bigger scratch, so make it the smaller of o1*i2 / i1*o2;
-    # a lone E goes to the input side, where S is G itself (no scratch but X).
-    o2 = grad.shape[1]
-    i2 = grad.shape[2]
-    flip = (Ei is None) if (Eo is None or Ei is None) else (o1 * i2 > i1 * o2)
+    flip = bwd_flip(Eo, Ei, o1, i1, grad.shape[1], grad.shape[2])
     X = torch.empty((L2, o1, i1), dtype=sdt, device=W.device)
     _mix(X, W, depth)
     if flip:

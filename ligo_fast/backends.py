@@ -25,6 +25,8 @@ ENV_VAR = "LIGO_FAST_BACKEND"
 
 VecProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # (b, depth, E_out, residual)
 MultiVecOp = Callable[[Sequence[VecProblem]], list[Tensor]]
+GroupProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # (W, depth, E_out, E_in); a 2-D W is a vector
+GroupOp = Callable[[Sequence[GroupProblem]], list[Tensor]]
 
 
 @runtime_checkable
@@ -33,7 +35,9 @@ class Backend(Protocol):
 
     ``expand(W, depth, E_out, E_in, residual)``: (L2, o2, i2) in W's dtype; ``expand_vec(b, depth, E_out,
     residual)``: (L2, o2) in b's dtype; ``multi_vec_op(device_type)``: an op doing a whole list of vector problems
-    in one call on tensors of that device type, or None when the backend has none (callers then loop).
+    in one call on tensors of that device type, or None when the backend has none (callers then loop);
+    ``group_op(device_type)``: an op doing a list of residual-free problems, matrices and vectors (2-D W, E_in None),
+    in a few launches for all, or None (callers then make one call per problem).
     ``saves_intermediates``: whether its autograd keeps more than the op's inputs for backward (the pure-PyTorch
     composition does; the custom ops save only their inputs): memory-lean mode then checkpoints the production.
     """
@@ -48,6 +52,8 @@ class Backend(Protocol):
     def expand_vec(self, b: Tensor, depth: Tensor, E_out: Tensor | None, residual: Tensor | None) -> Tensor: ...
 
     def multi_vec_op(self, device_type: str) -> MultiVecOp | None: ...
+
+    def group_op(self, device_type: str) -> GroupOp | None: ...
 
 
 class BackendUnavailable(RuntimeError):
@@ -67,6 +73,9 @@ class TorchBackend:
         return expand_vec_torch(b, depth, E_out, residual)
 
     def multi_vec_op(self, device_type: str) -> MultiVecOp | None:
+        return None
+
+    def group_op(self, device_type: str) -> GroupOp | None:
         return None
 
 

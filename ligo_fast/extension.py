@@ -373,6 +373,10 @@ class CppBackend:
             return self.expand_vec_multi
         return None
 
+    def group_op(self, device_type: str):
+        """None: no grouped matrix op here (the vectors have :meth:`expand_vec_multi`)."""
+        return None
+
     def expand_vec_multi(self, problems):
         """problems: list of (b, depth, E_out, residual) -> list of (L2, o2) outputs, in one op call."""
         if not problems:

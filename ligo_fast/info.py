@@ -83,7 +83,9 @@ def _used(device: torch.device) -> str:
         line = used.name
     else:
         line = f"{used.name} ({preferred}, preferred here, is unavailable)"
-    if used.multi_vec_op(device.type) is None and backends.is_auto("auto") and backends.multi_vec_fallback(device):
+    if used.group_op(device.type) is not None:
+        line += "; module kinds: one grouped call (residual-free ones)"
+    elif used.multi_vec_op(device.type) is None and backends.is_auto("auto") and backends.multi_vec_fallback(device):
         line += "; vectors: the cpp backend's multi-tensor op"
     return line
 

@@ -3,17 +3,27 @@
 ``ligo_expand(W, depth, E_out, E_in, residual=..., backend=...)`` produces the large weights of one
 module kind for all large layers at once; ``ligo_expand_vec`` does the same for vectors (biases,
 LayerNorm/RMSNorm weights). See :mod:`ligo_fast.reference` for the math. Both are differentiable
-with respect to every tensor argument, whatever the backend.
+with respect to every tensor argument, whatever the backend. ``ligo_expand_many`` does a whole model's problems at
+once: in a few launches for all where the backend has a grouped op (Triton).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import backends
 
-__all__ = ["ligo_expand", "ligo_expand_vec", "ligo_expand_vec_multi", "check_expand_args", "check_expand_vec_args"]
+__all__ = [
+    "ligo_expand",
+    "ligo_expand_vec",
+    "ligo_expand_vec_multi",
+    "ligo_expand_many",
+    "check_expand_args",
+    "check_expand_vec_args",
+]
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -155,3 +165,53 @@ def ligo_expand_vec_multi(
     if multi is not None:
         return list(multi(problems))
     return [impl.expand_vec(b, d, e, r) for b, d, e, r in problems]
+
+
+MatrixProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]  # (W, depth, E_out, E_in, residual)
+VecProblem = tuple[Tensor, Tensor, Tensor | None, Tensor | None]  # (b, depth, E_out, residual)
+
+
+def ligo_expand_many(
+    matrices: Sequence[MatrixProblem], vectors: Sequence[VecProblem] = (), *, backend: str = "auto"
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Many :func:`ligo_expand` and :func:`ligo_expand_vec` problems (a model's module kinds) at once.
+
+    Args:
+        matrices: ``(W, depth, E_out, E_in, residual)`` tuples, each as in :func:`ligo_expand`.
+        vectors: ``(b, depth, E_out, residual)`` tuples, each as in :func:`ligo_expand_vec`.
+        backend: as in :func:`ligo_expand`. A backend with a grouped op (``triton``, unless
+            ``LIGO_FAST_TRITON_GROUPED=0``) does every residual-free problem in one call, each stage of its forward
+            and backward one launch for all; the rest, and every problem on other backends, go one call per matrix
+            problem and one :func:`ligo_expand_vec_multi` call for the vectors.
+
+    Returns:
+        (one (L2, o2, i2) tensor per matrix problem, one (L2, o2) tensor per vector problem), in order.
+    """
+    matrices, vectors = list(matrices), list(vectors)
+    for W, depth, E_out, E_in, residual in matrices:
+        check_expand_args(W, depth, E_out, E_in, residual)
+    for b, depth, E_out, residual in vectors:
+        check_expand_vec_args(b, depth, E_out, residual)
+    first = matrices[0][0] if matrices else (vectors[0][0] if vectors else None)
+    if first is None:
+        return [], []
+    group = backends.resolve(backend, first.device).group_op(first.device.type)
+    mats: list = [None] * len(matrices)
+    vecs: list = [None] * len(vectors)
+    if group is not None:
+        mi = [i for i, m in enumerate(matrices) if m[4] is None]
+        vi = [i for i, v in enumerate(vectors) if v[3] is None]
+        problems = [matrices[i][:4] for i in mi] + [(b, d, e, None) for b, d, e, _ in (vectors[i] for i in vi)]
+        got = group(problems) if problems else []
+        for i, t in zip(mi, got[: len(mi)], strict=True):
+            mats[i] = t
+        for i, t in zip(vi, got[len(mi) :], strict=True):
+            vecs[i] = t
+    left_m = [i for i in range(len(matrices)) if mats[i] is None]
+    for i in left_m:
+        W, depth, E_out, E_in, residual = matrices[i]
+        mats[i] = ligo_expand(W, depth, E_out, E_in, residual=residual, backend=backend)
+    left_v = [i for i in range(len(vectors)) if vecs[i] is None]
+    for i, t in zip(left_v, ligo_expand_vec_multi([vectors[i] for i in left_v], backend=backend), strict=True):
+        vecs[i] = t
+    return mats, vecs

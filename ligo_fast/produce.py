@@ -1,7 +1,9 @@
 """Production: the large model's weights from the operator's tensors, slot by slot, through the ops.
 
-Every weight matrix of one module kind (all large layers) is one :func:`ligo_fast.ops.ligo_expand` call; every
-vector (biases, norm weights) of every module kind goes into one :func:`ligo_fast.ops.ligo_expand_vec_multi` call.
+Every weight matrix of one module kind (all large layers) is one :func:`ligo_fast.ops.ligo_expand` problem, every
+vector (biases, norm weights) one :func:`ligo_fast.ops.ligo_expand_vec` problem; all of them go into one
+:func:`ligo_fast.ops.ligo_expand_many` call (a few launches for all on the Triton backend, else one call per matrix
+problem and one :func:`ligo_fast.ops.ligo_expand_vec_multi` call for the vectors).
 Fused parts (GPT-2's ``c_attn``) are produced part by part and concatenated. A norm with an ``offset`` (Gemma's
 ``1 + w``) is expanded as its effective scale ``offset + w`` and stored back minus the offset.
 
@@ -67,6 +69,8 @@ def produce(
     if not slots:
         return out
     vec_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+    mat_problems: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]] = []
+    mat_targets: list[tuple[Slot, int, Tensor | None, tuple[str, ...]]] = []  # (slot, parts, residual, names)
     # (names, number of parts to concatenate, offset, the dtype to store)
     vec_targets: list[tuple[tuple[str, ...], int, float, torch.dtype]] = []
 
@@ -95,30 +99,26 @@ def produce(
         else:
             W2 = Wl.reshape(Wl.shape[0], *s.view_w)
             n = max(len(s.e_rows), len(s.e_cols))
-            dim = 1 if s.split_rows else 2
-            Wparts = W2.chunk(n, dim=dim) if n > 1 else (W2,)
-            big = [
-                ops.ligo_expand(
-                    Wp,
-                    depth,
-                    get(s.e_rows[i if s.split_rows else 0]),
-                    get(s.e_cols[0 if s.split_rows else i]),
-                    residual=_residual_2d(s, res) if n == 1 else None,
-                    backend=backend,
-                )
-                for i, Wp in enumerate(Wparts)
-            ]
-            big = big[0] if n == 1 else torch.cat(big, dim=dim)
-            if n > 1 and res is not None:
-                big = big + res.reshape(big.shape).to(big.dtype)
-            for name, t in zip(targets_w, big.unbind(0), strict=True):
-                out[name] = t.reshape(s.shape_w)
+            Wparts = W2.chunk(n, dim=1 if s.split_rows else 2) if n > 1 else (W2,)
+            for i, Wp in enumerate(Wparts):
+                e_out, e_in = get(s.e_rows[i if s.split_rows else 0]), get(s.e_cols[0 if s.split_rows else i])
+                mat_problems.append((Wp, depth, e_out, e_in, _residual_2d(s, res) if n == 1 else None))
+            mat_targets.append((s, n, res, targets_w))
         if s.b is not None and vectors:
             depth_b = get(s.depth_b) if L else (get(s.scale_b) if s.scale_b else one)
             bl = get(s.b) if L else get(s.b)[None]
             targets_b = s.targets_b if (layers is None or not L) else s.targets_b[layers.start : layers.stop]
             add_vec(bl, depth_b, s.bias_widths, _lift(get(s.res_b), L), targets_b)
-    results = iter(ops.ligo_expand_vec_multi(vec_problems, backend=backend))
+    mats, vecs = ops.ligo_expand_many(mat_problems, vec_problems, backend=backend)
+    big_parts = iter(mats)
+    for s, n, res, targets_w in mat_targets:
+        dim = 1 if s.split_rows else 2
+        big = next(big_parts) if n == 1 else torch.cat([next(big_parts) for _ in range(n)], dim=dim)
+        if n > 1 and res is not None:
+            big = big + res.reshape(big.shape).to(big.dtype)
+        for name, t in zip(targets_w, big.unbind(0), strict=True):
+            out[name] = t.reshape(s.shape_w)
+    results = iter(vecs)
     for names, n, offset, dtype in vec_targets:
         t = next(results) if n == 1 else torch.cat([next(results) for _ in range(n)], dim=-1)
         t = (t - offset).to(dtype) if offset else t

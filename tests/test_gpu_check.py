@@ -55,7 +55,7 @@ def test_smoke_dry_run(tmp_path):
     assert any(k.startswith("operator step") and v == "ok" for k, v in sections.items()), sections
     assert any(k.startswith("expansion") and v == "ok" for k, v in sections.items()), sections
     checks = {r["provider"]: r["ok"] for r in rows if r.get("kind") == "check" and r["section"] == "expand"}
-    assert checks == {"official": True, "official+compile": True, "triton": True}, checks
+    assert checks == {"official": True, "official+compile": True, "triton": True, "triton-grouped": True}, checks
     modes = {(r["label"], r["mode"]) for r in rows if r.get("kind") == "time" and r["section"] == "expand"}
     assert ("torch (fp32 math)", "fwd+bwd") in modes and ("triton", "forward") in modes, modes
     summary = (out / "summary.md").read_text()

@@ -49,7 +49,8 @@ def test_compile_every_launch_variant_for_sm90(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _rows(out.read_text())
-    assert {r[0].split()[0] for r in rows} == {"mix", "gemm", "layer_grad", "layer_grad_dot", "vec"}
+    groups = {"group_mix", "group_gemm", "group_layer_grad", "group_depth_sum"}  # kernels/group.py
+    assert {r[0].split()[0] for r in rows} == {"mix", "gemm", "layer_grad", "layer_grad_dot", "vec"} | groups
     for label, _n, units, regs, spill, smem, loop, status in rows:
         assert status == "ok", label
         assert 0 < int(regs) <= 255 and float(smem) <= 227, label
@@ -64,6 +65,10 @@ def test_compile_every_launch_variant_for_sm90(tmp_path):
             assert int(spill) == 0, label
         if label.startswith("gemm float32") and "PRECISION=ieee" in label:
             assert units == "fma", label  # exact fp32 stays off the tensor cores
+        if label.startswith("group_gemm") and tensor_cores:
+            assert units == "wgmma", label
+        if label.startswith("group_gemm") and "ALIGNED=1" in label:  # 16-byte vectors: pipelined, no spills
+            assert loop == "depth 1, pipelined" and int(spill) == 0, (label, loop, spill)
 
 
 def _cfg_names(configs) -> set[tuple[int, int, int, int]]:

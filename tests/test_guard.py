@@ -123,7 +123,8 @@ def test_cli_defaults_start_at_the_small_models_loss_and_record_the_evaluation(f
 
 
 def test_cli_warns_about_a_rise_and_records_a_worse_model(fx, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(commands.guard, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0, certain=-1.0))  # any loss "rises"
+    # any loss "rises"
+    monkeypatch.setattr(commands.guard, "RiseGuard", lambda lr: RiseGuard(lr=lr, margin=-1.0, certain=-1.0))
     monkeypatch.setattr(commands.guard, "worse_than_small", lambda small, grown: "the grown model is worse (test)")
     assert cli.main(_grow(fx, tmp_path / "out")) == 0  # the outputs are written; exit 0 (documented)
     err = capsys.readouterr().err

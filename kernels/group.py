@@ -401,14 +401,18 @@ def _add_gemm(batch: _Batch, entries: list, dot: tuple[int, str]) -> None:
 
 def groupable(W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | None) -> bool:
     """Whether a problem runs on the grouped launches (else on the per-kind launchers): no empty side, float16,
-    bfloat16 or float32, and few enough layers for the layer gradients' two-product kernel."""
+    bfloat16 or float32, few enough layers for the layer gradients' two-product kernel, and an output of at most
+    ``tuning.GROUP_MAX_ELEMENTS`` elements (larger problems are not launch-bound)."""
     L1, L2 = W.shape[0], depth.shape[0]
+    o2 = W.shape[1] + (0 if E_out is None else E_out.shape[-2])
+    i2 = W.shape[2] + (0 if E_in is None else E_in.shape[-2])
     return (
         all(t.dtype in _TL for t in (W, depth, E_out, E_in) if t is not None)
         and min(W.shape) > 0
         and L2 > 0
         and L1 <= tuning.LAYER_DOT_MAX
         and L2 <= tuning.LAYER_DOT_MAX
+        and L2 * o2 * i2 <= tuning.GROUP_MAX_ELEMENTS
     )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "fp32_precision",
     "interpreting",
     "LAYER_DOT_MAX",
+    "GROUP_MAX_ELEMENTS",
     "layer_split",
     "autotune_enabled",
     "gemm_configs",
@@ -157,6 +158,13 @@ def gemm_heuristic(M: int, N: int, sixteen_bit: bool, interpreted: bool) -> dict
 # up to this many small and large layers the layer gradients run as two matrix products per tile (the block holds
 # every layer); LIGO_FAST_LAYER_DOT_MAX=0 selects the one-FMA-pass-per-layer kernel everywhere (an A/B on a GPU)
 LAYER_DOT_MAX = int(os.environ.get("LIGO_FAST_LAYER_DOT_MAX", "64"))
+
+# the grouped launches (kernels/group.py) take a problem of at most this many output elements: they exist for the
+# launch-bound regime (a whole BERT-size production: ~5 us per launch against microseconds of math per module kind);
+# at 2**26 elements writing the output alone takes ~45 us at 3 TB/s (16-bit), so a launch is a few % of a larger
+# problem, which keeps the per-kind launchers: autotuned tiles, and scratch alive one module kind at a time in
+# backward (the grouped backward holds every grouped problem's float32 scratch at once)
+GROUP_MAX_ELEMENTS = int(os.environ.get("LIGO_FAST_GROUP_MAX_ELEMENTS", str(2**26)))
 
 _forced: list = []  # the config force_config set, innermost last
 

@@ -141,6 +141,20 @@ def test_group_rest_falls_back_per_kind():
         assert_close_to_oracle(out, oracle_expand(*[None if t is None else t.double() for t in m]), out.dtype)
 
 
+def test_group_leaves_large_problems_to_the_per_kind_launchers(monkeypatch):
+    """A problem above tuning.GROUP_MAX_ELEMENTS output elements runs on the per-kind launchers (forward and
+    backward), the rest stay grouped; every output and gradient still matches the oracle."""
+    small = expand_inputs((2, 3, 5, 4, 7, 6, "layer", False), torch.float32)[:4]  # 3 * 7 * 6 = 126 elements
+    big = expand_inputs((2, 3, 9, 11, 15, 17, "shared", False), torch.float32)[:4]  # 3 * 15 * 17 = 765 elements
+    monkeypatch.setattr(KG.tuning, "GROUP_MAX_ELEMENTS", 500)
+    seen = {"fwd": [], "bwd": []}
+    fwd, bwd = KG.expand_fwd, KG.expand_bwd
+    monkeypatch.setattr(KG, "expand_fwd", lambda W, *a: seen["fwd"].append(tuple(W.shape)) or fwd(W, *a))
+    monkeypatch.setattr(KG, "expand_bwd", lambda G, W, *a: seen["bwd"].append(tuple(W.shape)) or bwd(G, W, *a))
+    _check_group([small, big], [], torch.float32)
+    assert seen == {"fwd": [tuple(big[0].shape)], "bwd": [tuple(big[0].shape)]}
+
+
 @pytest.mark.cpu_only  # opcheck: nothing a GPU adds; gpu_check.sh deselects it
 def test_opcheck_group():
     probs = [

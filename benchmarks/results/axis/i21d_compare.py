@@ -99,7 +99,7 @@ for f in sorted(glob.glob(f"{W}/*_train-width.json")):
 print(
     "\n| axis | budget | seed | default: % saved (speedup, wall to target) | baselines: % saved (speedup, wall) "
     "| best baseline | default - best (points) | default's operator steps (FLOPs share) | default's loss: grown -> "
-    "after operator | scratch final loss | train steps to target: default / best |\n"
+    "after operator | final loss: scratch / default / best | train steps to target: default / best |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 for f in sorted(glob.glob(f"{W}/*_default_x[24]_x[24].json")):
@@ -123,5 +123,5 @@ for f in sorted(glob.glob(f"{W}/*_default_x[24]_x[24].json")):
         f"| {axis_of(res.preset)} | {res.preset.large_steps / 400:g}x | {res.base_seed} | {pct(d['flops_saved'])} "
         f"({spd(d['speedup'])}, {wall(d)}) | {others} | {SHORT_LABELS[best]} | {gap} | {d['operator_steps']} "
         f"({100 * d['operator_share']:.1f}%) | {d['val_loss_grown']:.4f} -> {d['val_loss_start']:.4f} "
-        f"| {res.target:.4f} | {steps} / {bsteps} |"
+        f"| {res.target:.4f} / {d['final_loss']:.4f} / {b['final_loss']:.4f} | {steps} / {bsteps} |"
     )

@@ -454,6 +454,16 @@ def bwd_flip(Eo: Tensor | None, Ei: Tensor | None, o1: int, i1: int, o2: int, i2
     return (Ei is None) if (Eo is None or Ei is None) else (o1 * i2 > i1 * o2)
 
 
+def bwd_canonical(G: Tensor, X: Tensor, E_out, E_in, Eo, Ei, o1: int, i1: int, need_o: bool, need_i: bool) -> tuple:
+    """The backward's views in its canonical orientation (:func:`bwd_flip`): (flip, G, X, E_out, E_in, o1, i1, whether
+    the E_out / E_in seen are shared (2-D), whether their gradients are needed); ``Eo``/``Ei``: per-layer views of
+    the 2-D or 3-D ``E_out``/``E_in``."""
+    shared_o, shared_i = E_out is not None and E_out.dim() == 2, E_in is not None and E_in.dim() == 2
+    if bwd_flip(Eo, Ei, o1, i1, G.shape[1], G.shape[2]):
+        return True, G.mT, X.mT, Ei, Eo, i1, o1, shared_i, shared_o, need_i, need_o
+    return False, G, X, Eo, Ei, o1, i1, shared_o, shared_i, need_o, need_i
+
+
 def _mix(O: Tensor, W: Tensor, depth: Tensor, R: Tensor | None = None) -> None:
     """O[l] = sum_j depth[l, j] W[j] (+ R[l]); O: (L2, M, N) view, W: (L1, M, N)."""
     L2, M, N = O.shape
@@ -632,17 +642,11 @@ def expand_bwd(
     if Eo is None and Ei is None:
         dW, dd = _layer_grads(grad, W, depth, need_W, need_depth)
         return dW, dd, None, None
-    flip = bwd_flip(Eo, Ei, o1, i1, grad.shape[1], grad.shape[2])
     X = torch.empty((L2, o1, i1), dtype=sdt, device=W.device)
     _mix(X, W, depth)
-    if flip:
-        Gc, Xc, Eoc, Eic, o1c, i1c = grad.mT, X.mT, Ei, Eo, i1, o1
-        shared_o, shared_i = E_in is not None and E_in.dim() == 2, E_out is not None and E_out.dim() == 2
-        need_o, need_i = need_E_in, need_E_out
-    else:
-        Gc, Xc, Eoc, Eic, o1c, i1c = grad, X, Eo, Ei, o1, i1
-        shared_o, shared_i = E_out is not None and E_out.dim() == 2, E_in is not None and E_in.dim() == 2
-        need_o, need_i = need_E_out, need_E_in
+    flip, Gc, Xc, Eoc, Eic, o1c, i1c, shared_o, shared_i, need_o, need_i = bwd_canonical(
+        grad, X, E_out, E_in, Eo, Ei, o1, i1, need_E_out, need_E_in
+    )
     dEoc = dEic = None
     if Eoc is not None and need_o:
         if Eic is not None:

@@ -41,7 +41,7 @@ from .expand import (
     _ligo_gemm_tile,
     _ligo_layer_grad_dot_part,
     _ligo_mix_tile,
-    bwd_flip,
+    bwd_canonical,
     expand_bwd,
     expand_fwd,
     fwd_flip,
@@ -507,15 +507,9 @@ def expand_group_bwd(
         if Eo is not None or Ei is not None:
             X = torch.empty((L2, o1, i1), dtype=torch.float32, device=device)
             mixes.append((X, W3, depth))
-            flip = bwd_flip(Eo, Ei, o1, i1, G3.shape[1], G3.shape[2])
-            if flip:
-                Gc, Xc, Eoc, Eic, o1c, i1c = G3.mT, X.mT, Ei, Eo, i1, o1
-                shared_o, shared_i = E_in is not None and E_in.dim() == 2, E_out is not None and E_out.dim() == 2
-                need_oc, need_ic = need_i, need_o
-            else:
-                Gc, Xc, Eoc, Eic, o1c, i1c = G3, X, Eo, Ei, o1, i1
-                shared_o, shared_i = E_out is not None and E_out.dim() == 2, E_in is not None and E_in.dim() == 2
-                need_oc, need_ic = need_o, need_i
+            flip, Gc, Xc, Eoc, Eic, o1c, i1c, shared_o, shared_i, need_oc, need_ic = bwd_canonical(
+                G3, X, E_out, E_in, Eo, Ei, o1, i1, need_o, need_i
+            )
             dEoc = dEic = None
             if Eoc is not None and need_oc:
                 if Eic is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shlex
@@ -210,7 +209,7 @@ def write_aggregate(results: list[Result], out: Path, stem: str, base_steps: int
 
 def _aggregate(ap: argparse.ArgumentParser, args: argparse.Namespace, command: str) -> list[Result]:
     try:
-        results = [Result.from_json(json.loads(Path(f).read_text())) for f in args.aggregate]
+        results = [Result.read(f) for f in args.aggregate]
     except (OSError, ValueError, KeyError, TypeError) as e:
         ap.error(f"--aggregate: cannot read a run's JSON: {e}")
     names = {r.preset.name for r in results}

@@ -4,35 +4,25 @@ markdown table of % FLOPs saved per seed (``Result.summary``'s ``flops_saved``):
 the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR``."""
 
 import glob
-import json
 import os
 import sys
 
 from ligo_fast.apps.savings.axes import axis_of
-from ligo_fast.apps.savings.report import SHORT_LABELS
+from ligo_fast.apps.savings.report import SHORT_LABELS, pct
 from ligo_fast.apps.savings.results import Result
 
 W = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/axis"
 BASELINES = ("lossless", "stack", "gstack", "hypercloning", "llama_pro")
 
 
-def load(path):
-    with open(path) as f:
-        return Result.from_json(json.load(f))
-
-
-def pct(x):
-    return "miss" if x is None else f"{100 * x:.1f}"
-
-
 checks, rows = [], []
 for f in sorted(glob.glob(f"{W}/*_default*.json")):
-    new = load(f)
+    new = Result.read(f)
     old_path = f.replace("_default", "")
     if not os.path.exists(old_path):
         checks.append(f"{os.path.basename(f)}: scratch {new.target!r}; no plan-code run of this cell")
         continue
-    old = load(old_path)
+    old = Result.read(old_path)
     same = new.target == old.target
     checks.append(
         f"{os.path.basename(f)}: scratch {new.target!r}, plan code {old.target!r}: {'EQUAL' if same else 'DIFFER'}"

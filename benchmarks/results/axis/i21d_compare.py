@@ -7,29 +7,19 @@ plan code's; (2) ablation 4's table: operator trains all (plan-code run) vs the 
 run, both metrics and wall time. Usage: ``python i21d_compare.py AXIS_DIR``."""
 
 import glob
-import json
 import os
 import sys
 
 from ligo_fast.apps.savings.axes import axis_of
-from ligo_fast.apps.savings.report import SHORT_LABELS
+from ligo_fast.apps.savings.report import SHORT_LABELS, pct
 from ligo_fast.apps.savings.results import Result
 
 W = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/axis"
 BASELINES = ("lossless", "stack", "gstack", "hypercloning", "llama_pro")
 
 
-def load(path):
-    with open(path) as f:
-        return Result.from_json(json.load(f))
-
-
 def rows_of(res):
     return {r["method"]: r for r in res.summary()}
-
-
-def pct(x):
-    return "miss" if x is None else f"{100 * x:.1f}"
 
 
 def spd(x):
@@ -54,12 +44,12 @@ def earlier(path):
 mine = sorted(glob.glob(f"{W}/*_train-width.json") + glob.glob(f"{W}/*_default_x[24]_x[24].json"))
 checks = []
 for f in mine:
-    new = load(f)
+    new = Result.read(f)
     olds = [o for o in earlier(f) if os.path.exists(os.path.join(W, o))]
     if not olds:
         checks.append(f"{os.path.basename(f)}: scratch {new.target!r}; no earlier run of this cell")
     for o in olds:
-        old = load(os.path.join(W, o))
+        old = Result.read(os.path.join(W, o))
         same = "EQUAL" if new.target == old.target else "DIFFER"
         checks.append(f"{os.path.basename(f)}: scratch {new.target!r}, {o} {old.target!r}: {same}")
         n, p = rows_of(new), rows_of(old)
@@ -81,7 +71,7 @@ for f in sorted(glob.glob(f"{W}/*_train-width.json")):
     o = os.path.join(W, earlier(f)[0])
     if not os.path.exists(o):
         continue
-    new, old = load(f), load(o)
+    new, old = Result.read(f), Result.read(o)
     if new.target != old.target:
         continue
     n, p = rows_of(new), rows_of(old)
@@ -103,7 +93,7 @@ print(
     "|---|---|---|---|---|---|---|---|---|---|---|"
 )
 for f in sorted(glob.glob(f"{W}/*_default_x[24]_x[24].json")):
-    res = load(f)
+    res = Result.read(f)
     r = rows_of(res)
     d = r["ligo_lossless"]
     base = {m: r[m] for m in r if m in BASELINES}

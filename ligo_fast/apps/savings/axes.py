@@ -9,13 +9,12 @@ wall time beside the FLOPs, and the tokens per parameter of the runs (:func:`axi
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from collections.abc import Sequence
 
 from .presets import ALL_METHODS, Preset
-from .report import SHORT_LABELS
+from .report import SHORT_LABELS, pct
 from .results import Result
 
 
@@ -67,10 +66,6 @@ def axis_rows(results: Sequence[Result], base_steps: int = 400) -> list[dict]:
     return rows
 
 
-def _pct(x: float | None) -> str:
-    return "miss" if x is None else f"{100 * x:.1f}"
-
-
 def format_axis_table(results: Sequence[Result], base_steps: int = 400) -> str:
     """The markdown table of :func:`axis_rows` (scratch's rows show its own cost to its final loss)."""
     out = [
@@ -79,14 +74,14 @@ def format_axis_table(results: Sequence[Result], base_steps: int = 400) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in axis_rows(results, base_steps):
-        seeds = ", ".join(f"{s}: {_pct(v)}" for s, v in sorted(r["per_seed"].items()))
+        seeds = ", ".join(f"{s}: {pct(v)}" for s, v in sorted(r["per_seed"].items()))
         speed = "-" if r["speedup"] is None else f"{r['speedup']:.2f}"
         flops = "-" if r["flops"] is None else f"{r['flops']:.3g}"
         wall = "-" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
         out.append(
             f"| {r['axis']} | {r['budget']:g}x ({r['large_steps']}) | {r['tokens_per_param']:.2f} "
-            f"| {SHORT_LABELS[r['method']]} | {r['n']} ({r['reached']}) | {_pct(r['saved'])} | {seeds} | {speed} "
-            f"| {_pct(r['saved_with_small'])} | {flops} | {wall} | {r['final_loss']:.4f} |"
+            f"| {SHORT_LABELS[r['method']]} | {r['n']} ({r['reached']}) | {pct(r['saved'])} | {seeds} | {speed} "
+            f"| {pct(r['saved_with_small'])} | {flops} | {wall} | {r['final_loss']:.4f} |"
         )
     return "\n".join(out) + "\n"
 
@@ -94,11 +89,7 @@ def format_axis_table(results: Sequence[Result], base_steps: int = 400) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Print the axis table of the JSON files named on the command line."""
     paths = sys.argv[1:] if argv is None else argv
-    results = []
-    for path in paths:
-        with open(path) as f:
-            results.append(Result.from_json(json.load(f)))
-    print(format_axis_table(results))
+    print(format_axis_table([Result.read(path) for path in paths]))
 
 
 if __name__ == "__main__":

@@ -292,7 +292,8 @@ def write_json(result: Result, path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ several runs
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
+    """A share as a percentage with one decimal (0.623 -> "62.3"), "miss" for None (the target not reached)."""
     return "miss" if x is None else f"{100 * x:.1f}"
 
 
@@ -319,7 +320,7 @@ def format_sweep(results: Sequence[Result], base_steps: int) -> str:
         if r["reached"] < r["n"]:
             ms += f" ({r['reached']}/{r['n']} reached)"
         op = f"{r['operator_steps']} ({100 * r['operator_share']:.1f}%)" if r["method"] in OPERATOR_METHODS else "-"
-        cells = " | ".join(_pct(r["per_seed"].get(s)) if s in r["per_seed"] else "" for s in seeds)
+        cells = " | ".join(pct(r["per_seed"].get(s)) if s in r["per_seed"] else "" for s in seeds)
         out.append(
             f"| {_budget_label(r)} | {SHORT_LABELS[r['method']]} | {op} | {ms} | {cells} | {r['final_loss']:.4f} |"
         )

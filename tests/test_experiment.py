@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 from torch import nn
-from transformers import GPT2Config, LlamaConfig
+from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig
 
 import ligo_fast
 from ligo_fast.apps import data, demo
@@ -59,6 +59,24 @@ def test_llama_flops_grouped_query_attention():
     f = flops.forward_flops_per_token(cfg, seq_len=2)
     assert f["qkvo"] == 2 * 16 * 16 + 2 * 16 * 8 + 2 * 16 * 8 + 2 * 16 * 16  # 1536
     assert f["attention"] == 2 * 2 * 16 * 2  # 128
+
+
+def test_gemma3_flops_use_its_own_head_dim():
+    # Gemma 3: head_dim is not hidden / heads (here 6 against 8 / 2 = 4): a = 2 * 6 = 12, k = 1 * 6; GeGLU MLP.
+    cfg = Gemma3TextConfig(
+        vocab_size=16,
+        hidden_size=8,
+        intermediate_size=12,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=6,
+    )
+    f = flops.forward_flops_per_token(cfg, seq_len=3)
+    assert f["qkvo"] == 2 * 8 * 12 + 2 * 8 * 6 + 2 * 8 * 6 + 2 * 12 * 8  # 576
+    assert f["attention"] == 2 * 3 * 12 * 2  # 144
+    assert f["mlp"] == 3 * 2 * 8 * 12  # 576
+    assert f["total"] == 2 * (576 + 144 + 576) + 2 * 8 * 16
 
 
 def test_gpt2_flops_match_hand_count():

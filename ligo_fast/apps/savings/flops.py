@@ -21,15 +21,16 @@ def forward_flops_per_token(config, seq_len: int) -> dict[str, int]:
     * ``qkvo``: Q ``2*d*a``, K ``2*d*k``, V ``2*d*k``, output ``2*a*d``;
     * ``attention``: scores ``Q K^T`` ``2*T*a`` and ``softmax(.) V`` ``2*T*a``: the full T x T matrix, as the
       dense kernels compute it (no discount for the causal mask);
-    * ``mlp``: Llama SwiGLU gate + up + down ``3 * 2*d*f``; GPT-2 ``2 * 2*d*f``.
+    * ``mlp``: Llama's SwiGLU and Gemma 3's GeGLU gate + up + down ``3 * 2*d*f``; GPT-2 ``2 * 2*d*f``.
 
-    Once: ``head`` = ``2*d*V``. Not counted: embedding lookups, norms, RoPE, softmax and activation
+    Gemma 3's sliding-window layers are counted as full attention (exact for sequences up to the window's
+    length). Once: ``head`` = ``2*d*V``. Not counted: embedding lookups, norms, RoPE, softmax and activation
     elementwise work, the loss (all O(d) or O(V) per token, < 1% here).
 
     Returns:
         ``{'qkvo', 'attention', 'mlp'}`` per layer, ``'layers'``, ``'head'`` and ``'total'`` per token.
     """
-    if config.model_type == "llama":
+    if config.model_type in ("llama", "gemma3_text"):
         d, L, h = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
         hd = getattr(config, "head_dim", None) or d // h
         a, k = h * hd, config.num_key_value_heads * hd

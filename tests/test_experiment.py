@@ -10,6 +10,7 @@ import math
 import random
 import shutil
 
+import _models
 import pytest
 import torch
 from torch import nn
@@ -151,6 +152,17 @@ def test_operator_step_flops_count_the_forms_that_run(mode):
     assert got == 3 * per_layer + head + embedding + attention
     if mode == "factored":  # cheaper than a plain large step at these few tokens
         assert got < flops.train_step_flops(large_cfg, B, S)
+
+
+def test_operator_step_flops_of_gemma3_add_its_attention_per_layer():
+    # Gemma 3 (qk norms, explicit head_dim): the step is the linears' forms plus 3 x attention over every layer
+    small_cfg, large_cfg = _models.configs("Gemma3ForCausalLM")
+    op = ligo_fast.grow(_models.build("Gemma3ForCausalLM", small_cfg), large_cfg)
+    B, S = 2, 5
+    linears = op.linear_step_flops(input_ids=torch.zeros(B, S, dtype=torch.long))
+    a = large_cfg.num_attention_heads * large_cfg.head_dim
+    attention = 3 * (2 * S * a + 2 * S * a) * large_cfg.num_hidden_layers * B * S
+    assert flops.operator_step_flops(op, large_cfg, B, S) == linears + attention > attention
 
 
 def test_cost_to_reach_interpolates_and_skips_operator_phase():

@@ -11,6 +11,9 @@ import re
 import torch
 from torch import nn
 
+GATED = ("llama", "gemma3_text")
+"""Model types counted with a gated MLP (three matrices) and ``num_hidden_layers`` layers; the others: GPT-2."""
+
 
 def forward_flops_per_token(config, seq_len: int) -> dict[str, int]:
     """Forward FLOPs per token of a decoder-only LM, counted per layer (1 multiply-add = 2 FLOPs).
@@ -30,7 +33,7 @@ def forward_flops_per_token(config, seq_len: int) -> dict[str, int]:
     Returns:
         ``{'qkvo', 'attention', 'mlp'}`` per layer, ``'layers'``, ``'head'`` and ``'total'`` per token.
     """
-    if config.model_type in ("llama", "gemma3_text"):
+    if config.model_type in GATED:
         d, L, h = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
         hd = getattr(config, "head_dim", None) or d // h
         a, k = h * hd, config.num_key_value_heads * hd
@@ -107,4 +110,4 @@ def operator_step_flops(op_model, large_config, batch_size: int, seq_len: int) -
 
 
 def _layers(config) -> int:
-    return config.num_hidden_layers if config.model_type == "llama" else config.n_layer
+    return config.num_hidden_layers if config.model_type in GATED else config.n_layer

@@ -21,6 +21,7 @@ the large model for the FLOPs of ``--steps`` operator steps, on the command line
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import math
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", default="0", help="the CLI's --seed (its batches; default 0)")
     ap.add_argument("--plain-lr", type=float, action="append", default=[],
                     help="also plain training of the exact start at this peak lr (repeatable; issue 21)")  # fmt: skip
+    ap.add_argument("--plain-small", action="store_true",
+                    help="--plain-lr trains a copy of the small model (the same steps and batches)")  # fmt: skip
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -171,8 +174,9 @@ def main(argv=None) -> int:
                                                                                        train_files, tmp)  # fmt: skip
             print(f"GrowthCallback: held-out loss after growth {res['callback_loss']:.4f} ({res['callback_s']:.0f} s)")
         for lr in a.plain_lr:
-            r = res.setdefault("plain", {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
-            print(f"plain training, peak lr {lr:g}: {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
+            key = "plain_small" if a.plain_small else "plain"
+            r = res.setdefault(key, {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
+            print(f"{key}, peak lr {lr:g}: {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
             if a.json:  # each arm's numbers as soon as it ends
                 Path(a.json).write_text(json.dumps(res, indent=1, default=str))
     res["small_generated"] = generate(small, tok, a.gen_tokens)
@@ -192,13 +196,15 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     same windows as the CLI route's steps 1..n), peak ``lr`` after a linear warm-up over all of them (as the
     operator's own warm-up floor covers all its 10 steps). A batch runs one window at a time, gradients
     accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the held-out loss,
-    the loss on the CLI's 8 evaluation windows, the step losses, the steps and the FLOPs of both."""
+    the loss on the CLI's 8 evaluation windows, the step losses, the steps and the FLOPs of both. With
+    ``a.plain_small`` the model trained is a copy of the small model (the same steps, batches and schedule: a
+    control of how the pretrained model itself takes these steps)."""
     model = ligo_fast.grow(small, large_cfg, seed=0)
     f_op = flops.operator_step_flops(model, large_cfg, a.batch_size, a.seq_len)
     f_plain = flops.train_step_flops(large_cfg, a.batch_size, a.seq_len)
     n = max(1, round(a.steps * f_op / f_plain))
     t = time.perf_counter()
-    big = model.materialize()
+    big = copy.deepcopy(small) if a.plain_small else model.materialize()
     del model
     gc.collect()
     tokenizer = inputs.load_tokenizer(str(tmp / "small"))

@@ -685,7 +685,10 @@ def _depths(
 ) -> tuple[str, str | None]:
     """A block module's depth coefficients ``(L2, L1)`` of the weight (times ``scale``: 1 / the input width's
     growth factor in function-preserving growth) and the bias."""
-    block_output = m.mod.kind == LINEAR and m.mod.out == residual_width(pair.arch)
+    writers = pair.arch.residual_writers
+    block_output = (
+        m.mod.path in writers if writers else (m.mod.kind == LINEAR and m.mod.out == residual_width(pair.arch))
+    )
     depth_w, depth_b = f"depth__{name}__weight", (f"depth__{name}__bias" if has_bias else None)
     for t, what, s in ((depth_w, "weight", scale), (depth_b, "bias", 1.0)):
         if t is not None:

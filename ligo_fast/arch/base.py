@@ -93,6 +93,13 @@ class Arch:
         pre_norm: blocks normalise their input (an added block with zeroed outputs is the identity); False for
             post-norm BERT/RoBERTa.
         rotary: attention applies rotary position embeddings (frequencies per head dimension).
+        residual_writers: paths (in ``layer_modules``) of the modules whose output a block adds to the residual
+            stream, where that is not a linear (sandwich norms: Gemma's ``post_*_layernorm`` normalise the
+            attention and MLP outputs before the addition). Function-preserving depth growth zeroes these
+            modules' depth rows for the layers it adds; empty: the block linears that output the residual width.
+            Zeroing a post-norm's effective scale rather than the linear before it keeps an added block's output
+            proportional to its parameters (a zeroed linear feeds an RMSNorm zeros, where its output jumps to full
+            scale as soon as a step moves the linear past ``sqrt(eps)``).
     """
 
     family: str
@@ -107,8 +114,13 @@ class Arch:
     resolve: Callable | None = None
     pre_norm: bool = True
     rotary: bool = False
+    residual_writers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        paths = {m.path for m in self.layer_modules}
+        for p in self.residual_writers:
+            if p not in paths:
+                raise ValueError(f"{self.family}: residual writer {p!r} is not one of the block's modules")
         for m in self.layer_modules + self.modules:
             if m.kind not in (LINEAR, NORM, EMBEDDING):
                 raise ValueError(f"{self.family}: module {m.path!r} has unknown kind {m.kind!r}")

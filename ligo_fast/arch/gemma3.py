@@ -6,6 +6,9 @@ The Llama layout (``llama.py``: the same projections and widths, GeGLU in place 
   * ``q_norm`` / ``k_norm`` over one head's features, on the per-layer width ``head`` (as Qwen3's);
   * every RMSNorm scales by ``1 + w`` (``offset=1``): the operator expands the effective scale, so a copied feature
     keeps its source's scale, and a rand init (mixing rows that sum to 1) gives ``1 + E w`` as for Llama's ``w``;
+  * the post-norms write into the residual stream (``residual_writers``): an added layer of a function-preserving
+    start gets a zero post-norm scale (``w = -1``), not zeroed ``o_proj``/``down_proj`` rows, whose zero output
+    would sit at the singular point of the RMSNorm after them;
   * the token embedding is multiplied by ``sqrt(hidden_size)`` in the model (``output_scale``): a function-preserving
     width growth by k divides the table by ``sqrt(k)``; the tied head then reads that table, so the final norm
     takes ``1/sqrt(k)`` (not ``1/k``);
@@ -54,6 +57,7 @@ GEMMA3_LM = Arch(
     check_config=check_heads,
     resolve=resolve_gqa,
     rotary=True,
+    residual_writers=("post_attention_layernorm", "post_feedforward_layernorm"),
 )
 GEMMA3_BASE = GEMMA3_LM.base_model("model", ("Gemma3TextModel",))
 

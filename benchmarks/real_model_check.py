@@ -30,12 +30,14 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import transformers as T
 
 import ligo_fast
+from ligo_fast import budget
 from ligo_fast.apps import cli, commands, data, inputs, training
 from ligo_fast.apps.savings import flops
 from ligo_fast.integrations import GrowingModel, GrowthCallback
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", default="0", help="the CLI's --seed (its batches; default 0)")
     ap.add_argument("--plain-lr", type=float, action="append", default=[],
                     help="also plain training of the exact start at this peak lr (repeatable; issue 21)")  # fmt: skip
+    ap.add_argument("--operator-run", action="store_true",
+                    help="also the operator's steps in this process, as the CLI trains them (issue 21)")  # fmt: skip
     ap.add_argument("--plain-small", action="store_true",
                     help="--plain-lr trains a copy of the small model (the same steps and batches)")  # fmt: skip
     a = ap.parse_args(argv)
@@ -173,6 +177,11 @@ def main(argv=None) -> int:
             res["callback_loss"], res["callback_s"], res["callback_lr"] = callback_run(small, large_cfg, tok, a, w,
                                                                                        train_files, tmp)  # fmt: skip
             print(f"GrowthCallback: held-out loss after growth {res['callback_loss']:.4f} ({res['callback_s']:.0f} s)")
+        if a.operator_run:
+            r = res["operator"] = operator_run(small, large_cfg, a, w, tmp)
+            print(f"operator (in process): {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
+            if a.json:
+                Path(a.json).write_text(json.dumps(res, indent=1, default=str))
         for lr in a.plain_lr:
             key = "plain_small" if a.plain_small else "plain"
             r = res.setdefault(key, {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
@@ -188,17 +197,54 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli_batches(a, tmp: Path) -> tuple[Callable[[int], dict], dict]:
+    """(batch k, the CLI's 8 evaluation windows) exactly as ``ligo-fast grow`` makes them from ``tmp``'s data and
+    tokenizer with ``--seed a.seed`` (``data.make_batch``: batch k of an arm here is batch k of the CLI route)."""
+    tokenizer = inputs.load_tokenizer(str(tmp / "small"))
+    stream = data.encode_files(inputs.text_files([str(tmp / "data")]), tokenizer)
+    bos = data.bos_of(tokenizer)
+    windows_ = data.with_bos(data.validation_windows(stream, commands.EVAL_WINDOWS, a.seq_len - 1), bos)
+
+    def batch_at(k: int) -> dict:
+        return data.make_batch(stream, k, int(a.seed), a.batch_size, a.seq_len, None, bos)
+
+    return batch_at, {"input_ids": windows_, "labels": windows_.clone()}
+
+
+def train_steps(model, lr: float, warmup: int, n: int, batch_at: Callable[[int], dict], what: str) -> list[float]:
+    """``n`` AdamW steps (weight decay 0, clipping 1.0, linear warm-up over ``warmup`` steps to ``lr``: the command
+    line's operator training) of ``model``'s trainable parameters; a batch runs one window at a time, gradients
+    accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the step losses."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    lr_at = training.warmup_lr(lr, warmup)
+    model.train()
+    losses = []
+    for k in range(1, n + 1):
+        batch = batch_at(k)
+        opt.zero_grad(set_to_none=True)
+        total, b = 0.0, batch["input_ids"].shape[0]
+        for i in range(b):
+            loss = model(input_ids=batch["input_ids"][i : i + 1], labels=batch["labels"][i : i + 1]).loss / b
+            loss.backward()
+            total += float(loss.detach())
+        for g in opt.param_groups:
+            g["lr"] = lr_at(k)
+        training.update(opt, params, 1.0)
+        losses.append(total)
+        print(f"  {what} step {k}/{n} (lr {lr_at(k):.3g}): loss {total:.4f}", flush=True)
+    return losses
+
+
 def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     """Issue 21's operator-free arm: ``grow()``'s default exact start (no operator step), materialised, then plain
-    AdamW training of the large model (weight decay 0, clipping 1.0: the command line's) for as many steps as cost
-    the FLOPs of ``a.steps`` operator steps (``flops.operator_step_flops`` against ``flops.train_step_flops`` on a
-    ``batch_size x seq_len`` batch), on the command line's batches (``data.make_batch`` of its ``--seed``: the
-    same windows as the CLI route's steps 1..n), peak ``lr`` after a linear warm-up over all of them (as the
-    operator's own warm-up floor covers all its 10 steps). A batch runs one window at a time, gradients
-    accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the held-out loss,
-    the loss on the CLI's 8 evaluation windows, the step losses, the steps and the FLOPs of both. With
-    ``a.plain_small`` the model trained is a copy of the small model (the same steps, batches and schedule: a
-    control of how the pretrained model itself takes these steps)."""
+    training of the large model (:func:`train_steps`) for as many steps as cost the FLOPs of ``a.steps`` operator
+    steps (``flops.operator_step_flops`` against ``flops.train_step_flops`` on a ``batch_size x seq_len`` batch),
+    on the command line's batches (:func:`cli_batches`), peak ``lr`` after a linear warm-up over all of them (as the
+    operator's own warm-up floor covers all its 10 steps). Returns the held-out loss, the loss on the CLI's 8
+    evaluation windows, the step losses, the steps and the FLOPs of both. With ``a.plain_small`` the model trained
+    is a copy of the small model (the same steps, batches and schedule: a control of how the pretrained model
+    itself takes these steps)."""
     model = ligo_fast.grow(small, large_cfg, seed=0)
     f_op = flops.operator_step_flops(model, large_cfg, a.batch_size, a.seq_len)
     f_plain = flops.train_step_flops(large_cfg, a.batch_size, a.seq_len)
@@ -207,35 +253,35 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     big = copy.deepcopy(small) if a.plain_small else model.materialize()
     del model
     gc.collect()
-    tokenizer = inputs.load_tokenizer(str(tmp / "small"))
-    stream = data.encode_files(inputs.text_files([str(tmp / "data")]), tokenizer)
-    bos = data.bos_of(tokenizer)
-    windows_ = data.with_bos(data.validation_windows(stream, commands.EVAL_WINDOWS, a.seq_len - 1), bos)
-    cli_eval = {"input_ids": windows_, "labels": windows_.clone()}
-    params = [p for p in big.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    lr_at = training.warmup_lr(lr, n)
-    big.train()
-    losses = []
-    for k in range(1, n + 1):
-        batch = data.make_batch(stream, k, int(a.seed), a.batch_size, a.seq_len, None, bos)
-        torch.manual_seed(data.step_seed(int(a.seed), k))
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for i in range(a.batch_size):
-            loss = big(input_ids=batch["input_ids"][i : i + 1], labels=batch["labels"][i : i + 1]).loss / a.batch_size
-            loss.backward()
-            total += float(loss.detach())
-        for g in opt.param_groups:
-            g["lr"] = lr_at(k)
-        training.update(opt, params, 1.0)
-        losses.append(total)
-        print(f"  plain step {k}/{n} (lr {lr_at(k):.3g}): loss {total:.4f}", flush=True)
+    batch_at, cli_eval = cli_batches(a, tmp)
+    losses = train_steps(big, lr, n, n, batch_at, "plain")
     s = time.perf_counter() - t
     out = {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
            "step_losses": losses, "s": s, "loss": heldout_loss(big, w),
            "cli_windows_loss": commands.eval_loss(big, cli_eval, torch.device("cpu"))}  # fmt: skip
-    del big, opt
+    del big
+    gc.collect()
+    return out
+
+
+def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
+    """The operator arm in this process: ``grow()``'s defaults, ``a.steps`` operator steps with the command line's
+    schedule (``budget.operator_budget`` from the large lr 3e-4 and the model's preserved width: lr 3e-4 / width,
+    warm-up floor) on its batches (:func:`cli_batches`), then ``materialize()``; the CLI route's training without
+    its checkpoints, selection and written model. Returns the numbers :func:`plain_run` returns."""
+    t = time.perf_counter()
+    model = ligo_fast.grow(small, large_cfg, seed=0)
+    b = budget.operator_budget(a.steps, 3e-4, steps=a.steps, preserved_width=model.preserved_width)
+    batch_at, cli_eval = cli_batches(a, tmp)
+    losses = train_steps(model, b.lr, b.warmup, b.steps, batch_at, "operator")
+    big = model.materialize()
+    del model
+    gc.collect()
+    s = time.perf_counter() - t
+    cli_loss = commands.eval_loss(big, cli_eval, torch.device("cpu"))
+    out = {"lr": b.lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
+           "loss": heldout_loss(big, w), "cli_windows_loss": cli_loss}  # fmt: skip
+    del big
     gc.collect()
     return out
 

@@ -117,6 +117,7 @@ def main(argv=None) -> int:
                     help="also plain training of the exact start at this peak lr (repeatable; issue 21)")  # fmt: skip
     ap.add_argument("--operator-run", action="store_true",
                     help="also the operator's steps in this process, as the CLI trains them (issue 21)")  # fmt: skip
+    ap.add_argument("--operator-lr", type=float, default=None, help="--operator-run's peak lr (default: the rule's)")
     ap.add_argument("--plain-small", action="store_true",
                     help="--plain-lr trains a copy of the small model (the same steps and batches)")  # fmt: skip
     a = ap.parse_args(argv)
@@ -267,19 +268,20 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
 def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
     """The operator arm in this process: ``grow()``'s defaults, ``a.steps`` operator steps with the command line's
     schedule (``budget.operator_budget`` from the large lr 3e-4 and the model's preserved width: lr 3e-4 / width,
-    warm-up floor) on its batches (:func:`cli_batches`), then ``materialize()``; the CLI route's training without
-    its checkpoints, selection and written model. Returns the numbers :func:`plain_run` returns."""
+    or ``a.operator_lr``; the warm-up floor) on its batches (:func:`cli_batches`), then ``materialize()``; the CLI
+    route's training without its checkpoints, selection and written model. Returns what :func:`plain_run` does."""
     t = time.perf_counter()
     model = ligo_fast.grow(small, large_cfg, seed=0)
     b = budget.operator_budget(a.steps, 3e-4, steps=a.steps, preserved_width=model.preserved_width)
+    lr = a.operator_lr or b.lr
     batch_at, cli_eval = cli_batches(a, tmp)
-    losses = train_steps(model, b.lr, b.warmup, b.steps, batch_at, "operator")
+    losses = train_steps(model, lr, b.warmup, b.steps, batch_at, "operator")
     big = model.materialize()
     del model
     gc.collect()
     s = time.perf_counter() - t
     cli_loss = commands.eval_loss(big, cli_eval, torch.device("cpu"))
-    out = {"lr": b.lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
+    out = {"lr": lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
            "loss": heldout_loss(big, w), "cli_windows_loss": cli_loss}  # fmt: skip
     del big
     gc.collect()

@@ -162,6 +162,8 @@ def test_registering_a_custom_architecture():
     )
     with pytest.raises(ValueError, match="uses width 'query' but the description has no width of that name"):
         Arch(widths={"emb": Width("model.fuse_width_emb"), "ffn": Width("x.{l}", per_layer=True)}, **spec)
+    with pytest.raises(ValueError, match="residual writer 'post_norm' is not one of the block's modules"):
+        Arch(widths=dict(LLAMA_LM.widths), residual_writers=("post_norm",), **spec)
     arch = Arch(widths=dict(LLAMA_LM.widths), **spec)
     small_cfg, large_cfg = configs("LlamaForCausalLM", kv=(4, 4))
     assert ligo_fast.grow(MyLlama(small_cfg), large_cfg).arch.family == "llama"  # a subclass grows as its base

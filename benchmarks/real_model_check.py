@@ -180,12 +180,14 @@ def main(argv=None) -> int:
             print(f"GrowthCallback: held-out loss after growth {res['callback_loss']:.4f} ({res['callback_s']:.0f} s)")
         if a.operator_run:
             r = res["operator"] = operator_run(small, large_cfg, a, w, tmp)
+            gc.collect()  # the arm's large model, before the next one
             print(f"operator (in process): {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
             if a.json:
                 Path(a.json).write_text(json.dumps(res, indent=1, default=str))
         for lr in a.plain_lr:
             key = "plain_small" if a.plain_small else "plain"
             r = res.setdefault(key, {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
+            gc.collect()
             print(f"{key}, peak lr {lr:g}: {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
             if a.json:  # each arm's numbers as soon as it ends
                 Path(a.json).write_text(json.dumps(res, indent=1, default=str))
@@ -199,17 +201,12 @@ def main(argv=None) -> int:
 
 
 def cli_batches(a, tmp: Path) -> tuple[Callable[[int], dict], dict]:
-    """(batch k, the CLI's 8 evaluation windows) exactly as ``ligo-fast grow`` makes them from ``tmp``'s data and
-    tokenizer with ``--seed a.seed`` (``data.make_batch``: batch k of an arm here is batch k of the CLI route)."""
+    """(batch k, the CLI's 8 evaluation windows) as ``ligo-fast grow`` makes them (``data.text_batches``) from
+    ``tmp``'s data and tokenizer with ``--seed a.seed``: batch k of an arm here is batch k of the CLI route."""
     tokenizer = inputs.load_tokenizer(str(tmp / "small"))
     stream = data.encode_files(inputs.text_files([str(tmp / "data")]), tokenizer)
     bos = data.bos_of(tokenizer)
-    windows_ = data.with_bos(data.validation_windows(stream, commands.EVAL_WINDOWS, a.seq_len - 1), bos)
-
-    def batch_at(k: int) -> dict:
-        return data.make_batch(stream, k, int(a.seed), a.batch_size, a.seq_len, None, bos)
-
-    return batch_at, {"input_ids": windows_, "labels": windows_.clone()}
+    return data.text_batches(stream, int(a.seed), a.batch_size, a.seq_len, commands.EVAL_WINDOWS, None, bos)
 
 
 def train_steps(model, lr: float, warmup: int, n: int, batch_at: Callable[[int], dict], what: str) -> list[float]:
@@ -237,6 +234,11 @@ def train_steps(model, lr: float, warmup: int, n: int, batch_at: Callable[[int],
     return losses
 
 
+def evaluate(big, w: torch.Tensor, cli_eval: dict) -> dict:
+    """An arm's end: the held-out loss (``w``) and the loss on the CLI's evaluation windows of ``big``."""
+    return {"loss": heldout_loss(big, w), "cli_windows_loss": commands.eval_loss(big, cli_eval, torch.device("cpu"))}
+
+
 def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     """Issue 21's operator-free arm: ``grow()``'s default exact start (no operator step), materialised, then plain
     training of the large model (:func:`train_steps`) for as many steps as cost the FLOPs of ``a.steps`` operator
@@ -257,12 +259,8 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     batch_at, cli_eval = cli_batches(a, tmp)
     losses = train_steps(big, lr, n, n, batch_at, "plain")
     s = time.perf_counter() - t
-    out = {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
-           "step_losses": losses, "s": s, "loss": heldout_loss(big, w),
-           "cli_windows_loss": commands.eval_loss(big, cli_eval, torch.device("cpu"))}  # fmt: skip
-    del big
-    gc.collect()
-    return out
+    return {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
+            "step_losses": losses, "s": s, **evaluate(big, w, cli_eval)}  # fmt: skip
 
 
 def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
@@ -280,12 +278,8 @@ def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
     del model
     gc.collect()
     s = time.perf_counter() - t
-    cli_loss = commands.eval_loss(big, cli_eval, torch.device("cpu"))
-    out = {"lr": lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
-           "loss": heldout_loss(big, w), "cli_windows_loss": cli_loss}  # fmt: skip
-    del big
-    gc.collect()
-    return out
+    return {"lr": lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
+            **evaluate(big, w, cli_eval)}  # fmt: skip
 
 
 def callback_run(small, large_cfg, tok, a, w, train_files, tmp: Path) -> tuple[float, float, float]:

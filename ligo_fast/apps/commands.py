@@ -166,13 +166,9 @@ def cmd_grow(args) -> int:
 
     bos = data.bos_of(tokenizer) if task == "causal" else None  # Gemma/Llama tokenizers: every window starts with BOS
 
-    def batch_at(k: int) -> dict:
-        return data.make_batch(stream, k, args.seed, args.batch_size, args.seq_len, mask_id, bos)
-
-    windows = data.with_bos(data.validation_windows(stream, EVAL_WINDOWS, args.seq_len - (bos is not None)), bos)
-    eval_batch = {"input_ids": windows, "labels": windows.clone()}
-    if mask_id is not None:
-        eval_batch = data.mask_tokens(windows, mask_id, torch.Generator().manual_seed(args.seed))
+    batch_at, eval_batch = data.text_batches(
+        stream, args.seed, args.batch_size, args.seq_len, EVAL_WINDOWS, mask_id, bos
+    )
 
     def start() -> torch.nn.Module:  # the operator's start again (deterministic: same inputs, same seed)
         return ligo_fast.grow(small, large_cfg, **options).to(device)

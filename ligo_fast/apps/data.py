@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -252,3 +252,25 @@ def validation_windows(stream: Tensor, n_windows: int, length: int) -> Tensor:
     last = stream.numel() - length
     starts = torch.linspace(0, last, n_windows).long()
     return stream[starts[:, None] + torch.arange(length)].long()
+
+
+def text_batches(
+    stream: Tensor,
+    seed: int,
+    batch_size: int,
+    seq_len: int,
+    n_eval: int,
+    mask_id: int | None = None,
+    bos_id: int | None = None,
+) -> tuple[Callable[[int], dict[str, Tensor]], dict[str, Tensor]]:
+    """``(batch_at, eval_batch)`` of ``ligo-fast grow``'s training text: ``batch_at(k)`` is :func:`make_batch`'s
+    batch ``k``; ``eval_batch`` the fixed evaluation batch, ``n_eval`` :func:`validation_windows` of ``seq_len``
+    tokens (with ``bos_id``: that token first), masked with ``seed`` for a masked LM."""
+
+    def batch_at(k: int) -> dict[str, Tensor]:
+        return make_batch(stream, k, seed, batch_size, seq_len, mask_id, bos_id)
+
+    windows = with_bos(validation_windows(stream, n_eval, seq_len - (bos_id is not None)), bos_id)
+    if mask_id is not None:
+        return batch_at, mask_tokens(windows, mask_id, torch.Generator().manual_seed(seed))
+    return batch_at, {"input_ids": windows, "labels": windows.clone()}

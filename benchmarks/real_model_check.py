@@ -265,7 +265,7 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
 
 def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
     """The operator arm in this process: ``grow()``'s defaults, ``a.steps`` operator steps with the command line's
-    schedule (``budget.operator_budget`` from the large lr 3e-4 and the model's preserved width: lr 3e-4 / width,
+    schedule (``budget.operator_budget`` from the large lr 3e-4 and the model's preserved width: lr 3e-4 / sqrt(width),
     or ``a.operator_lr``; the warm-up floor) on its batches (:func:`cli_batches`), then ``materialize()``; the CLI
     route's training without its checkpoints, selection and written model. Returns what :func:`plain_run` does."""
     t = time.perf_counter()

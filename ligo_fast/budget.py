@@ -5,7 +5,7 @@ rate ``large_lr``:
 
 * **steps** = ``clamp(round(OPERATOR_FRACTION * large_steps), MIN_OPERATOR_STEPS, MAX_OPERATOR_STEPS)``, i.e. 5% of
   the large budget, at least 10 and at most 100 steps;
-* **lr** = ``large_lr / preserved_width`` when the operator starts from the small model's function (a
+* **lr** = ``large_lr / sqrt(preserved_width)`` when the operator starts from the small model's function (a
   function-preserving init; ``preserved_width`` is the small model's hidden width): continued training of a
   pretrained model; ``large_lr`` (the official code's choice) when it does not (``preserved_width`` None);
 * **warmup** = ``ceil(OPERATOR_WARMUP_SHARE * steps)``: a linear warm-up over the first tenth of the operator's
@@ -33,16 +33,17 @@ Why (stated before any result of this rule was measured):
 * *The large model's learning rate, from the official inits.* The official code's choice (one learning rate for both
   phases): its inits do not preserve the small model's function, so the operator starts far from any good point
   and trains like a model from scratch.
-* *Divided by the small width, from a function-preserving start.* Then the operator starts at the
-  pretrained small model's loss, and its job is continued training that must not destroy it (continued-pretraining
-  practice: LLaMA-Pro and the re-warming studies keep the learning rate at or below the pretraining's). An Adam step
-  moves every coefficient of a width matrix by about ``lr``, and a produced row is ``sum_j E[r, j] W[j]`` over the
-  ``d`` small rows, so one step moves it by up to ``lr * d`` times a row's size: the first Adam steps are
-  sign-like and one batch's gradient is coherent across a row (every ``E[r, j]`` sees the same upstream gradient of
-  row ``r``). The division makes the relative change of a produced weight per operator step at most about
-  ``large_lr``, what a step of the large model itself would make. (The first rule divided by ``sqrt(d)``, for
-  independent signs; on a real Gemma 3 270M its 10 steps raised the held-out loss 6.8% while ``large_lr / d``
-  lowered it on two batch seeds.) The reasons in full, with their sources and the measurements:
+* *Divided by the square root of the small width, from a function-preserving start.* Then the operator starts at
+  the pretrained small model's loss, and its job is continued training that must not destroy it
+  (continued-pretraining practice: LLaMA-Pro and the re-warming studies keep the learning rate at or below the
+  pretraining's). An Adam step moves every coefficient of a width matrix by about ``lr``, and a produced row is
+  ``sum_j E[r, j] W[j]`` over the ``d`` small rows: with independent signs the row moves by about
+  ``lr * sqrt(d)`` times a row's size, so the division keeps the relative change of a produced weight per
+  operator step at about ``large_lr``, what a step of the large model itself would make. (A linear ``/ d`` rule,
+  for signs coherent across a row, was the default for one day: its evidence had been taken on a grown Gemma
+  whose added layers amplified any step a thousandfold, a defect since fixed; on the fixed start, at equal FLOPs,
+  ``/ sqrt(d)`` lowered a real Gemma 3 270M's held-out loss several times more than ``/ d`` on two batch seeds,
+  by a protocol stated before the second seed.) The reasons in full, with their sources and the measurements:
   ``benchmarks/results/defaults_rationale.md``.
 * *A tenth as warm-up.* The operator's optimizer starts fresh, and its first Adam steps have the full size of the
   learning rate whatever the gradient's magnitude; a short ramp keeps those steps small while the moment estimates
@@ -88,7 +89,7 @@ class OperatorBudget:
         warmup: linear warm-up steps of the operator (``<= steps``).
         large_steps: the large model's steps this budget was derived from.
         source: how ``steps`` was set: ``rule`` (the default rule), ``fraction`` or ``steps`` (an override).
-        lr_rule: how ``lr`` was set: ``continued`` (a function-preserving start: ``large_lr / width``) or
+        lr_rule: how ``lr`` was set: ``continued`` (a function-preserving start: ``large_lr / sqrt(width)``) or
             ``large`` (the large model's learning rate).
     """
 
@@ -132,12 +133,12 @@ def warmup_factor(step: int, warmup: int) -> float:
 
 
 def operator_lr(large_lr: float, preserved_width: int | None = None) -> float:
-    """The operator's peak learning rate: ``large_lr / preserved_width`` from a function-preserving start of a
+    """The operator's peak learning rate: ``large_lr / sqrt(preserved_width)`` from a function-preserving start of a
     small model ``preserved_width`` wide, ``large_lr`` from the official inits (None); the reasons: the module doc."""
     lr = _finite_positive("large_lr", large_lr)
     if preserved_width is None:
         return lr
-    return lr / _positive_int("preserved_width", preserved_width, 1)
+    return lr / math.sqrt(_positive_int("preserved_width", preserved_width, 1))
 
 
 def operator_budget(

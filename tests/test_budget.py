@@ -1,6 +1,8 @@
 """The operator budget rule (ligo_fast.budget): 5% of the large steps within [10, 100], the large model's learning
-rate (divided by the small width from a function-preserving start), a tenth as warm-up; the overrides; the
-errors."""
+rate (divided by the square root of the small width from a function-preserving start), a tenth as warm-up; the
+overrides; the errors."""
+
+import math
 
 import pytest
 
@@ -65,17 +67,18 @@ def test_describe_names_share_and_source():
         "20 operator steps (5.0% of 400 large steps; rule), lr 0.002 (large), warm-up 2"
     )
     assert operator_budget(400, 3e-4, preserved_width=576).describe() == (
-        "20 operator steps (5.0% of 400 large steps; rule), lr 5.21e-07 (continued), warm-up 10"
+        "20 operator steps (5.0% of 400 large steps; rule), lr 1.25e-05 (continued), warm-up 10"
     )
 
 
 @pytest.mark.parametrize("width", [1, 7, 576, 640, 4096])
 def test_continued_training_lr_from_a_function_preserving_start(width):
     b = operator_budget(400, 3e-4, preserved_width=width)
-    assert b.lr == pytest.approx(3e-4 / width, rel=1e-12) and b.lr_rule == "continued"
+    assert b.lr == pytest.approx(3e-4 / math.sqrt(width), rel=1e-12) and b.lr_rule == "continued"
     assert (b.steps, b.warmup, b.source) == (20, 10, "rule")  # the steps do not depend on the start; the warm-up
     # has a floor of 10 steps from a function-preserving start
     assert budget.operator_lr(3e-4, width) == b.lr
+    assert budget.operator_lr(3e-4, 640) == pytest.approx(1.1859e-5, rel=1e-4)  # Gemma 3 270M, by hand
     official = operator_budget(400, 3e-4)
     assert (official.lr, official.lr_rule) == (3e-4, "large") and budget.operator_lr(3e-4) == 3e-4
 

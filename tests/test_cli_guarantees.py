@@ -471,8 +471,8 @@ def test_14_4_a_mismatch_names_the_fields(fx, ref, tmp_path, capsys):
     deeper = tmp_path / "deeper.json"
     deeper.write_text(json.dumps({**LARGE, "num_hidden_layers": 4}))
     rc = cli.main(grow_argv(fx, out, "--lr", "0.002", large=deeper))
-    # ref ran with the default operator lr: the rule's continued-training lr, --large-lr 3e-4 / 16 (wide)
-    one_line_error(capsys, 2, rc, "large_config.num_hidden_layers: 3 there, 4 now", "lr: 1.875e-05 there, 0.002 now")
+    # ref ran with the default operator lr: the rule's continued-training lr, --large-lr 3e-4 / sqrt(16) (wide)
+    one_line_error(capsys, 2, rc, "large_config.num_hidden_layers: 3 there, 4 now", "lr: 7.5e-05 there, 0.002 now")
 
 
 def test_14_6_help_and_argument_errors_do_not_import_torch(tmp_path):
@@ -518,11 +518,11 @@ def test_14_3_warmup_is_linear_then_constant_and_recorded(fx, ref):
     from ligo_fast.apps import commands
 
     assert commands.schedule(args) == commands.Schedule(100, 3e-4, 10)  # ligo_fast.budget: a tenth as warm-up
-    # from a function-preserving start (the default inits) the continued-training lr: --large-lr / width
-    assert commands.schedule(args, 16) == commands.Schedule(100, 3e-4 / 16, 10)
+    # from a function-preserving start (the default inits) the continued-training lr: --large-lr / sqrt(width)
+    assert commands.schedule(args, 16) == commands.Schedule(100, 3e-4 / 4, 10)
     short = cli.build_parser().parse_args(grow_argv(fx, "x", steps=4))
     assert commands.schedule(short) == commands.Schedule(4, 3e-4, 0)  # an official init: a tenth, 1 step: none
-    assert commands.schedule(short, 16) == commands.Schedule(4, 3e-4 / 16, 4)  # preserved: the whole budget
+    assert commands.schedule(short, 16) == commands.Schedule(4, 3e-4 / 4, 4)  # preserved: the whole budget
     args.lr = 0.01  # --lr overrides the rule's lr only
     assert commands.schedule(args, 16) == commands.Schedule(100, 0.01, 10)
     no_steps = grow_argv(fx, "x")

@@ -8,6 +8,7 @@ Tiny GPT-2 with a tied LM head (shared tensors after growth) and dropout on (so 
 from __future__ import annotations
 
 import inspect
+import math
 import shutil
 
 import pytest
@@ -196,12 +197,13 @@ def test_growth_callback_budget_follows_the_rule(tmp_path):
     tr = Trainer(model=GrowingModel(ligo_fast.grow(small, large_cfg, seed=0)), args=_args(tmp_path, max_steps=2))
     b = GrowthCallback(tr).resolve(400, 2e-3)  # grow()'s default, a function-preserving start: continued training
     width = small.config.hidden_size
-    assert (b.steps, b.lr, b.warmup, b.source) == (20, pytest.approx(2e-3 / width), 10, "rule")  # warm-up floor
+    lr = pytest.approx(2e-3 / math.sqrt(width))
+    assert (b.steps, b.lr, b.warmup, b.source) == (20, lr, 10, "rule")  # the warm-up floor
     assert GrowthCallback(tr).resolve(10_000, 1e-4).steps == 100  # the cap: the paper's 100 steps
     b = GrowthCallback(tr, operator_steps=7, operator_lr=3e-4).resolve(400, 2e-3)
     assert (b.steps, b.lr, b.warmup, b.source) == (7, 3e-4, 7, "steps")  # the floor, at most the steps
     b = GrowthCallback(tr, operator_warmup_steps=0).resolve(400, 2e-3)
-    assert (b.steps, b.lr, b.warmup) == (20, pytest.approx(2e-3 / width), 0)
+    assert (b.steps, b.lr, b.warmup) == (20, lr, 0)
     with pytest.raises(ValueError, match="exceeds the 20 operator steps"):
         GrowthCallback(tr, operator_warmup_steps=21).resolve(400, 2e-3)
 

@@ -12,7 +12,7 @@ except those the config class derives from other fields, such as Llama's ``head_
 with AdamW for the budget of :func:`ligo_fast.budget.operator_budget` (``--steps``: 5% of ``--large-steps`` within
 [10, 100], or 100 when ``--large-steps`` is not given; a linear warm-up over a tenth of them (at least 10, at most all
 of them, from a function-preserving start), then a constant
-learning rate: ``--lr``, by default the rule's from ``--large-lr``, divided by the small width
+learning rate: ``--lr``, by default the rule's from ``--large-lr``, divided by the square root of the small width
 when the start is function-preserving, as the default inits ``lossless``/``lossless`` are),
 and writes into ``--out`` the operator (``operator.safetensors`` + ``ligo_config.json``), the materialised large
 model (``config.json`` + ``model.safetensors``, and the small model's tokenizer when it has one) and, last,
@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=LARGE_LR_DEFAULT,
         metavar="LR",
         help=f"the large model's planned peak learning rate, from which the operator's follows (ligo_fast.budget: "
-        f"divided by the small width from a function-preserving start; default {LARGE_LR_DEFAULT:g})",
+        f"divided by the square root of the small width from a function-preserving start; "
+        f"default {LARGE_LR_DEFAULT:g})",
     )
     g.add_argument(
         "--lr",

@@ -230,7 +230,7 @@ class GrowthCallback(TrainerCallback):
         operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
             :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
         operator_lr: the operator's peak learning rate; None: the budget rule's from the ``TrainingArguments``'
-            ``learning_rate`` (divided by the small width from a function-preserving start).
+            ``learning_rate`` (divided by the square root of the small width from a function-preserving start).
         operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's
             (a tenth of its steps, rounded up).
         operator_weight_decay: the operator's weight decay (default 0: the operator's coefficients are not weights

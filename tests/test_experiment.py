@@ -264,7 +264,8 @@ def test_toy_experiment_end_to_end(tmp_path, texts, one_thread, caplog):
         "steps": 4, "lr": preset.lr, "warmup": 1, "large_steps": 12, "source": "steps", "lr_rule": "large"
     }  # fmt: skip
     assert res.methods["ligo"].notes["operator_lr"] == preset.lr  # the official init: the large lr
-    assert res.methods["ligo_lossless"].notes["operator_lr"] == pytest.approx(preset.lr / preset.small.hidden)
+    continued = pytest.approx(preset.lr / math.sqrt(preset.small.hidden))  # ligo_fast.budget's continued-training lr
+    assert res.methods["ligo_lossless"].notes["operator_lr"] == continued
 
     for name in presets.OPERATOR_METHODS:
         m = res.methods[name]
@@ -563,7 +564,7 @@ def test_pretrained_regime_small_model_is_hard_to_beat_and_the_defaults_keep_it(
     assert res.small_loss < res.small_curve[0].val_loss - 1.0  # it learned: far below its random start
     notes = res.methods["ligo_lossless"].notes
     assert notes["val_loss_grown"] == pytest.approx(res.small_loss, rel=0.01)  # lossless_noisy: within 1%
-    assert notes["operator_lr"] == pytest.approx(preset.lr / preset.small.hidden)
+    assert notes["operator_lr"] == pytest.approx(preset.lr / math.sqrt(preset.small.hidden))
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -1,7 +1,9 @@
 """Issue 21 addendum: each current-default run (``*_default.json``) against the plan-code run of the same preset,
 seed and budget. Prints scratch's final loss in both (the target is comparable only if they are equal) and a
 markdown table of % FLOPs saved per seed (``Result.summary``'s ``flops_saved``): the default beside every method of
-the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR``."""
+the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR [TAG]``: TAG (default ``_default``) names the runs to
+compare; another tag (addendum 3's ``_sqrt``: the default at the reverted lr rule) adds a column with the
+``_default`` run of the same cell (the default at the ``/ width`` rule)."""
 
 import glob
 import os
@@ -12,13 +14,18 @@ from ligo_fast.apps.savings.report import SHORT_LABELS, pct
 from ligo_fast.apps.savings.results import Result
 
 W = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/axis"
+TAG = sys.argv[2] if len(sys.argv) > 2 else "_default"
 BASELINES = ("lossless", "stack", "gstack", "hypercloning", "llama_pro")
 
 
+def default_row(res: Result) -> dict:
+    return {r["method"]: r for r in res.summary()}["ligo_lossless"]
+
+
 checks, rows = [], []
-for f in sorted(glob.glob(f"{W}/*_default*.json")):
+for f in sorted(glob.glob(f"{W}/*{TAG}*.json")):
     new = Result.read(f)
-    old_path = f.replace("_default", "")
+    old_path = f.replace(TAG, "")
     if not os.path.exists(old_path):
         checks.append(f"{os.path.basename(f)}: scratch {new.target!r}; no plan-code run of this cell")
         continue
@@ -29,23 +36,28 @@ for f in sorted(glob.glob(f"{W}/*_default*.json")):
     )
     if not same:
         continue
-    d = {r["method"]: r for r in new.summary()}["ligo_lossless"]
+    d = default_row(new)
     o = {r["method"]: r for r in old.summary()}
     base = {m: r["flops_saved"] for m, r in o.items() if m in BASELINES}
     best = max(base, key=lambda m: -1 if base[m] is None else base[m])
     others = ", ".join(f"{SHORT_LABELS[m]} {pct(r['flops_saved'])}" for m, r in o.items() if m != "scratch")
     gap = None if d["flops_saved"] is None or base[best] is None else 100 * (d["flops_saved"] - base[best])
+    was = ""
+    if TAG != "_default":
+        prev = f.replace(TAG, "_default")
+        was = f"| {pct(default_row(Result.read(prev))['flops_saved']) if os.path.exists(prev) else '-'} "
     rows.append(
-        f"| {axis_of(new.preset)} | {new.preset.large_steps / 400:g}x | {new.base_seed} | {pct(d['flops_saved'])} "
+        f"| {axis_of(new.preset)} | {new.preset.large_steps / 400:g}x | {new.base_seed} | {pct(d['flops_saved'])} {was}"
         f"| {others} | {SHORT_LABELS[best]} | {'-' if gap is None else f'{gap:+.1f}'} | {d['operator_steps']} "
         f"({100 * d['operator_share']:.1f}%) | {d['val_loss_grown']:.4f} -> {d['val_loss_start']:.4f} "
         f"| {d['steps']:.0f} / {o[best]['steps']:.0f} |"
     )
 print("```\n" + "\n".join(checks) + "\n```\n")
+WAS = "" if TAG == "_default" else " default at / width: % saved |"
 print(
-    "| axis | budget | seed | default: % saved | plan-code rows: % saved | best baseline | default - best "
+    f"| axis | budget | seed | default: % saved |{WAS} plan-code rows: % saved | best baseline | default - best "
     "(points) | default's operator steps (FLOPs share) | default's loss: grown -> after operator "
     "| train steps to target: default / best |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    f"|---|---|---|---|{'' if TAG == '_default' else '---|'}---|---|---|---|---|---|"
 )
 print("\n".join(rows))

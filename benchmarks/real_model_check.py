@@ -37,7 +37,7 @@ import torch
 import transformers as T
 
 import ligo_fast
-from ligo_fast import budget
+from ligo_fast import baselines, budget
 from ligo_fast.apps import cli, commands, data, inputs, training
 from ligo_fast.apps.savings import flops
 from ligo_fast.integrations import GrowingModel, GrowthCallback
@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--operator-lr", type=float, default=None, help="--operator-run's peak lr (default: the rule's)")
     ap.add_argument("--plain-small", action="store_true",
                     help="--plain-lr trains a copy of the small model (the same steps and batches)")  # fmt: skip
+    ap.add_argument("--plain-start", choices=("default", *baselines.BASELINES), default="default",
+                    help="--plain-lr trains this start: grow()'s default exact start, or a baseline of "
+                         "ligo_fast.baselines (no operator steps)")  # fmt: skip
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -186,6 +189,7 @@ def main(argv=None) -> int:
                 Path(a.json).write_text(json.dumps(res, indent=1, default=str))
         for lr in a.plain_lr:
             key = "plain_small" if a.plain_small else "plain"
+            key = key if a.plain_start == "default" else f"plain_{a.plain_start}"
             r = res.setdefault(key, {})[str(lr)] = plain_run(small, large_cfg, a, w, tmp, lr)
             gc.collect()
             print(f"{key}, peak lr {lr:g}: {r['steps']} steps, held-out loss {r['loss']:.4f} ({r['s']:.0f} s)")
@@ -247,20 +251,28 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     operator's own warm-up floor covers all its 10 steps). Returns the held-out loss, the loss on the CLI's 8
     evaluation windows, the step losses, the steps and the FLOPs of both. With ``a.plain_small`` the model trained
     is a copy of the small model (the same steps, batches and schedule: a control of how the pretrained model
-    itself takes these steps)."""
-    model = ligo_fast.grow(small, large_cfg, seed=0)
+    itself takes these steps); with ``a.plain_start`` a baseline of :mod:`ligo_fast.baselines` (seed 0) in place of
+    the exact start (the same steps: the operator's FLOPs are the default's)."""
+    model, start = ligo_fast.grow(small, large_cfg, seed=0), {}
     f_op = flops.operator_step_flops(model, large_cfg, a.batch_size, a.seq_len)
     f_plain = flops.train_step_flops(large_cfg, a.batch_size, a.seq_len)
     n = max(1, round(a.steps * f_op / f_plain))
     t = time.perf_counter()
-    big = copy.deepcopy(small) if a.plain_small else model.materialize()
+    if a.plain_small:
+        big = copy.deepcopy(small)
+    elif a.plain_start != "default":
+        big = baselines.grow_baseline(a.plain_start, small, large_cfg, seed=0)
+        start = {"start_loss": heldout_loss(big, w)}  # a baseline's start is not the small model's function
+        print(f"{a.plain_start} start: held-out loss {start['start_loss']:.4f}")
+    else:
+        big = model.materialize()
     del model
     gc.collect()
     batch_at, cli_eval = cli_batches(a, tmp)
     losses = train_steps(big, lr, n, n, batch_at, "plain")
     s = time.perf_counter() - t
     return {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
-            "step_losses": losses, "s": s, **evaluate(big, w, cli_eval)}  # fmt: skip
+            "step_losses": losses, "s": s, **start, **evaluate(big, w, cli_eval)}  # fmt: skip
 
 
 def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:

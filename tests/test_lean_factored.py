@@ -509,3 +509,50 @@ def test_factored_slots_unbind_a_shared_per_layer_tensor_once():
     per_layer = {id(p): n for n, p in model.named_parameters() if p.dim() == 3}
     assert any("ffn" in per_layer.get(k, "") for k in unbinds), "no per-layer ffn width matrix unbound"
     assert {per_layer.get(k, k): c for k, c in unbinds.items() if c > 1} == {}
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_factored_layers_keep_no_depth_mix_for_backward(monkeypatch, lean):
+    """In memory-lean mode a factored linear forms its layer's depth mix when it runs and again in its backward
+    (factored.Mix, checkpointed): nothing autograd keeps from the forward lives in a mix's storage (every layer's
+    mix, kept until backward, and their gradients were most of the factored step's peak,
+    benchmarks/results/bench_fsdp_growth_2026-12-06.md); without lean mode one call mixes every layer and autograd
+    keeps it (cheaper in calls). Either way the head of a function-preserving start scales its input by its fixed
+    scale and forms no (vocab, d) copy of its weight. The same logits and gradients as with every weight produced."""
+    from ligo_fast import factored
+
+    made: list[tuple[tuple[int, ...], weakref.ref]] = []  # (shape, the tensor) of every mix formed
+    real = factored.ops.ligo_expand
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        made.append((tuple(out.shape), weakref.ref(out)))
+        return out
+
+    monkeypatch.setattr(factored.ops, "ligo_expand", recording)
+    llama = dict(vocab_size=61, tie_word_embeddings=False, num_key_value_heads=2)  # widths x2: the head has a scale
+    small = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=40, num_attention_heads=4, **llama)
+    large = T.LlamaConfig(num_hidden_layers=3, hidden_size=64, intermediate_size=80, num_attention_heads=8, **llama)
+    torch.manual_seed(0)
+    model = ligo_fast.grow(T.LlamaForCausalLM(small), large, seed=0, linear_mode="factored", lean=lean)
+    ids = torch.randint(0, 61, (2, 7), generator=torch.Generator().manual_seed(1))
+    loss = model(input_ids=ids).logits.float().pow(2).mean()
+    gc.collect()
+    mixes = [ref for shape, ref in made if shape[-2:] == (40, 32)]  # the gate/up weights' mixes
+    assert mixes, "no mix of the gate/up weights formed"
+    assert any(ref() is not None for ref in mixes) != lean, "a depth mix is kept between forward and backward"
+    loss.backward()
+    assert model.plan.slots[-1].scale_w is not None and model.factored_plan((), {"input_ids": ids})
+    assert model.lean_now((), {"input_ids": ids}) == lean
+    assert not any(shape == (1, 61, 32) for shape, _ in made), "the head's weight times its scale was formed"
+    mixed = [p for n, p in model.named_parameters() if n.startswith("op.depth__") and "proj" in n]
+    assert len(mixed) == 7 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixed)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.execution_options = ligo_fast.ExecutionOptions(linear_mode="materialize", lean=False)
+    want = model(input_ids=ids).logits
+    want.float().pow(2).mean().backward()
+    assert not model.factored_plan((), {"input_ids": ids})
+    torch.testing.assert_close(loss, want.float().pow(2).mean())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=lambda m, n=n: f"{n}: {m}")

@@ -33,11 +33,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from . import ops
 from .arch import EMBEDDING, LINEAR
 from .plan import Slot
+from .reference import compute_dtype
 
 
 @dataclass(frozen=True)
@@ -166,38 +166,105 @@ def break_even_tokens(o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, 
     return hi
 
 
+class Scratch:
+    """Scratch tensors that every layer's :class:`Mix` is formed into, one per (role, shape, dtype, device), made
+    on first use and reused by every layer of one forward and its backward: a mix (and its gradient) lives only
+    within the op that forms and reads it, so one tensor per shape serves all layers, and the allocator sees no
+    per-layer tensors of that size (formed and freed twice per layer and step, they grew glibc's heap under its
+    raised mmap threshold). :func:`forwards` makes one per call: it lives as long as the graph that reads it."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple, Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The scratch tensor for ``role`` of this shape, dtype and device (contents undefined)."""
+        key = (role, tuple(shape), dtype, device)
+        t = self._tensors.get(key)
+        if t is None:
+            t = self._tensors[key] = torch.empty(shape, dtype=dtype, device=device)
+        return t
+
+
 @dataclass(frozen=True)
 class Mix:
     """One large layer's depth-mixed small weight ``Σ_j depth[j] W[j]`` (o, i), not formed yet: a factored linear forms
-    it when it runs and, under activation checkpointing, again in its backward, so no layer's mix is kept between
-    the two (in memory-lean mode; the mixes of every layer and their gradients were the factored step's largest
-    tensors). ``W``: the
-    slot's small weights (L1, o, i), or a global weight as (1, o, i); ``depth``: the layer's row of depth
-    coefficients (L1,), or a global weight's fixed scale (1,); ``backend``: the ops'."""
+    it when it runs and again in its backward, into ``scratch`` (one tensor for every layer), so no layer's mix is
+    kept between the two (in memory-lean mode; the mixes of every layer and their gradients were the factored
+    step's largest tensors). ``W``: the slot's small weights (L1, o, i), or a global weight as (1, o, i); ``depth``:
+    the layer's row of depth coefficients (L1,), or a global weight's fixed scale (1,); ``backend``: the ops' (for
+    :meth:`form`); ``scratch``: where a layer's mix is formed (None: a fresh tensor per call)."""
 
     W: Tensor
     depth: Tensor
     backend: str = "auto"
+    scratch: Scratch | None = None
 
     def form(self) -> Tensor:
         """The mixed weight (o, i), by :func:`ligo_fast.ops.ligo_expand` without widths."""
         return ops.ligo_expand(self.W, self.depth[None], backend=self.backend)[0]
 
 
-def _mixed_matmul(u: Tensor, W: Tensor, depth: Tensor, backend: str) -> Tensor:
-    return u @ Mix(W, depth, backend).form().to(u.dtype).mT
+def _mix_into(scratch: Scratch, W: Tensor, depth: Tensor, dtype: torch.dtype) -> Tensor:
+    """``Σ_j depth[j] W[j]`` (o, i) in ``dtype``, formed in ``scratch`` (contents valid until its next use),
+    accumulated as :func:`ligo_fast.ops.ligo_expand` does (float32 for 16-bit weights) and rounded to W's dtype.
+    Not differentiable (:class:`_MixedMatmul` is)."""
+    L1, o, i = W.shape
+    ct = compute_dtype(W.dtype)
+    acc = scratch.get("mix", (o, i), ct, W.device)
+    if W.dtype == ct and W.is_contiguous():
+        torch.mm(depth.to(ct)[None], W.view(L1, o * i), out=acc.view(1, o * i))
+    else:  # 16-bit weights: accumulated in place in float32, no float32 copy of W
+        acc.zero_()
+        for w, d in zip(W.unbind(0), depth.to(ct).unbind(0), strict=True):
+            acc.addcmul_(w, d)
+    if ct != W.dtype:  # rounded as the weight ops.ligo_expand returns
+        acc = scratch.get("mix_w", (o, i), W.dtype, W.device).copy_(acc)
+    return acc if acc.dtype == dtype else scratch.get("mix_x", (o, i), dtype, W.device).copy_(acc)
+
+
+class _MixedMatmul(torch.autograd.Function):
+    """``u @ Mixᵀ`` for a layer's depth mix (:class:`Mix`), formed in its scratch in forward and again in backward:
+    autograd keeps ``u``, the small weights and the depth row, not the mix; the mix's gradient is formed in the
+    scratch too, and reduced at once to the depth row's (and, if they train, the small weights') gradient."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, W: Tensor, depth: Tensor, scratch: Scratch) -> Tensor:
+        ctx.save_for_backward(u, W, depth)
+        ctx.scratch = scratch
+        return u @ _mix_into(scratch, W, depth, u.dtype).mT
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        u, W, depth = ctx.saved_tensors
+        scratch: Scratch = ctx.scratch
+        L1, o, i = W.shape
+        du = dW = ddepth = None
+        if ctx.needs_input_grad[0]:
+            du = g @ _mix_into(scratch, W, depth, g.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gm = scratch.get("grad", (o, i), g.dtype, g.device)  # the mix's gradient, gᵀ u over every token
+            torch.mm(g.reshape(-1, o).mT, u.reshape(-1, i).to(g.dtype), out=gm)
+            ct = compute_dtype(W.dtype)
+            gmc = gm.to(ct)
+            if ctx.needs_input_grad[2]:  # 16-bit weights: a float32 copy here, as ops.ligo_expand's backward
+                ddepth = torch.mv(W.reshape(L1, o * i).to(ct), gmc.view(o * i)).to(depth.dtype)
+            if ctx.needs_input_grad[1]:
+                dW = (depth.to(ct)[:, None, None] * gmc).to(W.dtype)
+        return du, dW, ddepth, None
 
 
 def _times_t(u: Tensor, w: Tensor | Mix) -> Tensor:
-    """``u @ wᵀ``; a :class:`Mix` formed inside a non-reentrant checkpoint when gradients are recorded, or, mixing
-    one small layer (a global weight and its scale), not formed at all: the input is scaled instead."""
+    """``u @ wᵀ``; a :class:`Mix` formed in its scratch when the product runs (and again in its backward), or,
+    mixing one small layer (a global weight and its scale), not formed at all: the input is scaled instead."""
     if not isinstance(w, Mix):
         return u @ w.to(u.dtype).mT
     if w.W.shape[0] == 1:
         return (u * w.depth.to(u.dtype)) @ w.W[0].to(u.dtype).mT
+    scratch = Scratch() if w.scratch is None else w.scratch
     if not torch.is_grad_enabled():
-        return _mixed_matmul(u, w.W, w.depth, w.backend)
-    return checkpoint(_mixed_matmul, u, w.W, w.depth, w.backend, use_reentrant=False)
+        return u @ _mix_into(scratch, w.W, w.depth, u.dtype).mT
+    return _MixedMatmul.apply(u, w.W, w.depth, scratch)
 
 
 def factored_linear(
@@ -390,12 +457,14 @@ def layer_factors(
     ``forms``: slot (by :attr:`ligo_fast.plan.Slot.name`) -> form (:data:`FORMS`, default ``factored``).
     ``factored``: W is the layer's depth mix (:func:`ligo_fast.ops.ligo_expand` without widths), one call for all
     the slot's layers, or with ``recompute`` a :class:`Mix` per layer, formed when the layer runs and again in its
-    backward (memory-lean mode: no layer's mix is kept; costs a checkpoint and a small op call per layer); outside
+    backward, in one :class:`Scratch` for all (memory-lean mode: no layer's mix is kept; costs a small product per
+    layer more); outside
     the blocks the small weight itself, or a Mix of it with the fixed scale (which scales the input); ``out`` /
     ``in``: W is the weight produced on that side only, and the factors keep the other side's E. ``backend``: the
     ops' backend.
     """
     out = {}
+    scratch = Scratch()  # every layer's Mix is formed in it
     # each per-layer tensor unbound once for every slot that reads it (gate/up/down share the ffn width matrices):
     # an unbind's backward holds its layers' gradients until the last one arrives, so one unbind per slot held a
     # full-size gradient of the tensor per slot; through one, the slots' gradients of a layer are summed at once
@@ -416,7 +485,7 @@ def layer_factors(
         if form == Form.FACTORED and depth is None:  # a global weight without a scale: the small weight itself
             Wf = W
         elif form == Form.FACTORED and (recompute or not s.layered):  # formed when it runs (a global: never)
-            Wf = [Mix(W, row, backend) for row in depth.unbind(0)]
+            Wf = [Mix(W, row, backend, scratch) for row in depth.unbind(0)]
         else:
             depth = torch.ones(1, 1, device=W.device) if depth is None else depth
             E_out = get(s.e_rows[0]) if form == Form.OUT else None

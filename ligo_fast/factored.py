@@ -171,7 +171,8 @@ class Scratch:
     on first use and reused by every layer of one forward and its backward: a mix (and its gradient) lives only
     within the op that forms and reads it, so one tensor per shape serves all layers, and the allocator sees no
     per-layer tensors of that size (formed and freed twice per layer and step, they grew glibc's heap under its
-    raised mmap threshold). :func:`forwards` makes one per call: it lives as long as the graph that reads it."""
+    raised mmap threshold). :func:`layer_factors` makes one per call (one per bound forward): it lives as long as
+    the graph that reads it."""
 
     def __init__(self) -> None:
         self._tensors: dict[tuple, Tensor] = {}
@@ -458,10 +459,9 @@ def layer_factors(
     ``factored``: W is the layer's depth mix (:func:`ligo_fast.ops.ligo_expand` without widths), one call for all
     the slot's layers, or with ``recompute`` a :class:`Mix` per layer, formed when the layer runs and again in its
     backward, in one :class:`Scratch` for all (memory-lean mode: no layer's mix is kept; costs a small product per
-    layer more); outside
-    the blocks the small weight itself, or a Mix of it with the fixed scale (which scales the input); ``out`` /
-    ``in``: W is the weight produced on that side only, and the factors keep the other side's E. ``backend``: the
-    ops' backend.
+    layer more); outside the blocks the small weight itself, or a Mix of it with the fixed scale (which scales the
+    input); ``out`` / ``in``: W is the weight produced on that side only, and the factors keep the other side's E.
+    ``backend``: the ops' backend.
     """
     out = {}
     scratch = Scratch()  # every layer's Mix is formed in it

@@ -226,7 +226,8 @@ def _mix_into(scratch: Scratch, W: Tensor, depth: Tensor, dtype: torch.dtype) ->
 class _MixedMatmul(torch.autograd.Function):
     """``u @ Mixᵀ`` for a layer's depth mix (:class:`Mix`), formed in its scratch in forward and again in backward:
     autograd keeps ``u``, the small weights and the depth row, not the mix; the mix's gradient is formed in the
-    scratch too, and reduced at once to the depth row's (and, if they train, the small weights') gradient."""
+    same scratch tensor after it, and reduced at once to the depth row's (and, if they train, the small weights')
+    gradient."""
 
     @staticmethod
     def forward(ctx, u: Tensor, W: Tensor, depth: Tensor, scratch: Scratch) -> Tensor:
@@ -244,7 +245,8 @@ class _MixedMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             du = g @ _mix_into(scratch, W, depth, g.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            gm = scratch.get("grad", (o, i), g.dtype, g.device)  # the mix's gradient, gᵀ u over every token
+            # the mix's gradient, gᵀ u over every token, in the mix's scratch: du has been computed from it
+            gm = scratch.get("mix", (o, i), g.dtype, g.device)
             torch.mm(g.reshape(-1, o).mT, u.reshape(-1, i).to(g.dtype), out=gm)
             ct = compute_dtype(W.dtype)
             gmc = gm.to(ct)

@@ -10,6 +10,9 @@ last step is printed for each process: the ranks must agree with the single proc
 
 ``--split``: data parallel, each rank takes its sequence of the batch (the ranks' mean loss is the single
 process's). ``--configs``: default, lean, their ``train_small`` variants and ``linear_mode="materialize"`` ones.
+``--malloc fixed``: every process runs with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``, as
+``ligo-fast`` sets it and ``bench_scale.py --malloc fixed``), so freed tensors go back to the system and the resident
+set follows the live tensors rather than the heap's history.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fsdp_growth.py --size 250m --tokens 64 --steps 3 --split --out x.md
 """
@@ -112,12 +115,14 @@ def _rank(rank: int, work: str, config: str, tokens: int, steps: int, split: boo
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="250m", choices=("tiny", "250m", "1b"))
+    ap.add_argument("--size", default="250m", choices=("tiny", "60m", "250m", "1b"))
     ap.add_argument("--tokens", type=int, default=128, help="tokens of the fixed batch (one sequence)")
     ap.add_argument("--steps", type=int, default=3, help="operator steps (at least 1)")
     ap.add_argument("--configs", default="default,lean", help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--split", action="store_true", help="data parallel: each rank takes 1/world of the batch")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--malloc", default="default", choices=("default", "fixed"),
+                    help="glibc's allocator as is, or its mmap threshold fixed at 1 MiB in every process")  # fmt: skip
     ap.add_argument("--single", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -129,6 +134,8 @@ def main(argv=None) -> int:
         print(json.dumps(_run(Path(work), config, args.tokens, args.steps, sharded=False, split=args.split)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench_fsdp_growth_"))
+    if args.malloc == "fixed":  # read by glibc at each process's start: the single process and the spawned ranks
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     results = {}
     try:
         setup(work, args.size, torch.float32)
@@ -153,7 +160,7 @@ def main(argv=None) -> int:
         f"- Llama {args.size} ({big / 4 / 1e6:.0f}M parameters, {big / GIB:.2f} GiB in fp32), grow + {args.steps} "
         f"AdamW operator steps on {batch}; {WORLD} gloo processes (FSDP2) vs 1; run Δ = the whole "
         "run's rise of the resident high-water mark over the process with the small model loaded; steps Δ = the "
-        "rise during the steps over the grown (and sharded) model",
+        f"rise during the steps over the grown (and sharded) model; allocator: {args.malloc}",
         "",
         "| options | process | grown Δ GiB | steps Δ GiB | run Δ GiB | run Δ x large | run Δ / 1 process | last loss |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

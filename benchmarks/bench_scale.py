@@ -61,6 +61,7 @@ def _llama(L: int, h: int, f: int, heads: int, kv: int) -> transformers.LlamaCon
 
 SIZES = {  # name -> (small, large): about 60M -> 250M, 250M -> 1B, 1B -> 7B (Llama-2-7B's widths); tiny: a smoke test
     "tiny": (_llama(2, 64, 176, 4, 2), _llama(4, 128, 352, 8, 4)),
+    "60m": (_llama(8, 256, 704, 4, 2), _llama(16, 512, 1408, 8, 2)),  # the 250m shapes at half width (FSDP runs)
     "250m": (_llama(8, 512, 1408, 8, 2), _llama(16, 1024, 2816, 16, 4)),
     "1b": (_llama(8, 1024, 2816, 16, 4), _llama(16, 2048, 5632, 32, 8)),
     "7b": (_llama(16, 2048, 5632, 32, 8), _llama(32, 4096, 11008, 32, 32)),

@@ -114,7 +114,8 @@ class LiGOConfig:
         seed: seed for the initial draws; None uses torch's global generator.
         lean: memory-lean expansion: each large layer's weights are produced just before that layer runs and
             dropped after it; backward recomputes them (like activation checkpointing, but for weights only),
-            so about one layer's large weights are alive at a time. None (auto): on while gradients are
+            so about one layer's large weights are alive at a time; a linear that runs factored forms its layer's
+            depth mix when it runs and again in backward. None (auto): on while gradients are
             recorded and the eager step would not fit in the free memory of the device (an estimate:
             ``LiGOModel.memory_plan``).
         memory_budget: bytes of memory the operator step may plan with (the auto memory-lean choice, its chunk

@@ -229,7 +229,7 @@ def bind(
 
     ``blocks``: the large model's transformer blocks in order (lean mode's chunks hook them).
     """
-    forwards = factored.forwards(large, growth.slots, get, growth.aliases, plan.forms, plan.backend)
+    forwards = factored.forwards(large, growth.slots, get, growth.aliases, plan.forms, plan.backend, plan.lean)
     chunk = chunk_producer(growth, get, skip_weights=plan.skip, backend=plan.backend) if plan.lean else None
     produced = [s for s in growth.slots if not (plan.lean and s.layered)]
     weights = produce(produced, get, skip_weights=plan.skip, aliases=growth.aliases, backend=plan.backend)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from . import ops
 from .arch import EMBEDDING, LINEAR
 from .plan import Slot
+from .reference import compute_dtype
 
 
 @dataclass(frozen=True)
@@ -165,9 +166,113 @@ def break_even_tokens(o1: int, i1: int, o2: int, i2: int, L1: int, nbytes: int, 
     return hi
 
 
+class Scratch:
+    """Scratch tensors that every layer's :class:`Mix` is formed into, one per (role, shape, dtype, device), made
+    on first use and reused by every layer of one forward and its backward: a mix (and its gradient) lives only
+    within the op that forms and reads it, so one tensor per shape serves all layers, and the allocator sees no
+    per-layer tensors of that size (formed and freed twice per layer and step, they grew glibc's heap under its
+    raised mmap threshold). :func:`layer_factors` makes one per call (one per bound forward): it lives as long as
+    the graph that reads it."""
+
+    def __init__(self) -> None:
+        self._tensors: dict[tuple, Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The scratch tensor for ``role`` of this shape, dtype and device (contents undefined)."""
+        key = (role, tuple(shape), dtype, device)
+        t = self._tensors.get(key)
+        if t is None:
+            t = self._tensors[key] = torch.empty(shape, dtype=dtype, device=device)
+        return t
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One large layer's depth-mixed small weight ``Σ_j depth[j] W[j]`` (o, i), not formed yet: a factored linear forms
+    it when it runs and again in its backward, into ``scratch`` (one tensor for every layer), so no layer's mix is
+    kept between the two (in memory-lean mode; the mixes of every layer and their gradients were the factored
+    step's largest tensors). ``W``: the slot's small weights (L1, o, i), or a global weight as (1, o, i); ``depth``:
+    the layer's row of depth coefficients (L1,), or a global weight's fixed scale (1,); ``backend``: the ops' (for
+    :meth:`form`); ``scratch``: where a layer's mix is formed (None: a fresh tensor per call)."""
+
+    W: Tensor
+    depth: Tensor
+    backend: str = "auto"
+    scratch: Scratch | None = None
+
+    def form(self) -> Tensor:
+        """The mixed weight (o, i), by :func:`ligo_fast.ops.ligo_expand` without widths."""
+        return ops.ligo_expand(self.W, self.depth[None], backend=self.backend)[0]
+
+
+def _mix_into(scratch: Scratch, W: Tensor, depth: Tensor, dtype: torch.dtype) -> Tensor:
+    """``Σ_j depth[j] W[j]`` (o, i) in ``dtype``, formed in ``scratch`` (contents valid until its next use),
+    accumulated as :func:`ligo_fast.ops.ligo_expand` does (float32 for 16-bit weights) and rounded to W's dtype.
+    Not differentiable (:class:`_MixedMatmul` is)."""
+    L1, o, i = W.shape
+    ct = compute_dtype(W.dtype)
+    acc = scratch.get("mix", (o, i), ct, W.device)
+    if W.dtype == ct and W.is_contiguous():
+        torch.mm(depth.to(ct)[None], W.view(L1, o * i), out=acc.view(1, o * i))
+    else:  # 16-bit weights: accumulated in place in float32, no float32 copy of W
+        acc.zero_()
+        for w, d in zip(W.unbind(0), depth.to(ct).unbind(0), strict=True):
+            acc.addcmul_(w, d)
+    if ct != W.dtype:  # rounded as the weight ops.ligo_expand returns
+        acc = scratch.get("mix_w", (o, i), W.dtype, W.device).copy_(acc)
+    return acc if acc.dtype == dtype else scratch.get("mix_x", (o, i), dtype, W.device).copy_(acc)
+
+
+class _MixedMatmul(torch.autograd.Function):
+    """``u @ Mixᵀ`` for a layer's depth mix (:class:`Mix`), formed in its scratch in forward and again in backward:
+    autograd keeps ``u``, the small weights and the depth row, not the mix; the mix's gradient is formed in the
+    same scratch tensor after it, and reduced at once to the depth row's (and, if they train, the small weights')
+    gradient."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, W: Tensor, depth: Tensor, scratch: Scratch) -> Tensor:
+        ctx.save_for_backward(u, W, depth)
+        ctx.scratch = scratch
+        return u @ _mix_into(scratch, W, depth, u.dtype).mT
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor):
+        u, W, depth = ctx.saved_tensors
+        scratch: Scratch = ctx.scratch
+        L1, o, i = W.shape
+        du = dW = ddepth = None
+        if ctx.needs_input_grad[0]:
+            du = g @ _mix_into(scratch, W, depth, g.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # the mix's gradient, gᵀ u over every token, in the mix's scratch: du has been computed from it
+            gm = scratch.get("mix", (o, i), g.dtype, g.device)
+            torch.mm(g.reshape(-1, o).mT, u.reshape(-1, i).to(g.dtype), out=gm)
+            ct = compute_dtype(W.dtype)
+            gmc = gm.to(ct)
+            if ctx.needs_input_grad[2]:  # 16-bit weights: a float32 copy here, as ops.ligo_expand's backward
+                ddepth = torch.mv(W.reshape(L1, o * i).to(ct), gmc.view(o * i)).to(depth.dtype)
+            if ctx.needs_input_grad[1]:
+                dW = (depth.to(ct)[:, None, None] * gmc).to(W.dtype)
+        return du, dW, ddepth, None
+
+
+def _times_t(u: Tensor, w: Tensor | Mix) -> Tensor:
+    """``u @ wᵀ``; a :class:`Mix` formed in its scratch when the product runs (and again in its backward), or,
+    mixing one small layer (a global weight and its scale), not formed at all: the input is scaled instead."""
+    if not isinstance(w, Mix):
+        return u @ w.to(u.dtype).mT
+    if w.W.shape[0] == 1:
+        return (u * w.depth.to(u.dtype)) @ w.W[0].to(u.dtype).mT
+    scratch = Scratch() if w.scratch is None else w.scratch
+    if not torch.is_grad_enabled():
+        return u @ _mix_into(scratch, w.W, w.depth, u.dtype).mT
+    return _MixedMatmul.apply(u, w.W, w.depth, scratch)
+
+
 def factored_linear(
     x: Tensor,
-    Wmix: Tensor,
+    Wmix: Tensor | Mix,
     E_out: Tensor | None,
     E_in: Tensor | None,
     residual: Tensor | None,
@@ -176,12 +281,13 @@ def factored_linear(
 ) -> Tensor:
     """``x @ ([I; E_out] Wmix [I; E_in]^T + residual)^T + bias`` without forming the large weight.
 
-    x: (..., i2); Wmix: (o1, i1); E_out: (o2-o1, o1) or None; E_in: (i2-i1, i1) or None; residual: (o2, i2).
+    x: (..., i2); Wmix: (o1, i1), or a :class:`Mix` formed per call; E_out: (o2-o1, o1) or None; E_in: (i2-i1, i1)
+    or None; residual: (o2, i2).
     shared: a dict that layers reading the same ``x`` with the same ``E_in`` (q/k/v, gate/up) share, so that
     ``x @ B_in`` is computed and kept for backward once, not once per layer; it holds the latest x per E_in.
     """
     dt = x.dtype
-    i1 = Wmix.shape[1]
+    i1 = (Wmix.W if isinstance(Wmix, Mix) else Wmix).shape[-1]
     key = None if E_in is None else (E_in.data_ptr(), tuple(E_in.shape), E_in.dtype)
     hit = shared.get(key) if (shared is not None and key is not None) else None
     if hit is not None and hit[0] is x:
@@ -192,7 +298,7 @@ def factored_linear(
             u = u + x[..., i1:] @ E_in.to(dt)
         if shared is not None and key is not None:
             shared[key] = (x, u)  # keeps x alive while cached: its id cannot be reused by another tensor
-    v = u @ Wmix.to(dt).mT
+    v = _times_t(u, Wmix)
     y = v if E_out is None else torch.cat([v, v @ E_out.to(dt).mT], dim=-1)
     if residual is not None:
         y = y + x @ residual.to(dt).mT
@@ -346,16 +452,21 @@ def layer_factors(
     aliases: Mapping[str, Sequence[str]] | None = None,
     forms: Mapping[str, Form] | None = None,
     backend: str = "auto",
-) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]]:
+    recompute: bool = False,
+) -> dict[str, tuple[Tensor | Mix, Tensor | None, Tensor | None, Tensor | None]]:
     """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
     :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
 
     ``forms``: slot (by :attr:`ligo_fast.plan.Slot.name`) -> form (:data:`FORMS`, default ``factored``).
-    ``factored``: W is the depth mix (:func:`ligo_fast.ops.ligo_expand` without widths), one per slot for all its
-    layers (outside the blocks the small weight itself, times the fixed scale if any); ``out`` / ``in``: W is the
-    weight produced on that side only, and the factors keep the other side's E. ``backend``: the ops' backend.
+    ``factored``: W is the layer's depth mix (:func:`ligo_fast.ops.ligo_expand` without widths), one call for all
+    the slot's layers, or with ``recompute`` a :class:`Mix` per layer, formed when the layer runs and again in its
+    backward, in one :class:`Scratch` for all (memory-lean mode: no layer's mix is kept; costs a small product per
+    layer more); outside the blocks the small weight itself, or a Mix of it with the fixed scale (which scales the
+    input); ``out`` / ``in``: W is the weight produced on that side only, and the factors keep the other side's E.
+    ``backend``: the ops' backend.
     """
     out = {}
+    scratch = Scratch()  # every layer's Mix is formed in it
     # each per-layer tensor unbound once for every slot that reads it (gate/up/down share the ffn width matrices):
     # an unbind's backward holds its layers' gradients until the last one arrives, so one unbind per slot held a
     # full-size gradient of the tensor per slot; through one, the slots' gradients of a layer are summed at once
@@ -375,6 +486,8 @@ def layer_factors(
         depth = get(s.depth_w) if s.layered else get(s.scale_w)
         if form == Form.FACTORED and depth is None:  # a global weight without a scale: the small weight itself
             Wf = W
+        elif form == Form.FACTORED and (recompute or not s.layered):  # formed when it runs (a global: never)
+            Wf = [Mix(W, row, backend, scratch) for row in depth.unbind(0)]
         else:
             depth = torch.ones(1, 1, device=W.device) if depth is None else depth
             E_out = get(s.e_rows[0]) if form == Form.OUT else None
@@ -386,7 +499,7 @@ def layer_factors(
             Ei = [None] * n
         # one unbind per tensor, not an index per layer: indexing would make each layer's backward write a zero
         # gradient of the whole (L2, ...) tensor
-        layers = list(zip(Wf.unbind(0), Eo, Ei, R, strict=True))
+        layers = list(zip(Wf if isinstance(Wf, list) else Wf.unbind(0), Eo, Ei, R, strict=True))
         for k, path in enumerate(targets):
             out[path] = layers[min(k, n - 1)]  # a tied module (after the slot's own) shares the global factors
     return out
@@ -399,9 +512,11 @@ def forwards(
     aliases: Mapping[str, Sequence[str]] | None,
     forms: Mapping[int, Form],
     backend: str = "auto",
+    recompute: bool = False,
 ) -> dict[str, Callable]:
     """``{"<module path>.forward": factored forward}`` for every module of the slots in ``forms`` (slot index ->
-    form) and the modules tied to them: what :class:`ligo_fast.binding.Binding` installs on ``large``'s modules."""
+    form) and the modules tied to them: what :class:`ligo_fast.binding.Binding` installs on ``large``'s modules.
+    ``recompute``: each layer's depth mix formed in its call and again in backward (:func:`layer_factors`)."""
     if not forms:
         return {}
     chosen = [slots[i] for i in forms]
@@ -410,7 +525,8 @@ def forwards(
     # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
     gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in chosen if s.mod.output_scale for p in paths(s)}
     out = {}
-    for path, (w, eo, ei, r) in layer_factors(chosen, get, aliases=aliases, forms=by_name, backend=backend).items():
+    factors = layer_factors(chosen, get, aliases=aliases, forms=by_name, backend=backend, recompute=recompute)
+    for path, (w, eo, ei, r) in factors.items():
         mod = large.get_submodule(path)
         if isinstance(mod, nn.Embedding) or hasattr(mod, "num_embeddings"):  # nn.Embedding or compat's FusedEmbedding
             out[f"{path}.forward"] = partial(_embedding_call, w, ei, mod.padding_idx, gains.get(path))
@@ -419,9 +535,10 @@ def forwards(
     return out
 
 
-def _embedding_call(w: Tensor, ei: Tensor | None, pad: int | None, gain: float | None, ids: Tensor) -> Tensor:
-    """An embedding's factored forward (``partial`` of all but ``ids``), scaled as the module's own would be."""
-    out = factored_embedding(ids, w, ei, pad)
+def _embedding_call(w: Tensor | Mix, ei: Tensor | None, pad: int | None, gain: float | None, ids: Tensor) -> Tensor:
+    """An embedding's factored forward (``partial`` of all but ``ids``), scaled as the module's own would be. A
+    :class:`Mix` (a fixed scale) is formed here: the lookup keeps only the ids for backward."""
+    out = factored_embedding(ids, w.form() if isinstance(w, Mix) else w, ei, pad)
     # as HF does: the factor as a float32 scalar, rounded to the table's dtype
     return out if gain is None else out * torch.tensor(gain).to(out.dtype)
 

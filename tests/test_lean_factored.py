@@ -509,3 +509,110 @@ def test_factored_slots_unbind_a_shared_per_layer_tensor_once():
     per_layer = {id(p): n for n, p in model.named_parameters() if p.dim() == 3}
     assert any("ffn" in per_layer.get(k, "") for k in unbinds), "no per-layer ffn width matrix unbound"
     assert {per_layer.get(k, k): c for k, c in unbinds.items() if c > 1} == {}
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_factored_layers_keep_no_depth_mix_for_backward(monkeypatch, lean):
+    """In memory-lean mode a factored linear forms its layer's depth mix when it runs and again in its backward
+    (factored.Mix), every layer into one scratch tensor per shape (fresh per-layer mixes, freed at once, grew the
+    heap of glibc's default allocator: benchmarks/results/bench_fsdp_growth_2026-12-06.md, sessions 5-6): after the
+    forward no mix but that one tensor is alive, the backward forms into it again, and it dies with the graph;
+    without lean mode one call mixes every layer and autograd keeps it (cheaper in calls). Either way the head of a
+    function-preserving start scales its input by its fixed scale and forms no (vocab, d) copy of its weight. The
+    same logits and gradients as with every weight produced."""
+    from ligo_fast import factored
+
+    made: list[tuple[tuple[int, ...], weakref.ref]] = []  # (shape, the tensor) of every mix formed by one call
+    scratch: list[weakref.ref] = []  # every layer mix formed in a scratch (memory-lean mode)
+    real, real_into = factored.ops.ligo_expand, factored._mix_into
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        made.append((tuple(out.shape), weakref.ref(out)))
+        return out
+
+    def recording_into(*args, **kwargs):
+        out = real_into(*args, **kwargs)
+        if tuple(out.shape) == (40, 32):  # the gate/up weights' mixes
+            scratch.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(factored.ops, "ligo_expand", recording)
+    monkeypatch.setattr(factored, "_mix_into", recording_into)
+    llama = dict(vocab_size=61, tie_word_embeddings=False, num_key_value_heads=2)  # widths x2: the head has a scale
+    small = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=40, num_attention_heads=4, **llama)
+    large = T.LlamaConfig(num_hidden_layers=3, hidden_size=64, intermediate_size=80, num_attention_heads=8, **llama)
+    torch.manual_seed(0)
+    model = ligo_fast.grow(T.LlamaForCausalLM(small), large, seed=0, linear_mode="factored", lean=lean)
+    ids = torch.randint(0, 61, (2, 7), generator=torch.Generator().manual_seed(1))
+    loss = model(input_ids=ids).logits.float().pow(2).mean()
+    gc.collect()
+    mixes = [ref for shape, ref in made if shape[-2:] == (40, 32)]  # the gate/up weights' mixes of one call
+    assert bool(mixes) != lean and any(ref() is not None for ref in mixes) != lean
+    if lean:  # 3 layers x gate, up: all formed in one tensor, alive until backward forms in it again
+        assert len(scratch) == 6 and {id(ref()) for ref in scratch} == {id(scratch[0]())} != {id(None)}
+    else:
+        assert not scratch
+    loss.backward()
+    assert len(scratch) == (12 if lean else 0) and len({id(ref()) for ref in scratch}) <= 1
+    assert model.plan.slots[-1].scale_w is not None and model.factored_plan((), {"input_ids": ids})
+    assert model.lean_now((), {"input_ids": ids}) == lean
+    assert not any(shape == (1, 61, 32) for shape, _ in made), "the head's weight times its scale was formed"
+    mixed = [p for n, p in model.named_parameters() if n.startswith("op.depth__") and "proj" in n]
+    assert len(mixed) == 7 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in mixed)
+    value = loss.detach()
+    del loss
+    gc.collect()
+    assert all(ref() is None for ref in scratch), "the scratch outlived the step's graph"
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.execution_options = ligo_fast.ExecutionOptions(linear_mode="materialize", lean=False)
+    want = model(input_ids=ids).logits
+    want.float().pow(2).mean().backward()
+    assert not model.factored_plan((), {"input_ids": ids})
+    torch.testing.assert_close(value, want.float().pow(2).mean())
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, msg=lambda m, n=n: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("train_small", [False, True])
+def test_mixes_formed_in_one_scratch_match_autograd(train_small):
+    """Two layers' depth mixes of one shape, formed in one factored.Scratch (each layer's backward forms its own
+    again in it): the output and the gradients of the input, the depth rows and (when they train) the small weights
+    equal plain autograd's through ``Σ_j depth[j] W[j]``, in float64, on odd shapes and a batch of sequences."""
+    from ligo_fast.factored import Mix, Scratch, _times_t
+
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(3, 5, 5, dtype=torch.float64, generator=g).requires_grad_(train_small)
+    depth = torch.randn(2, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    u = torch.randn(2, 7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    scratch = Scratch()
+    a, b = depth.unbind(0)
+    y = _times_t(_times_t(u, Mix(W, a, scratch=scratch)), Mix(W, b, scratch=scratch))
+    want = u @ torch.einsum("j,joi->oi", a, W).mT @ torch.einsum("j,joi->oi", b, W).mT
+    torch.testing.assert_close(y, want)
+    up = torch.randn(y.shape, dtype=torch.float64, generator=g)
+    inputs = [u, depth, W] if train_small else [u, depth]
+    for got, exp, name in zip(
+        torch.autograd.grad(y, inputs, up), torch.autograd.grad(want, inputs, up), "u depth W".split(), strict=False
+    ):
+        torch.testing.assert_close(got, exp, msg=lambda m, name=name: f"{name}: {m}")
+    assert len(scratch._tensors) == 1  # the mix, then its gradient: one tensor for both layers
+
+
+def test_mix_in_scratch_of_bfloat16_weights_rounds_as_ligo_expand():
+    """A 16-bit small weight's mix is accumulated in float32 and rounded to the weight's dtype, as
+    ops.ligo_expand's (Mix.form); the product's depth gradient is the one autograd gives through Mix.form."""
+    from ligo_fast.factored import Mix, Scratch, _mix_into, _times_t
+
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(4, 6, 9, generator=g).bfloat16()
+    depth = torch.randn(4, generator=g, requires_grad=True)
+    got = _mix_into(Scratch(), W, depth.detach(), torch.bfloat16)
+    torch.testing.assert_close(got, Mix(W, depth.detach()).form(), atol=0, rtol=2**-8)
+    u = torch.randn(5, 9, generator=g).bfloat16()
+    up = torch.randn(5, 6, generator=g).bfloat16()
+    (dd,) = torch.autograd.grad(_times_t(u, Mix(W, depth, scratch=Scratch())), depth, up)
+    (want,) = torch.autograd.grad(u @ Mix(W, depth).form().mT, depth, up)
+    assert dd.dtype == torch.float32
+    torch.testing.assert_close(dd, want, rtol=1e-5, atol=1e-5)

@@ -1,9 +1,11 @@
 """Issue 21 addendum: each current-default run (``*_default.json``) against the plan-code run of the same preset,
 seed and budget. Prints scratch's final loss in both (the target is comparable only if they are equal) and a
 markdown table of % FLOPs saved per seed (``Result.summary``'s ``flops_saved``): the default beside every method of
-the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR [TAG]``: TAG (default ``_default``) names the runs to
-compare; another tag (addendum 3's ``_sqrt``: the default at the reverted lr rule) adds a column with the
-``_default`` run of the same cell (the default at the ``/ width`` rule)."""
+the plan-code run. Usage: ``python i21c_compare.py AXIS_DIR [TAG [BASE [PREV]]]``: TAG (default ``_default``) names
+the runs to compare, BASE (default: none) the suffix of the runs holding the same cells' baselines; another tag
+(addendum 3's ``_sqrt``: the default at the reverted lr rule) adds a column with the PREV run of the same cell
+(default ``_default``: the default at the ``/ width`` rule). Addendum 3's 2x runs: ``_sqrt_x2 _default_x2_x2
+_default_x2_x2`` (addendum 2's runs, which carry the baselines)."""
 
 import glob
 import os
@@ -15,7 +17,14 @@ from ligo_fast.apps.savings.results import Result
 
 W = sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/axis"
 TAG = sys.argv[2] if len(sys.argv) > 2 else "_default"
+BASE = sys.argv[3] if len(sys.argv) > 3 else ""
+PREV = sys.argv[4] if len(sys.argv) > 4 else "_default"
 BASELINES = ("lossless", "stack", "gstack", "hypercloning", "llama_pro")
+
+
+def steps(row: dict) -> str:
+    """Training steps to the target, ``-`` when it was not reached."""
+    return "-" if row["steps"] is None else f"{row['steps']:.0f}"
 
 
 def default_row(res: Result) -> dict:
@@ -23,9 +32,10 @@ def default_row(res: Result) -> dict:
 
 
 checks, rows = [], []
-for f in sorted(glob.glob(f"{W}/*{TAG}*.json")):
+# the first addendum's tag matched its 2x runs too (``_default_x2``); other tags name whole runs
+for f in sorted(glob.glob(f"{W}/*_default*.json" if TAG == "_default" else f"{W}/*{TAG}.json")):
     new = Result.read(f)
-    old_path = f.replace(TAG, "")
+    old_path = f.replace(TAG, BASE)
     if not os.path.exists(old_path):
         checks.append(f"{os.path.basename(f)}: scratch {new.target!r}; no plan-code run of this cell")
         continue
@@ -44,13 +54,13 @@ for f in sorted(glob.glob(f"{W}/*{TAG}*.json")):
     gap = None if d["flops_saved"] is None or base[best] is None else 100 * (d["flops_saved"] - base[best])
     was = ""
     if TAG != "_default":
-        prev = f.replace(TAG, "_default")
+        prev = f.replace(TAG, PREV)
         was = f"| {pct(default_row(Result.read(prev))['flops_saved']) if os.path.exists(prev) else '-'} "
     rows.append(
         f"| {axis_of(new.preset)} | {new.preset.large_steps / 400:g}x | {new.base_seed} | {pct(d['flops_saved'])} {was}"
         f"| {others} | {SHORT_LABELS[best]} | {'-' if gap is None else f'{gap:+.1f}'} | {d['operator_steps']} "
         f"({100 * d['operator_share']:.1f}%) | {d['val_loss_grown']:.4f} -> {d['val_loss_start']:.4f} "
-        f"| {d['steps']:.0f} / {o[best]['steps']:.0f} |"
+        f"| {steps(d)} / {steps(o[best])} |"
     )
 print("```\n" + "\n".join(checks) + "\n```\n")
 WAS = "" if TAG == "_default" else " default at / width: % saved |"

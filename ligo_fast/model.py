@@ -39,7 +39,7 @@ from .plan import Plan
 from .produce import parts, produce, produce_parts
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
-from .spec import GrowthSpec
+from .spec import GrowthSpec, widens
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         preserved_width: the small model's hidden width when the operator starts from the small model's function
             (lossless depth or no new layers, lossless width or no width growth), else None: the argument of
             :func:`ligo_fast.budget.operator_budget` that picks the continued-training learning rate.
+        widens: whether the growth makes any width larger; False for depth-only growth, where the budget rule trains
+            no operator from a function-preserving start (:func:`ligo_fast.budget.operator_budget`).
     """
 
     def __init__(self, small_model: nn.Module, large_config, config: LiGOConfig, *, draw: bool = True):
@@ -81,6 +83,7 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         self.hf_class = spec.pair.hf_class
         self.L1, self.L2 = spec.pair.L1, spec.pair.L2
         self.preserved_width: int | None = spec.preserved_width
+        self.widens: bool = widens(spec.plan)
         self.op = _Op()
         for t in spec.plan.tensors:
             self.op.put(t.name, spec.initial[t.name], t.trainable)

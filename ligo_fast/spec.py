@@ -251,12 +251,17 @@ def leftovers(large: nn.Module, small_state: dict[str, Tensor], ref: Tensor) -> 
     return large
 
 
+def widens(plan: Plan) -> bool:
+    """Whether the growth makes any width larger (hidden, heads, FFN): what :func:`ligo_fast.budget.operator_budget`
+    reads, beside :func:`preserved_width`."""
+    return any(small != big for small, big in plan.widths.values())
+
+
 def preserved_width(pair: GrowthPair, plan: Plan, config: LiGOConfig) -> int | None:
     """The small model's hidden width when the operator starts from its function (lossless depth or no new layers,
     lossless width or no width growth), else None: what :func:`ligo_fast.budget.operator_budget` reads."""
-    widens = any(small != big for small, big in plan.widths.values())
     preserving = (pair.L1 == pair.L2 or is_lossless(config.depth_init)) and (
-        not widens or is_lossless(config.width_init)
+        not widens(plan) or is_lossless(config.width_init)
     )
     return getattr(pair.small_config, "hidden_size", None) if preserving else None
 

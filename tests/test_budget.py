@@ -111,3 +111,15 @@ def test_budget_is_a_frozen_value():
     assert b == OperatorBudget(20, 2e-3, 2, 400, "rule")
     with pytest.raises(AttributeError):
         b.steps = 3
+
+
+def test_depth_only_growth_from_a_function_preserving_start_trains_no_operator():
+    """The rule's 0 steps for a growth that keeps every width from a function-preserving start (the evidence:
+    benchmarks/results/real_model_plain_vs_operator_plan.md, addendum 8); overrides and other starts unchanged."""
+    b = operator_budget(400, 3e-4, preserved_width=640, widens=False)
+    assert (b.steps, b.warmup, b.source, b.lr_rule) == (0, 0, "rule: depth only", "continued")
+    assert operator_budget(400, 3e-4, preserved_width=640).steps == 20  # width grows: the rule's 5%
+    assert operator_budget(400, 3e-4, widens=False).steps == 20  # an official init: the rule's 5%
+    b = operator_budget(400, 3e-4, steps=7, preserved_width=640, widens=False)  # an override still trains
+    assert (b.steps, b.warmup, b.source) == (7, 7, "steps")
+    assert operator_budget(400, 3e-4, fraction=0.1, preserved_width=640, widens=False).steps == 40

@@ -138,6 +138,29 @@ def test_grow_writes_operator_and_model(files, grown, capsys):
     assert any(not torch.equal(v, init.state_dict()[k]) for k, v in op.state_dict().items())
 
 
+def test_grow_depth_only_writes_the_start_without_operator_steps(files, tmp_path, capsys):
+    """Without --steps, a depth-only growth from the default function-preserving start trains no operator
+    (ligo_fast.budget's rule): the written model is the start, materialised, and computes the small model's function;
+    an explicit --steps still trains."""
+    (tmp_path / "deeper.json").write_text(json.dumps({"num_hidden_layers": 3}))
+    args = _grow(files, "LlamaForCausalLM", tmp_path / "out", "--large-config", str(tmp_path / "deeper.json"))
+    i = args.index("--steps")
+    del args[i : i + 2]
+    assert cli.main(args) == 0
+    assert "0 operator steps" in capsys.readouterr().out
+    small = T.LlamaForCausalLM.from_pretrained(files / "LlamaForCausalLM").eval()
+    large = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert (large.config.hidden_size, large.config.num_hidden_layers) == (32, 3)
+    start = ligo_fast.grow(small, large.config, seed=0).materialize().eval()
+    _same(large.state_dict(), start.state_dict())
+    ids = torch.randint(0, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(large(input_ids=ids).logits, small(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    assert cli.main([*args[:-4], "--out", str(tmp_path / "trained"), "--steps", "2", *args[-4:]]) == 0
+    trained = T.AutoModelForCausalLM.from_pretrained(tmp_path / "trained")
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in trained.state_dict().items())
+
+
 def test_grow_masked_lm(files, tmp_path, capsys):
     out = tmp_path / "bert"
     assert cli.main(_grow(files, "BertForMaskedLM", out, "--steps", "3", "--no-tie", "--residual")) == 0

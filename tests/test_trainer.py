@@ -178,13 +178,49 @@ def test_growth_callback_errors(tmp_path):
     with pytest.raises(TypeError, match="LiGOModel"):
         GrowingModel(small)
     tr = Trainer(model=GrowingModel(ligo), args=_args(tmp_path, max_steps=2), train_dataset=_data(4))
-    with pytest.raises(ValueError, match="operator_steps must be an integer >= 1"):
-        GrowthCallback(tr, operator_steps=0)
+    with pytest.raises(ValueError, match="operator_steps must be an integer >= 0"):
+        GrowthCallback(tr, operator_steps=-1)
     with pytest.raises(ValueError, match="operator_lr must be a finite number"):
         GrowthCallback(tr, operator_lr=float("nan"))
     tr.add_callback(GrowthCallback(tr, operator_steps=2))
     with pytest.raises(ValueError, match="leaves no step for the large model"):
         tr.train()
+
+
+def _depth_only():
+    """The tiny GPT-2 and a large config with more layers and the small widths (depth-only growth)."""
+    small, large_cfg = _small(dropout=False)
+    large_cfg = small.config.__class__.from_dict({**small.config.to_dict(), "n_layer": large_cfg.n_layer})
+    return small, large_cfg
+
+
+def test_growth_callback_with_no_operator_steps_grows_before_the_first_step(tmp_path):
+    """A depth-only growth from grow()'s function-preserving start: the budget rule trains no operator
+    (ligo_fast.budget), so the callback grows at the start and every step of the run trains the large model: the
+    run equals a plain Trainer run of the materialised start over the same steps with the arguments' schedule."""
+    small, large_cfg = _depth_only()
+    data = _data(8, same=True)
+    start = ligo_fast.grow(small, large_cfg, seed=0)
+    assert not start.widens and start.preserved_width == small.config.n_embd
+    model = GrowingModel(start)
+    run = Trainer(model=model, args=_args(tmp_path / "one", max_steps=LARGE_STEPS, **LARGE), train_dataset=data)
+    cb = GrowthCallback(run)
+    run.add_callback(cb)
+    run.train()
+    assert (cb.budget.steps, cb.budget.source) == (0, "rule: depth only")
+    assert model.grown and type(model.model) is type(small)
+
+    big = ligo_fast.grow(small, large_cfg, seed=0).materialize()
+    plain = Trainer(model=big, args=_args(tmp_path / "big", max_steps=LARGE_STEPS, **LARGE), train_dataset=data)
+    plain.train()
+    assert _lrs(run) == pytest.approx(_lrs(plain), rel=1e-12)
+    assert _losses(run) == pytest.approx(_losses(plain), rel=1e-6)
+    ours, ref = _state(model.model), _state(big)
+    for k in ref:
+        torch.testing.assert_close(ours[k], ref[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+    # an explicit budget still trains the operator first
+    tr = Trainer(model=GrowingModel(ligo_fast.grow(small, large_cfg, seed=0)), args=_args(tmp_path, max_steps=2))
+    assert GrowthCallback(tr, operator_steps=3).resolve(400, 2e-3).steps == 3
 
 
 def test_growth_callback_budget_follows_the_rule(tmp_path):

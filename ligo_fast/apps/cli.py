@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="operator training steps (default: 5%% of --large-steps within [10, 100]; 100 without --large-steps)",
+        help="operator training steps (default: 5%% of --large-steps within [10, 100]; 100 without --large-steps; "
+        "0 for depth-only growth from a function-preserving start: ligo_fast.budget)",
     )
     g.add_argument(
         "--large-steps",

@@ -76,19 +76,20 @@ class Schedule:
     warmup: int
 
 
-def schedule(args, preserved_width: int | None = None) -> Schedule:
+def schedule(args, preserved_width: int | None = None, widens: bool = True) -> Schedule:
     """The operator-training schedule of ``grow``'s options: :func:`ligo_fast.budget.operator_budget`'s rule.
 
     ``--steps`` defaults to the rule's steps for ``--large-steps`` (5% of them within [10, 100]), or to its cap, the
     paper's 100 steps (what the rule gives any large budget of 2000 steps or more), when the large budget is not
-    given; ``--lr`` to the rule's learning rate from ``--large-lr`` and ``preserved_width`` (the grown model's
-    ``LiGOModel.preserved_width``); ``--warmup`` to the rule's tenth of the steps. Everything downstream takes the
-    :class:`Schedule`.
+    given; 0 (no operator training: the start is written as it is) for a depth-only growth from a
+    function-preserving start (``widens`` False: ``LiGOModel.widens``); ``--lr`` to the rule's learning rate from
+    ``--large-lr`` and ``preserved_width`` (the grown model's ``LiGOModel.preserved_width``); ``--warmup`` to the
+    rule's tenth of the steps. Everything downstream takes the :class:`Schedule`.
     """
-    steps = args.steps
-    if steps is None and args.large_steps is None:
-        steps = budget.MAX_OPERATOR_STEPS
-    b = budget.operator_budget(args.large_steps or steps, args.large_lr, steps=steps, preserved_width=preserved_width)
+    steps, large = args.steps, args.large_steps
+    if large is None:  # the large budget at which the rule reaches its cap (the rule's steps, or an explicit --steps)
+        large = steps or round(budget.MAX_OPERATOR_STEPS / budget.OPERATOR_FRACTION)
+    b = budget.operator_budget(large, args.large_lr, steps=steps, preserved_width=preserved_width, widens=widens)
     warmup = args.warmup if args.warmup is not None else b.warmup
     lr = args.lr if args.lr is not None else b.lr
     return Schedule(b.steps, lr, warmup if warmup > 1 else 0)  # a 1-step warm-up starts at lr: none
@@ -149,7 +150,7 @@ def cmd_grow(args) -> int:
         model = ligo_fast.grow(small, large_cfg, **options)
     except ValueError as e:
         raise UserError(f"cannot grow {type(small).__name__} into the large config: {describe(e)}") from e
-    sched = schedule(args, model.preserved_width)
+    sched = schedule(args, model.preserved_width, model.widens)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=sched.lr, weight_decay=0.0)
@@ -163,6 +164,11 @@ def cmd_grow(args) -> int:
         f"operator {n_op / 1e6:.2f}M trainable values; {stream.numel()} {'tokens' if tokenizer else 'bytes'} "
         f"from {len(files)} file(s); {task} LM loss on {device}"
     )
+    if sched.steps == 0:  # only the rule gives 0 (--steps is at least 1)
+        print(
+            "0 operator steps: the budget rule trains no operator for a depth-only growth from a function-preserving "
+            "start (ligo_fast.budget); the start is written as it is (--steps N trains one)"
+        )
 
     bos = data.bos_of(tokenizer) if task == "causal" else None  # Gemma/Llama tokenizers: every window starts with BOS
 

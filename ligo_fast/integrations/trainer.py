@@ -14,9 +14,10 @@ callback::
 The run's ``max_steps`` is the large model's whole budget and the operator's steps come out of it (the paper counts
 them against the budget the same way). The operator's steps, learning rate and warm-up follow
 :func:`ligo_fast.budget.operator_budget` of ``max_steps`` and the ``TrainingArguments``' learning rate (5% of the
-steps within [10, 100]; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
-small model's width, else the same; a tenth of its steps as linear warm-up, then constant), unless
-overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
+steps within [10, 100], none for a depth-only growth from a function-preserving start, when the callback grows
+before the first step; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
+square root of the small model's width, else the same; a tenth of its steps as linear warm-up, then constant),
+unless overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
 one-line warning says so and what to try. At the growth step the callback materialises the operator, gives the Trainer
 a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
 rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
@@ -228,7 +229,8 @@ class GrowthCallback(TrainerCallback):
         trainer: the ``Trainer`` (its model must be a :class:`GrowingModel`); the callback replaces its optimizer
             and scheduler at growth. Add it with ``trainer.add_callback(GrowthCallback(trainer))``.
         operator_steps: operator steps (counted in the run's ``max_steps``); None: the rule of
-            :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100).
+            :func:`ligo_fast.budget.operator_budget` (5% of ``max_steps``, at least 10, at most 100; 0 for a
+            depth-only growth from a function-preserving start). 0: grow before the first step.
         operator_lr: the operator's peak learning rate; None: the budget rule's from the ``TrainingArguments``'
             ``learning_rate`` (divided by the square root of the small width from a function-preserving start).
         operator_warmup_steps: linear warm-up of the operator's learning rate, then constant; None: the budget's
@@ -251,7 +253,7 @@ class GrowthCallback(TrainerCallback):
                 "pass Trainer(model=GrowingModel(ligo_fast.grow(...)), ...)"
             )
         for name, v, least in (
-            ("operator_steps", operator_steps, 1),
+            ("operator_steps", operator_steps, 0),
             ("operator_warmup_steps", operator_warmup_steps, 0),
         ):
             if v is not None and (not isinstance(v, int) or v < least):
@@ -264,12 +266,15 @@ class GrowthCallback(TrainerCallback):
         self.weight_decay = float(operator_weight_decay or 0.0)
         self.budget: OperatorBudget | None = None
         self.preserved_width = getattr(trainer.model.model, "preserved_width", None)  # None after growth
+        self.widens = getattr(trainer.model.model, "widens", True)
         self.guard: RiseGuard | None = None
 
     def resolve(self, large_steps: int, large_lr: float) -> OperatorBudget:
         """The operator budget of a run of ``large_steps`` steps at peak learning rate ``large_lr``:
         :func:`ligo_fast.budget.operator_budget` with this callback's overrides."""
-        b = operator_budget(large_steps, large_lr, steps=self.steps, preserved_width=self.preserved_width)
+        b = operator_budget(
+            large_steps, large_lr, steps=self.steps, preserved_width=self.preserved_width, widens=self.widens
+        )
         if self.lr is not None:
             b = dataclasses.replace(b, lr=float(self.lr))
         if self.warmup is not None:
@@ -293,6 +298,9 @@ class GrowthCallback(TrainerCallback):
                 f"{b.steps} operator steps"
             )
         grown = tr.model.grown
+        if b.steps == 0 and not grown and state.global_step == 0:  # no operator steps: the large model from step 1
+            self._grow(state.global_step, state.max_steps)
+            return
         if grown != (state.global_step >= b.steps):
             raise RuntimeError(
                 f"resuming at step {state.global_step} with operator_steps={b.steps}, but the checkpoint's model "
@@ -318,8 +326,15 @@ class GrowthCallback(TrainerCallback):
         losses.clear()
         if state.global_step != self.budget.steps or tr.model.grown:
             return
+        self._grow(state.global_step, state.max_steps)
+
+    # ----------------------------------------------------------------------- helpers
+    def _grow(self, step: int, max_steps: int) -> None:
+        """Materialise the large model at ``step`` and give the Trainer a fresh optimizer and the large model's
+        schedule over the remaining steps."""
+        tr = self.trainer
         big = tr.model.grow()
-        logger.info("GrowthCallback: grew at step %d into %s", state.global_step, type(big).__name__)
+        logger.info("GrowthCallback: grew at step %d into %s", step, type(big).__name__)
         fresh = _fresh_optimizer(tr)
         if hasattr(tr.optimizer, "optimizer"):  # accelerate's wrapper: keep the object (accelerate tracks it)
             type(tr.optimizer).__init__(
@@ -327,9 +342,8 @@ class GrowthCallback(TrainerCallback):
             )
         else:
             tr.optimizer = fresh
-        self._schedule(True, state.max_steps, resumed=False)
+        self._schedule(True, max_steps, resumed=False)
 
-    # ----------------------------------------------------------------------- helpers
     def _schedule(self, grown: bool, max_steps: int, resumed: bool) -> None:
         """Give the Trainer the schedule of the current phase (continuing a loaded one's position on resume)."""
         tr = self.trainer

@@ -53,13 +53,15 @@ from .train import EvalPoint, evaluate, sync, train
 logger = logging.getLogger(__name__)
 
 
-def budget_of(p: Preset, preserved_width: int | None = None) -> OperatorBudget:
+def budget_of(p: Preset, preserved_width: int | None = None, widens: bool = True) -> OperatorBudget:
     """The operator budget of ``p``: the rule of :func:`ligo_fast.budget.operator_budget` for ``p.large_steps`` and
     ``p.lr`` (with ``preserved_width``, the grown model's ``LiGOModel.preserved_width``: the continued-training lr of
-    a function-preserving start), or the preset's overrides (``ligo_steps``/``ligo_fraction``, ``ligo_lr``)."""
+    a function-preserving start; with ``widens`` False, the grown model's ``LiGOModel.widens``, a depth-only growth
+    from such a start trains no operator), or the preset's overrides (``ligo_steps``/``ligo_fraction``, ``ligo_lr``)."""
     b = operator_budget(
-        p.large_steps, p.lr, fraction=p.ligo_fraction, steps=p.ligo_steps, preserved_width=preserved_width
-    )
+        p.large_steps, p.lr, fraction=p.ligo_fraction, steps=p.ligo_steps, preserved_width=preserved_width,
+        widens=widens,
+    )  # fmt: skip
     return b if p.ligo_lr is None else dataclasses.replace(b, lr=p.ligo_lr)
 
 
@@ -202,7 +204,8 @@ def run_experiment(
             op_params = trained_tensors(op_model, p.ligo_train)
             op_params_n = notes["operator_params"] = sum(q.numel() for q in op_params)
             op_step = notes["operator_step_flops"] = operator_step_flops(op_model, large_cfg, p.batch_size, p.seq_len)
-            op_budget = budget_of(p, op_model.preserved_width)  # same steps; lr by the start (ligo_fast.budget)
+            # the rule for this start (ligo_fast.budget): its lr, and no steps for a depth-only function-preserving one
+            op_budget = budget_of(p, op_model.preserved_width, op_model.widens)
             notes["operator_lr"], notes["operator_warmup"] = op_budget.lr, op_budget.warmup
             pbar.set_description(f"{name} operator")
             pre_curve = train(

@@ -52,6 +52,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .lean import chunk_layers, default_chunk
 from .model import LiGOModel
 from .plan import Rule
 from .produce import parts
@@ -183,19 +185,40 @@ def ddp(model: LiGOModel, **kwargs) -> DistributedDataParallel:
     return DistributedDataParallel(m, **kwargs)
 
 
-def shard(model: LiGOModel, mesh=None, *, sync: bool = True, **kwargs) -> LiGOModel:
+def shard(model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = False, **kwargs) -> LiGOModel:
     """FSDP2 ``fully_shard(model, mesh=mesh, **kwargs)`` after broadcasting rank 0's tensors (``sync=True``).
 
-    One FSDP group for the whole model: production reads all operator tensors at once, so finer groups would
-    all-gather at the same moment anyway. Returns the same object (now also an ``FSDPModule``).
+    Default: one FSDP group for the whole model, gathered from the start of forward to the end of backward.
+    ``per_block=True`` (memory-lean mode only: ``ExecutionOptions(lean=True)``): the per-layer operator matrices
+    are split into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), and each chunk of lean mode's
+    default chunk of layers (about sqrt(L2)) is a unit of its own, its rows with its blocks, gathered while its
+    blocks run forward and again for their backward, its gradients reduce-scattered after; the rest (depth rows,
+    small weights, shared width matrices) is the root unit. Returns the same object (now also an ``FSDPModule``).
     """
     if fully_shard is None:  # pragma: no cover - older torch
         raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
     m = unwrap(model)
+    if per_block and m.execution_options.lean is not True:
+        raise ValueError(
+            "shard(per_block=True) runs only in memory-lean mode: set model.execution_options = "
+            "ExecutionOptions(lean=True) first"
+        )
     if sync:
         broadcast_module_states(m)
+    if per_block:
+        blocks = [m.large.get_submodule(m.arch.layer_path(l)) for l in range(m.L2)]
+        chunks = chunk_layers(m.L2, default_chunk(m.L2))
+        for holder, c in zip(m.hold_per_layer(chunks), chunks, strict=True):
+            fully_shard([holder, *blocks[c.start : c.stop]], mesh=mesh, **kwargs)
+            # after fully_shard's own pre-hook on the block (which registers the unit's post-backward on the block's
+            # input): the holder runs once per forward, so the unit reshards when its last block has run
+            blocks[c.start].register_forward_pre_hook(partial(_run_holder, holder))
     fully_shard(m, mesh=mesh, **kwargs)
     return m
+
+
+def _run_holder(holder: nn.Module, module: nn.Module, args) -> None:
+    holder()
 
 
 def _internal_state(m: LiGOModel) -> OrderedDict:
@@ -253,11 +276,14 @@ def materialize_distributed(model: nn.Module, rank0_only: bool = True) -> nn.Mod
     mine = not rank0_only or rank() == 0
     if not is_sharded(m):
         return m.materialize() if mine else None
-    m.unshard()
+    units = [u for u in m.modules() if isinstance(u, FSDPModule)]  # the root, and the blocks' with per_block
+    for u in units:
+        u.unshard()
     try:
         return m.materialize() if mine else None
     finally:
-        m.reshard()
+        for u in units:
+            u.reshard()
 
 
 @torch.no_grad()
@@ -288,7 +314,17 @@ def save_materialized_distributed(
     mine = layers[me]
     split = {t.name for t in m.plan.tensors if t.rule == Rule.SPLIT}
     full: dict[str, Tensor] = {}
+    held: dict[str, Tensor] = {}  # shard(per_block=True): each layer's row sharded on its own: this rank's gathered
     for t in m.plan.tensors:  # the same order on every rank: full_tensor is a collective
+        if m.rows(t.name) is not None:
+            kept = []
+            for l, row in enumerate(m.rows(t.name)):
+                v = row()
+                v = v.full_tensor() if _is_dtensor(v) else v
+                if l in mine:
+                    kept.append(v)
+            held[t.name] = torch.stack(kept)
+            continue
         v = m.tensor(t.name)
         if t.name not in split:
             full[t.name] = v.full_tensor() if _is_dtensor(v) else v
@@ -299,6 +335,8 @@ def save_materialized_distributed(
     def rows(name: str | None) -> Tensor | None:
         if name is None or name not in split:
             return None if name is None else full[name]
+        if name in held:
+            return held[name]
         v = m.tensor(name)
         local = v.to_local() if _is_dtensor(v) else v[mine.start : mine.stop]
         if local.shape[0] != len(mine):

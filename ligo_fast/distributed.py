@@ -27,8 +27,23 @@ and gloo on CPU (``tests/test_distributed.py``):
 * **Memory (FSDP2).** The produced large weights are full tensors on every rank: FSDP2 shards the operator and
   its optimizer state, not the produced weights or the activations. A rank needs the weights its execution plan
   produces (none for the linears that run factored, one chunk of layers' with memory-lean mode), the small
-  weights (buffers, replicated), the operator gathered for the step and its activations, as without FSDP; measured
-  per-rank peaks: ``benchmarks/results/bench_fsdp_growth_2026-12-06.md``.
+  weights (buffers, replicated), the operator gathered for the step (one unit by default) and its activations, as
+  without FSDP; measured per-rank peaks: ``benchmarks/results/bench_fsdp_growth_2026-12-06.md``.
+* **Per-block units (FSDP2, ``shard(per_block=True)``; memory-lean mode only).** The default's one unit (the root,
+  which FSDP2 does not reshard between forward and backward) keeps the whole operator gathered for the step, and
+  its full gradients at the end of backward. With ``per_block`` the per-layer operator matrices (width matrices,
+  residuals) are moved into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), held by one
+  :class:`ligo_fast.rows.LayerRows` per block (per chunk of ``block_layers`` blocks), and
+  ``fully_shard([holder, *the chunk's blocks])`` makes each chunk a unit: gathered when its first block starts
+  (the holder runs then, from a pre-hook on that block), resharded after its last block, gathered again when the
+  gradient reaches that block's output, its gradients reduce-scattered when the gradient reaches the first block's
+  input. Each reader takes a layer's rows when the layer runs (the factored linears, lean mode's chunk
+  production: :func:`ligo_fast.rows.resolve`), and lean mode's chunks are the units' (whatever chunk the memory
+  estimate picked: one layer by default, which holds least). The rest (depth rows, small weights, shared width
+  matrices) is the root unit, as before. State dicts, :func:`gather_state_dict`, :func:`save_operator_distributed`,
+  :func:`materialize_distributed` (every unit gathered) and :func:`save_materialized_distributed` (each layer's
+  rows gathered in turn, a rank keeps its own layers') give the stacked layout and values; ``load_state_dict``
+  and the plain ``save_operator`` refuse (load before sharding; save with :func:`save_operator_distributed`).
 
 Typical use (every rank)::
 
@@ -60,7 +75,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .lean import chunk_layers, default_chunk
+from .lean import chunk_layers
 from .model import LiGOModel
 from .plan import Rule
 from .produce import parts
@@ -185,15 +200,18 @@ def ddp(model: LiGOModel, **kwargs) -> DistributedDataParallel:
     return DistributedDataParallel(m, **kwargs)
 
 
-def shard(model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = False, **kwargs) -> LiGOModel:
+def shard(
+    model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = False, block_layers: int = 1, **kwargs
+) -> LiGOModel:  # fmt: skip
     """FSDP2 ``fully_shard(model, mesh=mesh, **kwargs)`` after broadcasting rank 0's tensors (``sync=True``).
 
     Default: one FSDP group for the whole model, gathered from the start of forward to the end of backward.
     ``per_block=True`` (memory-lean mode only: ``ExecutionOptions(lean=True)``): the per-layer operator matrices
-    are split into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), and each chunk of lean mode's
-    default chunk of layers (about sqrt(L2)) is a unit of its own, its rows with its blocks, gathered while its
-    blocks run forward and again for their backward, its gradients reduce-scattered after; the rest (depth rows,
-    small weights, shared width matrices) is the root unit. Returns the same object (now also an ``FSDPModule``).
+    are split into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), and each block (each chunk of
+    ``block_layers`` consecutive blocks) is a unit of its own, its rows with its blocks, gathered while its blocks
+    run forward and again for their backward, its gradients reduce-scattered after; lean mode then produces in
+    chunks of ``block_layers`` layers. The rest (depth rows, small weights, shared width matrices) is the root
+    unit. Returns the same object (now also an ``FSDPModule``).
     """
     if fully_shard is None:  # pragma: no cover - older torch
         raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
@@ -203,11 +221,13 @@ def shard(model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = F
             "shard(per_block=True) runs only in memory-lean mode: set model.execution_options = "
             "ExecutionOptions(lean=True) first"
         )
+    if per_block and (not isinstance(block_layers, int) or block_layers < 1):
+        raise ValueError(f"shard: block_layers must be a positive int, got {block_layers!r}")
     if sync:
         broadcast_module_states(m)
     if per_block:
         blocks = [m.large.get_submodule(m.arch.layer_path(l)) for l in range(m.L2)]
-        chunks = chunk_layers(m.L2, default_chunk(m.L2))
+        chunks = chunk_layers(m.L2, block_layers)
         for holder, c in zip(m.hold_per_layer(chunks), chunks, strict=True):
             fully_shard([holder, *blocks[c.start : c.stop]], mesh=mesh, **kwargs)
             # after fully_shard's own pre-hook on the block (which registers the unit's post-backward on the block's

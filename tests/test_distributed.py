@@ -32,8 +32,9 @@ HAS_LEAN = "lean" in {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}
 CASES = [("ddp", False, {}), ("ddp", True, {}), ("fsdp", False, {}), ("fsdp", True, {})]
 if HAS_LEAN:
     CASES += [("ddp", False, {"lean": True}), ("fsdp", True, {"lean": True})]
-    # FSDP2 units per chunk of blocks (shard(per_block=True)): the per-layer width matrices one parameter per layer
-    CASES += [("fsdp_block", False, {"lean": True}), ("fsdp_block", True, {"lean": True})]
+    # FSDP2 units per block (shard(per_block=True)), per 2 blocks (fsdp_block2: block_layers=2): the per-layer width
+    # matrices one parameter per layer
+    CASES += [("fsdp_block", False, {"lean": True}), ("fsdp_block2", True, {"lean": True})]
 
 
 # random inits (the official ones): each rank draws its own operator, which the wrappers must replace by rank 0's
@@ -117,7 +118,8 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
                 find_unused = wrapped.find_unused_parameters
             else:
                 mesh = init_device_mesh("cpu", (WORLD,))
-                wrapped = D.shard(model, mesh=mesh, per_block=kind == "fsdp_block")
+                per_block = kind.startswith("fsdp_block")
+                wrapped = D.shard(model, mesh=mesh, per_block=per_block, block_layers=2 if kind == "fsdp_block2" else 1)
                 find_unused = None
             r = {"init": D.gather_state_dict(wrapped), "before": before, "find_unused": find_unused, "losses": []}
             r["ranks_differed"] = sums[0] != sums[1]
@@ -221,16 +223,19 @@ def test_wrapping_starts_from_rank0(dist_results, case):
     _close(r["init"], r["before"], "operator after wrapping")
 
 
-def test_per_block_units_gather_one_chunk_of_rows_at_a_time(dist_results):
+def test_per_block_units_gather_one_block_of_rows_at_a_time(dist_results):
     """shard(per_block=True): as each block starts its forward, a rank holds gathered only its unit's rows of the
-    per-layer width matrices (3 large layers: units of 2 and 1 layers), where plain shard() holds all of them."""
+    per-layer width matrices (3 large layers: one each; with block_layers=2 units of 2 and 1 layers), where plain
+    shard() holds all of them."""
     whole = dist_results["fsdp-train_small-lean"]["gathered"]
-    per_block = dist_results["fsdp_block-train_small-lean"]["gathered"]
-    assert len(whole) == len(per_block) == 3
+    per_block = dist_results["fsdp_block-buffers-lean"]["gathered"]
+    per_two = dist_results["fsdp_block2-train_small-lean"]["gathered"]
+    assert len(whole) == len(per_block) == len(per_two) == 3
     total = whole[0][1]
-    assert total > 0 and all(t == total for _, t in whole + per_block)
+    assert total > 0 and all(t == total for _, t in whole + per_block + per_two)
     assert [n for n, _ in whole] == [total] * 3
-    assert [n for n, _ in per_block] == [total * 2 // 3] * 2 + [total // 3]
+    assert [n for n, _ in per_block] == [total // 3] * 3
+    assert [n for n, _ in per_two] == [total * 2 // 3] * 2 + [total // 3]
 
 
 def test_per_block_sharding_needs_lean_mode():
@@ -239,6 +244,9 @@ def test_per_block_sharding_needs_lean_mode():
     model = ligo_fast.grow(small, large_cfg, seed=0)
     with pytest.raises(ValueError, match="memory-lean mode"):
         D.shard(model, per_block=True)
+    model.execution_options = ligo_fast.ExecutionOptions(lean=True)
+    with pytest.raises(ValueError, match="block_layers"):
+        D.shard(model, per_block=True, block_layers=0)
     assert not model.held_per_layer and not D.is_sharded(model)
 
 

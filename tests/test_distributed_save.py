@@ -27,7 +27,7 @@ CASES = [
     ("fsdp-buffers-bf16", "fsdp", False, False, torch.bfloat16, "20KB"),
     ("fsdp-train_small-tied-fp32", "fsdp", True, True, torch.float32, "5GB"),
     ("plain-fp32", "plain", False, False, torch.float32, "30KB"),
-    # FSDP2 units per chunk of blocks (shard(per_block=True)): each layer's rows sharded on their own
+    # FSDP2 units per block (shard(per_block=True)): each layer's rows sharded on their own
     ("fsdp_block-buffers-bf16", "fsdp_block", False, False, torch.bfloat16, "20KB"),
 ]
 

@@ -155,13 +155,13 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         """Decide (:meth:`execution_plan`), bind (:func:`ligo_fast.execution.bind`), run the large model."""
         plan = self.execution_plan(args, kwargs)
         rows = None
-        if self.held_per_layer:  # units per chunk of blocks (distributed.shard(per_block=True)): their chunks
+        if self.held_per_layer:  # units per chunk of blocks (distributed.shard(per_block=True))
             if not plan.lean:
                 raise ValueError(
                     "this model's operator is held per layer (distributed.shard(per_block=True)): it runs only in "
                     "memory-lean mode; set model.execution_options = ExecutionOptions(lean=True)"
                 )
-            plan, rows = dataclasses.replace(plan, chunk=self.__dict__["_row_chunk"]), self.rows
+            rows = self.rows
         blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)] if plan.lean else []
         with bind(self.large, self.plan, self.tensor, plan, blocks, rows):
             return self.large(*args, **kwargs)
@@ -169,11 +169,15 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
     def execution_plan(self, args=(), kwargs=None) -> ExecutionPlan:
         """How a forward on this batch (the arguments of a forward call) runs: the forms of the grown linears,
         memory-lean mode and its chunk, the memory estimate (:mod:`ligo_fast.execution`), decided once per batch
-        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`)."""
+        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`). With the operator held
+        per layer (:meth:`hold_per_layer`) lean mode's chunk is the holders'."""
         tokens, seq_len = batch_shape(args, kwargs or {}, self.config)
         reentrant = bool(self.__dict__.get("_reentrant_checkpointing"))
         key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
-        return self._plans[key]
+        plan = self._plans[key]
+        if self.held_per_layer and plan.lean:  # lean mode's chunks are the holders' (the FSDP2 units')
+            plan = dataclasses.replace(plan, chunk=self.__dict__["_row_chunk"])
+        return plan
 
     @torch.compiler.assume_constant_result
     def _decide(self, tokens: int, seq_len: int, grad: bool, reentrant: bool, compiling: bool) -> tuple:

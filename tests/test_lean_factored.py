@@ -621,13 +621,13 @@ def test_mix_in_scratch_of_bfloat16_weights_rounds_as_ligo_expand():
 def _held_step(name, lean=True, **options):
     """``_step`` with the per-layer width matrices held one parameter per large layer (``hold_per_layer``, what
     ``distributed.shard(per_block=True)`` does before sharding); gradients stacked back under the stacked names."""
-    from ligo_fast.lean import chunk_layers, default_chunk
+    from ligo_fast.lean import chunk_layers
 
     torch.manual_seed(0)
     small_cfg, large_cfg = configs(name)
     model = ligo_fast.grow(build(name, small_cfg), large_cfg, seed=0, depth_init="rand", **options).eval()
     model.execution_options = ligo_fast.ExecutionOptions(lean=lean, linear_mode=options.get("linear_mode", "auto"))
-    holders = model.hold_per_layer(chunk_layers(model.L2, default_chunk(model.L2)))
+    holders = model.hold_per_layer(chunk_layers(model.L2, 1))  # one layer each (shard(per_block=True)'s default)
     out = main_output(model(**inputs(name)))
     out.float().pow(2).mean().backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
@@ -643,7 +643,8 @@ def test_rows_held_per_layer_give_the_stacked_numbers(name, linear_mode):
     operator gradients, state dict and materialised model as the stacked tensors, with a residual too."""
     ref, ref_out, ref_grads = _step(name, lean=True, residual=True, linear_mode=linear_mode)
     model, holders, out, grads = _held_step(name, residual=True, linear_mode=linear_mode)
-    assert len(holders) > 1 and all(any(True for _ in h.parameters()) for h in holders)
+    assert len(holders) == model.L2 > 2 and all(any(True for _ in h.parameters()) for h in holders)
+    assert model.lean_chunk((), inputs(name)) == 1 < ref.lean_chunk((), inputs(name))  # lean's chunks: the holders'
     assert not any(k.startswith("op_rows") for k in model.state_dict())
     torch.testing.assert_close(out, ref_out)
     assert grads.keys() == ref_grads.keys()

@@ -90,8 +90,11 @@ def _gathered_rows(m) -> tuple[int, int]:
     return now, total
 
 
-def _record_gathered(m, into: list, *_) -> None:
-    into.append(_gathered_rows(m))
+def _record_gathered(m, into: dict, module, args) -> None:
+    """A block's forward pre-hook: what is gathered now, and (a hook on its input) when backward has passed it."""
+    into["forward"].append(_gathered_rows(m))
+    if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        args[0].register_hook(lambda g: into["backward"].append(_gathered_rows(m)))
 
 
 def _worker(rank: int, init: str, out_dir: str) -> None:
@@ -123,7 +126,7 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
                 find_unused = None
             r = {"init": D.gather_state_dict(wrapped), "before": before, "find_unused": find_unused, "losses": []}
             r["ranks_differed"] = sums[0] != sums[1]
-            gathered, hooks = [], []
+            gathered, hooks = {"forward": [], "backward": []}, []
             if kind != "ddp":  # the per-layer width matrices' elements this rank holds gathered as each block starts
                 m = D.unwrap(wrapped)
                 record = partial(_record_gathered, m, gathered)
@@ -226,16 +229,19 @@ def test_wrapping_starts_from_rank0(dist_results, case):
 def test_per_block_units_gather_one_block_of_rows_at_a_time(dist_results):
     """shard(per_block=True): as each block starts its forward, a rank holds gathered only its unit's rows of the
     per-layer width matrices (3 large layers: one each; with block_layers=2 units of 2 and 1 layers), where plain
-    shard() holds all of them."""
+    shard() holds all of them; when backward has passed a block, at most its unit and the one FSDP2 prefetches."""
     whole = dist_results["fsdp-train_small-lean"]["gathered"]
     per_block = dist_results["fsdp_block-buffers-lean"]["gathered"]
     per_two = dist_results["fsdp_block2-train_small-lean"]["gathered"]
-    assert len(whole) == len(per_block) == len(per_two) == 3
-    total = whole[0][1]
-    assert total > 0 and all(t == total for _, t in whole + per_block + per_two)
-    assert [n for n, _ in whole] == [total] * 3
-    assert [n for n, _ in per_block] == [total // 3] * 3
-    assert [n for n, _ in per_two] == [total * 2 // 3] * 2 + [total // 3]
+    assert len(whole["forward"]) == len(per_block["forward"]) == len(per_two["forward"]) == 3
+    total = whole["forward"][0][1]
+    assert total > 0 and all(t == total for r in (whole, per_block, per_two) for _, t in r["forward"] + r["backward"])
+    assert [n for n, _ in whole["forward"]] == [total] * 3
+    assert [n for n, _ in per_block["forward"]] == [total // 3] * 3
+    assert [n for n, _ in per_two["forward"]] == [total * 2 // 3] * 2 + [total // 3]
+    assert len(whole["backward"]) == len(per_block["backward"]) == 3
+    assert [n for n, _ in whole["backward"]] == [total] * 3
+    assert 0 < max(n for n, _ in per_block["backward"]) <= total * 2 // 3
 
 
 def test_per_block_sharding_needs_lean_mode():

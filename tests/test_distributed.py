@@ -32,9 +32,10 @@ HAS_LEAN = "lean" in {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}
 CASES = [("ddp", False, {}), ("ddp", True, {}), ("fsdp", False, {}), ("fsdp", True, {})]
 if HAS_LEAN:
     CASES += [("ddp", False, {"lean": True}), ("fsdp", True, {"lean": True})]
-    # FSDP2 units per block (shard(per_block=True)), per 2 blocks (fsdp_block2: block_layers=2): the per-layer width
-    # matrices one parameter per layer
+    # FSDP2 units per block (shard(per_block=True)), per 2 blocks (fsdp_block2: block_layers=2), per block under
+    # HF's activation checkpointing (fsdp_block_ac): the per-layer width matrices one parameter per layer
     CASES += [("fsdp_block", False, {"lean": True}), ("fsdp_block2", True, {"lean": True})]
+    CASES += [("fsdp_block_ac", False, {"lean": True})]
 
 
 # random inits (the official ones): each rank draws its own operator, which the wrappers must replace by rank 0's
@@ -122,8 +123,13 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
             else:
                 mesh = init_device_mesh("cpu", (WORLD,))
                 per_block = kind.startswith("fsdp_block")
+                if kind == "fsdp_block_ac":  # the blocks' recompute in backward runs inside their units' backward
+                    model.train().gradient_checkpointing_enable()
                 wrapped = D.shard(model, mesh=mesh, per_block=per_block, block_layers=2 if kind == "fsdp_block2" else 1)
                 find_unused = None
+                blocks = [model.large.get_submodule(model.arch.layer_path(l)) for l in range(model.L2)]
+                checkpointed = model.training and all(b.gradient_checkpointing for b in blocks)
+                assert checkpointed == (kind == "fsdp_block_ac")
             r = {"init": D.gather_state_dict(wrapped), "before": before, "find_unused": find_unused, "losses": []}
             r["ranks_differed"] = sums[0] != sums[1]
             gathered, hooks = {"forward": [], "backward": []}, []

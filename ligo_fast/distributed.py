@@ -39,8 +39,9 @@ and gloo on CPU (``tests/test_distributed.py``):
   gradient reaches that block's output, its gradients reduce-scattered when the gradient reaches the first block's
   input. Each reader takes a layer's rows when the layer runs (the factored linears, lean mode's chunk
   production: :func:`ligo_fast.rows.resolve`), and lean mode's chunks are the units' (whatever chunk the memory
-  estimate picked: one layer by default, which holds least). The rest (depth rows, small weights, shared width
-  matrices) is the root unit, as before. State dicts, :func:`gather_state_dict`, :func:`save_operator_distributed`,
+  estimate picked: one layer by default, which holds least); HF's activation checkpointing recomputes a block
+  inside its unit's backward. The rest (depth rows, small weights, shared width matrices) is the root unit, as
+  before. State dicts, :func:`gather_state_dict`, :func:`save_operator_distributed`,
   :func:`materialize_distributed` (every unit gathered) and :func:`save_materialized_distributed` (each layer's
   rows gathered in turn, a rank keeps its own layers') give the stacked layout and values; ``load_state_dict``
   and the plain ``save_operator`` refuse (load before sharding; save with :func:`save_operator_distributed`).
@@ -202,7 +203,7 @@ def ddp(model: LiGOModel, **kwargs) -> DistributedDataParallel:
 
 def shard(
     model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = False, block_layers: int = 1, **kwargs
-) -> LiGOModel:  # fmt: skip
+) -> LiGOModel:
     """FSDP2 ``fully_shard(model, mesh=mesh, **kwargs)`` after broadcasting rank 0's tensors (``sync=True``).
 
     Default: one FSDP group for the whole model, gathered from the start of forward to the end of backward.

@@ -9,7 +9,9 @@ reset again after the growth (so it holds what the steps add on top of the grown
 last step is printed for each process: the ranks must agree with the single process (same batch on every rank).
 
 ``--split``: data parallel, each rank takes its sequence of the batch (the ranks' mean loss is the single
-process's). ``--configs``: default, lean, their ``train_small`` variants and ``linear_mode="materialize"`` ones.
+process's). ``--configs``: default, lean, their ``train_small`` variants and ``linear_mode="materialize"`` ones;
+``lean+per_block`` (and ``lean+train_small+per_block``): the ranks shard with ``shard(per_block=True)`` (an FSDP2
+unit per block; ``lean+per_block4``: per 4 blocks, ``block_layers=4``), the single process runs lean.
 ``--malloc fixed``: every process runs with glibc's mmap threshold fixed at 1 MiB (``MALLOC_MMAP_THRESHOLD_``, as
 ``ligo-fast`` sets it and ``bench_scale.py --malloc fixed``), so freed tensors go back to the system and the resident
 set follows the live tensors rather than the heap's history.
@@ -47,7 +49,11 @@ CONFIGS = {  # name -> (ExecutionOptions.lean, train_small, ExecutionOptions.lin
     "default": (None, False, "auto"), "lean": (True, False, "auto"), "default+train_small": (None, True, "auto"),
     "lean+train_small": (True, True, "auto"), "materialize": (False, False, "materialize"),
     "lean+materialize": (True, False, "materialize"),
+    "lean+per_block": (True, False, "auto"), "lean+train_small+per_block": (True, True, "auto"),
+    "lean+per_block4": (True, False, "auto"),
 }  # fmt: skip
+# ranks: shard(per_block=True, block_layers=...); one process: as lean
+PER_BLOCK = {"lean+per_block": 1, "lean+train_small+per_block": 1, "lean+per_block4": 4}
 
 
 def _reset() -> int:
@@ -83,7 +89,8 @@ def _run(work: Path, config: str, tokens: int, steps: int, sharded: bool, split:
     if sharded:
         from torch.distributed.device_mesh import init_device_mesh
 
-        model = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+        model = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)), per_block=config in PER_BLOCK,
+                        block_layers=PER_BLOCK.get(config, 1))  # fmt: skip
         dist.barrier()
     out["grown_delta"] = _status("VmHWM") - start
     out["grown_rss"] = _status("VmRSS") - start

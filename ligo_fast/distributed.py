@@ -27,8 +27,24 @@ and gloo on CPU (``tests/test_distributed.py``):
 * **Memory (FSDP2).** The produced large weights are full tensors on every rank: FSDP2 shards the operator and
   its optimizer state, not the produced weights or the activations. A rank needs the weights its execution plan
   produces (none for the linears that run factored, one chunk of layers' with memory-lean mode), the small
-  weights (buffers, replicated), the operator gathered for the step and its activations, as without FSDP; measured
-  per-rank peaks: ``benchmarks/results/bench_fsdp_growth_2026-12-06.md``.
+  weights (buffers, replicated), the operator gathered for the step (one unit by default) and its activations, as
+  without FSDP; measured per-rank peaks: ``benchmarks/results/bench_fsdp_growth_2026-12-06.md``.
+* **Per-block units (FSDP2, ``shard(per_block=True)``; memory-lean mode only).** The default's one unit (the root,
+  which FSDP2 does not reshard between forward and backward) keeps the whole operator gathered for the step, and
+  its full gradients at the end of backward. With ``per_block`` the per-layer operator matrices (width matrices,
+  residuals) are moved into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), held by one
+  :class:`ligo_fast.rows.LayerRows` per block (per chunk of ``block_layers`` blocks), and
+  ``fully_shard([holder, *the chunk's blocks])`` makes each chunk a unit: gathered when its first block starts
+  (the holder runs then, from a pre-hook on that block), resharded after its last block, gathered again when the
+  gradient reaches that block's output, its gradients reduce-scattered when the gradient reaches the first block's
+  input. Each reader takes a layer's rows when the layer runs (the factored linears, lean mode's chunk
+  production: :func:`ligo_fast.rows.resolve`), and lean mode's chunks are the units' (whatever chunk the memory
+  estimate picked: one layer by default, which holds least); HF's activation checkpointing recomputes a block
+  inside its unit's backward. The rest (depth rows, small weights, shared width matrices) is the root unit, as
+  before. State dicts, :func:`gather_state_dict`, :func:`save_operator_distributed`,
+  :func:`materialize_distributed` (every unit gathered) and :func:`save_materialized_distributed` (each layer's
+  rows gathered in turn, a rank keeps its own layers') give the stacked layout and values; ``load_state_dict``
+  and the plain ``save_operator`` refuse (load before sharding; save with :func:`save_operator_distributed`).
 
 Typical use (every rank)::
 
@@ -52,6 +68,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,6 +76,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .lean import chunk_layers
 from .model import LiGOModel
 from .plan import Rule
 from .produce import parts
@@ -183,19 +201,45 @@ def ddp(model: LiGOModel, **kwargs) -> DistributedDataParallel:
     return DistributedDataParallel(m, **kwargs)
 
 
-def shard(model: LiGOModel, mesh=None, *, sync: bool = True, **kwargs) -> LiGOModel:
+def shard(
+    model: LiGOModel, mesh=None, *, sync: bool = True, per_block: bool = False, block_layers: int = 1, **kwargs
+) -> LiGOModel:
     """FSDP2 ``fully_shard(model, mesh=mesh, **kwargs)`` after broadcasting rank 0's tensors (``sync=True``).
 
-    One FSDP group for the whole model: production reads all operator tensors at once, so finer groups would
-    all-gather at the same moment anyway. Returns the same object (now also an ``FSDPModule``).
+    Default: one FSDP group for the whole model, gathered from the start of forward to the end of backward.
+    ``per_block=True`` (memory-lean mode only: ``ExecutionOptions(lean=True)``): the per-layer operator matrices
+    are split into one parameter per large layer (:meth:`LiGOModel.hold_per_layer`), and each block (each chunk of
+    ``block_layers`` consecutive blocks) is a unit of its own, its rows with its blocks, gathered while its blocks
+    run forward and again for their backward, its gradients reduce-scattered after; lean mode then produces in
+    chunks of ``block_layers`` layers. The rest (depth rows, small weights, shared width matrices) is the root
+    unit. Returns the same object (now also an ``FSDPModule``).
     """
     if fully_shard is None:  # pragma: no cover - older torch
         raise RuntimeError(f"FSDP2 (fully_shard) is not available in torch {torch.__version__}")
     m = unwrap(model)
+    if per_block and m.execution_options.lean is not True:
+        raise ValueError(
+            "shard(per_block=True) runs only in memory-lean mode: set model.execution_options = "
+            "ExecutionOptions(lean=True) first"
+        )
+    if per_block and (not isinstance(block_layers, int) or block_layers < 1):
+        raise ValueError(f"shard: block_layers must be a positive int, got {block_layers!r}")
     if sync:
         broadcast_module_states(m)
+    if per_block:
+        blocks = [m.large.get_submodule(m.arch.layer_path(l)) for l in range(m.L2)]
+        chunks = chunk_layers(m.L2, block_layers)
+        for holder, c in zip(m.hold_per_layer(chunks), chunks, strict=True):
+            fully_shard([holder, *blocks[c.start : c.stop]], mesh=mesh, **kwargs)
+            # after fully_shard's own pre-hook on the block (which registers the unit's post-backward on the block's
+            # input): the holder runs once per forward, so the unit reshards when its last block has run
+            blocks[c.start].register_forward_pre_hook(partial(_run_holder, holder))
     fully_shard(m, mesh=mesh, **kwargs)
     return m
+
+
+def _run_holder(holder: nn.Module, module: nn.Module, args) -> None:
+    holder()
 
 
 def _internal_state(m: LiGOModel) -> OrderedDict:
@@ -253,11 +297,14 @@ def materialize_distributed(model: nn.Module, rank0_only: bool = True) -> nn.Mod
     mine = not rank0_only or rank() == 0
     if not is_sharded(m):
         return m.materialize() if mine else None
-    m.unshard()
+    units = [u for u in m.modules() if isinstance(u, FSDPModule)]  # the root, and the blocks' with per_block
+    for u in units:
+        u.unshard()
     try:
         return m.materialize() if mine else None
     finally:
-        m.reshard()
+        for u in units:
+            u.reshard()
 
 
 @torch.no_grad()
@@ -288,7 +335,17 @@ def save_materialized_distributed(
     mine = layers[me]
     split = {t.name for t in m.plan.tensors if t.rule == Rule.SPLIT}
     full: dict[str, Tensor] = {}
+    held: dict[str, Tensor] = {}  # shard(per_block=True): each layer's row sharded on its own: this rank's gathered
     for t in m.plan.tensors:  # the same order on every rank: full_tensor is a collective
+        if m.rows(t.name) is not None:
+            kept = []
+            for l, row in enumerate(m.rows(t.name)):
+                v = row()
+                v = v.full_tensor() if _is_dtensor(v) else v
+                if l in mine:
+                    kept.append(v)
+            held[t.name] = torch.stack(kept)
+            continue
         v = m.tensor(t.name)
         if t.name not in split:
             full[t.name] = v.full_tensor() if _is_dtensor(v) else v
@@ -299,6 +356,8 @@ def save_materialized_distributed(
     def rows(name: str | None) -> Tensor | None:
         if name is None or name not in split:
             return None if name is None else full[name]
+        if name in held:
+            return held[name]
         v = m.tensor(name)
         local = v.to_local() if _is_dtensor(v) else v[mine.start : mine.stop]
         if local.shape[0] != len(mine):

@@ -22,7 +22,7 @@ the factored forwards, the produced weights (all of them before the call, or the
 chunk by chunk in lean mode). :class:`ligo_fast.LiGOModel` and the official API's wrapped model
 (:mod:`ligo_fast.compat`) both run a batch as "decide, bind, run".
 
-Imports: ``backends``, ``binding``, ``config``, ``factored``, ``lean``, ``memory``, ``plan``, ``produce``.
+Imports: ``backends``, ``binding``, ``config``, ``factored``, ``lean``, ``memory``, ``plan``, ``produce``, ``rows``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from .lean import chunk_layers, default_chunk, lean_layers
 from .memory import MemoryPlan, estimate, memory_budget
 from .plan import Plan, Slot
 from .produce import Getter, chunk_producer, produce
+from .rows import RowGetter
 
 logger = logging.getLogger(__name__)
 
@@ -221,16 +222,27 @@ def count_tokens(args, kwargs, config) -> int:
 
 @contextmanager
 def bind(
-    large: nn.Module, growth: Plan, get: Getter, plan: ExecutionPlan, blocks: Sequence[nn.Module]
+    large: nn.Module,
+    growth: Plan,
+    get: Getter,
+    plan: ExecutionPlan,
+    blocks: Sequence[nn.Module],
+    rows: RowGetter | None = None,
 ) -> Iterator[None]:
     """Context: ``large``'s modules run ``plan`` with the operator tensors ``get`` returns: the factored forwards
     (:func:`ligo_fast.factored.forwards`) and the produced weights (all of them, or in lean mode the global ones,
     the blocks' chunk by chunk: :func:`ligo_fast.produce.chunk_producer`) are installed, and removed on exit.
 
-    ``blocks``: the large model's transformer blocks in order (lean mode's chunks hook them).
+    ``blocks``: the large model's transformer blocks in order (lean mode's chunks hook them). ``rows``: the
+    per-layer tensors held one parameter per large layer (:mod:`ligo_fast.rows`; memory-lean mode only), read by
+    each layer when it runs.
     """
-    forwards = factored.forwards(large, growth.slots, get, growth.aliases, plan.forms, plan.backend, plan.lean)
-    chunk = chunk_producer(growth, get, skip_weights=plan.skip, backend=plan.backend) if plan.lean else None
+    if rows is not None and not plan.lean:
+        raise ValueError("operator tensors held per layer (distributed.shard(per_block=True)) need memory-lean mode")
+    forwards = factored.forwards(
+        large, growth.slots, get, growth.aliases, plan.forms, plan.backend, plan.lean, rows=rows
+    )
+    chunk = chunk_producer(growth, get, skip_weights=plan.skip, backend=plan.backend, rows=rows) if plan.lean else None
     produced = [s for s in growth.slots if not (plan.lean and s.layered)]
     weights = produce(produced, get, skip_weights=plan.skip, aliases=growth.aliases, backend=plan.backend)
     with ExitStack() as stack:

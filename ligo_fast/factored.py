@@ -38,6 +38,7 @@ from . import ops
 from .arch import EMBEDDING, LINEAR
 from .plan import Slot
 from .reference import compute_dtype
+from .rows import RowGetter, resolve
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,7 @@ def layer_factors(
     forms: Mapping[str, Form] | None = None,
     backend: str = "auto",
     recompute: bool = False,
+    rows: RowGetter | None = None,
 ) -> dict[str, tuple[Tensor | Mix, Tensor | None, Tensor | None, Tensor | None]]:
     """Per module of ``slots`` (by its path, :func:`paths`): ``(W, E_out, E_in, residual)``, the arguments of
     :func:`factored_linear` after ``x`` (an embedding reads ``W`` and ``E_in``).
@@ -474,7 +476,8 @@ def layer_factors(
 
     def per_layer(name: str | None, n: int) -> Sequence[Tensor | None]:
         if (name, n) not in unbound:
-            unbound[name, n] = _per_layer(get(name), n)
+            held = None if (rows is None or name is None) else rows(name)
+            unbound[name, n] = held if held is not None else _per_layer(get(name), n)
         return unbound[name, n]
 
     for s in slots:
@@ -513,10 +516,12 @@ def forwards(
     forms: Mapping[int, Form],
     backend: str = "auto",
     recompute: bool = False,
+    rows: RowGetter | None = None,
 ) -> dict[str, Callable]:
     """``{"<module path>.forward": factored forward}`` for every module of the slots in ``forms`` (slot index ->
     form) and the modules tied to them: what :class:`ligo_fast.binding.Binding` installs on ``large``'s modules.
-    ``recompute``: each layer's depth mix formed in its call and again in backward (:func:`layer_factors`)."""
+    ``recompute``: each layer's depth mix formed in its call and again in backward; ``rows``: the deferred rows of
+    tensors held per layer (:func:`layer_factors`)."""
     if not forms:
         return {}
     chosen = [slots[i] for i in forms]
@@ -525,7 +530,9 @@ def forwards(
     # the factor a scaled embedding's own forward multiplies by (Module.output_scale of the large width)
     gains = {p: s.mod.output_scale(s.shape_w[-1]) for s in chosen if s.mod.output_scale for p in paths(s)}
     out = {}
-    factors = layer_factors(chosen, get, aliases=aliases, forms=by_name, backend=backend, recompute=recompute)
+    factors = layer_factors(
+        chosen, get, aliases=aliases, forms=by_name, backend=backend, recompute=recompute, rows=rows
+    )
     for path, (w, eo, ei, r) in factors.items():
         mod = large.get_submodule(path)
         if isinstance(mod, nn.Embedding) or hasattr(mod, "num_embeddings"):  # nn.Embedding or compat's FusedEmbedding
@@ -545,5 +552,5 @@ def _embedding_call(w: Tensor | Mix, ei: Tensor | None, pad: int | None, gain: f
 
 def _linear_call(mod: nn.Module, w, eo, ei, r, shared: dict, x: Tensor) -> Tensor:
     """A linear's factored forward (``partial`` of all but ``x``) with the bias the module holds at the call (a
-    produced one is installed as its ``bias``)."""
-    return factored_linear(x, w, eo, ei, r, getattr(mod, "bias", None), shared)
+    produced one is installed as its ``bias``) and the rows of tensors held per layer read now."""
+    return factored_linear(x, w, resolve(eo), resolve(ei), resolve(r), getattr(mod, "bias", None), shared)

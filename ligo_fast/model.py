@@ -19,9 +19,10 @@ serialization, shards) and spec (the prepared growth) and hf_surface on its own 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -35,8 +36,9 @@ from .execution import BatchShape, ExecutionPlan, Target, batch_shape, bind, bud
 from .hf import empty_model, materialized, storage_keys
 from .layout import check_state_fits, from_official, keys_of
 from .memory import MemoryPlan
-from .plan import Plan
+from .plan import Plan, Rule
 from .produce import parts, produce, produce_parts
+from .rows import LayerRow, LayerRows, row_attr
 from .serialization import write_operator
 from .shards import DEFAULT_SHARD_SIZE, Entry, write_checkpoint
 from .spec import GrowthSpec, widens
@@ -96,8 +98,57 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
 
     # ------------------------------------------------------------------ production
     def tensor(self, name: str | None) -> Tensor | None:
-        """An operator tensor by internal name (None for None)."""
-        return None if name is None else getattr(self.op, name)
+        """An operator tensor by internal name (None for None); one held per layer (:meth:`hold_per_layer`) is its
+        rows stacked (a new tensor: read it where they are gathered)."""
+        if name is None:
+            return None
+        home = self.__dict__.get("_row_home")
+        if home and name in home:
+            return torch.stack([getattr(self.op_rows[i], a) for i, a in home[name]])
+        return getattr(self.op, name)
+
+    def rows(self, name: str | None) -> list[LayerRow] | None:
+        """The deferred rows of an operator tensor held per layer (:meth:`hold_per_layer`), else None."""
+        home = self.__dict__.get("_row_home")
+        if not home or name not in home:
+            return None
+        return [LayerRow(self.op_rows[i], a) for i, a in home[name]]
+
+    @property
+    def held_per_layer(self) -> bool:
+        """Whether the per-layer operator matrices are held one parameter per large layer (:meth:`hold_per_layer`)."""
+        return bool(self.__dict__.get("_row_home"))
+
+    @torch.no_grad()
+    def hold_per_layer(self, chunks: Sequence[range]) -> list[LayerRows]:
+        """Move every trainable per-layer operator matrix (rule ``split`` with matrix rows: the per-layer width
+        matrices, residuals; the depth rows stay) out of ``op`` into one parameter per large layer, on one
+        :class:`ligo_fast.rows.LayerRows` per chunk of consecutive layers (``op_rows``), for FSDP2 units per block
+        (:func:`ligo_fast.distributed.shard` with ``per_block=True``). The forward then needs memory-lean mode with
+        these chunks; ``state_dict()`` stacks the rows again (same keys and values); ``load_state_dict`` and
+        ``save_operator`` refuse (load before, save with ``save_operator_distributed``). Returns the holders."""
+        if self.held_per_layer:
+            raise RuntimeError("hold_per_layer: the operator is held per layer already")
+        if [l for c in chunks for l in c] != list(range(self.L2)):
+            raise ValueError(f"hold_per_layer: chunks {list(chunks)} do not cover layers 0-{self.L2 - 1} in order")
+        names = [
+            t.name for t in self.plan.tensors
+            if t.rule == Rule.SPLIT and t.name in self.op._parameters and self.op._parameters[t.name].dim() >= 3
+        ]  # fmt: skip
+        holders = nn.ModuleList(LayerRows(c) for c in chunks)
+        home: dict[str, list[tuple[int, str]]] = {}
+        for name in names:
+            t = self.op._parameters.pop(name)
+            home[name] = []
+            for i, c in enumerate(chunks):
+                for l in c:
+                    holders[i].register_parameter(row_attr(name, l), nn.Parameter(t[l].clone(), t.requires_grad))
+                    home[name].append((i, row_attr(name, l)))
+            del t
+        self.op_rows = holders
+        self.__dict__["_row_home"] = home
+        self.__dict__["_row_chunk"] = len(chunks[0])
+        return list(holders)
 
     def produce(self, backend: str = "auto") -> dict[str, Tensor]:
         """All produced large-model tensors by HF parameter name (views into one tensor per module kind)."""
@@ -106,18 +157,30 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
     def forward(self, *args, **kwargs):
         """Decide (:meth:`execution_plan`), bind (:func:`ligo_fast.execution.bind`), run the large model."""
         plan = self.execution_plan(args, kwargs)
+        rows = None
+        if self.held_per_layer:  # units per chunk of blocks (distributed.shard(per_block=True))
+            if not plan.lean:
+                raise ValueError(
+                    "this model's operator is held per layer (distributed.shard(per_block=True)): it runs only in "
+                    "memory-lean mode; set model.execution_options = ExecutionOptions(lean=True)"
+                )
+            rows = self.rows
         blocks = [self.large.get_submodule(self.arch.layer_path(l)) for l in range(self.L2)] if plan.lean else []
-        with bind(self.large, self.plan, self.tensor, plan, blocks):
+        with bind(self.large, self.plan, self.tensor, plan, blocks, rows):
             return self.large(*args, **kwargs)
 
     def execution_plan(self, args=(), kwargs=None) -> ExecutionPlan:
         """How a forward on this batch (the arguments of a forward call) runs: the forms of the grown linears,
         memory-lean mode and its chunk, the memory estimate (:mod:`ligo_fast.execution`), decided once per batch
-        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`)."""
+        shape (and per gradient mode, device, dtype and options: :attr:`execution_options`). With the operator held
+        per layer (:meth:`hold_per_layer`) lean mode's chunk is the holders'."""
         tokens, seq_len = batch_shape(args, kwargs or {}, self.config)
         reentrant = bool(self.__dict__.get("_reentrant_checkpointing"))
         key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
-        return self._plans[key]
+        plan = self._plans[key]
+        if self.held_per_layer and plan.lean:  # lean mode's chunks are the holders' (the FSDP2 units')
+            plan = dataclasses.replace(plan, chunk=self.__dict__["_row_chunk"])
+        return plan
 
     @torch.compiler.assume_constant_result
     def _decide(self, tokens: int, seq_len: int, grad: bool, reentrant: bool, compiling: bool) -> tuple:
@@ -380,10 +443,20 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
 
     def official_state(self, internal: dict[str, Tensor], prefix: str = "") -> OrderedDict:
         """The official layout of ``internal``: this model's entries as ``nn.Module.state_dict`` collects them
-        (``<prefix>op.*``, ``<prefix>large.*``); FSDP2 DTensors along a layer axis are gathered (collective)."""
+        (``<prefix>op.*``, ``<prefix>large.*``); FSDP2 DTensors along a layer axis are gathered (collective), and
+        the rows of tensors held per layer (``<prefix>op_rows.*``) stacked as ``<prefix>op.<name>``."""
+        home = self.__dict__.get("_row_home")
+        if home:
+            internal = OrderedDict(internal)
+            for name, places in home.items():  # the same order on every rank: full_tensor is a collective
+                rows = [internal.pop(f"{prefix}op_rows.{i}.{a}") for i, a in places]
+                rows = [r.full_tensor() if hasattr(r, "full_tensor") else r for r in rows]
+                internal[f"{prefix}op.{name}"] = torch.stack(rows)
         return operator_io.official_state(self, internal, prefix)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.held_per_layer:
+            raise RuntimeError("load_state_dict: the operator is held per layer (sharded per block): load it before")
         check_state_fits({k: tuple(v.shape) for k, v in self.state_dict().items()}, state_dict, strict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

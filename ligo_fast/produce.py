@@ -20,7 +20,7 @@ values are bit for bit those of the forward, while at most one module kind's wei
 :func:`produce_parts` goes further (a per-layer kind's part in chunks of layers, a vocabulary matrix's in blocks of
 rows, each the same call over fewer layers or rows): the one production of ``LiGOModel``'s ``materialize`` and
 ``save_materialized`` and of :func:`ligo_fast.compat.materialize_compat`.
-Imports: ``ops``, ``plan``, ``reference`` (the accumulation dtype) and ``lean`` (its chunks of layers).
+Imports: ``ops``, ``plan``, ``reference`` (the accumulation dtype), ``lean`` (its chunks of layers) and ``rows``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from .arch import NORM
 from .lean import chunk_layers, default_chunk
 from .plan import Plan, Rule, Slot, view2d
 from .reference import compute_dtype
+from .rows import RowGetter, resolve
 
 Getter = Callable[[str | None], Tensor | None]
 
@@ -132,15 +133,23 @@ def produce(
 
 
 def chunk_producer(
-    plan: Plan, get: Getter, *, skip_weights: frozenset[str] = frozenset(), backend: str = "auto"
+    plan: Plan,
+    get: Getter,
+    *,
+    skip_weights: frozenset[str] = frozenset(),
+    backend: str = "auto",
+    rows: RowGetter | None = None,
 ) -> Callable[[range], dict[str, Tensor]]:
     """Memory-lean mode's production: ``f(layers)`` -> the per-layer slots' tensors of those large layers.
 
     The per-layer operator tensors are sliced once here, for the whole forward (one ``unbind``, whose backward
     stacks the layers' gradients once, where slicing per chunk would write a zero gradient of the whole tensor per
-    chunk); each call stacks its chunk's rows, once per tensor."""
+    chunk); each call stacks its chunk's rows, once per tensor. ``rows``: the tensors held one parameter per large
+    layer (:mod:`ligo_fast.rows`), whose rows are read when a chunk is produced."""
     layered = [s for s in plan.slots if s.layered]
-    rows = {t.name: get(t.name).unbind(0) for t in plan.tensors if t.rule == Rule.SPLIT}
+    split = [t.name for t in plan.tensors if t.rule == Rule.SPLIT]
+    held = {name: rows(name) for name in split} if rows is not None else {}
+    rows = {name: held[name] if held.get(name) is not None else get(name).unbind(0) for name in split}
 
     def chunk(layers: range) -> dict[str, Tensor]:
         # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy per
@@ -151,7 +160,7 @@ def chunk_producer(
             if name not in rows:
                 return get(name)
             if name not in stacked:
-                stacked[name] = torch.stack(rows[name][layers.start : layers.stop])
+                stacked[name] = torch.stack([resolve(r) for r in rows[name][layers.start : layers.stop]])
             return stacked[name]
 
         return produce(layered, rows_of, layers=layers, skip_weights=skip_weights, backend=backend)

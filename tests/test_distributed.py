@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from functools import partial
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from _spawn import TIMEOUT_S, run_spawned
 
 import ligo_fast
 from ligo_fast import distributed as D
+from ligo_fast.plan import Rule
 
 WORLD = 2
 NAME = "LlamaForCausalLM"
@@ -30,6 +32,10 @@ HAS_LEAN = "lean" in {f.name for f in dataclasses.fields(ligo_fast.LiGOConfig)}
 CASES = [("ddp", False, {}), ("ddp", True, {}), ("fsdp", False, {}), ("fsdp", True, {})]
 if HAS_LEAN:
     CASES += [("ddp", False, {"lean": True}), ("fsdp", True, {"lean": True})]
+    # FSDP2 units per block (shard(per_block=True)), per 2 blocks (fsdp_block2: block_layers=2), per block under
+    # HF's activation checkpointing (fsdp_block_ac): the per-layer width matrices one parameter per layer
+    CASES += [("fsdp_block", False, {"lean": True}), ("fsdp_block2", True, {"lean": True})]
+    CASES += [("fsdp_block_ac", False, {"lean": True})]
 
 
 # random inits (the official ones): each rank draws its own operator, which the wrappers must replace by rank 0's
@@ -56,12 +62,40 @@ def small_vocab() -> int:
 
 
 def _grads(m) -> dict[str, torch.Tensor]:
+    """Gradients by parameter name, gathered; those of rows held per layer stacked under the stacked name."""
     out = {}
     for n, p in m.named_parameters():
         if p.grad is not None:
             g = p.grad.full_tensor() if D._is_dtensor(p.grad) else p.grad
             out[n] = g.detach().clone()
+    for name, places in m.__dict__.get("_row_home", {}).items():
+        out[f"op.{name}"] = torch.stack([out.pop(f"op_rows.{i}.{a}") for i, a in places])
     return out
+
+
+def _row_matrices(m) -> list[str]:
+    """The per-layer operator matrices (rule split, a matrix per layer): what shard(per_block=True) holds per layer."""
+    return [t.name for t in m.plan.tensors if t.rule == Rule.SPLIT and t.trainable and len(t.shape) >= 3]
+
+
+def _gathered_rows(m) -> tuple[int, int]:
+    """(elements of the per-layer operator matrices held gathered now, elements of them all) on this rank."""
+    now = total = 0
+    for name in _row_matrices(m):
+        rows = m.rows(name)
+        for t in [r() for r in rows] if rows is not None else [getattr(m.op, name)]:
+            full = t.numel()
+            total += full
+            if not D._is_dtensor(t) and t.untyped_storage().nbytes() >= full * t.element_size():
+                now += full
+    return now, total
+
+
+def _record_gathered(m, into: dict, module, args) -> None:
+    """A block's forward pre-hook: what is gathered now, and (a hook on its input) when backward has passed it."""
+    into["forward"].append(_gathered_rows(m))
+    if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+        args[0].register_hook(lambda g: into["backward"].append(_gathered_rows(m)))
 
 
 def _worker(rank: int, init: str, out_dir: str) -> None:
@@ -87,14 +121,30 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
                 wrapped = D.ddp(model)
                 find_unused = wrapped.find_unused_parameters
             else:
-                wrapped = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
+                mesh = init_device_mesh("cpu", (WORLD,))
+                per_block = kind.startswith("fsdp_block")
+                if kind == "fsdp_block_ac":  # the blocks' recompute in backward runs inside their units' backward
+                    model.train().gradient_checkpointing_enable()
+                wrapped = D.shard(model, mesh=mesh, per_block=per_block, block_layers=2 if kind == "fsdp_block2" else 1)
                 find_unused = None
+                blocks = [model.large.get_submodule(model.arch.layer_path(l)) for l in range(model.L2)]
+                checkpointed = model.training and all(b.gradient_checkpointing for b in blocks)
+                assert checkpointed == (kind == "fsdp_block_ac")
             r = {"init": D.gather_state_dict(wrapped), "before": before, "find_unused": find_unused, "losses": []}
             r["ranks_differed"] = sums[0] != sums[1]
+            gathered, hooks = {"forward": [], "backward": []}, []
+            if kind != "ddp":  # the per-layer width matrices' elements this rank holds gathered as each block starts
+                m = D.unwrap(wrapped)
+                record = partial(_record_gathered, m, gathered)
+                for l in range(m.L2):
+                    hooks.append(m.large.get_submodule(m.arch.layer_path(l)).register_forward_pre_hook(record))
             opt = torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=LR)
             for step in range(2):  # a second step: DDP fails there when an unused parameter went unnoticed
                 opt.zero_grad(set_to_none=True)
                 loss = wrapped(input_ids=ids, labels=ids).loss
+                for h in hooks:
+                    h.remove()
+                hooks = []
                 loss.backward()
                 if step == 0:
                     r["grads"] = _grads(D.unwrap(wrapped))
@@ -102,6 +152,7 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
                 dist.all_reduce(mean)
                 r["losses"].append(float(mean) / WORLD)
                 opt.step()
+            r["gathered"] = gathered
             r["final"] = D.gather_state_dict(wrapped)
             hf = D.materialize_distributed(wrapped)
             r["materialized"] = None if hf is None else {k: v.clone() for k, v in hf.state_dict().items()}
@@ -179,6 +230,36 @@ def test_wrapping_starts_from_rank0(dist_results, case):
     r = dist_results[_case_id(case)]
     assert r["ranks_differed"]
     _close(r["init"], r["before"], "operator after wrapping")
+
+
+def test_per_block_units_gather_one_block_of_rows_at_a_time(dist_results):
+    """shard(per_block=True): as each block starts its forward, a rank holds gathered only its unit's rows of the
+    per-layer width matrices (3 large layers: one each; with block_layers=2 units of 2 and 1 layers), where plain
+    shard() holds all of them; when backward has passed a block, at most its unit and the one FSDP2 prefetches."""
+    whole = dist_results["fsdp-train_small-lean"]["gathered"]
+    per_block = dist_results["fsdp_block-buffers-lean"]["gathered"]
+    per_two = dist_results["fsdp_block2-train_small-lean"]["gathered"]
+    assert len(whole["forward"]) == len(per_block["forward"]) == len(per_two["forward"]) == 3
+    total = whole["forward"][0][1]
+    assert total > 0 and all(t == total for r in (whole, per_block, per_two) for _, t in r["forward"] + r["backward"])
+    assert [n for n, _ in whole["forward"]] == [total] * 3
+    assert [n for n, _ in per_block["forward"]] == [total // 3] * 3
+    assert [n for n, _ in per_two["forward"]] == [total * 2 // 3] * 2 + [total // 3]
+    assert len(whole["backward"]) == len(per_block["backward"]) == 3
+    assert [n for n, _ in whole["backward"]] == [total] * 3
+    assert 0 < max(n for n, _ in per_block["backward"]) <= total * 2 // 3
+
+
+def test_per_block_sharding_needs_lean_mode():
+    """shard(per_block=True) outside memory-lean mode fails at once, before touching the model."""
+    small, large_cfg = _small()
+    model = ligo_fast.grow(small, large_cfg, seed=0)
+    with pytest.raises(ValueError, match="memory-lean mode"):
+        D.shard(model, per_block=True)
+    model.execution_options = ligo_fast.ExecutionOptions(lean=True)
+    with pytest.raises(ValueError, match="block_layers"):
+        D.shard(model, per_block=True, block_layers=0)
+    assert not model.held_per_layer and not D.is_sharded(model)
 
 
 def test_unused_parameters_tied_head():

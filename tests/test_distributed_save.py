@@ -27,6 +27,8 @@ CASES = [
     ("fsdp-buffers-bf16", "fsdp", False, False, torch.bfloat16, "20KB"),
     ("fsdp-train_small-tied-fp32", "fsdp", True, True, torch.float32, "5GB"),
     ("plain-fp32", "plain", False, False, torch.float32, "30KB"),
+    # FSDP2 units per block (shard(per_block=True)): each layer's rows sharded on their own
+    ("fsdp_block-buffers-bf16", "fsdp_block", False, False, torch.bfloat16, "20KB"),
 ]
 
 
@@ -54,9 +56,11 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
         written = {}
         for case_id, kind, train_small, tie, dtype, size in CASES:
             model = _grown(train_small, tie)
-            if kind == "fsdp":
-                model = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)))
-                assert D.is_sharded(model)
+            if kind.startswith("fsdp"):
+                if kind == "fsdp_block":  # per-block units run only in memory-lean mode
+                    model.execution_options = ligo_fast.ExecutionOptions(lean=True)
+                model = D.shard(model, mesh=init_device_mesh("cpu", (WORLD,)), per_block=kind == "fsdp_block")
+                assert D.is_sharded(model) and model.held_per_layer == (kind == "fsdp_block")
             written[case_id] = D.save_materialized_distributed(model, f"{out_dir}/{case_id}", dtype, size)
         torch.save(written, f"{out_dir}/written-{rank}.pt")
     finally:

@@ -616,3 +616,55 @@ def test_mix_in_scratch_of_bfloat16_weights_rounds_as_ligo_expand():
     (want,) = torch.autograd.grad(u @ Mix(W, depth).form().mT, depth, up)
     assert dd.dtype == torch.float32
     torch.testing.assert_close(dd, want, rtol=1e-5, atol=1e-5)
+
+
+def _held_step(name, lean=True, **options):
+    """``_step`` with the per-layer width matrices held one parameter per large layer (``hold_per_layer``, what
+    ``distributed.shard(per_block=True)`` does before sharding); gradients stacked back under the stacked names."""
+    from ligo_fast.lean import chunk_layers
+
+    torch.manual_seed(0)
+    small_cfg, large_cfg = configs(name)
+    model = ligo_fast.grow(build(name, small_cfg), large_cfg, seed=0, depth_init="rand", **options).eval()
+    model.execution_options = ligo_fast.ExecutionOptions(lean=lean, linear_mode=options.get("linear_mode", "auto"))
+    holders = model.hold_per_layer(chunk_layers(model.L2, 1))  # one layer each (shard(per_block=True)'s default)
+    out = main_output(model(**inputs(name)))
+    out.float().pow(2).mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    for stacked, places in model.__dict__["_row_home"].items():
+        grads[f"op.{stacked}"] = torch.stack([grads.pop(f"op_rows.{i}.{a}") for i, a in places])
+    return model, holders, out.detach(), grads
+
+
+@pytest.mark.parametrize("name", ["LlamaForCausalLM", "GPT2LMHeadModel", "BertForMaskedLM"])
+@pytest.mark.parametrize("linear_mode", ["factored", "materialize"])
+def test_rows_held_per_layer_give_the_stacked_numbers(name, linear_mode):
+    """Each layer reads its rows from its holder when it runs (factored linears and lean chunks): the same outputs,
+    operator gradients, state dict and materialised model as the stacked tensors, with a residual too."""
+    ref, ref_out, ref_grads = _step(name, lean=True, residual=True, linear_mode=linear_mode)
+    model, holders, out, grads = _held_step(name, residual=True, linear_mode=linear_mode)
+    assert len(holders) == model.L2 > 2 and all(any(True for _ in h.parameters()) for h in holders)
+    assert model.lean_chunk((), inputs(name)) == 1 < ref.lean_chunk((), inputs(name))  # lean's chunks: the holders'
+    assert not any(k.startswith("op_rows") for k in model.state_dict())
+    torch.testing.assert_close(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for k, g in ref_grads.items():
+        torch.testing.assert_close(grads[k], g, msg=lambda m, k=k: f"{k}: {m}")
+    sd, ref_sd = model.state_dict(), ref.state_dict()
+    assert sd.keys() == ref_sd.keys() and all(torch.equal(sd[k], ref_sd[k]) for k in sd)
+    got, want = model.materialize().state_dict(), ref.materialize().state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_rows_held_per_layer_refuse_what_they_cannot_do(tmp_path):
+    """Held per layer: the eager path, load_state_dict and the plain save_operator fail with one clear line."""
+    model, _, _, _ = _held_step("LlamaForCausalLM")
+    model.execution_options = ligo_fast.ExecutionOptions(lean=False)
+    with pytest.raises(ValueError, match="memory-lean mode"):
+        model(**inputs("LlamaForCausalLM"))
+    with pytest.raises(RuntimeError, match="held per layer"):
+        model.load_state_dict(model.state_dict())
+    with pytest.raises(RuntimeError, match="save_operator_distributed"):
+        model.save_operator(tmp_path / "op")
+    with pytest.raises(RuntimeError, match="already"):
+        model.hold_per_layer([range(model.L2)])

@@ -101,7 +101,7 @@ def official_state(model: nn.Module, internal: Mapping[str, Tensor], prefix: str
 def state_views(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()``'s keys, each a view of the model's own tensor (no copies; stacked tensors are not
     contiguous): what :func:`save` writes and :func:`load_into` fills."""
-    if model.__dict__.get("_row_home"):
+    if getattr(model, "held_per_layer", False):
         raise RuntimeError(
             "the operator is held per layer (distributed.shard(per_block=True)): save it with "
             "distributed.save_operator_distributed, load it before sharding"

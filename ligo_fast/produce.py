@@ -149,7 +149,7 @@ def chunk_producer(
     layered = [s for s in plan.slots if s.layered]
     split = [t.name for t in plan.tensors if t.rule == Rule.SPLIT]
     held = {name: rows(name) for name in split} if rows is not None else {}
-    rows = {name: held[name] if held.get(name) is not None else get(name).unbind(0) for name in split}
+    per_layer = {name: held[name] if held.get(name) is not None else get(name).unbind(0) for name in split}
 
     def chunk(layers: range) -> dict[str, Tensor]:
         # each per-layer tensor stacked once per chunk: the op calls save their inputs for backward, so a copy per
@@ -157,10 +157,10 @@ def chunk_producer(
         stacked: dict[str, Tensor] = {}
 
         def rows_of(name: str | None) -> Tensor | None:
-            if name not in rows:
+            if name not in per_layer:
                 return get(name)
             if name not in stacked:
-                stacked[name] = torch.stack([resolve(r) for r in rows[name][layers.start : layers.stop]])
+                stacked[name] = torch.stack([resolve(r) for r in per_layer[name][layers.start : layers.stop]])
             return stacked[name]
 
         return produce(layered, rows_of, layers=layers, skip_weights=skip_weights, backend=backend)

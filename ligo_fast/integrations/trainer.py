@@ -17,10 +17,11 @@ them against the budget the same way). The operator's steps, learning rate and w
 steps within [10, 100], none for a depth-only growth from a function-preserving start, when the callback grows
 before the first step; from a function-preserving start, ``grow()``'s default, that learning rate divided by the
 square root of the small model's width, else the same; a tenth of its steps as linear warm-up, then constant),
-unless overridden. When the operator loss rises above its start in the first steps (:class:`ligo_fast.guard.RiseGuard`), a
-one-line warning says so and what to try. At the growth step the callback materialises the operator, gives the Trainer
-a fresh optimizer for the large model (``Trainer.create_optimizer``: the ``TrainingArguments``' optimizer, learning
-rate and weight decay) and the ``TrainingArguments``' schedule over the remaining steps (warm-up included).
+unless overridden. When the operator loss rises above its start in the first steps
+(:class:`ligo_fast.guard.RiseGuard`), a one-line warning says so and what to try. At the growth step the callback
+materialises the operator, gives the Trainer a fresh optimizer for the large model (``Trainer.create_optimizer``:
+the ``TrainingArguments``' optimizer, learning rate and weight decay) and the ``TrainingArguments``' schedule over
+the remaining steps (warm-up included).
 Checkpoints taken in either phase resume: :class:`GrowingModel` records whether it grew, and the callback rebuilds
 the schedule of the phase it resumes in.
 

@@ -425,6 +425,16 @@ def _fake_run(seed: int, large_steps: int, target_steps: dict[str, float | None]
     )
 
 
+def test_verdict_ranks_equal_savings_as_a_tie():
+    """Equal FLOPs to the target (the default's 0-step depth-only start against LLaMA-Pro's identical one) is a tie,
+    not a win for whichever is listed first."""
+    tie = report.verdict(_fake_run(1, 100, {"ligo_lossless": 50, "llama_pro": 50, "gstack": 60, "scratch": 100}))
+    assert "Ranking: LiGO (lossless init) = LLaMA-Pro > G_stack." in tie
+    assert "ties the best non-LiGO growth method" in tie
+    win = report.verdict(_fake_run(1, 100, {"ligo_lossless": 40, "llama_pro": 50, "scratch": 100}))
+    assert "Ranking: LiGO (lossless init) > LLaMA-Pro." in win and "beats every non-LiGO" in win
+
+
 def test_aggregate_means_wins_and_goal():
     runs = [
         _fake_run(1, 100, {"ligo": 40, "lossless": 50, "stack": 70, "scratch": 100}),

@@ -8,6 +8,7 @@ Imports :mod:`.aggregate`, :mod:`.results`, the vocabulary size of :mod:`.corpus
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -96,13 +97,18 @@ def verdict(result: Result) -> str:
         return " ".join(lines)
     score = {m: (-1e9 if rows[m]["flops_saved"] is None else rows[m]["flops_saved"]) for m in growth}
     ranked = sorted(growth, key=lambda m: -score[m])
-    lines.append("Ranking: " + " > ".join(SHORT_LABELS[m] for m in ranked) + ".")
+    order = SHORT_LABELS[ranked[0]]
+    for a, b in itertools.pairwise(ranked):  # equal savings (the same start, no operator steps) are a tie
+        order += f" {'=' if score[b] == score[a] else '>'} {SHORT_LABELS[b]}"
+    lines.append(f"Ranking: {order}.")
     ligos = [m for m in ranked if m in OPERATOR_METHODS]
     others = [m for m in growth if m not in OPERATOR_METHODS]
     if ligos and others:
-        best = ligos[0]
-        if score[best] > max(score[m] for m in others):
+        best, rival = ligos[0], max(score[m] for m in others)
+        if score[best] > rival:
             lines.append(f"{SHORT_LABELS[best]} beats every non-LiGO growth method on this seed.")
+        elif score[best] == rival:
+            lines.append(f"{SHORT_LABELS[best]} ties the best non-LiGO growth method on this seed.")
         else:
             lines.append("LiGO does **not** beat every other growth method on this seed.")
     return " ".join(lines)

@@ -435,6 +435,17 @@ def test_verdict_ranks_equal_savings_as_a_tie():
     assert "Ranking: LiGO (lossless init) > LLaMA-Pro." in win and "beats every non-LiGO" in win
 
 
+def test_report_header_names_a_rows_own_operator_steps():
+    """A LiGO row whose start the rule gives other steps than the preset's (a depth-only growth from a
+    function-preserving start: 0) says so in the report's operator line; rows at the preset's count do not."""
+    res = _fake_run(1, 100, {"ligo": 40, "ligo_lossless": 50, "scratch": 100})
+    res.operator_budget = {"steps": 5, "lr": 1e-3, "warmup": 1, "large_steps": 100, "source": "rule"}
+    res.methods["ligo"].notes.update(operator_lr=1e-3, operator_warmup=1, operator_steps=5)
+    res.methods["ligo_lossless"].notes.update(operator_lr=1e-4, operator_warmup=0, operator_steps=0)
+    head = "\n".join(report._setup_lines(res, "pytest"))
+    assert "LiGO lr 0.001, warm-up 1; LiGO (lossless init) 0 steps (rule for this start), lr 0.0001, warm-up 0" in head
+
+
 def test_aggregate_means_wins_and_goal():
     runs = [
         _fake_run(1, 100, {"ligo": 40, "lossless": 50, "stack": 70, "scratch": 100}),

@@ -167,10 +167,18 @@ def _setup_lines(result: Result, command: str) -> list[str]:
 
 
 def _operator_lrs(result: Result) -> str:
-    """The operator's peak lr and warm-up per LiGO row (the rule picks them by the row's start), else the budget's."""
+    """The operator's peak lr and warm-up per LiGO row (the rule picks them by the row's start), and its steps where
+    they differ from the preset's (a depth-only growth from a function-preserving start trains none), else the
+    budget's."""
     ob = result.operator_budget
+
+    def steps(m) -> str:
+        n = m.notes.get("operator_steps", ob["steps"])
+        return "" if n == ob["steps"] else f"{n} steps (rule for this start), "
+
     rows = [
-        f"{SHORT_LABELS[name]} lr {m.notes['operator_lr']:g}, warm-up {m.notes.get('operator_warmup', ob['warmup'])}"
+        f"{SHORT_LABELS[name]} {steps(m)}lr {m.notes['operator_lr']:g}, "
+        f"warm-up {m.notes.get('operator_warmup', ob['warmup'])}"
         for name, m in result.methods.items()
         if "operator_lr" in m.notes
     ]

@@ -207,6 +207,7 @@ def run_experiment(
             # the rule for this start (ligo_fast.budget): its lr, and no steps for a depth-only function-preserving one
             op_budget = budget_of(p, op_model.preserved_width, op_model.widens)
             notes["operator_lr"], notes["operator_warmup"] = op_budget.lr, op_budget.warmup
+            notes["operator_steps"] = op_budget.steps
             pbar.set_description(f"{name} operator")
             pre_curve = train(
                 op_model,

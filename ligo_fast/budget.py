@@ -50,7 +50,7 @@ Why (stated before any result of this rule was measured):
   ``benchmarks/results/defaults_rationale.md``.
 * *No operator steps on depth-only growth from a function-preserving start* (decided by a rule stated before its
   deciding runs: ``benchmarks/results/real_model_plain_vs_operator_plan.md``, addendum 8). The operator of a
-  depth-only growth is its depth coefficients (``L2 x L1`` numbers) over layers that are copies of small ones; on
+  depth-only growth is its depth coefficients (an ``L2 x L1`` matrix per module kind) over copies of small layers; on
   the toy presets its steps bought nothing at any learning rate or budget tried, and on a real pretrained
   checkpoint plain training of the identity-block start at equal FLOPs lowered the held-out loss several times
   more than the operator's steps, on both seeds run: the steps are better spent training the large model. Width

@@ -337,9 +337,10 @@ def save_materialized_distributed(
     full: dict[str, Tensor] = {}
     held: dict[str, Tensor] = {}  # shard(per_block=True): each layer's row sharded on its own: this rank's gathered
     for t in m.plan.tensors:  # the same order on every rank: full_tensor is a collective
-        if m.rows(t.name) is not None:
+        per_layer = m.rows(t.name)
+        if per_layer is not None:
             kept = []
-            for l, row in enumerate(m.rows(t.name)):
+            for l, row in enumerate(per_layer):
                 v = row()
                 v = v.full_tensor() if _is_dtensor(v) else v
                 if l in mine:

@@ -102,10 +102,8 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         rows stacked (a new tensor: read it where they are gathered)."""
         if name is None:
             return None
-        home = self.__dict__.get("_row_home")
-        if home and name in home:
-            return torch.stack([getattr(self.op_rows[i], a) for i, a in home[name]])
-        return getattr(self.op, name)
+        held = self.rows(name)
+        return getattr(self.op, name) if held is None else torch.stack([row() for row in held])
 
     def rows(self, name: str | None) -> list[LayerRow] | None:
         """The deferred rows of an operator tensor held per layer (:meth:`hold_per_layer`), else None."""
@@ -147,7 +145,6 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
             del t
         self.op_rows = holders
         self.__dict__["_row_home"] = home
-        self.__dict__["_row_chunk"] = len(chunks[0])
         return list(holders)
 
     def produce(self, backend: str = "auto") -> dict[str, Tensor]:
@@ -179,7 +176,7 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         key = self._decide(tokens, seq_len, torch.is_grad_enabled(), reentrant, torch.compiler.is_compiling())
         plan = self._plans[key]
         if self.held_per_layer and plan.lean:  # lean mode's chunks are the holders' (the FSDP2 units')
-            plan = dataclasses.replace(plan, chunk=self.__dict__["_row_chunk"])
+            plan = dataclasses.replace(plan, chunk=len(self.op_rows[0].layers))
         return plan
 
     @torch.compiler.assume_constant_result
@@ -445,10 +442,10 @@ class LiGOModel(hf_surface.HFSurface, nn.Module):
         """The official layout of ``internal``: this model's entries as ``nn.Module.state_dict`` collects them
         (``<prefix>op.*``, ``<prefix>large.*``); FSDP2 DTensors along a layer axis are gathered (collective), and
         the rows of tensors held per layer (``<prefix>op_rows.*``) stacked as ``<prefix>op.<name>``."""
-        home = self.__dict__.get("_row_home")
-        if home:
+        if self.held_per_layer:
             internal = OrderedDict(internal)
-            for name, places in home.items():  # the same order on every rank: full_tensor is a collective
+            # the same order on every rank: full_tensor is a collective
+            for name, places in self.__dict__["_row_home"].items():
                 rows = [internal.pop(f"{prefix}op_rows.{i}.{a}") for i, a in places]
                 rows = [r.full_tensor() if hasattr(r, "full_tensor") else r for r in rows]
                 internal[f"{prefix}op.{name}"] = torch.stack(rows)

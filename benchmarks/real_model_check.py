@@ -127,6 +127,10 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-start", choices=("default", *baselines.BASELINES), default="default",
                     help="--plain-lr trains this start: grow()'s default exact start, or a baseline of "
                          "ligo_fast.baselines (no operator steps)")  # fmt: skip
+    ap.add_argument("--plain-warmup", type=int, default=None,
+                    help="--plain-lr's linear warm-up in steps (default: all of the arm's steps)")  # fmt: skip
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also the held-out loss every this many steps of an arm (its curve)")  # fmt: skip
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     res: dict = {"args": vars(a), "torch_threads": torch.get_num_threads()}
@@ -217,15 +221,25 @@ def cli_batches(a, tmp: Path) -> tuple[Callable[[int], dict], dict]:
     return data.text_batches(stream, int(a.seed), a.batch_size, a.seq_len, commands.EVAL_WINDOWS, None, bos)
 
 
-def train_steps(model, lr: float, warmup: int, n: int, batch_at: Callable[[int], dict], what: str) -> list[float]:
+def train_steps(
+    model,
+    lr: float,
+    warmup: int,
+    n: int,
+    batch_at: Callable[[int], dict],
+    what: str,
+    every: int = 0,
+    eval_at: Callable[[], float] | None = None,
+) -> tuple[list[float], list[list[float]]]:
     """``n`` AdamW steps (weight decay 0, clipping 1.0, linear warm-up over ``warmup`` steps to ``lr``: the command
     line's operator training) of ``model``'s trainable parameters; a batch runs one window at a time, gradients
-    accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the step losses."""
+    accumulated (equal windows: the same mean loss as the whole batch, less memory). Returns the step losses and,
+    with ``every``, the curve ``[[step, eval_at()], ...]`` after every ``every``-th step (and the last)."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     lr_at = training.warmup_lr(lr, warmup)
     model.train()
-    losses = []
+    losses, curve = [], []
     for k in range(1, n + 1):
         batch = batch_at(k)
         opt.zero_grad(set_to_none=True)
@@ -239,7 +253,10 @@ def train_steps(model, lr: float, warmup: int, n: int, batch_at: Callable[[int],
         training.update(opt, params, 1.0)
         losses.append(total)
         print(f"  {what} step {k}/{n} (lr {lr_at(k):.3g}): loss {total:.4f}", flush=True)
-    return losses
+        if every and (k % every == 0 or k == n):
+            curve.append([k, eval_at()])
+            print(f"  {what} step {k}: held-out loss {curve[-1][1]:.4f}", flush=True)
+    return losses, curve
 
 
 def evaluate(big, w: torch.Tensor, cli_eval: dict) -> dict:
@@ -252,11 +269,12 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     training of the large model (:func:`train_steps`) for as many steps as cost the FLOPs of ``a.steps`` operator
     steps (``flops.operator_step_flops`` against ``flops.train_step_flops`` on a ``batch_size x seq_len`` batch),
     on the command line's batches (:func:`cli_batches`), peak ``lr`` after a linear warm-up over all of them (as the
-    operator's own warm-up floor covers all its 10 steps). Returns the held-out loss, the loss on the CLI's 8
-    evaluation windows, the step losses, the steps and the FLOPs of both. With ``a.plain_small`` the model trained
-    is a copy of the small model (the same steps, batches and schedule: a control of how the pretrained model
-    itself takes these steps); with ``a.plain_start`` a baseline of :mod:`ligo_fast.baselines` (seed 0) in place of
-    the exact start (the same steps: the operator's FLOPs are the default's)."""
+    operator's own warm-up floor covers all its 10 steps; ``a.plain_warmup`` steps if given). Returns the held-out
+    loss, the loss on the CLI's 8 evaluation windows, the step losses, the steps and the FLOPs of both. With
+    ``a.plain_small`` the model trained is a copy of the small model (the same steps, batches and schedule: a
+    control of how the pretrained model itself takes these steps); with ``a.plain_start`` a baseline of
+    :mod:`ligo_fast.baselines` (seed 0) in place of the exact start (the same steps: the operator's FLOPs are the
+    default's). With ``a.eval_every`` also the held-out loss every that many steps (``curve``)."""
     model, start = ligo_fast.grow(small, large_cfg, seed=0), {}
     f_op = flops.operator_step_flops(model, large_cfg, a.batch_size, a.seq_len)
     f_plain = flops.train_step_flops(large_cfg, a.batch_size, a.seq_len)
@@ -273,10 +291,12 @@ def plain_run(small, large_cfg, a, w, tmp: Path, lr: float) -> dict:
     del model
     gc.collect()
     batch_at, cli_eval = cli_batches(a, tmp)
-    losses = train_steps(big, lr, n, n, batch_at, "plain")
+    warmup = n if a.plain_warmup is None else min(a.plain_warmup, n)
+    losses, curve = train_steps(big, lr, warmup, n, batch_at, "plain", a.eval_every, lambda: heldout_loss(big, w))
     s = time.perf_counter() - t
-    return {"lr": lr, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op, "plain_step_flops": f_plain,
-            "step_losses": losses, "s": s, **start, **evaluate(big, w, cli_eval)}  # fmt: skip
+    return {"lr": lr, "warmup": warmup, "steps": n, "operator_steps": a.steps, "operator_step_flops": f_op,
+            "plain_step_flops": f_plain, "step_losses": losses, "curve": curve, "s": s, **start,
+            **evaluate(big, w, cli_eval)}  # fmt: skip
 
 
 def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
@@ -289,12 +309,13 @@ def operator_run(small, large_cfg, a, w, tmp: Path) -> dict:
     b = budget.operator_budget(a.steps, 3e-4, steps=a.steps, preserved_width=model.preserved_width)
     lr = a.operator_lr or b.lr
     batch_at, cli_eval = cli_batches(a, tmp)
-    losses = train_steps(model, lr, b.warmup, b.steps, batch_at, "operator")
+    losses, curve = train_steps(model, lr, b.warmup, b.steps, batch_at, "operator", a.eval_every,
+                                lambda m=model: heldout_loss(m, w))  # fmt: skip
     big = model.materialize()
     del model
     gc.collect()
     s = time.perf_counter() - t
-    return {"lr": lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "s": s,
+    return {"lr": lr, "warmup": b.warmup, "steps": b.steps, "step_losses": losses, "curve": curve, "s": s,
             **evaluate(big, w, cli_eval)}  # fmt: skip
 
 

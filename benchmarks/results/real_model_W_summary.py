@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 D = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 
 
@@ -19,12 +21,9 @@ def arm(path: Path) -> tuple[float, list[list[float]]]:
 
 def fit(curve: list[list[float]], last: int = 50) -> tuple[float, float]:
     """Slope and intercept of the least-squares line through the evaluations of the last ``last`` steps."""
-    end = curve[-1][0]
-    pts = [(s, v) for s, v in curve if s >= end - last]
-    n = len(pts)
-    mx, my = sum(s for s, _ in pts) / n, sum(v for _, v in pts) / n
-    slope = sum((s - mx) * (v - my) for s, v in pts) / sum((s - mx) ** 2 for s, _ in pts)
-    return slope, my - slope * mx
+    pts = np.array([p for p in curve if p[0] >= curve[-1][0] - last])
+    slope, intercept = np.polyfit(pts[:, 0], pts[:, 1], 1)
+    return float(slope), float(intercept)
 
 
 for seed in (0, 1):
